@@ -1,0 +1,15 @@
+"""LoRA Lab's ComfyUI nodes: thin V3 nodes over ``trainer_core``.
+
+Only this package imports ComfyUI. Each node module exposes its node classes; this list is what
+``comfy_entrypoint`` registers.
+"""
+
+from __future__ import annotations
+
+from .save_checkpoint import SaveCheckpoint
+from .train_lora import TrainLoRA
+
+NODE_CLASSES = [
+    TrainLoRA,
+    SaveCheckpoint,
+]

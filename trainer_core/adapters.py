@@ -1,0 +1,190 @@
+"""Attach a trainable peft adapter to a shared network, and take it off again without a trace.
+
+The network belongs to the caller (in ComfyUI, to every node that holds the same MODEL). Training
+must leave it exactly as it was, so this module:
+
+* wraps the chosen layers with peft adapter layers and restores the original layer objects after;
+* swaps base parameters that are inference tensors (ComfyUI creates weights under
+  ``torch.inference_mode``; autograd refuses to save them for backward) for plain tensors that view
+  the *same* storage, so no weight is copied, and puts the original ``Parameter`` objects back after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import LoRAConfig
+
+# Modules whose children are the attention / feed-forward layers kohya trains by default.
+_TRANSFORMER_BLOCK = re.compile(r"(SpatialTransformer|Transformer2D|TransformerBlock|StreamBlock|JointBlock|DiTBlock)")
+# Embedders and heads are left alone by 'all_linear'.
+_EMBEDDER = re.compile(r"(^|\.)(time_embed|label_emb|time_in|vector_in|guidance_in|time_text_embed|t_embedder|y_embedder|final_layer|norm_out|proj_out_final)(\.|$)")
+
+
+class AdapterError(ValueError):
+    """The network cannot take the requested adapter (with what to change)."""
+
+
+def find_target_modules(network: nn.Module, target: str) -> list[str]:
+    """Names (relative to ``network``) of the layers that get an adapter."""
+    trainable_types = (nn.Linear, nn.Conv2d)
+    names: list[str] = []
+    if target == "attention":
+        inside: set[str] = set()
+        for name, module in network.named_modules():
+            if _TRANSFORMER_BLOCK.search(type(module).__name__):
+                inside.add(name)
+        for name, module in network.named_modules():
+            if not isinstance(module, trainable_types):
+                continue
+            if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
+                continue
+            if any(name.startswith(prefix + ".") for prefix in inside):
+                names.append(name)
+        if names:
+            return names
+        # An architecture we don't know by name: fall back to every linear layer.
+        target = "all_linear"
+    if target == "all_linear":
+        for name, module in network.named_modules():
+            if isinstance(module, nn.Linear) and not _EMBEDDER.search(name):
+                names.append(name)
+        if names:
+            return names
+        raise AdapterError(
+            f"found no linear layers to train in {type(network).__name__}; this model type is not supported yet"
+        )
+    raise AdapterError(f"target must be 'attention' or 'all_linear', not {target!r}")
+
+
+def check_trainable(network: nn.Module) -> None:
+    """Refuse networks whose weights cannot carry gradients (quantized formats)."""
+    for name, param in network.named_parameters():
+        if not param.dtype.is_floating_point:
+            raise AdapterError(
+                f"the MODEL's weight {name} is stored as {param.dtype} (a quantized model). LoRA Lab cannot "
+                "train on quantized weights: load the checkpoint in fp16, bf16 or fp32 instead."
+            )
+        if type(param.data) not in (torch.Tensor, nn.Parameter):
+            raise AdapterError(
+                f"the MODEL's weight {name} is a {type(param.data).__name__} (a quantized or packed format). "
+                "LoRA Lab cannot train on it: load the checkpoint with the stock checkpoint loader."
+            )
+
+
+def check_rank(network: nn.Module, targets: list[str], rank: int) -> None:
+    smallest = None
+    for name in targets:
+        module = network.get_submodule(name)
+        if isinstance(module, nn.Linear):
+            size = min(module.in_features, module.out_features)
+        else:
+            assert isinstance(module, nn.Conv2d)
+            size = min(module.in_channels, module.out_channels)
+        if smallest is None or size < smallest[0]:
+            smallest = (size, name)
+    if smallest is not None and rank > smallest[0]:
+        raise AdapterError(
+            f"rank {rank} is larger than layer {smallest[1]} ({smallest[0]} features): a LoRA's rank must be at "
+            f"most the smaller side of every layer it trains. Use rank {smallest[0]} or less."
+        )
+
+
+def _plain_view(tensor: torch.Tensor) -> torch.Tensor:
+    """A normal tensor over the same memory as an inference tensor (no copy)."""
+    view = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    view.set_(tensor.untyped_storage(), tensor.storage_offset(), tensor.size(), tensor.stride())
+    return view
+
+
+@contextlib.contextmanager
+def autograd_safe_weights(network: nn.Module) -> Iterator[None]:
+    """Within the block, inference-tensor parameters and buffers are plain views of the same memory."""
+    swapped: list[tuple[nn.Module, str, bool, torch.Tensor]] = []
+    try:
+        with torch.inference_mode(False):
+            for module in network.modules():
+                for name, param in list(module._parameters.items()):
+                    if param is not None and param.is_inference():
+                        swapped.append((module, name, True, param))
+                        module._parameters[name] = nn.Parameter(_plain_view(param), requires_grad=False)
+                for name, buf in list(module._buffers.items()):
+                    if buf is not None and buf.is_inference():
+                        swapped.append((module, name, False, buf))
+                        module._buffers[name] = _plain_view(buf)
+        yield
+    finally:
+        for module, name, is_param, original in reversed(swapped):
+            if is_param:
+                module._parameters[name] = original  # type: ignore[assignment]
+            else:
+                module._buffers[name] = original
+
+
+@dataclass
+class InjectedAdapter:
+    """Adapter layers living inside a network; ``remove()`` restores the network."""
+
+    network: nn.Module
+    targets: list[str]
+    config: LoRAConfig
+    use_rslora: bool = False
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.network.named_parameters() if "lora_" in n and p.requires_grad]
+
+    def layers(self) -> Iterator[tuple[str, nn.Module]]:
+        for name in self.targets:
+            yield name, self.network.get_submodule(name)
+
+    @property
+    def scale(self) -> float:
+        if self.use_rslora:
+            return self.config.alpha / math.sqrt(self.config.rank)
+        return self.config.alpha / self.config.rank
+
+    def remove(self) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for name in self.targets:
+            parent_name, _, child = name.rpartition(".")
+            parent = self.network.get_submodule(parent_name) if parent_name else self.network
+            layer = getattr(parent, child)
+            if isinstance(layer, BaseTunerLayer):
+                setattr(parent, child, layer.get_base_layer())
+        self.targets = []
+
+
+def inject_lora(network: nn.Module, config: LoRAConfig, seed: int) -> InjectedAdapter:
+    """Wrap the target layers of ``network`` with fp32 peft LoRA layers (initialised from ``seed``)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if config.rank < 1:
+        raise AdapterError(f"rank must be at least 1, got {config.rank}")
+    check_trainable(network)
+    targets = find_target_modules(network, config.target)
+    check_rank(network, targets, config.rank)
+    peft_config = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=targets,
+        init_lora_weights=True,
+    )
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
+        torch.manual_seed(seed)
+        inject_adapter_in_model(peft_config, network)
+    adapter = InjectedAdapter(network=network, targets=targets, config=config)
+    with torch.inference_mode(False):
+        for name, param in network.named_parameters():
+            if "lora_" in name:
+                param.data = param.data.float()
+                param.requires_grad_(True)
+    return adapter

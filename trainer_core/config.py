@@ -1,0 +1,89 @@
+"""Training settings as frozen dataclasses.
+
+Every field carries its help text in ``metadata["help"]``; the nodes reuse it as the tooltip so the
+canvas and the headless runner describe a setting the same way. Defaults follow the guides in
+``ANCHORS.md`` (rank 16, alpha 16, learning rate 1e-4, min-SNR gamma 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+MixedPrecision = Literal["fp32", "bf16", "fp16"]
+PredictionType = Literal["eps", "v", "flow", "x0"]
+
+MIXED_PRECISION_CHOICES: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """What is trained: the adapter's shape."""
+
+    rank: int = _help("LoRA rank (network dim): how much the LoRA can learn. 8-32 for most subjects.", 16)
+    alpha: float = _help(
+        "LoRA alpha: the LoRA is scaled by alpha / rank. alpha = rank gives scale 1; rank/2 is gentler.", 16.0
+    )
+    dropout: float = _help("Dropout inside the LoRA layers during training only (0 = off, 0.1 typical).", 0.0)
+    target: str = _help(
+        "Which layers get a LoRA: 'attention' = attention and feed-forward layers of the transformer blocks"
+        " (kohya's default); 'all_linear' = every linear layer except the embedders.",
+        "attention",
+    )
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How it is trained."""
+
+    steps: int = _help(
+        "Optimizer steps. 0 = derive from the dataset: images x repeats x epochs / batch size.", 0
+    )
+    epochs: int = _help("Used only when steps is 0: how many passes over the dataset (with repeats).", 10)
+    learning_rate: float = _help("Learning rate of the LoRA weights (1e-4 is the guides' default).", 1e-4)
+    batch_size: int = _help("Images per step. Images of one batch come from one aspect-ratio bucket.", 1)
+    gradient_accumulation: int = _help(
+        "Add up gradients over this many batches before each optimizer step (effective batch = batch x this).",
+        1,
+    )
+    seed: int = _help("Seed for noise, timesteps, shuffling and LoRA initialisation: same seed, same LoRA.", 0)
+    mixed_precision: str = _help(
+        "Compute precision: fp32 (exact, slow on GPU), bf16 (recent NVIDIA), fp16 (with loss scaling).", "fp32"
+    )
+    gradient_checkpointing: bool = _help(
+        "Recompute activations in the backward pass: much less memory, about 20% slower.", False
+    )
+    min_snr_gamma: float = _help(
+        "Min-SNR weighting gamma: evens out the loss over noise levels (5 is the guides' value; 0 = off).", 5.0
+    )
+    noise_offset: float = _help(
+        "Noise offset: lets the LoRA learn very dark or bright images (0.03-0.1; 0 = off).", 0.0
+    )
+    weight_decay: float = _help("AdamW weight decay.", 0.01)
+    max_grad_norm: float = _help("Clip the gradient norm to this value (0 = no clipping).", 1.0)
+
+    def resolved_steps(self, samples_per_epoch: int) -> int:
+        """The step count training will run: ``steps`` or images x repeats x epochs / batch."""
+        if self.steps > 0:
+            return self.steps
+        per_step = self.batch_size * self.gradient_accumulation
+        return max(1, -(-samples_per_epoch * self.epochs // per_step))
+
+
+def help_text(config_class: type, name: str) -> str:
+    """The help text of one field, for tooltips."""
+    for f in fields(config_class):
+        if f.name == name:
+            return str(f.metadata.get("help", ""))
+    raise KeyError(f"{config_class.__name__} has no field {name!r}")
+
+
+def default_of(config_class: type, name: str) -> Any:
+    for f in fields(config_class):
+        if f.name == name:
+            return f.default
+    raise KeyError(f"{config_class.__name__} has no field {name!r}")

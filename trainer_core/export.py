@@ -1,0 +1,133 @@
+"""LoRA weights in kohya's file format, and writing them safely.
+
+Keys are ``<prefix><module path with _>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` with
+``ss_*`` metadata, the format A1111, Forge, ComfyUI and diffusers all read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save, save_file
+
+# Module path (relative to the trained network, dots) -> kohya key stem, e.g. "lora_unet_down_blocks_0_...".
+KeyNamer = Callable[[str], str]
+
+
+def default_key_name(module_path: str) -> str:
+    return "lora_unet_" + module_path.replace(".", "_")
+
+
+class LoRAWeights(dict):
+    """A kohya-keyed LoRA state dict that also carries its file metadata.
+
+    It is a plain ``dict`` of tensors, so ComfyUI's ``LoraModelLoader`` and
+    ``comfy.sd.load_lora_for_models`` take it as they are.
+    """
+
+    metadata: dict[str, str]
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor] | None = None, metadata: Mapping[str, str] | None = None):
+        super().__init__(tensors or {})
+        self.metadata = dict(metadata or {})
+
+    @property
+    def trigger_word(self) -> str:
+        return self.metadata.get("ss_trigger_word", "")
+
+    @property
+    def steps(self) -> int:
+        return int(self.metadata.get("ss_steps", "0") or 0)
+
+    def content_hash(self) -> str:
+        """sha256 of the tensor data as written to disk (kohya's ``sshs_model_hash``)."""
+        return tensor_data_hash(self)
+
+
+def tensor_data_hash(tensors: Mapping[str, torch.Tensor]) -> str:
+    blob = save({k: v.contiguous() for k, v in tensors.items()})
+    header = int.from_bytes(blob[:8], "little")
+    return hashlib.sha256(blob[8 + header :]).hexdigest()
+
+
+_UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+def sanitize_filename(name: str) -> str:
+    """A file name that is safe on Windows, macOS and Linux, and cannot leave its folder.
+
+    Sub-folders are kept when written with '/' (``people/alice``), each part sanitised; '..' and
+    absolute paths are refused.
+    """
+    cleaned = name.strip().replace("\\", "/")
+    if cleaned.lower().endswith(".safetensors"):
+        cleaned = cleaned[: -len(".safetensors")]
+    if cleaned.startswith("/") or re.match(r"^[A-Za-z]:", cleaned):
+        raise ValueError(f"file name {name!r} is an absolute path: give a name inside models/loras, e.g. 'my_lora'")
+    parts = []
+    for part in cleaned.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            raise ValueError(f"file name {name!r} climbs out of models/loras with '..': remove the '..'")
+        part = _UNSAFE.sub("_", part).replace(" ", "_").rstrip(". ")
+        if part.split(".")[0].upper() in _RESERVED:
+            part = "_" + part
+        if part:
+            parts.append(part[:120])
+    if not parts:
+        raise ValueError(f"file name {name!r} is empty after removing unsafe characters: type a name such as 'my_lora'")
+    return "/".join(parts)
+
+
+def unique_path(folder: Path, stem: str, suffix: str = ".safetensors") -> Path:
+    """``folder/stem.suffix``, or with ``_0001``, ``_0002`` … appended if that exists."""
+    candidate = folder / f"{stem}{suffix}"
+    counter = 1
+    while candidate.exists():
+        candidate = folder / f"{stem}_{counter:04d}{suffix}"
+        counter += 1
+    return candidate
+
+
+def write_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, temp_name, metadata=dict(metadata))
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def save_lora(weights: LoRAWeights, path: Path, overwrite: bool = False) -> Path:
+    """Save ``weights`` with their metadata (plus the tensor hash) at ``path``."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists already: choose another name or allow overwriting")
+    metadata = dict(weights.metadata)
+    metadata["sshs_model_hash"] = weights.content_hash()
+    write_safetensors_atomic(weights, path, metadata)
+    return path
+
+
+def load_lora(path: Path) -> LoRAWeights:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return LoRAWeights(load_file(str(path)), metadata)
+
+
+def metadata_json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)

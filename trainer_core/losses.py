@@ -1,0 +1,89 @@
+"""Noise, noise levels and the loss, in the model's own prediction space.
+
+The denoiser returns its estimate of the clean latent x0 (that is what ComfyUI's ``apply_model``
+gives for every model type). The error of the raw network output in its own prediction space is a
+per-noise-level multiple of the x0 error, so the loss here is exactly the MSE an eps, v or flow
+trainer computes on the raw output — not ComfyUI's own trainer's x0-space loss, which over-weights
+high noise levels by 1/sigma^2 relative to eps training.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import PredictionType
+
+
+def add_noise(latents: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, prediction: PredictionType) -> torch.Tensor:
+    """The noisy latent at ``sigma`` [B]: x0 + sigma*n (eps, v, x0) or sigma*n + (1-sigma)*x0 (flow)."""
+    s = sigma.view(-1, *([1] * (latents.ndim - 1)))
+    if prediction == "flow":
+        return s * noise + (1.0 - s) * latents
+    return latents + s * noise
+
+
+def prediction_space_factor(sigma: torch.Tensor, prediction: PredictionType) -> torch.Tensor:
+    """How much an x0 error is multiplied by in the network's output space, per sample.
+
+    eps: out = (x_t - x0_hat)/sigma, so eps error = x0 error / sigma.
+    v:   v error = x0 error * sqrt(sigma^2 + 1) / sigma.
+    flow: out = (x_t - x0_hat)/sigma as well.
+    x0:  the output is x0 itself.
+    """
+    if prediction in ("eps", "flow"):
+        return 1.0 / sigma
+    if prediction == "v":
+        return torch.sqrt(sigma**2 + 1.0) / sigma
+    return torch.ones_like(sigma)
+
+
+def signal_to_noise(sigma: torch.Tensor, prediction: PredictionType) -> torch.Tensor:
+    if prediction == "flow":
+        return ((1.0 - sigma) / sigma) ** 2
+    return 1.0 / sigma**2
+
+
+def min_snr_weight(sigma: torch.Tensor, prediction: PredictionType, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) for the prediction type's own loss.
+
+    eps (and flow, which also predicts noise-like targets): min(SNR, gamma) / SNR.
+    v: min(SNR, gamma) / (SNR + 1).  x0: min(SNR, gamma).
+    """
+    if gamma <= 0:
+        return torch.ones_like(sigma)
+    snr = signal_to_noise(sigma, prediction)
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction == "v":
+        return clipped / (snr + 1.0)
+    if prediction == "x0":
+        return clipped
+    return clipped / snr
+
+
+def sample_noise(latents: torch.Tensor, generator: torch.Generator, noise_offset: float) -> torch.Tensor:
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
+    if noise_offset > 0:
+        offset = torch.randn((latents.shape[0], latents.shape[1], *([1] * (latents.ndim - 2))), generator=generator)
+        noise = noise + noise_offset * offset.to(latents.device)
+    return noise
+
+
+def sample_sigmas(schedule: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Noise levels drawn uniformly from the model's own schedule."""
+    index = torch.randint(0, schedule.shape[0], (batch,), generator=generator)
+    return schedule.detach().float().cpu()[index]
+
+
+def diffusion_loss(
+    x0_estimate: torch.Tensor,
+    latents: torch.Tensor,
+    sigma: torch.Tensor,
+    prediction: PredictionType,
+    min_snr_gamma: float,
+) -> torch.Tensor:
+    """Mean squared error in the prediction space, min-SNR weighted, averaged over the batch."""
+    error = (x0_estimate.float() - latents.float()) * prediction_space_factor(sigma, prediction).view(
+        -1, *([1] * (latents.ndim - 1))
+    )
+    per_sample = error.pow(2).flatten(1).mean(dim=1)
+    return (per_sample * min_snr_weight(sigma, prediction, min_snr_gamma)).mean()

@@ -1,0 +1,50 @@
+"""The small interfaces the training loop needs from a model.
+
+A front end (ComfyUI's bridge in ``nodes/bridge.py``, or the diffusers back end in
+``trainer_core.diffusers_backend``) adapts its objects to these. The loop never sees anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from .config import PredictionType
+
+# Text-encoder output for one or more captions, batch first: e.g. {"cross_attn": [B,77,768],
+# "pooled_output": [B,1280]}. Only the denoiser that made it needs to understand the keys.
+TextEmbedding = dict[str, torch.Tensor]
+
+
+class Denoiser(Protocol):
+    """A diffusion network with its noise schedule and prediction type."""
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The module LoRA layers are injected into (UNet or transformer)."""
+
+    @property
+    def prediction(self) -> PredictionType:
+        """What the network predicts: eps, v, flow (noise minus data) or x0."""
+
+    @property
+    def training_sigmas(self) -> torch.Tensor:
+        """The noise levels training draws from uniformly (1-D, the model's own schedule)."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def denoise(self, noisy: torch.Tensor, sigma: torch.Tensor, text: TextEmbedding) -> torch.Tensor:
+        """The network's estimate of the clean latent ``x0`` for ``noisy`` at noise level ``sigma`` [B]."""
+
+
+class TextEncoder(Protocol):
+    def encode(self, captions: Sequence[str]) -> list[TextEmbedding]:
+        """One embedding per caption, each with batch size 1."""
+
+
+class LatentCodec(Protocol):
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B,H,W,3] in 0..1 to latents in the space the denoiser works in."""
