@@ -1,0 +1,189 @@
+"""The training core on tiny diffusers models, without ComfyUI."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer_core.config import LoRAConfig, TrainingConfig
+from trainer_core.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
+from trainer_core.loop import NonFiniteLossError, train_lora
+
+
+@dataclass(frozen=True)
+class Item:
+    caption: str
+    repeats: int
+    bucket: tuple[int, int]
+    pattern: int
+
+
+class SyntheticData:
+    """Images of a bright square on a dark field, the concept the LoRA must learn."""
+
+    def __init__(self, count: int = 4, size: int = 32):
+        self.items = tuple(Item(f"sks square, picture {i}", 1, (size, size), i) for i in range(count))
+
+    def load_image(self, item: Item) -> np.ndarray:
+        w, h = item.bucket
+        image = np.full((h, w, 3), 0.1, dtype=np.float32)
+        offset = item.pattern % 3
+        image[h // 4 + offset : 3 * h // 4, w // 4 : 3 * w // 4] = (0.9, 0.2, 0.1)
+        return image
+
+
+class HashTextEncoder:
+    """A deterministic toy text encoder: a fixed embedding per word, averaged into 8 tokens."""
+
+    def __init__(self, width: int = 32):
+        self.width = width
+
+    def encode(self, captions):
+        out = []
+        for caption in captions:
+            vectors = []
+            for word in caption.replace(",", " ").split():
+                g = torch.Generator().manual_seed(sum(ord(c) * 31**i for i, c in enumerate(word)) % (2**31))
+                vectors.append(torch.randn(self.width, generator=g))
+            tokens = torch.stack(vectors).mean(0, keepdim=True).repeat(8, 1)
+            out.append({"cross_attn": tokens[None]})
+        return out
+
+
+def tiny_models(seed: int = 0):
+    from diffusers import AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ).eval()
+    vae = AutoencoderTiny(
+        encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16), num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)
+    ).eval()
+    schedule = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    return unet, vae, schedule.alphas_cumprod
+
+
+def make_inference(module: torch.nn.Module) -> torch.nn.Module:
+    """Turn the weights into inference tensors, as ComfyUI's loaders create them."""
+    with torch.inference_mode():
+        for sub in module.modules():
+            for name, p in list(sub._parameters.items()):
+                if p is not None:
+                    sub._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+    return module
+
+
+def train(steps=30, seed=0, unet=None, vae=None, alphas=None, **training):
+    if unet is None:
+        unet, vae, alphas = tiny_models()
+    config = TrainingConfig(steps=steps, learning_rate=training.pop("learning_rate", 2e-3), seed=seed, **training)
+    return train_lora(
+        DiffusersUNetDenoiser(unet, alphas),
+        HashTextEncoder(),
+        DiffusersLatentCodec(vae, 1.0),
+        SyntheticData(),
+        LoRAConfig(rank=4, alpha=4),
+        config,
+    )
+
+
+def test_core_never_imports_comfyui(monkeypatch):
+    blocked = ["comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "execution", "nodes"]
+    for name in list(sys.modules):
+        if name == "trainer_core" or name.startswith("trainer_core."):
+            monkeypatch.delitem(sys.modules, name)
+    for name in blocked:
+        monkeypatch.setitem(sys.modules, name, None)  # any import of these now fails
+    import importlib
+
+    for module in Path(__file__).resolve().parents[2].joinpath("trainer_core").glob("*.py"):
+        importlib.import_module(f"trainer_core.{module.stem}")
+
+
+def test_loss_falls_clearly():
+    result = train(steps=160, learning_rate=5e-3, min_snr_gamma=0)
+    first, last = np.mean(result.losses[:40]), np.mean(result.losses[-40:])
+    assert last < 0.8 * first, (first, last)
+
+
+def test_same_seed_same_lora_and_different_seed_differs():
+    a, b, c = train(steps=5, seed=1), train(steps=5, seed=1), train(steps=5, seed=2)
+    assert a.weights.keys() == b.weights.keys()
+    assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
+    assert any(not torch.equal(a.weights[k], c.weights[k]) for k in a.weights)
+
+
+def test_shared_network_is_left_exactly_as_it_was():
+    unet, vae, alphas = tiny_models()
+    make_inference(unet)
+    names_before = [n for n, _ in unet.named_modules()]
+    params_before = {n: p for n, p in unet.named_parameters()}
+    values_before = {n: p.clone() for n, p in params_before.items()}
+    sample = torch.randn(1, 4, 8, 8)
+    text = HashTextEncoder().encode(["a photo"])[0]["cross_attn"]
+    with torch.inference_mode():
+        out_before = unet(sample, torch.tensor([500]), encoder_hidden_states=text).sample
+
+    result = train(steps=3, unet=unet, vae=vae, alphas=alphas)
+
+    assert result.steps == 3
+    assert [n for n, _ in unet.named_modules()] == names_before
+    for name, p in unet.named_parameters():
+        assert p is params_before[name], f"{name} was replaced"
+        assert torch.equal(p, values_before[name])
+    with torch.inference_mode():
+        out_after = unet(sample, torch.tensor([500]), encoder_hidden_states=text).sample
+    assert torch.equal(out_before, out_after)
+
+
+def test_export_uses_kohya_keys_with_alpha():
+    result = train(steps=2)
+    keys = list(result.weights)
+    assert keys and all(k.startswith("lora_unet_") for k in keys)
+    downs = [k for k in keys if k.endswith(".lora_down.weight")]
+    assert len(downs) == len([k for k in keys if k.endswith(".lora_up.weight")]) == len([k for k in keys if k.endswith(".alpha")])
+    assert all(result.weights[k].shape[0] == 4 for k in downs)
+    assert all(float(result.weights[k]) == 4.0 for k in keys if k.endswith(".alpha"))
+
+
+def test_progress_callback_sees_every_step_and_can_stop_training():
+    unet, vae, alphas = tiny_models()
+    seen = []
+
+    class Cancelled(Exception):
+        pass
+
+    def on_step(report):
+        seen.append(report.step)
+        if report.step == 3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        train_lora(
+            DiffusersUNetDenoiser(unet, alphas), HashTextEncoder(), DiffusersLatentCodec(vae, 1.0), SyntheticData(),
+            LoRAConfig(rank=4, alpha=4), TrainingConfig(steps=50), on_step=on_step,
+        )
+    assert seen == [1, 2, 3]
+    assert not any("lora_" in n for n, _ in unet.named_parameters()), "adapter left behind after cancel"
+
+
+def test_non_finite_loss_stops_with_last_good_weights():
+    with pytest.raises(NonFiniteLossError) as caught:
+        train(steps=50, learning_rate=1e9, max_grad_norm=0)
+    assert "loss became" in str(caught.value)
+    assert caught.value.weights and all(torch.isfinite(t).all() for t in caught.value.weights.values())

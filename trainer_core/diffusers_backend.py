@@ -1,0 +1,94 @@
+"""Denoiser, text encoder and latent codec over diffusers / transformers models.
+
+For the headless runner and the core tests: the same protocols the ComfyUI bridge implements, on a
+diffusers ``UNet2DConditionModel`` with its DDPM noise schedule (eps or v prediction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .config import PredictionType
+from .protocols import TextEmbedding
+
+
+def ddpm_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The VE noise levels of a DDPM schedule: sigma_t = sqrt((1 - a_t) / a_t)."""
+    return ((1 - alphas_cumprod) / alphas_cumprod).sqrt().float()
+
+
+class DiffusersUNetDenoiser:
+    """An eps- or v-prediction diffusers UNet seen through the VE parametrisation the loop uses."""
+
+    def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, prediction: PredictionType = "eps"):
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"a DDPM UNet predicts eps or v, not {prediction!r}")
+        self.unet = unet
+        self.sigmas = ddpm_sigmas(alphas_cumprod)
+        self._prediction: PredictionType = prediction
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.unet
+
+    @property
+    def prediction(self) -> PredictionType:
+        return self._prediction
+
+    @property
+    def training_sigmas(self) -> torch.Tensor:
+        return self.sigmas
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        log_sigmas = self.sigmas.log().to(sigma.device)
+        return (sigma.log()[:, None] - log_sigmas[None, :]).abs().argmin(dim=1)
+
+    def denoise(self, noisy: torch.Tensor, sigma: torch.Tensor, text: TextEmbedding) -> torch.Tensor:
+        s = sigma.view(-1, 1, 1, 1)
+        scaled = noisy / (s**2 + 1).sqrt()
+        out = self.unet(scaled, self.timestep(sigma), encoder_hidden_states=text["cross_attn"]).sample.float()
+        if self._prediction == "eps":
+            return noisy - s * out
+        return noisy / (s**2 + 1) - out * s / (s**2 + 1).sqrt()
+
+
+class TransformersTextEncoder:
+    """A transformers text model and a tokenizer: last hidden state as cross-attention input."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_length: int = 77):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def encode(self, captions: Sequence[str]) -> list[TextEmbedding]:
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(
+            list(captions), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        )
+        with torch.no_grad():
+            hidden = self.model(tokens["input_ids"].to(device)).last_hidden_state
+        return [{"cross_attn": h[None]} for h in hidden]
+
+
+class DiffusersLatentCodec:
+    """A diffusers VAE (``AutoencoderKL`` or ``AutoencoderTiny``) with its scaling factor."""
+
+    def __init__(self, vae: torch.nn.Module, scaling_factor: float | None = None):
+        self.vae = vae
+        config = getattr(vae, "config", None)
+        self.scaling_factor = scaling_factor if scaling_factor is not None else getattr(config, "scaling_factor", 1.0)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        device = next(self.vae.parameters()).device
+        pixels = images.permute(0, 3, 1, 2).to(device) * 2 - 1
+        with torch.no_grad():
+            encoded = self.vae.encode(pixels)
+        latent = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
+        return latent * self.scaling_factor
