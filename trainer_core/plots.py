@@ -1,0 +1,60 @@
+"""Pictures of a training run: the loss curve (raw and smoothed) with labelled axes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
+    """Bias-corrected exponential moving average (TensorBoard's smoothing)."""
+    out, average = [], 0.0
+    for i, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**i))
+    return out
+
+
+def loss_curve_image(
+    losses: Sequence[float],
+    learning_rates: Sequence[float] | None = None,
+    checkpoints: Sequence[int] = (),
+    title: str = "Training loss",
+    size: tuple[int, int] = (768, 432),
+) -> np.ndarray:
+    """The loss per step (faint), its moving average (bold), optionally the learning rate on a second
+    axis and vertical marks at checkpoint steps. Returns an RGB float32 array in 0..1."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dpi = 96
+    figure = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    axes = figure.add_subplot(1, 1, 1)
+    steps = np.arange(1, len(losses) + 1)
+    if len(losses):
+        axes.plot(steps, losses, color="#9db4d8", linewidth=0.8, label="loss")
+        axes.plot(steps, smooth(losses, weight=min(0.95, max(0.6, 1 - 10 / len(losses)))),
+                  color="#1f4e9c", linewidth=2.0, label="smoothed")
+        axes.set_xlim(1, max(2, len(losses)))
+    for step in checkpoints:
+        axes.axvline(step, color="#999999", linestyle=":", linewidth=1)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    final = f" (last {np.mean(losses[-max(1, len(losses) // 10):]):.4f})" if len(losses) else ""
+    axes.set_title(title + final)
+    axes.grid(True, alpha=0.3)
+    handles, labels = axes.get_legend_handles_labels()
+    if learning_rates is not None and len(learning_rates) and len(set(learning_rates)) > 1:
+        lr_axes = axes.twinx()
+        lr_axes.plot(steps[: len(learning_rates)], learning_rates, color="#d0812b", linewidth=1.2, label="learning rate")
+        lr_axes.set_ylabel("learning rate")
+        more_handles, more_labels = lr_axes.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    if handles:
+        axes.legend(handles, labels, loc="upper right")
+    figure.tight_layout()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return rgba[:, :, :3].astype(np.float32) / 255.0
