@@ -1,0 +1,394 @@
+"""A folder of images and captions, scanned into a dataset the training loop can trust.
+
+Layout (kohya's): images with same-name ``.txt`` captions (``cat.png`` + ``cat.txt``), in the folder
+or in nested folders; a folder named ``N_name`` (``10_cat``) gives the images below it N repeats.
+Files and folders whose names start with '.' are ignored (``.ipynb_checkpoints``, macOS ``._x.png``).
+
+``load_dataset`` reads only image headers, so a folder of thousands of images is scanned in seconds
+and never held in memory; ``Dataset.load_image`` decodes one image at its bucket size when the
+trainer asks. ``Dataset.content_hash`` lets a trainer reuse cached latents and embeddings: it changes
+when an image file (path, size or modification time), a caption, a repeat count or a bucketing option
+changes. ``Dataset.caption_options`` carries the caption processing the LoadDataset node chose;
+``Dataset.caption_for`` applies it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .buckets import Size, closest_bucket, make_buckets
+from .captions import CaptionOptions, process_caption, read_caption_file, tag_frequencies
+from .image_files import (
+    SUPPORTED_EXTENSIONS,
+    Color,
+    ImageFileError,
+    decode_rgb,
+    read_header,
+    resize_to_bucket,
+    to_float_array,
+)
+
+logger = logging.getLogger(__name__)
+
+OnBadFile = Literal["error", "skip"]
+ON_BAD_FILE_CHOICES: tuple[str, ...] = ("error", "skip")
+_REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
+_MANY_REPEATS = 100
+_HOW_TO_LAY_OUT = (
+    "Put .png/.jpg/.webp files with same-name .txt captions in it (cat.png + cat.txt); "
+    "kohya folders like 10_cat/ give their images 10 repeats."
+)
+
+
+class DatasetError(ValueError):
+    """A dataset problem a person has to fix; the message names the folder, file or field."""
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """How images are found, checked and sized for training."""
+
+    resolution: int = _help(
+        "Training resolution: buckets hold at most resolution² pixels (512 for SD1.5, 1024 for SDXL/Flux)."
+        " A multiple of 8, and of bucket_step when bucketing.",
+        512,
+    )
+    enable_bucketing: bool = _help(
+        "Aspect-ratio bucketing: each image trains at the bucket size closest to its own shape. Off = every"
+        " image is centre-cropped to a resolution x resolution square.",
+        True,
+    )
+    bucket_step: int = _help("Bucket sides are multiples of this many pixels (64 is kohya's default).", 64)
+    min_bucket_side: int = _help(
+        "Shortest bucket side in pixels, a multiple of bucket_step. 0 = half the resolution.", 0
+    )
+    max_bucket_side: int = _help(
+        "Longest bucket side in pixels, a multiple of bucket_step. 0 = twice the resolution.", 0
+    )
+    center_crop: bool = _help(
+        "On: scale each image to cover its bucket and crop the overflow equally from both sides. Off: scale"
+        " it to fit inside and fill the rest with the background colour (nothing is cut off).",
+        True,
+    )
+    background: Color = _help(
+        "Colour (R, G, B 0-255) that transparent pixels and padding are flattened onto.", (255, 255, 255)
+    )
+    on_bad_file: OnBadFile = _help(
+        "What to do with an unreadable image (empty, truncated, not an image, too large): 'error' stops and"
+        " names it; 'skip' leaves it out with a warning.",
+        "error",
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.resolution, int) or self.resolution < 64 or self.resolution % 8:
+            raise DatasetError(f"resolution must be a multiple of 8 and at least 64, got {self.resolution}")
+        if self.resolution > 8192:
+            raise DatasetError(f"resolution {self.resolution} is above 8192: use 512, 768 or 1024")
+        if self.bucket_step < 8 or self.bucket_step > 256 or self.bucket_step % 8:
+            raise DatasetError(f"bucket_step must be a multiple of 8 from 8 to 256, got {self.bucket_step}")
+        if self.on_bad_file not in ON_BAD_FILE_CHOICES:
+            raise DatasetError(f"on_bad_file must be 'error' or 'skip', got {self.on_bad_file!r}")
+        if len(self.background) != 3 or not all(0 <= int(c) <= 255 for c in self.background):
+            raise DatasetError(f"background must be three numbers 0-255 (R, G, B), got {self.background!r}")
+        if not self.enable_bucketing:
+            return
+        step = self.bucket_step
+        if self.resolution % step:
+            lower = max(step, self.resolution // step * step)
+            raise DatasetError(
+                f"resolution {self.resolution} is not a multiple of bucket_step {step}: "
+                f"use {lower} or {lower + step}, or a smaller bucket_step"
+            )
+        for name in ("min_bucket_side", "max_bucket_side"):
+            value = getattr(self, name)
+            if value < 0 or value % step:
+                raise DatasetError(
+                    f"{name} must be 0 (automatic) or a multiple of bucket_step {step}, got {value}"
+                )
+        low, high = self.bucket_side_range
+        if not low <= self.resolution <= high:
+            raise DatasetError(
+                f"min_bucket_side {low} .. max_bucket_side {high} must include the resolution {self.resolution}"
+            )
+
+    @property
+    def bucket_side_range(self) -> tuple[int, int]:
+        """(shortest, longest) bucket side, with the automatic values filled in."""
+        step = self.bucket_step
+        low = self.min_bucket_side or max(step, -(-self.resolution // 2 // step) * step)
+        high = self.max_bucket_side or self.resolution * 2 // step * step
+        return low, high
+
+    def bucket_sizes(self) -> tuple[Size, ...]:
+        """Every (width, height) an image can be trained at."""
+        if not self.enable_bucketing:
+            return ((self.resolution, self.resolution),)
+        low, high = self.bucket_side_range
+        return make_buckets(self.resolution, self.bucket_step, low, high)
+
+
+@dataclass(frozen=True)
+class DatasetItem:
+    """One training image: where it is, its caption and the size it trains at."""
+
+    image_path: Path
+    caption: str  # raw caption text from the .txt ('' if none)
+    has_caption: bool
+    repeats: int  # from kohya folder names like 10_name, else 1
+    size: Size  # original (width, height) after EXIF orientation
+    bucket: Size  # training (width, height)
+    caption_path: Path | None = None  # the .txt the caption came from, if any
+    folder: str = ""  # the kohya folder it belongs to ('10_cat'), '' for images outside one
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """An image left out because it could not be used (``on_bad_file='skip'``)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The scanned dataset. Pixels are decoded only by ``load_image``."""
+
+    root: Path
+    items: tuple[DatasetItem, ...]
+    resolution: int
+    content_hash: str
+    options: DatasetOptions
+    caption_options: CaptionOptions = field(default_factory=CaptionOptions)
+    warnings: tuple[str, ...] = ()
+    skipped: tuple[SkippedFile, ...] = ()
+
+    def load_image(self, item: DatasetItem) -> np.ndarray:
+        """The item's pixels: float32 HxWx3 in [0, 1] at exactly its bucket size (H = bucket[1])."""
+        try:
+            image = decode_rgb(item.image_path, self.options.background, draft_size=item.bucket)
+            fitted = resize_to_bucket(image, item.bucket, self.options.center_crop, self.options.background)
+        except ImageFileError as error:
+            raise DatasetError(str(error)) from error
+        except FileNotFoundError as error:
+            raise DatasetError(
+                f"{item.image_path} was removed after the dataset was loaded: run LoadDataset again"
+            ) from error
+        return to_float_array(fitted)
+
+    def buckets(self) -> dict[Size, list[int]]:
+        """Each bucket size and the indices of the items in it, buckets sorted by size."""
+        groups: dict[Size, list[int]] = {}
+        for index, item in enumerate(self.items):
+            groups.setdefault(item.bucket, []).append(index)
+        return dict(sorted(groups.items()))
+
+    @property
+    def sample_count(self) -> int:
+        """Images per epoch, counting repeats (what 'images x repeats' means in the guides)."""
+        return sum(item.repeats for item in self.items)
+
+    def caption_for(self, item: DatasetItem, rng: random.Random | None = None) -> str:
+        """The caption text for one step: ``caption_options`` applied (random parts only with ``rng``)."""
+        return process_caption(item.caption, self.caption_options, rng)
+
+    def with_caption_options(self, caption_options: CaptionOptions) -> Dataset:
+        """The same dataset with other caption processing (the content hash does not change)."""
+        return replace(self, caption_options=caption_options)
+
+    def tag_frequency_metadata(self) -> dict[str, dict[str, int]]:
+        """kohya's ``ss_tag_frequency``: per folder, how many captions contain each tag."""
+        by_folder: dict[str, list[str]] = {}
+        for item in self.items:
+            by_folder.setdefault(item.folder or self.root.name, []).append(self.caption_for(item))
+        return {folder: tag_frequencies(captions) for folder, captions in by_folder.items()}
+
+    def dataset_dirs_metadata(self) -> dict[str, dict[str, int]]:
+        """kohya's ``ss_dataset_dirs``: per folder, its repeats and image count."""
+        counts = Counter(item.folder or self.root.name for item in self.items)
+        repeats = {item.folder or self.root.name: item.repeats for item in self.items}
+        return {name: {"n_repeats": repeats[name], "img_count": count} for name, count in counts.items()}
+
+
+def load_dataset(folder: str | Path, options: DatasetOptions | None = None) -> Dataset:
+    """Scan ``folder`` into a ``Dataset`` (headers and captions only; no pixels are decoded).
+
+    Raises ``DatasetError`` when the folder is missing or holds no usable image, and for the first
+    unreadable image when ``options.on_bad_file`` is 'error'.
+    """
+    options = options or DatasetOptions()
+    root = Path(folder).expanduser()
+    if not root.exists():
+        raise DatasetError(f"Dataset folder {root} does not exist. Create it and fill it: {_HOW_TO_LAY_OUT}")
+    if not root.is_dir():
+        raise DatasetError(
+            f"{root} is a file, not a folder. Give the folder that holds the images: {_HOW_TO_LAY_OUT}"
+        )
+    root = root.resolve()
+    warnings: list[str] = []
+    image_paths, other_count = _find_images(root, warnings)
+    if not image_paths:
+        found = (
+            f"it holds {other_count} file(s), none with an image extension" if other_count else "it is empty"
+        )
+        raise DatasetError(
+            f"No images in dataset folder {root} ({found}; looked for {', '.join(SUPPORTED_EXTENSIONS)}). "
+            + _HOW_TO_LAY_OUT
+        )
+
+    bucket_sizes = options.bucket_sizes()
+    items: list[DatasetItem] = []
+    skipped: list[SkippedFile] = []
+    for path in image_paths:
+        try:
+            header = read_header(path)
+        except ImageFileError as error:
+            if options.on_bad_file == "error":
+                raise DatasetError(str(error)) from error
+            skipped.append(SkippedFile(path, error.reason))
+            warnings.append(f"skipped {path}: {error.reason}")
+            continue
+        caption, caption_path = _caption_of(path, warnings)
+        folder, repeats = _repeats_of(path, root)
+        items.append(
+            DatasetItem(
+                image_path=path,
+                caption=caption,
+                has_caption=bool(caption),
+                repeats=repeats,
+                size=header.size,
+                bucket=closest_bucket(header.size, bucket_sizes),
+                caption_path=caption_path,
+                folder=folder,
+            )
+        )
+    if not items:
+        raise DatasetError(
+            f"None of the {len(image_paths)} image(s) in {root} could be read (first: {skipped[0].path}: "
+            f"{skipped[0].reason}). Replace the damaged files. {_HOW_TO_LAY_OUT}"
+        )
+    warnings.extend(_repeat_warnings(items))
+    for message in warnings:
+        logger.warning("LoadDataset: %s", message)
+    return Dataset(
+        root=root,
+        items=tuple(items),
+        resolution=options.resolution,
+        content_hash=_content_hash(root, items, options),
+        options=options,
+        warnings=tuple(warnings),
+        skipped=tuple(skipped),
+    )
+
+
+def _find_images(root: Path, warnings: list[str]) -> tuple[list[Path], int]:
+    """Image files under ``root`` (sorted), following links but never the same folder twice."""
+    images: list[Path] = []
+    other_count = 0
+    seen_folders: set[tuple[int, int]] = set()
+
+    def report(error: OSError) -> None:
+        warnings.append(f"cannot read folder {error.filename}: {error.strerror or error}")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=report):
+        try:
+            stat = os.stat(dirpath)
+        except OSError as error:
+            report(error)
+            dirnames[:] = []
+            continue
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen_folders:
+            warnings.append(f"skipped {dirpath}: a link back to a folder already scanned (a link loop?)")
+            dirnames[:] = []
+            continue
+        seen_folders.add(key)
+        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            if os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS:
+                images.append(Path(dirpath) / name)
+            elif not name.lower().endswith(".txt"):
+                other_count += 1
+    images.sort(key=lambda path: path.relative_to(root).as_posix())
+    return images, other_count
+
+
+def _caption_of(image_path: Path, warnings: list[str]) -> tuple[str, Path | None]:
+    caption_path = image_path.with_suffix(".txt")
+    if not caption_path.is_file():
+        return "", None
+    try:
+        text, warning = read_caption_file(caption_path)
+    except OSError as error:
+        warnings.append(
+            f"cannot read caption {caption_path} ({error.strerror or error}); the image has no caption"
+        )
+        return "", None
+    if warning:
+        warnings.append(warning)
+    return text, caption_path
+
+
+def _repeats_of(image_path: Path, root: Path) -> tuple[str, int]:
+    """The nearest enclosing ``N_name`` folder below ``root`` and its N (1 if there is none)."""
+    parts = image_path.parent.relative_to(root).parts
+    for index in range(len(parts) - 1, -1, -1):
+        match = _REPEAT_FOLDER.match(parts[index])
+        if match and int(match.group(1)) > 0:
+            return "/".join(parts[: index + 1]), int(match.group(1))
+    return "", 1
+
+
+def _repeat_warnings(items: list[DatasetItem]) -> list[str]:
+    many = sorted({(item.folder, item.repeats) for item in items if item.repeats > _MANY_REPEATS})
+    return [
+        f"folder {folder} gives its images {repeats} repeats (kohya's N_name rule); rename it if the number"
+        " is not meant as a repeat count (a year, an id)"
+        for folder, repeats in many
+    ]
+
+
+def _content_hash(root: Path, items: list[DatasetItem], options: DatasetOptions) -> str:
+    """Changes iff an image file, a caption, a repeat count or a sizing option changes.
+
+    Image files are identified by relative path, byte size and modification time (reading every
+    file's bytes would make each scan as slow as a full decode); the folder's location is left out so
+    a moved dataset keeps its hash.
+    """
+    digest = hashlib.sha256()
+    sizing = {
+        "resolution": options.resolution,
+        "buckets": options.bucket_sizes(),
+        "center_crop": options.center_crop,
+        "background": list(options.background),
+    }
+    digest.update(json.dumps(sizing, sort_keys=True).encode())
+    for item in items:
+        stat = item.image_path.stat()
+        record = [
+            item.image_path.relative_to(root).as_posix(),
+            stat.st_size,
+            stat.st_mtime_ns,
+            item.caption,
+            item.repeats,
+            list(item.bucket),
+        ]
+        digest.update(json.dumps(record, ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
