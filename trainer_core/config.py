@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-MixedPrecision = Literal["fp32", "bf16", "fp16"]
+MixedPrecision = Literal["auto", "fp32", "bf16", "fp16"]
 PredictionType = Literal["eps", "v", "flow", "x0"]
 
-MIXED_PRECISION_CHOICES: tuple[str, ...] = ("fp32", "bf16", "fp16")
+MIXED_PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
 
 def _help(text: str, default: Any) -> Any:
@@ -52,7 +52,9 @@ class TrainingConfig:
     )
     seed: int = _help("Seed for noise, timesteps, shuffling and LoRA initialisation: same seed, same LoRA.", 0)
     mixed_precision: str = _help(
-        "Compute precision: fp32 (exact, slow on GPU), bf16 (recent NVIDIA), fp16 (with loss scaling).", "fp32"
+        "Compute precision: auto (bf16 on GPUs that have it, else fp16; fp32 on CPU), fp32 (exact, slow on"
+        " GPU), bf16 (RTX 30xx and newer), fp16 (with loss scaling).",
+        "auto",
     )
     gradient_checkpointing: bool = _help(
         "Recompute activations in the backward pass: much less memory, about 20% slower.", False

@@ -13,14 +13,14 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from .adapters import InjectedAdapter, autograd_safe_weights, inject_lora
-from .config import LoRAConfig, TrainingConfig
+from .config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingConfig
 from .export import KeyNamer, LoRAWeights, default_key_name
 from .losses import add_noise, diffusion_loss, sample_noise, sample_sigmas
 from .protocols import Denoiser, LatentCodec, TextEmbedding, TextEncoder
@@ -54,7 +54,8 @@ class TrainingData(Protocol):
     def load_image(self, item: Any) -> np.ndarray: ...
 
 
-CaptionFunction = Callable[[str, "random.Random | None"], str]
+# (dataset item, rng) -> the caption a step trains with; rng=None means no random processing.
+CaptionFunction = Callable[[Any, "random.Random | None"], str]
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,22 @@ class StepReport:
 @dataclass
 class TrainingResult:
     weights: LoRAWeights
+    total_steps: int = 0
+    mixed_precision: str = "fp32"
     losses: list[float] = field(default_factory=list)
     learning_rates: list[float] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
     encode_seconds: float = 0.0
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' becomes bf16 on GPUs that have it, fp16 (with loss scaling) on other GPUs, fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -196,18 +208,20 @@ def train_lora(
     lora: LoRAConfig,
     training: TrainingConfig,
     caption_for: CaptionFunction | None = None,
+    random_captions: bool = False,
     key_namer: KeyNamer = default_key_name,
     metadata: dict[str, str] | None = None,
     on_step: Callable[[StepReport], None] | None = None,
 ) -> TrainingResult:
     """Train a LoRA on ``denoiser.network`` and return its weights; the network is left as it was.
 
-    ``caption_for(raw_caption, rng)`` turns a dataset caption into the training caption (trigger
-    word, shuffling, dropout); with ``rng=None`` it must be deterministic. Without it the raw caption
-    is used.
+    ``caption_for(item, rng)`` gives an item's training caption (trigger word, shuffling, dropout);
+    with ``rng=None`` it must be deterministic. ``random_captions`` says whether it uses ``rng`` at all
+    (if not, every caption is encoded once). Without it the item's raw caption is used.
     """
-    if training.mixed_precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"mixed_precision must be fp32, bf16 or fp16, not {training.mixed_precision!r}")
+    if training.mixed_precision not in MIXED_PRECISION_CHOICES:
+        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION_CHOICES}, not {training.mixed_precision!r}")
+    training = replace(training, mixed_precision=resolve_precision(training.mixed_precision, denoiser.device))
     if not data.items:
         raise TrainingError("the dataset has no images")
     started = time.perf_counter()
@@ -216,16 +230,15 @@ def train_lora(
     caption_rng = random.Random(training.seed)
     order_rng = random.Random(training.seed + 1)
     generator = torch.Generator().manual_seed(training.seed)
-    caption = caption_for or (lambda text, rng: text)
-    randomised = caption_for is not None and caption("a, b, c, d, e, f", random.Random(0)) != caption(
-        "a, b, c, d, e, f", None
-    )
+    caption: CaptionFunction = caption_for or (lambda item, rng: item.caption)
+    randomised = caption_for is not None and random_captions
 
     with torch.inference_mode(False), torch.enable_grad():
         latents = encode_latents(data, codec)
         texts = _TextCache(text_encoder)
-        fixed_captions = [caption(item.caption, None) for item in data.items]
-        texts.get(fixed_captions)
+        fixed_captions = [caption(item, None) for item in data.items]
+        if not randomised:
+            texts.get(fixed_captions)
         encode_seconds = time.perf_counter() - started
 
         network = denoiser.network
@@ -239,6 +252,8 @@ def train_lora(
                     )
             finally:
                 adapter.remove()
+    result.total_steps = total_steps
+    result.mixed_precision = training.mixed_precision
     result.seconds = time.perf_counter() - started
     result.encode_seconds = encode_seconds
     result.weights.metadata.update(metadata or {})
@@ -282,7 +297,7 @@ def _optimise(
                     indices = next(batches)
                     x0 = torch.stack([latents[i] for i in indices]).to(device)
                     if randomised:
-                        captions = [caption(data.items[i].caption, caption_rng) for i in indices]
+                        captions = [caption(data.items[i], caption_rng) for i in indices]
                     else:
                         captions = [fixed_captions[i] for i in indices]
                     text = {k: v.to(device) for k, v in _concat_text(texts.get(captions)).items()}

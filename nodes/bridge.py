@@ -1,0 +1,171 @@
+"""The one place where ComfyUI's objects meet trainer_core's protocols.
+
+``ModelPatcher`` → ``Denoiser`` (its diffusion network, noise schedule and prediction type, called
+through ``BaseModel.extra_conds`` + ``apply_model`` exactly as the sampler calls it), ``CLIP`` →
+``TextEncoder`` (as ``CLIPTextEncode`` encodes), ``VAE`` → ``LatentCodec`` (as ``VAEEncode`` plus the
+model's own latent scaling). Also: kohya key names for the model's layers, and ComfyUI's LoRA loader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.sd
+import comfy.utils
+import torch
+
+from ..trainer_core.config import PredictionType
+from ..trainer_core.protocols import TextEmbedding
+
+
+class UnsupportedModelError(ValueError):
+    pass
+
+
+def prediction_type(model_sampling: Any) -> PredictionType:
+    # Subclasses first: V_PREDICTION and X0 derive from EPS.
+    if isinstance(model_sampling, comfy.model_sampling.V_PREDICTION):
+        return "v"
+    if isinstance(model_sampling, comfy.model_sampling.X0):
+        return "x0"
+    if isinstance(model_sampling, comfy.model_sampling.EPS):
+        return "eps"
+    if isinstance(model_sampling, comfy.model_sampling.CONST):
+        return "flow"
+    raise UnsupportedModelError(
+        f"LoRA Lab cannot train this model: its prediction type ({type(model_sampling).__name__}) is not eps, v, "
+        "flow or x0."
+    )
+
+
+def model_family(patcher: Any) -> str:
+    """A short name for the base model's architecture, for messages and metadata."""
+    return type(patcher.model).__name__
+
+
+class ComfyDenoiser:
+    def __init__(self, patcher: Any):
+        self.patcher = patcher
+        self.base_model = patcher.model
+        self.model_sampling = patcher.get_model_object("model_sampling")
+        self._prediction = prediction_type(self.model_sampling)
+        if not hasattr(self.base_model, "diffusion_model"):
+            raise UnsupportedModelError(f"the MODEL ({model_family(patcher)}) has no diffusion network to train")
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.base_model.diffusion_model
+
+    @property
+    def prediction(self) -> PredictionType:
+        return self._prediction
+
+    @property
+    def training_sigmas(self) -> torch.Tensor:
+        return self.model_sampling.sigmas
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.patcher.load_device)
+
+    def denoise(self, noisy: torch.Tensor, sigma: torch.Tensor, text: TextEmbedding) -> torch.Tensor:
+        params: dict[str, Any] = dict(text)
+        params.update(
+            device=self.device,
+            noise=noisy,
+            width=noisy.shape[-1] * 8,
+            height=noisy.shape[-2] * 8,
+            prompt_type="positive",
+        )
+        conds = self.base_model.extra_conds(**params)
+        kwargs = {
+            name: cond.process_cond(batch_size=noisy.shape[0], device=self.device, area=None).cond
+            for name, cond in conds.items()
+        }
+        return self.base_model.apply_model(noisy, sigma, **kwargs)
+
+
+class ComfyTextEncoder:
+    """Encodes as ``CLIPTextEncode`` does; every tensor the encoder returns is kept for the model."""
+
+    def __init__(self, clip: Any):
+        if clip is None:
+            raise ValueError("TrainLoRA needs the CLIP output of the checkpoint loader: connect it to 'clip'")
+        self.clip = clip
+
+    def encode(self, captions: Sequence[str]) -> list[TextEmbedding]:
+        out = []
+        for caption in captions:
+            conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(caption))
+            cond, extras = conditioning[0][0], conditioning[0][1]
+            embedding: TextEmbedding = {"cross_attn": cond}
+            embedding.update({k: v for k, v in extras.items() if torch.is_tensor(v)})
+            out.append(embedding)
+        return out
+
+
+class ComfyLatentCodec:
+    """``VAE.encode`` then the model's ``process_latent_in`` (SD1.5's x0.18215 and the like)."""
+
+    def __init__(self, vae: Any, patcher: Any):
+        if vae is None:
+            raise ValueError("TrainLoRA needs the VAE output of the checkpoint loader: connect it to 'vae'")
+        self.vae = vae
+        self.base_model = patcher.model
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        latent = self.vae.encode(images[..., :3])
+        return self.base_model.process_latent_in(latent.to(torch.float32))
+
+
+def kohya_key_namer(patcher: Any) -> Any:
+    """Module path → kohya key stem. UNet models get kohya's diffusers-style names
+    (``lora_unet_down_blocks_0_attentions_0_...``, which A1111, Forge, diffusers and ComfyUI all read);
+    other models ``lora_unet_<ComfyUI module path>``, which ComfyUI maps for every model type."""
+    unet_config = getattr(patcher.model.model_config, "unet_config", {}) or {}
+    to_diffusers: dict[str, str] = {}
+    try:
+        for diffusers_key, ldm_key in comfy.utils.unet_to_diffusers(unet_config).items():
+            if diffusers_key.endswith(".weight") and ldm_key.endswith(".weight"):
+                to_diffusers[ldm_key[: -len(".weight")]] = diffusers_key[: -len(".weight")]
+    except (KeyError, TypeError, IndexError):
+        to_diffusers = {}
+
+    def name(module_path: str) -> str:
+        return "lora_unet_" + to_diffusers.get(module_path, module_path).replace(".", "_")
+
+    return name
+
+
+def base_model_version(patcher: Any) -> str:
+    """kohya's ``ss_base_model_version`` for the common families, else the ComfyUI class name."""
+    family = model_family(patcher)
+    return {"BaseModel": "sd_v1", "SDXL": "sdxl_base_v1-0", "Flux": "flux1", "SD3": "sd3"}.get(family, family.lower())
+
+
+def model_fingerprint(patcher: Any) -> str:
+    """A quick sha256 of the base network: every tensor's name, shape and first and last 4 KiB.
+
+    The MODEL does not say which file it came from, so this identifies the weights themselves."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(patcher.model.diffusion_model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        for part in (flat[:1024], flat[-1024:]):
+            digest.update(part.float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_for_training(patcher: Any, unload_others: bool) -> None:
+    """Bring the model fully onto the training device (with any patches already on it)."""
+    memory = 1e20 if unload_others else 0
+    comfy.model_management.load_models_gpu([patcher], memory_required=memory, force_full_load=True)
+
+
+def apply_lora(model: Any, clip: Any, weights: dict, strength_model: float, strength_clip: float) -> tuple[Any, Any]:
+    """ComfyUI's own LoRA loading, the path ``LoraLoader`` takes."""
+    return comfy.sd.load_lora_for_models(model, clip, weights, strength_model, strength_clip)

@@ -1,0 +1,79 @@
+"""SaveCheckpoint: write a trained LoRA into models/loras in kohya's format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import folder_paths
+from comfy_api.latest import io, ui
+
+from ..trainer_core.export import LoRAWeights, sanitize_filename, save_lora, unique_path
+from .types import LoraModel
+
+IF_EXISTS = ["add number", "overwrite", "error"]
+
+
+def loras_folder() -> Path:
+    return Path(folder_paths.get_folder_paths("loras")[0])
+
+
+class SaveCheckpoint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SaveCheckpoint",
+            display_name="Save LoRA",
+            category="LoRA Lab/Training",
+            description=(
+                "Saves the LoRA into models/loras as .safetensors with kohya keys, alpha and ss_* metadata, so the "
+                "stock LoraLoader lists it at once and A1111, Forge and diffusers read it."
+            ),
+            inputs=[
+                LoraModel.Input("lora", tooltip="The LoRA from Train LoRA."),
+                io.String.Input(
+                    "filename", default="lora_lab/my_lora",
+                    tooltip="Name inside models/loras, without extension; '/' makes sub-folders. Spaces become "
+                    "underscores, characters that break on Windows/macOS/Linux are replaced.",
+                ),
+                io.Combo.Input(
+                    "if_exists", options=IF_EXISTS, default="add number",
+                    tooltip="When the file exists: add a number (my_lora_0001), overwrite it, or stop with an error.",
+                ),
+            ],
+            outputs=[
+                LoraModel.Output("lora", tooltip="The same LoRA, now knowing its file name."),
+                io.String.Output("lora_name", tooltip="The saved file's name as LoraLoader lists it."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, filename: str, if_exists: str, **_) -> bool | str:
+        try:
+            sanitize_filename(filename)
+        except ValueError as error:
+            return f"filename: {error}"
+        if if_exists not in IF_EXISTS:
+            return f"if_exists must be one of {IF_EXISTS}, got {if_exists!r}"
+        return True
+
+    @classmethod
+    def execute(cls, lora: LoRAWeights, filename: str, if_exists: str) -> io.NodeOutput:
+        if not isinstance(lora, dict) or not lora:
+            raise ValueError("lora: the input holds no LoRA weights; connect the 'lora' output of Train LoRA")
+        root = loras_folder()
+        stem = sanitize_filename(filename)
+        path = root / f"{stem}.safetensors"
+        if path.exists():
+            if if_exists == "error":
+                raise FileExistsError(
+                    f"filename: {path} exists already. Choose another name, or set if_exists to 'add number' or "
+                    "'overwrite'."
+                )
+            if if_exists == "add number":
+                path = unique_path(path.parent, path.stem)
+        saved = LoRAWeights(lora, getattr(lora, "metadata", {}))
+        saved.metadata["ss_output_name"] = path.stem
+        save_lora(saved, path, overwrite=True)
+        name = path.relative_to(root).as_posix()
+        return io.NodeOutput(saved, name, ui=ui.PreviewText(f"Saved {name}\n{path}"))

@@ -1,0 +1,162 @@
+"""TrainLoRA: train a LoRA on the MODEL / CLIP / VAE the canvas already loaded."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..trainer_core.config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingConfig, default_of, help_text
+from ..trainer_core.export import LoRAWeights, save_lora, unique_path
+from ..trainer_core.loop import NonFiniteLossError, StepReport, samples_per_epoch, train_lora
+from ..trainer_core.metadata import training_metadata
+from ..trainer_core.plots import loss_curve_image
+from . import bridge
+from .types import Dataset, LoraModel
+
+
+def _lora_help(name: str) -> str:
+    return help_text(LoRAConfig, name)
+
+
+def _train_help(name: str) -> str:
+    return help_text(TrainingConfig, name)
+
+
+class _CanvasProgress:
+    """Forwards each step to ComfyUI's progress bar (which also raises on Cancel) and shows the loss."""
+
+    def __init__(self, total: int, node_id: str | None):
+        self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
+        self.node_id = node_id
+        self.last_text = 0.0
+
+    def __call__(self, report: StepReport) -> None:
+        import comfy.model_management
+
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        self.bar.update_absolute(report.step, report.total)
+        now = time.monotonic()
+        if self.node_id is not None and (now - self.last_text > 0.5 or report.step == report.total):
+            self.last_text = now
+            try:
+                from server import PromptServer
+
+                send = getattr(PromptServer.instance, "send_progress_text", None)
+                if send is not None:
+                    send(f"step {report.step}/{report.total}  loss {report.loss:.4f}", self.node_id)
+            except (ImportError, AttributeError):
+                pass
+
+
+class TrainLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TrainLoRA",
+            display_name="Train LoRA",
+            category="LoRA Lab/Training",
+            description=(
+                "Trains a LoRA on the model the canvas already loaded (the incoming MODEL is left untouched). "
+                "Outputs the LoRA for Save LoRA / the strength sweep / LoraModelLoader, the MODEL with the LoRA "
+                "applied, and the loss curve."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The base model to train on, from the checkpoint loader."),
+                io.Clip.Input("clip", tooltip="Its text encoder: captions are encoded with it, once."),
+                io.Vae.Input("vae", tooltip="Its VAE: images are encoded to latents with it, once."),
+                Dataset.Input("dataset", tooltip="Images and captions from Load Dataset (or Auto Caption)."),
+                io.String.Input(
+                    "trigger_word", default="",
+                    tooltip="Word that calls up the LoRA, put first in every caption. Empty = the dataset's own.",
+                ),
+                io.Int.Input("rank", default=default_of(LoRAConfig, "rank"), min=1, max=256, tooltip=_lora_help("rank")),
+                io.Float.Input("alpha", default=default_of(LoRAConfig, "alpha"), min=0.01, max=1024, step=0.5,
+                               tooltip=_lora_help("alpha")),
+                io.Float.Input("learning_rate", default=default_of(TrainingConfig, "learning_rate"), min=1e-7, max=10.0,
+                               step=1e-5, round=1e-7, tooltip=_train_help("learning_rate")),
+                io.Int.Input("steps", default=0, min=0, max=100000, tooltip=_train_help("steps")),
+                io.Int.Input("epochs", default=default_of(TrainingConfig, "epochs"), min=1, max=10000,
+                             tooltip=_train_help("epochs")),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip=_train_help("batch_size")),
+                io.Int.Input("gradient_accumulation", default=1, min=1, max=256,
+                             tooltip=_train_help("gradient_accumulation")),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+                             tooltip=_train_help("seed")),
+                io.Combo.Input("mixed_precision", options=list(MIXED_PRECISION_CHOICES), default="auto",
+                               tooltip=_train_help("mixed_precision")),
+                io.Boolean.Input("gradient_checkpointing", default=False, tooltip=_train_help("gradient_checkpointing")),
+                io.Float.Input("min_snr_gamma", default=default_of(TrainingConfig, "min_snr_gamma"), min=0.0, max=100.0,
+                               step=0.5, tooltip=_train_help("min_snr_gamma")),
+                io.Float.Input("noise_offset", default=0.0, min=0.0, max=1.0, step=0.01, tooltip=_train_help("noise_offset")),
+                io.Combo.Input("target_layers", options=["attention", "all_linear"], default="attention",
+                               tooltip=_lora_help("target")),
+                io.Float.Input("lora_dropout", default=0.0, min=0.0, max=0.9, step=0.05, tooltip=_lora_help("dropout")),
+                io.Boolean.Input(
+                    "unload_other_models", default=True,
+                    tooltip="Unload every other model from the GPU before training: more memory for training, "
+                    "the next sampler reloads what it needs.",
+                ),
+            ],
+            outputs=[
+                LoraModel.Output("lora", tooltip="The trained LoRA: connect to Save LoRA or the strength sweep."),
+                io.Model.Output("model_with_lora", tooltip="The MODEL with the LoRA applied at strength 1."),
+                io.Image.Output("loss_curve", tooltip="Loss per step, raw and smoothed."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(
+        cls, model, clip, vae, dataset, trigger_word: str, rank: int, alpha: float, learning_rate: float,
+        steps: int, epochs: int, batch_size: int, gradient_accumulation: int, seed: int, mixed_precision: str,
+        gradient_checkpointing: bool, min_snr_gamma: float, noise_offset: float, target_layers: str,
+        lora_dropout: float, unload_other_models: bool,
+    ) -> io.NodeOutput:
+        if trigger_word.strip():
+            dataset = dataset.with_caption_options(replace(dataset.caption_options, trigger_word=trigger_word.strip()))
+        lora_config = LoRAConfig(rank=rank, alpha=alpha, dropout=lora_dropout, target=target_layers)
+        training = TrainingConfig(
+            steps=steps, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+            gradient_accumulation=gradient_accumulation, seed=seed, mixed_precision=mixed_precision,
+            gradient_checkpointing=gradient_checkpointing, min_snr_gamma=min_snr_gamma, noise_offset=noise_offset,
+        )
+        total = training.resolved_steps(samples_per_epoch(dataset))
+        patcher = model.clone()
+        denoiser = bridge.ComfyDenoiser(patcher)
+        bridge.load_for_training(patcher, unload_other_models)
+        started = time.time()
+        try:
+            result = train_lora(
+                denoiser, bridge.ComfyTextEncoder(clip), bridge.ComfyLatentCodec(vae, patcher), dataset,
+                lora_config, training, caption_for=dataset.caption_for,
+                random_captions=dataset.caption_options.is_random, key_namer=bridge.kohya_key_namer(patcher),
+                on_step=_CanvasProgress(total, cls.hidden.unique_id),
+            )
+        except NonFiniteLossError as error:
+            saved = _save_recovery(error.weights)
+            raise RuntimeError(f"{error} The last good LoRA (step {error.step}) was saved to {saved}.") from error
+        weights = result.weights
+        weights.metadata.update(training_metadata(
+            lora_config, training, steps=result.steps, total_steps=result.total_steps,
+            num_images=len(dataset.items), samples_per_epoch=samples_per_epoch(dataset),
+            resolution=dataset.resolution, trigger_word=dataset.caption_options.trigger_word,
+            tag_frequency=dataset.tag_frequency_metadata(), dataset_dirs=dataset.dataset_dirs_metadata(),
+            base_model_version=bridge.base_model_version(patcher), base_model_hash=bridge.model_fingerprint(patcher),
+            started_at=started, finished_at=time.time(), mixed_precision=result.mixed_precision,
+        ))
+        model_with_lora, _ = bridge.apply_lora(model, None, weights, 1.0, 0.0)
+        curve = loss_curve_image(result.losses, title=f"Training loss, {result.steps} steps")
+        return io.NodeOutput(weights, model_with_lora, torch.from_numpy(curve)[None])
+
+
+def _save_recovery(weights: LoRAWeights):
+    folder = folder_paths.get_output_directory()
+    from pathlib import Path
+
+    path = unique_path(Path(folder) / "lora_lab" / "recovery", "last_good_lora")
+    return save_lora(weights, path)

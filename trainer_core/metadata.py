@@ -1,0 +1,79 @@
+"""kohya-style ``ss_*`` metadata for a trained LoRA (what A1111/Forge's LoRA info panels read)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Any
+
+from .config import LoRAConfig, TrainingConfig
+
+
+def training_metadata(
+    lora: LoRAConfig,
+    training: TrainingConfig,
+    *,
+    steps: int,
+    total_steps: int,
+    num_images: int,
+    samples_per_epoch: int,
+    resolution: int,
+    trigger_word: str,
+    tag_frequency: dict[str, dict[str, int]],
+    dataset_dirs: dict[str, dict[str, Any]],
+    base_model_version: str,
+    base_model_hash: str,
+    started_at: float,
+    finished_at: float,
+    mixed_precision: str,
+    output_name: str = "",
+) -> dict[str, str]:
+    """All values as strings, as safetensors metadata requires."""
+    epochs = steps * training.batch_size * training.gradient_accumulation / max(1, samples_per_epoch)
+    values: dict[str, Any] = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": lora.rank,
+        "ss_network_alpha": lora.alpha,
+        "ss_network_dropout": lora.dropout,
+        "ss_network_args": json.dumps({"target": lora.target}),
+        "ss_learning_rate": training.learning_rate,
+        "ss_unet_lr": training.learning_rate,
+        "ss_text_encoder_lr": 0,
+        "ss_optimizer": f"torch.optim.AdamW(weight_decay={training.weight_decay})",
+        "ss_lr_scheduler": "constant",
+        "ss_max_train_steps": total_steps,
+        "ss_steps": steps,
+        "ss_epoch": int(epochs),
+        "ss_num_train_images": samples_per_epoch,
+        "ss_num_batches_per_epoch": -(-samples_per_epoch // training.batch_size),
+        "ss_batch_size_per_device": training.batch_size,
+        "ss_total_batch_size": training.batch_size * training.gradient_accumulation,
+        "ss_gradient_accumulation_steps": training.gradient_accumulation,
+        "ss_gradient_checkpointing": training.gradient_checkpointing,
+        "ss_mixed_precision": mixed_precision,
+        "ss_min_snr_gamma": training.min_snr_gamma,
+        "ss_noise_offset": training.noise_offset,
+        "ss_max_grad_norm": training.max_grad_norm,
+        "ss_seed": training.seed,
+        "ss_resolution": f"({resolution}, {resolution})",
+        "ss_trigger_word": trigger_word,
+        "ss_tag_frequency": json.dumps(tag_frequency, ensure_ascii=False),
+        "ss_dataset_dirs": json.dumps(dataset_dirs, ensure_ascii=False),
+        "ss_base_model_version": base_model_version,
+        "ss_sd_model_hash": base_model_hash[:8],
+        "ss_new_sd_model_hash": base_model_hash,
+        "ss_training_started_at": started_at,
+        "ss_training_finished_at": finished_at,
+        "ss_training_time_seconds": round(finished_at - started_at, 2),
+        "ss_v2": False,
+        "ss_output_name": output_name,
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": f"{base_model_version}/lora",
+        "modelspec.implementation": "https://github.com/kohya-ss/sd-scripts",
+        "modelspec.trigger_phrase": trigger_word,
+        "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(finished_at)),
+        "lora_lab_num_images": num_images,
+        "lora_lab_config": json.dumps({"lora": asdict(lora), "training": asdict(training)}),
+    }
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()}
