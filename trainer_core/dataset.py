@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 OnBadFile = Literal["error", "skip"]
 ON_BAD_FILE_CHOICES: tuple[str, ...] = ("error", "skip")
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
+_DIGITS = re.compile(r"(\d+)")
 _MANY_REPEATS = 100
 _HOW_TO_LAY_OUT = (
     "Put .png/.jpg/.webp files with same-name .txt captions in it (cat.png + cat.txt); "
@@ -210,6 +211,21 @@ class Dataset:
         """The same dataset with other caption processing (the content hash does not change)."""
         return replace(self, caption_options=caption_options)
 
+    def without_files(self, reasons: dict[Path, str]) -> Dataset:
+        """The dataset minus the images in ``reasons`` (path -> why), recorded as skipped."""
+        kept = [item for item in self.items if item.image_path not in reasons]
+        if not kept:
+            raise DatasetError(f"No usable image is left in {self.root}: every image was found damaged.")
+        skipped = tuple(SkippedFile(path, reason) for path, reason in reasons.items())
+        notes = tuple(f"skipped {path}: {reason}" for path, reason in reasons.items())
+        return replace(
+            self,
+            items=tuple(kept),
+            content_hash=_content_hash(self.root, kept, self.options),
+            skipped=self.skipped + skipped,
+            warnings=self.warnings + notes,
+        )
+
     def tag_frequency_metadata(self) -> dict[str, dict[str, int]]:
         """kohya's ``ss_tag_frequency``: per folder, how many captions contain each tag."""
         by_folder: dict[str, list[str]] = {}
@@ -325,8 +341,13 @@ def _find_images(root: Path, warnings: list[str]) -> tuple[list[Path], int]:
                 images.append(Path(dirpath) / name)
             elif not name.lower().endswith(".txt"):
                 other_count += 1
-    images.sort(key=lambda path: path.relative_to(root).as_posix())
+    images.sort(key=lambda path: _natural_key(path.relative_to(root).as_posix()))
     return images, other_count
+
+
+def _natural_key(text: str) -> list[tuple[int, int | str]]:
+    """Sort key that puts img2 before img10 (numbers compared as numbers)."""
+    return [(0, int(part)) if part.isdigit() else (1, part.lower()) for part in _DIGITS.split(text) if part]
 
 
 def _caption_of(image_path: Path, warnings: list[str]) -> tuple[str, Path | None]:

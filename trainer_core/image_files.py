@@ -9,6 +9,7 @@ Every error is an ``ImageFileError`` whose message names the file and what to do
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 import zlib
@@ -100,14 +101,17 @@ def read_header(path: Path) -> ImageHeader:
     return header
 
 
-def decode_rgb(path: Path, background: Color, draft_size: Size | None = None) -> Image.Image:
+def decode_rgb(
+    path: Path, background: Color, draft_size: Size | None = None, data: bytes | None = None
+) -> Image.Image:
     """The image upright, as 8-bit RGB, transparency flattened onto ``background``.
 
     ``draft_size`` (width, height as seen after orientation) lets JPEG decode at a reduced scale that
-    is still at least that large: much faster when the image is going to be shrunk anyway.
+    is still at least that large: much faster when the image is going to be shrunk anyway. ``data``
+    is the file's bytes when the caller has already read them (``path`` then only names the file).
     """
     path = Path(path)
-    with _open(path) as image:
+    with _open(path, data) as image:
         orientation = _orientation(image)
         if draft_size is not None and image.format == "JPEG":
             stored_draft = draft_size if orientation < 5 else (draft_size[1], draft_size[0])
@@ -150,12 +154,12 @@ def to_float_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, data: bytes | None = None) -> Image.Image:
     """``Image.open`` with its failures turned into messages a person can act on."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(data) if data is not None else path)
     except Image.DecompressionBombError as error:
         raise ImageFileError(
             path,
