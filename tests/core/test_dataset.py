@@ -64,7 +64,7 @@ def test_finds_every_format_nested_folders_and_kohya_repeats(tmp_path: Path) -> 
     dataset = load_dataset(tmp_path, SMALL)
 
     names = [item.image_path.name for item in dataset.items]
-    assert names == ["e.bmp", "f.tiff", "g.tif", "a.png", "b.jpg", "c.JPEG", "d.webp"]
+    assert names == ["g.tif", "e.bmp", "f.tiff", "a.png", "b.jpg", "c.JPEG", "d.webp"]  # 3_dog before 10_cat
     by_name = {item.image_path.name: item for item in dataset.items}
     assert by_name["a.png"].caption == "cat, sitting" and by_name["a.png"].has_caption
     assert by_name["b.jpg"].caption == "" and not by_name["b.jpg"].has_caption

@@ -1,0 +1,83 @@
+"""A contact sheet: the dataset's pictures at a glance, with the report's findings marked.
+
+Thumbnails come from the report (read once, at most ``ReportOptions.sheet_images`` of them), so the
+sheet costs no extra decoding. Each cell shows the picture fitted into a square, its number and
+training size; a red frame marks damaged or duplicated images, an orange one images without a
+caption or smaller than their training size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .dataset import Dataset
+from .dataset_report import DatasetReport
+
+RED = (220, 40, 40)
+ORANGE = (240, 150, 20)
+_BACKGROUND = (32, 32, 32)
+_TEXT = (230, 230, 230)
+_LABEL_HEIGHT = 16
+_GAP = 4
+_FRAME = 3
+_HEADER_HEIGHT = 22
+
+
+def render_contact_sheet(dataset: Dataset, report: DatasetReport, columns: int = 0) -> np.ndarray:
+    """The sheet as a float32 HxWx3 array in [0, 1] (what ComfyUI's IMAGE holds per picture)."""
+    return np.asarray(contact_sheet_image(dataset, report, columns), dtype=np.float32) / np.float32(255.0)
+
+
+def contact_sheet_image(dataset: Dataset, report: DatasetReport, columns: int = 0) -> Image.Image:
+    """The sheet as a PIL image; ``columns`` 0 = about square."""
+    count = len(report.sheet_items)
+    cell = report.thumbnails[0].width if count else 64
+    cell = max(
+        cell,
+        max((t.width for t in report.thumbnails), default=cell),
+        max((t.height for t in report.thumbnails), default=cell),
+    )
+    columns = columns or max(1, min(12, math.ceil(math.sqrt(max(count, 1)))))
+    rows = max(1, math.ceil(count / columns))
+    width = max(320, columns * (cell + _GAP) + _GAP)
+    height = _HEADER_HEIGHT + rows * (cell + _LABEL_HEIGHT + _GAP) + _GAP
+    sheet = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font = _font()
+    shown = f"showing {count} of {report.image_count}" if count < report.image_count else f"{count} images"
+    header = (
+        f"{shown} | {len(report.bucket_histogram)} buckets | "
+        f"{len(report.errors)} errors | {len(report.warnings)} warnings"
+    )
+    draw.text((_GAP, 4), header, fill=_TEXT, font=font)
+
+    red, orange = _marked_paths(report)
+    for position, (index, thumbnail) in enumerate(zip(report.sheet_items, report.thumbnails, strict=True)):
+        item = dataset.items[index]
+        left = _GAP + (position % columns) * (cell + _GAP)
+        top = _HEADER_HEIGHT + (position // columns) * (cell + _LABEL_HEIGHT + _GAP)
+        sheet.paste(thumbnail, (left + (cell - thumbnail.width) // 2, top + (cell - thumbnail.height) // 2))
+        colour = RED if item.image_path in red else ORANGE if item.image_path in orange else None
+        if colour is not None:
+            draw.rectangle((left, top, left + cell - 1, top + cell - 1), outline=colour, width=_FRAME)
+        label = f"#{index + 1} {item.bucket[0]}x{item.bucket[1]}"
+        draw.text((left + 1, top + cell + 2), label, fill=colour or _TEXT, font=font)
+    return sheet
+
+
+def _marked_paths(report: DatasetReport) -> tuple[set, set]:
+    red = set(report.damaged)
+    for group in (*report.exact_duplicates, *report.near_duplicates):
+        red.update(group)
+    orange = set(report.without_caption) | set(report.below_resolution)
+    return red, orange
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=11)
+    except (OSError, TypeError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()

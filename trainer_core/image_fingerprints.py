@@ -1,0 +1,107 @@
+"""Fingerprints of images for finding duplicates, read in one pass with bounded memory.
+
+Exact duplicates share their file bytes (BLAKE2 digest). Near duplicates (resized, re-encoded,
+lightly edited copies) share their picture: a 64-bit difference hash of a 9x8 grey thumbnail differs
+in at most a few bits *and* a 4x4 colour signature is close; the colour check keeps flat or simple
+pictures of different colours (whose difference hashes are all alike) apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .image_files import Color, ImageFileError, decode_rgb
+
+COLOUR_TOLERANCE = 8  # mean absolute difference (0-255) of two near duplicates' colour signatures
+
+
+@dataclass(frozen=True)
+class ImageFingerprint:
+    """What one read of an image leaves behind: a few bytes, and a thumbnail only when asked."""
+
+    path: Path
+    digest: str = ""
+    difference_hash: int = 0
+    colour: np.ndarray = field(default_factory=lambda: np.zeros((4, 4, 3), np.uint8), repr=False)
+    thumbnail: Image.Image | None = field(default=None, repr=False)
+    error: str | None = None  # why the image could not be decoded
+
+
+def read_fingerprint(
+    path: Path, background: Color, thumbnail_size: int, keep_thumbnail: bool
+) -> ImageFingerprint:
+    """Read the file once: digest its bytes, decode a reduced picture, hash it. Never raises for bad data."""
+    try:
+        data = path.read_bytes()
+        image = decode_rgb(path, background, draft_size=(thumbnail_size, thumbnail_size), data=data)
+    except ImageFileError as error:
+        return ImageFingerprint(path, error=error.reason)
+    except OSError as error:
+        return ImageFingerprint(path, error=f"cannot be read ({error.strerror or error})")
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    del data
+    image.thumbnail((thumbnail_size, thumbnail_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    grey = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
+    bits = (grey[:, 1:] > grey[:, :-1]).flatten()
+    difference_hash = int.from_bytes(np.packbits(bits).tobytes(), "big")
+    colour = np.asarray(image.resize((4, 4), Image.Resampling.BOX), dtype=np.uint8)
+    return ImageFingerprint(path, digest, difference_hash, colour, image if keep_thumbnail else None)
+
+
+def exact_duplicate_groups(prints: Sequence[ImageFingerprint]) -> tuple[tuple[Path, ...], ...]:
+    """Groups of files with identical bytes, in first-seen order."""
+    groups: dict[str, list[Path]] = {}
+    for fingerprint in prints:
+        if fingerprint.error is None:
+            groups.setdefault(fingerprint.digest, []).append(fingerprint.path)
+    return tuple(tuple(paths) for paths in groups.values() if len(paths) > 1)
+
+
+def near_duplicate_groups(
+    prints: Sequence[ImageFingerprint], max_distance: int
+) -> tuple[tuple[Path, ...], ...]:
+    """Groups of different files that show (almost) the same picture.
+
+    Byte-identical copies count once (they are exact duplicates). One vectorised pass per image:
+    O(n²/2) cheap comparisons, about a second for 5,000 images.
+    """
+    members: list[ImageFingerprint] = []
+    seen: set[str] = set()
+    for fingerprint in prints:
+        if fingerprint.error is None and fingerprint.digest not in seen:
+            seen.add(fingerprint.digest)
+            members.append(fingerprint)
+    if max_distance <= 0 or len(members) < 2:
+        return ()
+    hashes = np.array([m.difference_hash for m in members], dtype=np.uint64)
+    colours = np.stack([m.colour.reshape(-1) for m in members]).astype(np.int16)
+    parent = list(range(len(members)))
+
+    def root(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for a in range(len(members) - 1):
+        close = np.nonzero(_popcount(hashes[a + 1 :] ^ hashes[a]) <= max_distance)[0] + a + 1
+        if close.size:
+            colour_gap = np.abs(colours[close] - colours[a]).mean(axis=1)
+            for b in close[colour_gap <= COLOUR_TOLERANCE]:
+                parent[root(int(b))] = root(a)
+    groups: dict[int, list[Path]] = {}
+    for position, member in enumerate(members):
+        groups.setdefault(root(position), []).append(member.path)
+    return tuple(tuple(paths) for paths in groups.values() if len(paths) > 1)
+
+
+def _popcount(values: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):  # numpy >= 2
+        return np.bitwise_count(values)
+    return np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
