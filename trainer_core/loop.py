@@ -9,6 +9,7 @@ there and the network is restored all the same.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import time
@@ -24,6 +25,9 @@ from .config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingConfig
 from .export import KeyNamer, LoRAWeights, default_key_name
 from .losses import add_noise, diffusion_loss, sample_noise, sample_sigmas
 from .protocols import Denoiser, LatentCodec, TextEmbedding, TextEncoder
+
+
+log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
@@ -129,6 +133,20 @@ def _gradient_checkpointing(network: torch.nn.Module, enabled: bool) -> Iterator
     finally:
         for block in wrapped:
             del block.forward
+
+
+def _clone_if_activation(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.clone() if tensor.grad_fn is not None else tensor
+
+
+def _keep_saved_activations() -> contextlib.AbstractContextManager[Any]:
+    """Save copies of activations for the backward pass, so a network that updates its activations in
+    place (ComfyUI's Flux blocks do ``img += ...``) can still be trained. Weights are not copied."""
+    return torch.autograd.graph.saved_tensors_hooks(_clone_if_activation, lambda tensor: tensor)
+
+
+def _is_inplace_autograd_error(error: RuntimeError) -> bool:
+    return "modified by an inplace operation" in str(error)
 
 
 def _batches(data: TrainingData, batch_size: int, generator: random.Random) -> Iterator[list[int]]:
@@ -281,41 +299,31 @@ def _optimise(
     params = adapter.parameters()
     optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=training.mixed_precision == "fp16")
-    schedule = denoiser.training_sigmas
     batches = _batches(data, training.batch_size, order_rng)
     result = TrainingResult(weights=LoRAWeights())
     network = denoiser.network
     was_training = network.training
     network.train()
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), contextlib.ExitStack() as in_place_safe:
             torch.manual_seed(training.seed)  # LoRA dropout draws from the global stream
             for step in range(1, total_steps + 1):
-                optimizer.zero_grad(set_to_none=True)
-                step_loss = 0.0
-                for _ in range(training.gradient_accumulation):
-                    indices = next(batches)
-                    x0 = torch.stack([latents[i] for i in indices]).to(device)
-                    if randomised:
-                        captions = [caption(data.items[i], caption_rng) for i in indices]
-                    else:
-                        captions = [fixed_captions[i] for i in indices]
-                    text = {k: v.to(device) for k, v in _concat_text(texts.get(captions)).items()}
-                    noise = sample_noise(x0, generator, training.noise_offset)
-                    sigma = sample_sigmas(schedule, x0.shape[0], generator).to(device)
-                    noisy = add_noise(x0, noise, sigma, denoiser.prediction)
-                    with _autocast(device, training.mixed_precision):
-                        estimate = denoiser.denoise(noisy, sigma, text)
-                    loss = diffusion_loss(estimate, x0, sigma, denoiser.prediction, training.min_snr_gamma)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(
-                            f"the loss became {loss.item()} at step {step}: training stopped. The LoRA keeps the "
-                            "weights of the last good step. Lower the learning rate, or use bf16/fp32 instead of fp16.",
-                            LoRAWeights(extract_weights(adapter, key_namer)),
-                            step - 1,
-                        )
-                    scaler.scale(loss / training.gradient_accumulation).backward()
-                    step_loss += loss.item() / training.gradient_accumulation
+                batch = [next(batches) for _ in range(training.gradient_accumulation)]
+                try:
+                    step_loss = _forward_backward(
+                        denoiser, adapter, latents, texts, data, fixed_captions, caption, randomised, caption_rng,
+                        generator, training, scaler, optimizer, batch, step, key_namer,
+                    )
+                except RuntimeError as error:
+                    if step > 1 or not _is_inplace_autograd_error(error):
+                        raise
+                    # Found out on the first step: the network writes activations in place.
+                    log.info("the network modifies activations in place: keeping copies for the backward pass")
+                    in_place_safe.enter_context(_keep_saved_activations())
+                    step_loss = _forward_backward(
+                        denoiser, adapter, latents, texts, data, fixed_captions, caption, randomised, caption_rng,
+                        generator, training, scaler, optimizer, batch, step, key_namer,
+                    )
                 if training.max_grad_norm > 0:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
@@ -331,3 +339,50 @@ def _optimise(
         network.train(was_training)
     result.weights = LoRAWeights(extract_weights(adapter, key_namer))
     return result
+
+
+def _forward_backward(
+    denoiser: Denoiser,
+    adapter: InjectedAdapter,
+    latents: list[torch.Tensor],
+    texts: _TextCache,
+    data: TrainingData,
+    fixed_captions: list[str],
+    caption: CaptionFunction,
+    randomised: bool,
+    caption_rng: random.Random,
+    generator: torch.Generator,
+    training: TrainingConfig,
+    scaler: torch.amp.GradScaler,
+    optimizer: torch.optim.Optimizer,
+    batch: list[list[int]],
+    step: int,
+    key_namer: KeyNamer,
+) -> float:
+    """Gradients of one optimizer step (over ``gradient_accumulation`` batches); returns its loss."""
+    device = denoiser.device
+    optimizer.zero_grad(set_to_none=True)
+    step_loss = 0.0
+    for indices in batch:
+        x0 = torch.stack([latents[i] for i in indices]).to(device)
+        if randomised:
+            captions = [caption(data.items[i], caption_rng) for i in indices]
+        else:
+            captions = [fixed_captions[i] for i in indices]
+        text = {k: v.to(device) for k, v in _concat_text(texts.get(captions)).items()}
+        noise = sample_noise(x0, generator, training.noise_offset)
+        sigma = sample_sigmas(denoiser.training_sigmas, x0.shape[0], generator).to(device)
+        noisy = add_noise(x0, noise, sigma, denoiser.prediction)
+        with _autocast(device, training.mixed_precision):
+            estimate = denoiser.denoise(noisy, sigma, text)
+        loss = diffusion_loss(estimate, x0, sigma, denoiser.prediction, training.min_snr_gamma)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the loss became {loss.item()} at step {step}: training stopped. The LoRA keeps the "
+                "weights of the last good step. Lower the learning rate, or use bf16/fp32 instead of fp16.",
+                LoRAWeights(extract_weights(adapter, key_namer)),
+                step - 1,
+            )
+        scaler.scale(loss / training.gradient_accumulation).backward()
+        step_loss += loss.item() / training.gradient_accumulation
+    return step_loss
