@@ -6,10 +6,12 @@ Only this package imports ComfyUI. Each node module exposes its node classes; th
 
 from __future__ import annotations
 
+from .load_dataset import LoadDataset
 from .save_checkpoint import SaveCheckpoint
 from .train_lora import TrainLoRA
 
 NODE_CLASSES = [
+    LoadDataset,
     TrainLoRA,
     SaveCheckpoint,
 ]

@@ -311,6 +311,29 @@ def load_dataset(folder: str | Path, options: DatasetOptions | None = None) -> D
     )
 
 
+def folder_fingerprint(folder: str | Path) -> str:
+    """A cheap fingerprint of a dataset folder's files (names, sizes, modification times; no reading).
+
+    It changes when an image or caption file is added, removed, renamed or rewritten: a node can
+    tell ComfyUI to run again without scanning the images. '' when the folder does not exist.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        return ""
+    digest = hashlib.sha256()
+    images, _ = _find_images(root, [])
+    for path in images:
+        for file in (path, path.with_suffix(".txt")):
+            try:
+                stat = file.stat()
+            except OSError:
+                continue
+            digest.update(
+                f"{file.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+            )
+    return digest.hexdigest()[:16]
+
+
 def _find_images(root: Path, warnings: list[str]) -> tuple[list[Path], int]:
     """Image files under ``root`` (sorted), following links but never the same folder twice."""
     images: list[Path] = []

@@ -16,7 +16,7 @@ from PIL import Image, ImageFile
 
 from trainer_core.buckets import make_buckets
 from trainer_core.captions import CaptionOptions, read_caption_file
-from trainer_core.dataset import Dataset, DatasetError, DatasetOptions, load_dataset
+from trainer_core.dataset import Dataset, DatasetError, DatasetOptions, folder_fingerprint, load_dataset
 
 SMALL = DatasetOptions(resolution=64, bucket_step=8)
 
@@ -426,3 +426,16 @@ def test_an_image_over_pillows_pixel_limit_is_named_with_its_size(tmp_path: Path
     write_png(tmp_path / "huge.png", 10000, 10000, 1, 0, b"")  # 100 MP: Pillow only warns, we refuse
     with pytest.raises(DatasetError, match=r"huge.png: is 10000x10000 = 100,000,000 pixels.*Downscale"):
         load_dataset(tmp_path, SMALL)
+
+
+def test_folder_fingerprint_changes_with_files_not_with_reads(tmp_path: Path) -> None:
+    make_image(tmp_path / "a.png")
+    first = folder_fingerprint(tmp_path)
+    load_dataset(tmp_path, SMALL)
+    assert folder_fingerprint(tmp_path) == first
+    (tmp_path / "a.txt").write_text("cat")
+    with_caption = folder_fingerprint(tmp_path)
+    assert with_caption != first
+    make_image(tmp_path / "b.png")
+    assert folder_fingerprint(tmp_path) not in (first, with_caption)
+    assert folder_fingerprint(tmp_path / "missing") == ""

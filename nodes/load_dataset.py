@@ -1,0 +1,276 @@
+"""LoadDataset: a folder of images and captions becomes a checked DATASET, a report and a contact sheet.
+
+The DATASET value is a ``trainer_core.dataset.Dataset`` whose ``caption_options`` field carries this
+node's caption settings (trigger word, shuffling, dropout, blacklist...): TrainLoRA calls
+``dataset.caption_for(item, rng)`` for each step's caption and ``dataset.caption_options.is_random``
+to know whether text embeddings can be cached. ``dataset.content_hash`` identifies the pixels and
+captions for latent caches. Images are decoded only when the trainer asks (``dataset.load_image``).
+
+All the work is ``trainer_core.dataset_report.load_checked_dataset``; this node turns widgets into
+options, resolves the folder (relative paths live in ComfyUI's input directory) and wraps the results.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from ..trainer_core.captions import CaptionOptions, split_tags
+from ..trainer_core.config import default_of, help_text
+from ..trainer_core.contact_sheet import render_contact_sheet
+from ..trainer_core.dataset import ON_BAD_FILE_CHOICES, DatasetError, DatasetOptions, folder_fingerprint
+from ..trainer_core.dataset_report import ReportOptions, load_checked_dataset
+from ..trainer_core.image_files import parse_color
+from .types import Dataset
+
+_FOLDER_HELP = (
+    "Folder of images with same-name .txt captions (cat.png + cat.txt); kohya folders like 10_cat/ give "
+    "their images 10 repeats. A name like 'my_dataset' is looked up in ComfyUI's input folder; an "
+    "absolute path is used as typed."
+)
+
+
+def resolve_folder(folder: str) -> Path:
+    """The dataset folder: absolute as typed, relative ones inside ComfyUI's input directory."""
+    text = folder.strip().strip('"').strip("'")  # "Copy as path" on Windows adds quotes
+    path = Path(os.path.expanduser(text))
+    if not path.is_absolute():
+        path = Path(folder_paths.get_input_directory()) / path
+    return path
+
+
+def _data(name: str) -> dict:
+    return {"tooltip": help_text(DatasetOptions, name)}
+
+
+def _caption(name: str) -> dict:
+    return {"tooltip": help_text(CaptionOptions, name)}
+
+
+class LoadDataset(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoadDataset",
+            display_name="Load Dataset",
+            category="LoRA Lab/Dataset",
+            description=(
+                "Reads a folder of images and .txt captions into a dataset for Train LoRA, checks it (missing "
+                "captions, duplicates, small or damaged images, trigger-word coverage) and shows a contact sheet. "
+                "Pixels are read when training needs them, so large folders load quickly."
+            ),
+            inputs=[
+                io.String.Input(
+                    "folder", default="", placeholder="my_dataset  or  /absolute/path", tooltip=_FOLDER_HELP
+                ),
+                io.Int.Input(
+                    "resolution",
+                    default=default_of(DatasetOptions, "resolution"),
+                    min=64,
+                    max=4096,
+                    step=8,
+                    **_data("resolution"),
+                ),
+                io.Boolean.Input("enable_bucketing", default=True, **_data("enable_bucketing")),
+                io.Int.Input("bucket_step", default=64, min=8, max=256, step=8, **_data("bucket_step")),
+                io.Int.Input(
+                    "min_bucket_side", default=0, min=0, max=8192, step=8, **_data("min_bucket_side")
+                ),
+                io.Int.Input(
+                    "max_bucket_side", default=0, min=0, max=8192, step=8, **_data("max_bucket_side")
+                ),
+                io.Boolean.Input("center_crop", default=True, **_data("center_crop")),
+                io.String.Input(
+                    "background",
+                    default="white",
+                    tooltip=help_text(DatasetOptions, "background") + " A name ('white', 'black') or"
+                    " a hex code ('#808080').",
+                ),
+                io.String.Input("trigger_word", default="", **_caption("trigger_word")),
+                io.Boolean.Input("shuffle_tags", default=False, **_caption("shuffle_tags")),
+                io.Int.Input(
+                    "keep_tokens",
+                    default=default_of(CaptionOptions, "keep_tokens"),
+                    min=0,
+                    max=64,
+                    **_caption("keep_tokens"),
+                ),
+                io.Float.Input(
+                    "caption_dropout_rate",
+                    default=0.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    **_caption("caption_dropout_rate"),
+                ),
+                io.Float.Input(
+                    "tag_dropout_rate",
+                    default=0.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    **_caption("tag_dropout_rate"),
+                ),
+                io.String.Input(
+                    "blacklist",
+                    default="",
+                    tooltip=help_text(CaptionOptions, "blacklist") + " Comma-separated.",
+                ),
+                io.String.Input(
+                    "prepend_tags",
+                    default="",
+                    tooltip=help_text(CaptionOptions, "prepend_tags") + " Comma-separated.",
+                ),
+                io.String.Input(
+                    "append_tags",
+                    default="",
+                    tooltip=help_text(CaptionOptions, "append_tags") + " Comma-separated.",
+                ),
+                io.Boolean.Input("underscores_to_spaces", default=True, **_caption("underscores_to_spaces")),
+                io.Int.Input("max_tags", default=0, min=0, max=1000, **_caption("max_tags")),
+                io.Boolean.Input("deduplicate", default=True, **_caption("deduplicate")),
+                io.Combo.Input(
+                    "on_bad_file", options=list(ON_BAD_FILE_CHOICES), default="error", **_data("on_bad_file")
+                ),
+                io.Boolean.Input(
+                    "stop_on_errors",
+                    default=True,
+                    tooltip="Stop here when the check finds a problem that would waste the training run (the message "
+                    "lists it). Off: pass the dataset on anyway; the report still lists the problem.",
+                ),
+                io.Int.Input(
+                    "sheet_images",
+                    default=default_of(ReportOptions, "sheet_images"),
+                    min=0,
+                    max=256,
+                    tooltip=help_text(ReportOptions, "sheet_images"),
+                ),
+            ],
+            outputs=[
+                Dataset.Output(
+                    "dataset", tooltip="Images, captions, buckets and caption settings for Train LoRA."
+                ),
+                io.String.Output(
+                    "report", tooltip="The dataset check as text: counts, buckets, tags, errors, warnings."
+                ),
+                io.Image.Output(
+                    "contact_sheet",
+                    tooltip="Thumbnails of the dataset; red frame = damaged or "
+                    "duplicate, orange = no caption or smaller than the training size.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        folder: str | None,
+        background: str | None,
+        resolution: int | None,
+        enable_bucketing: bool | None,
+        bucket_step: int | None,
+        min_bucket_side: int | None,
+        max_bucket_side: int | None,
+    ) -> bool | str:
+        # Cheap checks only (no image is opened); inputs linked from other nodes arrive as None.
+        if folder is not None:
+            if not folder.strip():
+                return "Enter the dataset folder: a folder name inside ComfyUI's input folder, or an absolute path."
+            path = resolve_folder(folder)
+            if not path.is_dir():
+                return f"Dataset folder {path} does not exist (or is not a folder). " + _FOLDER_HELP
+        if background is not None:
+            try:
+                parse_color(background)
+            except ValueError as error:
+                return str(error)
+        sizes = (resolution, enable_bucketing, bucket_step, min_bucket_side, max_bucket_side)
+        if all(value is not None for value in sizes):
+            try:
+                DatasetOptions(
+                    resolution=resolution,
+                    enable_bucketing=enable_bucketing,
+                    bucket_step=bucket_step,
+                    min_bucket_side=min_bucket_side,
+                    max_bucket_side=max_bucket_side,
+                )
+            except DatasetError as error:
+                return str(error)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, folder: str | None = None, **_: object) -> str | float:
+        # Run again when files in the folder change, even if no widget did. A folder linked from
+        # another node is not known here: NaN makes ComfyUI run the node every time.
+        if folder is None:
+            return float("nan")
+        return folder_fingerprint(resolve_folder(folder))
+
+    @classmethod
+    def execute(
+        cls,
+        folder: str,
+        resolution: int,
+        enable_bucketing: bool,
+        bucket_step: int,
+        min_bucket_side: int,
+        max_bucket_side: int,
+        center_crop: bool,
+        background: str,
+        trigger_word: str,
+        shuffle_tags: bool,
+        keep_tokens: int,
+        caption_dropout_rate: float,
+        tag_dropout_rate: float,
+        blacklist: str,
+        prepend_tags: str,
+        append_tags: str,
+        underscores_to_spaces: bool,
+        max_tags: int,
+        deduplicate: bool,
+        on_bad_file: str,
+        stop_on_errors: bool,
+        sheet_images: int,
+    ) -> io.NodeOutput:
+        try:
+            dataset_options = DatasetOptions(
+                resolution=resolution,
+                enable_bucketing=enable_bucketing,
+                bucket_step=bucket_step,
+                min_bucket_side=min_bucket_side,
+                max_bucket_side=max_bucket_side,
+                center_crop=center_crop,
+                background=parse_color(background),
+                on_bad_file=on_bad_file,  # type: ignore[arg-type]
+            )
+            caption_options = CaptionOptions(
+                trigger_word=trigger_word.strip(),
+                shuffle_tags=shuffle_tags,
+                keep_tokens=keep_tokens,
+                caption_dropout_rate=caption_dropout_rate,
+                tag_dropout_rate=tag_dropout_rate,
+                blacklist=split_tags(blacklist),
+                prepend_tags=split_tags(prepend_tags),
+                append_tags=split_tags(append_tags),
+                underscores_to_spaces=underscores_to_spaces,
+                max_tags=max_tags,
+                deduplicate=deduplicate,
+            )
+        except ValueError as error:  # DatasetError, CaptionError, or a background colour parse_color refused
+            raise DatasetError(f"Load Dataset: {error}") from error
+        dataset, report = load_checked_dataset(
+            resolve_folder(folder), dataset_options, caption_options, ReportOptions(sheet_images=sheet_images)
+        )
+        summary = report.summary()
+        if stop_on_errors and report.errors:
+            problems = "\n".join(f"- {problem.message}" for problem in report.errors)
+            raise DatasetError(
+                f"The dataset in {dataset.root} has problems that would waste the training run:\n{problems}\n"
+                "Fix them, or turn stop_on_errors off to train anyway."
+            )
+        sheet = torch.from_numpy(render_contact_sheet(dataset, report)).unsqueeze(0)
+        return io.NodeOutput(dataset, summary, sheet, ui=ui.PreviewImage(sheet, cls=cls))
