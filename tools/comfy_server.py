@@ -1,0 +1,550 @@
+"""Start, drive and stop a real ComfyUI server: the test bed for the integration tests, the demo
+and the benchmarks.
+
+    with ComfyServer(base_dir).start() as server:
+        result = server.run(graph)          # API-format graph
+        result.raise_for_error()
+        print(result.node_seconds, result.outputs)
+
+The server listens on a free loopback port only, keeps its models, inputs, outputs and custom
+nodes under ``base_dir`` (this pack is linked into ``custom_nodes/lora_lab``) and writes its
+combined stdout/stderr to a log file that tests can read (``log_text()``).
+
+Needs only ``requests`` and ``websocket-client`` in the calling process; ComfyUI itself runs in
+a child process with the given interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+import websocket
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACK_LINK_NAME = "lora_lab"
+BASE_SUBFOLDERS = ("models/checkpoints", "models/loras", "input", "output", "custom_nodes")
+LOOPBACK = "127.0.0.1"
+
+
+class ComfyServerError(RuntimeError):
+    """The server could not be started, died, or did not answer as expected."""
+
+
+class PromptRejected(ComfyServerError):
+    """POST /prompt answered 400: the graph did not validate. ``node_errors`` says which node and why."""
+
+    def __init__(self, error: dict[str, Any], node_errors: dict[str, Any]):
+        self.error = error
+        self.node_errors = node_errors
+        lines = [f"prompt rejected: {error.get('message', error)} {error.get('details', '')}".rstrip()]
+        for node_id, node_error in node_errors.items():
+            for reason in node_error.get("errors", []):
+                lines.append(
+                    f"  node {node_id} ({node_error.get('class_type')}): {reason.get('message')}"
+                    f" {reason.get('details', '')}".rstrip()
+                )
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class ProgressEvent:
+    node: str | None
+    value: int
+    max: int
+    seconds: float  # since the prompt was submitted
+
+
+@dataclass
+class RunResult:
+    """What one prompt did, from the websocket events and ``/history/<id>``."""
+
+    prompt_id: str
+    status: str  # "success", "error" or "interrupted"
+    outputs: dict[str, dict[str, Any]]  # node id -> the node's UI output, e.g. {"images": [...]}
+    node_seconds: dict[str, float]  # wall time per executed node (cached nodes are absent)
+    cached_nodes: list[str]
+    progress: list[ProgressEvent]
+    seconds: float  # submit to done
+    error: str | None = None  # "<node id> (<class>): <ExceptionType>: <message>"
+    error_details: dict[str, Any] | None = None  # the execution_error event as ComfyUI sent it
+    history: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+    def raise_for_error(self) -> RunResult:
+        if not self.ok:
+            raise ComfyServerError(f"prompt {self.prompt_id} ended with status {self.status}: {self.error}")
+        return self
+
+
+def _default_comfy_root() -> Path:
+    # Importable both as `tools.comfy_server` (pytest, repo root on sys.path) and as a sibling
+    # module of a script in tools/.
+    try:
+        from tools.setup_comfyui import comfyui_root
+    except ImportError:
+        from setup_comfyui import comfyui_root  # type: ignore[no-redef]
+    return comfyui_root()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+class ComfyServer:
+    """One ComfyUI process on a loopback port with its own base directory."""
+
+    def __init__(
+        self,
+        base_dir: str | os.PathLike[str],
+        *,
+        comfy_root: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        python: str | None = None,
+        link_pack: bool = True,
+        extra_args: list[str] | tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+    ):
+        if comfy_root is None:
+            comfy_root = _default_comfy_root()
+        self.comfy_root = Path(comfy_root).resolve()
+        self.base_dir = Path(base_dir).resolve()
+        self.port = port or free_port()
+        self.python = python or sys.executable
+        self.link_pack = link_pack
+        self.extra_args = list(extra_args)
+        self.extra_env = dict(env or {})
+        self.log_path = Path(log_path) if log_path else self.base_dir / "comfyui.log"
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.client_id = uuid.uuid4().hex
+
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+        self._session = requests.Session()
+        self._socket: websocket.WebSocket | None = None
+        self._listener: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._events: dict[str, list[tuple[float, str, dict[str, Any]]]] = {}
+        self._events_changed = threading.Condition()
+        self._submitted_at: dict[str, float] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def models_dir(self) -> Path:
+        return self.base_dir / "models"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.base_dir / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base_dir / "output"
+
+    def prepare_base_dir(self) -> None:
+        for sub in BASE_SUBFOLDERS:
+            (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
+        if self.link_pack:
+            link = self.base_dir / "custom_nodes" / PACK_LINK_NAME
+            if link.is_symlink() and link.resolve() != REPO_ROOT:
+                link.unlink()
+            if not link.exists():
+                link.symlink_to(REPO_ROOT, target_is_directory=True)
+
+    def command(self) -> list[str]:
+        return [
+            self.python,
+            "main.py",
+            "--cpu",
+            "--listen",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base_dir),
+            "--disable-api-nodes",
+            # ComfyUI's default database lives in its own checkout, shared by every server
+            # started from it; one per base directory keeps servers apart. (":memory:" works
+            # too but logs SQLite cross-thread errors.)
+            "--database-url",
+            f"sqlite:///{self.base_dir / 'comfyui.db'}",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 180.0) -> ComfyServer:
+        if self._process is not None:
+            raise ComfyServerError("server already started")
+        if not (self.comfy_root / "main.py").is_file():
+            raise ComfyServerError(
+                f"no ComfyUI at {self.comfy_root}: run 'python tools/setup_comfyui.py' or set COMFYUI_PATH"
+            )
+        self.prepare_base_dir()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Truncated: checks such as "no missing-key warning in the log" must see this run only.
+        self._log_file = open(self.log_path, "wb")
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            # Nothing may be fetched at test time; fail instead of downloading.
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "DO_NOT_TRACK": "1",
+            **self.extra_env,
+        }
+        # The caller's PYTHONPATH (pytest adds the repo root) would shadow ComfyUI's own
+        # top-level modules such as `nodes` and `utils` with this pack's folders.
+        env.pop("PYTHONPATH", None)
+        self._process = subprocess.Popen(
+            self.command(),
+            cwd=self.comfy_root,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C in the caller's terminal must not kill it mid-test.
+        )
+        try:
+            self._wait_until_ready(timeout)
+            self._connect_websocket()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                code = self._process.returncode if self._process else None
+                raise ComfyServerError(
+                    f"ComfyUI exited with code {code} while starting. Log tail ({self.log_path}):\n{self.log_tail()}"
+                )
+            try:
+                if self._session.get(f"{self.url}/system_stats", timeout=2).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.25)
+        raise ComfyServerError(
+            f"ComfyUI did not answer on {self.url} within {timeout:.0f} s. Log tail:\n{self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stopping.set()
+        if self._socket is not None:
+            try:
+                self._socket.close()
+            except Exception:  # noqa: BLE001 - the server may already be gone; closing is best effort.
+                pass
+            self._socket = None
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+            self._listener = None
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.send_signal(signal.SIGTERM)
+                try:
+                    self._process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait(timeout=timeout)
+            self._process = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        self._session.close()
+
+    def __enter__(self) -> ComfyServer:
+        if self._process is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    # -- log -------------------------------------------------------------------------------
+
+    def log_text(self, since: int = 0) -> str:
+        """The server's combined stdout/stderr; ``since`` is a byte offset from ``log_offset()``."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as handle:
+            handle.seek(since)
+            return handle.read().decode("utf-8", errors="replace")
+
+    def log_offset(self) -> int:
+        """Mark the log's current end, to read only what one prompt logged: ``log_text(since=mark)``."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def object_info(self, node_class: str | None = None) -> dict[str, Any]:
+        path = f"/object_info/{node_class}" if node_class else "/object_info"
+        return self._get_json(path, timeout=60)
+
+    def history(self, prompt_id: str) -> dict[str, Any]:
+        return self._get_json(f"/history/{prompt_id}").get(prompt_id, {})
+
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        body = {"prompt_id": prompt_id} if prompt_id else {}
+        self._session.post(f"{self.url}/interrupt", json=body, timeout=10).raise_for_status()
+
+    def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
+        """Ask ComfyUI to drop loaded models after the current prompt."""
+        body = {"unload_models": unload_models, "free_memory": free_memory}
+        self._session.post(f"{self.url}/free", json=body, timeout=10).raise_for_status()
+
+    def _get_json(self, path: str, timeout: float = 10) -> dict[str, Any]:
+        response = self._session.get(f"{self.url}{path}", timeout=timeout)
+        response.raise_for_status()
+        return response.json()
+
+    def output_file(self, entry: dict[str, str]) -> Path:
+        """The file behind one entry of a node's UI output, e.g. ``result.outputs["7"]["images"][0]``."""
+        folder = {"output": "output", "input": "input", "temp": "temp"}[entry.get("type", "output")]
+        return self.base_dir / folder / entry.get("subfolder", "") / entry["filename"]
+
+    def output_files(self, result: RunResult, node_id: str, kind: str = "images") -> list[Path]:
+        """Files a node reported in its UI output (``kind`` is the UI key, e.g. "images")."""
+        if node_id not in result.outputs:
+            raise KeyError(
+                f"node {node_id} has no UI output in prompt {result.prompt_id}; outputs: {sorted(result.outputs)}"
+            )
+        return [self.output_file(entry) for entry in result.outputs[node_id].get(kind, [])]
+
+    # -- prompts ---------------------------------------------------------------------------
+
+    def submit(self, graph: dict[str, Any] | Any, extra_data: dict[str, Any] | None = None) -> str:
+        """Queue an API-format graph (a dict, or anything with ``to_api()`` such as
+        ``tools.graph.Graph``); return its prompt id. Raises PromptRejected on a 400."""
+        if hasattr(graph, "to_api"):
+            graph = graph.to_api()
+        body = {"prompt": graph, "client_id": self.client_id, "extra_data": extra_data or {}}
+        submitted_at = time.monotonic()
+        response = self._session.post(f"{self.url}/prompt", json=body, timeout=60)
+        if response.status_code == 400:
+            payload = response.json()
+            raise PromptRejected(payload.get("error", {}), payload.get("node_errors", {}))
+        response.raise_for_status()
+        prompt_id = response.json()["prompt_id"]
+        self._submitted_at[prompt_id] = submitted_at
+        return prompt_id
+
+    def wait(self, prompt_id: str, timeout: float = 300.0) -> RunResult:
+        """Block until the prompt is done; return what it produced and how long each node took."""
+        deadline = time.monotonic() + timeout
+        with self._events_changed:
+            while not self._is_done(prompt_id):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ComfyServerError(
+                        f"prompt {prompt_id} not done after {timeout:.0f} s "
+                        f"(last event: {self._last_event(prompt_id)}). Log tail:\n{self.log_tail()}"
+                    )
+                if not self.running:
+                    raise ComfyServerError(
+                        f"ComfyUI died while running prompt {prompt_id}. Log tail:\n{self.log_tail()}"
+                    )
+                if self._listener is None or not self._listener.is_alive():
+                    # Without the websocket, /history is the only way to know it finished.
+                    self._events_changed.release()
+                    try:
+                        if self.history(prompt_id):
+                            break
+                        time.sleep(0.2)
+                    finally:
+                        self._events_changed.acquire()
+                    continue
+                self._events_changed.wait(timeout=min(remaining, 1.0))
+        history = self._read_history(prompt_id, deadline)
+        return self._summarise(prompt_id, history)
+
+    def run(
+        self, graph: dict[str, Any] | Any, timeout: float = 300.0, extra_data: dict[str, Any] | None = None
+    ) -> RunResult:
+        return self.wait(self.submit(graph, extra_data=extra_data), timeout=timeout)
+
+    def events(self, prompt_id: str) -> list[tuple[float, str, dict[str, Any]]]:
+        """The websocket events of a prompt so far: (seconds since submit, type, data)."""
+        with self._events_changed:
+            events = list(self._events.get(prompt_id, []))
+        start = self._submitted_at.get(prompt_id, events[0][0] if events else 0.0)
+        return [(moment - start, kind, data) for moment, kind, data in events]
+
+    def wait_for_event(self, prompt_id: str, kind: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Block until the prompt has sent an event of this type (e.g. "progress"); return its data."""
+        deadline = time.monotonic() + timeout
+        with self._events_changed:
+            while True:
+                for _, event_kind, data in self._events.get(prompt_id, []):
+                    if event_kind == kind:
+                        return data
+                if self._is_done(prompt_id):
+                    raise ComfyServerError(f"prompt {prompt_id} finished without a {kind!r} event")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ComfyServerError(
+                        f"no {kind!r} event from prompt {prompt_id} within {timeout:.0f} s "
+                        f"(last event: {self._last_event(prompt_id)})"
+                    )
+                self._events_changed.wait(timeout=min(remaining, 1.0))
+
+    def _read_history(self, prompt_id: str, deadline: float) -> dict[str, Any]:
+        # ComfyUI records history before it announces the end, but be tolerant of a short lag.
+        while True:
+            history = self.history(prompt_id)
+            if history or time.monotonic() > deadline:
+                return history
+            time.sleep(0.05)
+
+    def _is_done(self, prompt_id: str) -> bool:
+        return any(
+            kind == "executing" and data.get("node") is None
+            for _, kind, data in self._events.get(prompt_id, [])
+        )
+
+    def _last_event(self, prompt_id: str) -> str:
+        events = self._events.get(prompt_id)
+        if not events:
+            return "none"
+        _, kind, data = events[-1]
+        return f"{kind} {json.dumps(data)[:200]}"
+
+    def _summarise(self, prompt_id: str, history: dict[str, Any]) -> RunResult:
+        with self._events_changed:
+            events = list(self._events.get(prompt_id, []))
+        start = self._submitted_at.get(prompt_id, events[0][0] if events else time.monotonic())
+
+        node_seconds: dict[str, float] = {}
+        progress: list[ProgressEvent] = []
+        cached: list[str] = []
+        error_details: dict[str, Any] | None = None
+        interrupted = False
+        running: tuple[str, float] | None = None
+        end = start
+        for moment, kind, data in events:
+            end = moment
+            finishes_node = kind == "executed" and running is not None and str(data.get("node")) == running[0]
+            if finishes_node or kind in (
+                "executing",
+                "execution_success",
+                "execution_error",
+                "execution_interrupted",
+            ):
+                if running is not None:
+                    node_seconds[running[0]] = node_seconds.get(running[0], 0.0) + moment - running[1]
+                    running = None
+                if kind == "executing" and data.get("node") is not None:
+                    running = (str(data["node"]), moment)
+            if kind == "progress":
+                progress.append(
+                    ProgressEvent(data.get("node"), data.get("value", 0), data.get("max", 0), moment - start)
+                )
+            elif kind == "execution_cached":
+                cached.extend(str(node) for node in data.get("nodes", []))
+            elif kind == "execution_error":
+                error_details = data
+            elif kind == "execution_interrupted":
+                interrupted = True
+
+        # History holds the same messages, so errors are reported even if the websocket missed them.
+        status_block = history.get("status", {})
+        for kind, data in status_block.get("messages", []):
+            if kind == "execution_error" and error_details is None:
+                error_details = data
+            elif kind == "execution_interrupted":
+                interrupted = True
+
+        if interrupted:
+            status = "interrupted"
+        elif error_details is not None or status_block.get("status_str") == "error":
+            status = "error"
+        elif status_block.get("completed") or status_block.get("status_str") == "success":
+            status = "success"
+        else:
+            status = "unknown"
+
+        error = None
+        if error_details is not None:
+            error = (
+                f"{error_details.get('node_id')} ({error_details.get('node_type')}): "
+                f"{error_details.get('exception_type')}: {str(error_details.get('exception_message', '')).strip()}"
+            )
+        elif interrupted:
+            error = "interrupted"
+
+        return RunResult(
+            prompt_id=prompt_id,
+            status=status,
+            outputs=history.get("outputs", {}),
+            node_seconds=node_seconds,
+            cached_nodes=cached,
+            progress=progress,
+            seconds=end - start,
+            error=error,
+            error_details=error_details,
+            history=history,
+        )
+
+    # -- websocket -------------------------------------------------------------------------
+
+    def _connect_websocket(self) -> None:
+        # Connected before any submit, so no event of a fast prompt is missed.
+        self._socket = websocket.create_connection(
+            f"ws://{LOOPBACK}:{self.port}/ws?clientId={self.client_id}", timeout=10
+        )
+        self._socket.settimeout(0.5)
+        self._stopping.clear()
+        self._listener = threading.Thread(target=self._listen, name=f"comfy-ws-{self.port}", daemon=True)
+        self._listener.start()
+
+    def _listen(self) -> None:
+        sock = self._socket
+        while sock is not None and not self._stopping.is_set():
+            try:
+                message = sock.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            except (websocket.WebSocketException, OSError):
+                break
+            moment = time.monotonic()
+            if not isinstance(message, str):
+                continue  # binary frames are preview images
+            try:
+                payload = json.loads(message)
+            except json.JSONDecodeError:
+                continue
+            data = payload.get("data") or {}
+            prompt_id = data.get("prompt_id")
+            if prompt_id is None:
+                continue
+            with self._events_changed:
+                self._events.setdefault(prompt_id, []).append((moment, payload.get("type", ""), data))
+                self._events_changed.notify_all()
+        with self._events_changed:
+            self._events_changed.notify_all()
