@@ -81,24 +81,21 @@ def near_duplicate_groups(
         return ()
     hashes = np.array([m.difference_hash for m in members], dtype=np.uint64)
     colours = np.stack([m.colour.reshape(-1) for m in members]).astype(np.int16)
-    parent = list(range(len(members)))
-
-    def root(node: int) -> int:
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    for a in range(len(members) - 1):
-        close = np.nonzero(_popcount(hashes[a + 1 :] ^ hashes[a]) <= max_distance)[0] + a + 1
+    # Leader clustering: each group is one picture and the pictures close to *it*, so a chain of
+    # small edits (1 degree rotations) does not merge pictures that are far apart.
+    grouped = np.zeros(len(members), dtype=bool)
+    groups: list[tuple[Path, ...]] = []
+    for leader in range(len(members) - 1):
+        if grouped[leader]:
+            continue
+        rest = np.nonzero(~grouped[leader + 1 :])[0] + leader + 1
+        close = rest[_popcount(hashes[rest] ^ hashes[leader]) <= max_distance]
         if close.size:
-            colour_gap = np.abs(colours[close] - colours[a]).mean(axis=1)
-            for b in close[colour_gap <= COLOUR_TOLERANCE]:
-                parent[root(int(b))] = root(a)
-    groups: dict[int, list[Path]] = {}
-    for position, member in enumerate(members):
-        groups.setdefault(root(position), []).append(member.path)
-    return tuple(tuple(paths) for paths in groups.values() if len(paths) > 1)
+            close = close[np.abs(colours[close] - colours[leader]).mean(axis=1) <= COLOUR_TOLERANCE]
+        if close.size:
+            grouped[close] = True
+            groups.append((members[leader].path, *(members[int(i)].path for i in close)))
+    return tuple(groups)
 
 
 def _popcount(values: np.ndarray) -> np.ndarray:

@@ -189,3 +189,15 @@ def test_thousands_of_small_images_take_seconds(tmp_path: Path) -> None:
     assert len(report.thumbnails) == ReportOptions().sheet_images
     assert elapsed < 30, f"scan + report of 2,003 images took {elapsed:.1f} s"
     render_contact_sheet(dataset, report)
+
+
+def test_near_duplicate_groups_do_not_chain_small_steps_into_one_group() -> None:
+    from trainer_core.image_fingerprints import ImageFingerprint, near_duplicate_groups
+
+    # a~b and b~c are 3 bits apart, a and c 6: c is not a near duplicate of a.
+    prints = [
+        ImageFingerprint(Path(name), digest=name, difference_hash=bits)
+        for name, bits in (("a", 0b0), ("b", 0b111), ("c", 0b111111))
+    ]
+    assert near_duplicate_groups(prints, 3) == ((Path("a"), Path("b")),)
+    assert near_duplicate_groups(prints, 6) == ((Path("a"), Path("b"), Path("c")),)
