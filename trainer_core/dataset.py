@@ -376,7 +376,9 @@ def _natural_key(text: str) -> list[tuple[int, int | str]]:
 def _caption_of(image_path: Path, warnings: list[str]) -> tuple[str, Path | None]:
     caption_path = image_path.with_suffix(".txt")
     if not caption_path.is_file():
-        return "", None
+        caption_path = image_path.with_suffix(".TXT")  # case matters on Linux and macOS volumes
+        if not caption_path.is_file():
+            return "", None
     try:
         text, warning = read_caption_file(caption_path)
     except OSError as error:

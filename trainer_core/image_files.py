@@ -37,6 +37,7 @@ _TRANSPOSE_FOR_ORIENTATION = {
     8: Image.Transpose.ROTATE_90,
 }
 _EXIF_ORIENTATION_TAG = 0x0112
+FALLBACK_MAX_PIXELS = 89_478_485  # Pillow's default limit, used when Image.MAX_IMAGE_PIXELS is None
 _TAIL_BYTES = 4096
 
 
@@ -87,12 +88,13 @@ def read_header(path: Path) -> ImageHeader:
     if byte_count == 0:
         raise ImageFileError(path, "is empty (0 bytes)")
     with _open(path) as image:
+        orientation = _orientation(image)
         header = ImageHeader(
-            size=_oriented_size(image.size, _orientation(image)),
+            size=_oriented_size(image.size, orientation),
             stored_size=image.size,
             format=str(image.format or "?"),
             mode=image.mode,
-            orientation=_orientation(image),
+            orientation=orientation,
         )
     if _tail_looks_truncated(path, header.format, byte_count):
         # Cheap test failed; some cameras append data after the image (motion photos), so decode
@@ -172,14 +174,15 @@ def _open(path: Path, data: bytes | None = None) -> Image.Image:
         ) from error
     except _DECODE_ERRORS as error:
         raise ImageFileError(path, f"cannot be opened ({error})") from error
-    limit = Image.MAX_IMAGE_PIXELS
+    # Another custom node may have switched Pillow's guard off (None); training never needs more.
+    limit = Image.MAX_IMAGE_PIXELS or FALLBACK_MAX_PIXELS
     width, height = image.size
-    if limit is not None and width * height > limit:
+    if width * height > limit:
         image.close()
         raise ImageFileError(
             path,
-            f"is {width}x{height} = {width * height:,} pixels, over Pillow's {limit:,}-pixel "
-            "decompression-bomb limit",
+            f"is {width}x{height} = {width * height:,} pixels, over the {limit:,}-pixel "
+            "decompression-bomb limit (Pillow's)",
             _BOMB_FIX,
         )
     if width < 1 or height < 1:

@@ -439,3 +439,18 @@ def test_folder_fingerprint_changes_with_files_not_with_reads(tmp_path: Path) ->
     make_image(tmp_path / "b.png")
     assert folder_fingerprint(tmp_path) not in (first, with_caption)
     assert folder_fingerprint(tmp_path / "missing") == ""
+
+
+def test_the_pixel_limit_holds_even_if_pillows_guard_was_switched_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # some custom nodes do this globally
+    write_png(tmp_path / "bomb.png", 20000, 20000, 1, 0, b"")
+    with pytest.raises(DatasetError, match="bomb.png.*decompression-bomb"):
+        load_dataset(tmp_path, SMALL)
+
+
+def test_upper_case_caption_extension_is_found(tmp_path: Path) -> None:
+    make_image(tmp_path / "a.PNG", format="PNG")
+    (tmp_path / "a.TXT").write_text("cat")
+    assert load_dataset(tmp_path, SMALL).items[0].caption == "cat"
