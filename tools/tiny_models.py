@@ -293,11 +293,10 @@ def build_tiny_clip_tokenizer() -> Any:
         merges_file = Path(folder) / "merges.txt"
         vocab_file.write_text(json.dumps({token: index for index, token in enumerate(vocabulary)}))
         merges_file.write_text("#version: 0.2\n")
-        tokenizer = CLIPTokenizer(
-            vocab_file=str(vocab_file),
-            merges_file=str(merges_file),
-            model_max_length=77,
-            pad_token="<|endoftext|>",
+        # from_pretrained on a folder reads vocab.json + merges.txt in transformers 4 and 5
+        # alike (their constructors differ: file paths versus in-memory vocab).
+        tokenizer = CLIPTokenizer.from_pretrained(
+            folder, local_files_only=True, model_max_length=77, pad_token="<|endoftext|>"
         )
     return tokenizer
 
