@@ -74,7 +74,7 @@ class TrainLoRA(io.ComfyNode):
                     "trigger_word", default="",
                     tooltip="Word that calls up the LoRA, put first in every caption. Empty = the dataset's own.",
                 ),
-                io.Int.Input("rank", default=default_of(LoRAConfig, "rank"), min=1, max=256, tooltip=_lora_help("rank")),
+                io.Int.Input("rank", default=default_of(LoRAConfig, "rank"), min=1, max=1024, tooltip=_lora_help("rank")),
                 io.Float.Input("alpha", default=default_of(LoRAConfig, "alpha"), min=0.01, max=1024, step=0.5,
                                tooltip=_lora_help("alpha")),
                 io.Float.Input("learning_rate", default=default_of(TrainingConfig, "learning_rate"), min=1e-7, max=10.0,
@@ -148,6 +148,7 @@ class TrainLoRA(io.ComfyNode):
             tag_frequency=dataset.tag_frequency_metadata(), dataset_dirs=dataset.dataset_dirs_metadata(),
             base_model_version=bridge.base_model_version(patcher), base_model_hash=bridge.model_fingerprint(patcher),
             started_at=started, finished_at=time.time(), mixed_precision=result.mixed_precision,
+            losses=result.losses,
         ))
         model_with_lora, _ = bridge.apply_lora(model, None, weights, 1.0, 0.0)
         curve = loss_curve_image(result.losses, title=f"Training loss, {result.steps} steps")

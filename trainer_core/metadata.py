@@ -28,6 +28,7 @@ def training_metadata(
     finished_at: float,
     mixed_precision: str,
     output_name: str = "",
+    losses: list[float] | None = None,
 ) -> dict[str, str]:
     """All values as strings, as safetensors metadata requires."""
     epochs = steps * training.batch_size * training.gradient_accumulation / max(1, samples_per_epoch)
@@ -74,6 +75,18 @@ def training_metadata(
         "modelspec.trigger_phrase": trigger_word,
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(finished_at)),
         "lora_lab_num_images": num_images,
+        "lora_lab_losses": json.dumps(_downsample([round(x, 6) for x in losses or []], 2000)),
         "lora_lab_config": json.dumps({"lora": asdict(lora), "training": asdict(training)}),
     }
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()}
+
+
+def _downsample(values: list[float], limit: int) -> list[float]:
+    """At most ``limit`` points, each the mean of an equal run of steps (the curve keeps its shape)."""
+    if len(values) <= limit:
+        return values
+    size = len(values) / limit
+    return [
+        round(sum(values[int(i * size) : int((i + 1) * size)]) / len(values[int(i * size) : int((i + 1) * size)]), 6)
+        for i in range(limit)
+    ]
