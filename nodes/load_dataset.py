@@ -22,7 +22,8 @@ from comfy_api.latest import io, ui
 from ..trainer_core.captions import CaptionOptions, split_tags
 from ..trainer_core.config import default_of, help_text
 from ..trainer_core.contact_sheet import render_contact_sheet
-from ..trainer_core.dataset import ON_BAD_FILE_CHOICES, DatasetError, DatasetOptions, folder_fingerprint
+from ..trainer_core.dataset import ON_BAD_FILE_CHOICES, DatasetError, DatasetOptions
+from ..trainer_core.dataset_folder import folder_fingerprint
 from ..trainer_core.dataset_report import ReportOptions, load_checked_dataset
 from ..trainer_core.image_files import parse_color
 from .types import Dataset

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 from collections import Counter
@@ -29,6 +28,7 @@ import numpy as np
 
 from .buckets import Size, closest_bucket, make_buckets
 from .captions import CaptionOptions, process_caption, read_caption_file, tag_frequencies
+from .dataset_folder import find_images
 from .image_files import (
     SUPPORTED_EXTENSIONS,
     Color,
@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 OnBadFile = Literal["error", "skip"]
 ON_BAD_FILE_CHOICES: tuple[str, ...] = ("error", "skip")
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
-_DIGITS = re.compile(r"(\d+)")
 _MANY_REPEATS = 100
 _HOW_TO_LAY_OUT = (
     "Put .png/.jpg/.webp files with same-name .txt captions in it (cat.png + cat.txt); "
@@ -256,7 +255,7 @@ def load_dataset(folder: str | Path, options: DatasetOptions | None = None) -> D
         )
     root = root.resolve()
     warnings: list[str] = []
-    image_paths, other_count = _find_images(root, warnings)
+    image_paths, other_count = find_images(root, warnings)
     if not image_paths:
         found = (
             f"it holds {other_count} file(s), none with an image extension" if other_count else "it is empty"
@@ -309,68 +308,6 @@ def load_dataset(folder: str | Path, options: DatasetOptions | None = None) -> D
         warnings=tuple(warnings),
         skipped=tuple(skipped),
     )
-
-
-def folder_fingerprint(folder: str | Path) -> str:
-    """A cheap fingerprint of a dataset folder's files (names, sizes, modification times; no reading).
-
-    It changes when an image or caption file is added, removed, renamed or rewritten: a node can
-    tell ComfyUI to run again without scanning the images. '' when the folder does not exist.
-    """
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        return ""
-    digest = hashlib.sha256()
-    images, _ = _find_images(root, [])
-    for path in images:
-        for file in (path, path.with_suffix(".txt")):
-            try:
-                stat = file.stat()
-            except OSError:
-                continue
-            digest.update(
-                f"{file.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
-            )
-    return digest.hexdigest()[:16]
-
-
-def _find_images(root: Path, warnings: list[str]) -> tuple[list[Path], int]:
-    """Image files under ``root`` (sorted), following links but never the same folder twice."""
-    images: list[Path] = []
-    other_count = 0
-    seen_folders: set[tuple[int, int]] = set()
-
-    def report(error: OSError) -> None:
-        warnings.append(f"cannot read folder {error.filename}: {error.strerror or error}")
-
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=report):
-        try:
-            stat = os.stat(dirpath)
-        except OSError as error:
-            report(error)
-            dirnames[:] = []
-            continue
-        key = (stat.st_dev, stat.st_ino)
-        if key in seen_folders:
-            warnings.append(f"skipped {dirpath}: a link back to a folder already scanned (a link loop?)")
-            dirnames[:] = []
-            continue
-        seen_folders.add(key)
-        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
-        for name in filenames:
-            if name.startswith("."):
-                continue
-            if os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS:
-                images.append(Path(dirpath) / name)
-            elif not name.lower().endswith(".txt"):
-                other_count += 1
-    images.sort(key=lambda path: _natural_key(path.relative_to(root).as_posix()))
-    return images, other_count
-
-
-def _natural_key(text: str) -> list[tuple[int, int | str]]:
-    """Sort key that puts img2 before img10 (numbers compared as numbers)."""
-    return [(0, int(part)) if part.isdigit() else (1, part.lower()) for part in _DIGITS.split(text) if part]
 
 
 def _caption_of(image_path: Path, warnings: list[str]) -> tuple[str, Path | None]:

@@ -1,0 +1,78 @@
+"""Finding a dataset's image files: a walk that follows links but never loops, in natural order.
+
+Files and folders whose names start with '.' are skipped (``.ipynb_checkpoints``, macOS ``._x.png``).
+``folder_fingerprint`` tells whether any image or caption file changed without opening one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from .image_files import SUPPORTED_EXTENSIONS
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """A cheap fingerprint of a dataset folder's files (names, sizes, modification times; no reading).
+
+    It changes when an image or caption file is added, removed, renamed or rewritten: a node can
+    tell ComfyUI to run again without scanning the images. '' when the folder does not exist.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        return ""
+    digest = hashlib.sha256()
+    images, _ = find_images(root, [])
+    for path in images:
+        for file in (path, path.with_suffix(".txt")):
+            try:
+                stat = file.stat()
+            except OSError:
+                continue
+            digest.update(
+                f"{file.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+            )
+    return digest.hexdigest()[:16]
+
+
+def find_images(root: Path, warnings: list[str]) -> tuple[list[Path], int]:
+    """Image files under ``root`` (sorted), following links but never the same folder twice."""
+    images: list[Path] = []
+    other_count = 0
+    seen_folders: set[tuple[int, int]] = set()
+
+    def report(error: OSError) -> None:
+        warnings.append(f"cannot read folder {error.filename}: {error.strerror or error}")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=report):
+        try:
+            stat = os.stat(dirpath)
+        except OSError as error:
+            report(error)
+            dirnames[:] = []
+            continue
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen_folders:
+            warnings.append(f"skipped {dirpath}: a link back to a folder already scanned (a link loop?)")
+            dirnames[:] = []
+            continue
+        seen_folders.add(key)
+        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            if os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS:
+                images.append(Path(dirpath) / name)
+            elif not name.lower().endswith(".txt"):
+                other_count += 1
+    images.sort(key=lambda path: natural_key(path.relative_to(root).as_posix()))
+    return images, other_count
+
+
+def natural_key(text: str) -> list[tuple[int, int | str]]:
+    """Sort key that puts img2 before img10 (numbers compared as numbers)."""
+    return [(0, int(part)) if part.isdigit() else (1, part.lower()) for part in _DIGITS.split(text) if part]
