@@ -135,6 +135,7 @@ class InjectedAdapter:
     network: nn.Module
     targets: list[str]
     config: LoRAConfig
+    attributes_before: frozenset[str] = frozenset()
     use_rslora: bool = False
 
     def parameters(self) -> list[nn.Parameter]:
@@ -160,6 +161,9 @@ class InjectedAdapter:
             if isinstance(layer, BaseTunerLayer):
                 setattr(parent, child, layer.get_base_layer())
         self.targets = []
+        # peft also leaves bookkeeping on the network itself (peft_config, ...): take it off.
+        for name in set(vars(self.network)) - self.attributes_before:
+            delattr(self.network, name)
 
 
 def inject_lora(network: nn.Module, config: LoRAConfig, seed: int) -> InjectedAdapter:
@@ -178,10 +182,11 @@ def inject_lora(network: nn.Module, config: LoRAConfig, seed: int) -> InjectedAd
         target_modules=targets,
         init_lora_weights=True,
     )
+    attributes_before = frozenset(vars(network))
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
         torch.manual_seed(seed)
         inject_adapter_in_model(peft_config, network)
-    adapter = InjectedAdapter(network=network, targets=targets, config=config)
+    adapter = InjectedAdapter(network=network, targets=targets, config=config, attributes_before=attributes_before)
     with torch.inference_mode(False):
         for name, param in network.named_parameters():
             if "lora_" in name:

@@ -132,6 +132,7 @@ def test_shared_network_is_left_exactly_as_it_was():
     unet, vae, alphas = tiny_models()
     make_inference(unet)
     names_before = [n for n, _ in unet.named_modules()]
+    attributes_before = {name: type(value) for name, value in vars(unet).items()}
     params_before = {n: p for n, p in unet.named_parameters()}
     values_before = {n: p.clone() for n, p in params_before.items()}
     sample = torch.randn(1, 4, 8, 8)
@@ -143,6 +144,7 @@ def test_shared_network_is_left_exactly_as_it_was():
 
     assert result.steps == 3
     assert [n for n, _ in unet.named_modules()] == names_before
+    assert {name: type(value) for name, value in vars(unet).items()} == attributes_before
     for name, p in unet.named_parameters():
         assert p is params_before[name], f"{name} was replaced"
         assert torch.equal(p, values_before[name])
@@ -187,3 +189,51 @@ def test_non_finite_loss_stops_with_last_good_weights():
         train(steps=50, learning_rate=1e9, max_grad_norm=0)
     assert "loss became" in str(caught.value)
     assert caught.value.weights and all(torch.isfinite(t).all() for t in caught.value.weights.values())
+
+
+def test_gradient_checkpointing_recomputes_blocks_and_learns_the_same_lora():
+    unet, vae, alphas = tiny_models()
+    calls = {"n": 0}
+    block = unet.down_blocks[0].resnets[0]  # inside a checkpointed block
+    handle = block.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    plain = train(steps=3, unet=unet, vae=vae, alphas=alphas)
+    plain_calls, calls["n"] = calls["n"], 0
+    checkpointed = train(steps=3, unet=unet, vae=vae, alphas=alphas, gradient_checkpointing=True)
+    handle.remove()
+    assert calls["n"] == 2 * plain_calls, "each block should run again in the backward pass"
+    for key in plain.weights:
+        torch.testing.assert_close(plain.weights[key], checkpointed.weights[key], rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_mixed_precision_trains_with_fp32_lora_weights():
+    result = train(steps=4, mixed_precision="bf16")
+    assert result.mixed_precision == "bf16"
+    assert all(np.isfinite(result.losses))
+    assert all(t.dtype == torch.float32 for t in result.weights.values())
+
+
+def test_auto_precision_is_fp32_on_cpu():
+    assert train(steps=1).mixed_precision == "fp32"
+
+
+def test_quantized_model_is_refused_with_a_clear_message():
+    from trainer_core.adapters import AdapterError, check_trainable
+
+    network = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    network[0].weight = torch.nn.Parameter(torch.zeros(4, 4, dtype=torch.int8), requires_grad=False)
+    with pytest.raises(AdapterError) as caught:
+        check_trainable(network)
+    assert "quantized" in str(caught.value) and "0.weight" in str(caught.value)
+
+
+def test_rank_larger_than_a_layer_is_refused_naming_the_layer():
+    from trainer_core.adapters import AdapterError
+
+    unet, vae, alphas = tiny_models()
+    with pytest.raises(AdapterError) as caught:
+        train_lora(
+            DiffusersUNetDenoiser(unet, alphas), HashTextEncoder(), DiffusersLatentCodec(vae, 1.0), SyntheticData(),
+            LoRAConfig(rank=100, alpha=100), TrainingConfig(steps=1),
+        )
+    assert "rank 100" in str(caught.value) and "Use rank" in str(caught.value)
+    assert not any("lora_" in n for n, _ in unet.named_parameters())

@@ -1,0 +1,77 @@
+"""Saving LoRA files: safe names, no clobbering, never half-written, hashes and metadata kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer_core import export
+from trainer_core.export import LoRAWeights, load_lora, sanitize_filename, save_lora, unique_path
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("my lora", "my_lora"),
+        ("my_lora.safetensors", "my_lora"),
+        ("people/alice v2", "people/alice_v2"),
+        ('bad<>:"|?*name', "bad_______name"),
+        ("CON", "_CON"),
+        ("trailing dot.", "trailing_dot"),
+        ("a\\b", "a/b"),
+    ],
+)
+def test_names_are_safe_on_every_system(name, expected):
+    assert sanitize_filename(name) == expected
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/../../b", "/etc/passwd", "C:\\x", "", "   ", "///"])
+def test_names_that_leave_the_folder_or_are_empty_are_refused(name):
+    with pytest.raises(ValueError) as caught:
+        sanitize_filename(name)
+    assert "name" in str(caught.value)
+
+
+def weights() -> LoRAWeights:
+    return LoRAWeights(
+        {"lora_unet_x.lora_down.weight": torch.ones(2, 3), "lora_unet_x.lora_up.weight": torch.zeros(3, 2),
+         "lora_unet_x.alpha": torch.tensor(2.0)},
+        {"ss_trigger_word": "sks", "ss_steps": "10"},
+    )
+
+
+def test_save_and_load_keep_tensors_metadata_and_hash(tmp_path: Path):
+    path = save_lora(weights(), tmp_path / "a.safetensors")
+    loaded = load_lora(path)
+    assert loaded.trigger_word == "sks" and loaded.steps == 10
+    assert torch.equal(loaded["lora_unet_x.lora_down.weight"], torch.ones(2, 3))
+    assert loaded.metadata["sshs_model_hash"] == weights().content_hash() == loaded.content_hash()
+
+
+def test_an_existing_file_is_not_overwritten_unless_asked(tmp_path: Path):
+    path = tmp_path / "a.safetensors"
+    path.write_bytes(b"precious")
+    with pytest.raises(FileExistsError):
+        save_lora(weights(), path)
+    assert path.read_bytes() == b"precious"
+    assert unique_path(tmp_path, "a") == tmp_path / "a_0001.safetensors"
+    save_lora(weights(), path, overwrite=True)
+    assert load_lora(path).trigger_word == "sks"
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch):
+    path = tmp_path / "a.safetensors"
+    save_lora(weights(), path)
+    before = path.read_bytes()
+
+    def broken_save(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "save_file", broken_save)
+    with pytest.raises(OSError):
+        save_lora(weights(), path, overwrite=True)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
