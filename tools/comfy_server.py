@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -138,6 +139,7 @@ class ComfyServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
         self._session = requests.Session()
+        self._session.trust_env = False  # loopback only: never through a proxy from the environment
         self._socket: websocket.WebSocket | None = None
         self._listener: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -307,6 +309,35 @@ class ComfyServer:
         path = f"/object_info/{node_class}" if node_class else "/object_info"
         return self._get_json(path, timeout=60)
 
+    def require_nodes(self, *class_types: str) -> None:
+        """Fail with the pack's import errors from the log if any of these node types is missing."""
+        available = self.object_info()
+        missing = [name for name in class_types if name not in available]
+        if missing:
+            raise ComfyServerError(
+                f"node types not registered: {missing}. Custom node import problems in the log:\n"
+                + (self.custom_node_import_problems() or "(none logged)")
+            )
+
+    def custom_node_import_problems(self) -> str:
+        """What ComfyUI logged about this pack failing to import or register (with the traceback
+        of an import error; ComfyUI logs none for an error inside ``comfy_entrypoint``)."""
+        pack_path = str(self.base_dir / "custom_nodes" / PACK_LINK_NAME)
+        lines = self.log_text().splitlines()
+        found: list[str] = []
+        traceback_start = None
+        for index, line in enumerate(lines):
+            if line.startswith("Traceback (most recent call last)"):
+                traceback_start = index
+            is_timing = re.match(r"\s*[\d.]+ seconds: ", line) is not None and "IMPORT FAILED" not in line
+            in_traceback = line.startswith("  File ")  # shown with its whole traceback below
+            if pack_path in line and not is_timing and not in_traceback:
+                if line.startswith("Cannot import") and traceback_start is not None:
+                    found.extend(lines[traceback_start : index + 1])
+                else:
+                    found.append(line)
+        return "\n".join(found)
+
     def history(self, prompt_id: str) -> dict[str, Any]:
         return self._get_json(f"/history/{prompt_id}").get(prompt_id, {})
 
@@ -357,7 +388,8 @@ class ComfyServer:
 
     def wait(self, prompt_id: str, timeout: float = 300.0) -> RunResult:
         """Block until the prompt is done; return what it produced and how long each node took."""
-        deadline = time.monotonic() + timeout
+        waiting_since = time.monotonic()
+        deadline = waiting_since + timeout
         with self._events_changed:
             while not self._is_done(prompt_id):
                 remaining = deadline - time.monotonic()
@@ -370,17 +402,19 @@ class ComfyServer:
                     raise ComfyServerError(
                         f"ComfyUI died while running prompt {prompt_id}. Log tail:\n{self.log_tail()}"
                     )
-                if self._listener is None or not self._listener.is_alive():
-                    # Without the websocket, /history is the only way to know it finished.
+                listening = self._listener is not None and self._listener.is_alive()
+                # Without websocket events (socket gone, or the prompt was queued by another
+                # client), /history is the only way to know it finished.
+                if not listening or (
+                    not self._events.get(prompt_id) and time.monotonic() - waiting_since > 2
+                ):
                     self._events_changed.release()
                     try:
                         if self.history(prompt_id):
                             break
-                        time.sleep(0.2)
                     finally:
                         self._events_changed.acquire()
-                    continue
-                self._events_changed.wait(timeout=min(remaining, 1.0))
+                self._events_changed.wait(timeout=min(remaining, 0.5 if listening else 0.2))
         history = self._read_history(prompt_id, deadline)
         return self._summarise(prompt_id, history)
 

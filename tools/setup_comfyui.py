@@ -150,7 +150,7 @@ def _install_requirements(root: Path, python: str) -> None:
         handle.write("\n".join(requirements) + "\n")
         filtered_file = handle.name
     try:
-        _run([python, "-m", "pip", "install", "-r", filtered_file])
+        _run([python, "-m", "pip", "install", "--quiet", "-r", filtered_file])
     finally:
         os.unlink(filtered_file)
     marker.parent.mkdir(parents=True, exist_ok=True)
