@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from .load_dataset import LoadDataset
 from .save_checkpoint import SaveCheckpoint
+from .strength_sweep import TestLoRAStrengthSweep
 from .train_lora import TrainLoRA
 
 NODE_CLASSES = [
     LoadDataset,
     TrainLoRA,
     SaveCheckpoint,
+    TestLoRAStrengthSweep,
 ]

@@ -169,3 +169,60 @@ def load_for_training(patcher: Any, unload_others: bool) -> None:
 def apply_lora(model: Any, clip: Any, weights: dict, strength_model: float, strength_clip: float) -> tuple[Any, Any]:
     """ComfyUI's own LoRA loading, the path ``LoraLoader`` takes."""
     return comfy.sd.load_lora_for_models(model, clip, weights, strength_model, strength_clip)
+
+
+def lora_fit(model: Any, clip: Any, weights: dict) -> tuple[int, int, list[str]]:
+    """How many of the LoRA's layers ComfyUI's loader can place on this model (and CLIP):
+    (matched, total, a few unmatched names). An SDXL LoRA on SD1.5 matches none."""
+    import comfy.lora
+
+    key_map: dict[str, str] = {}
+    if model is not None:
+        key_map = comfy.lora.model_lora_keys_unet(model.model, key_map)
+    if clip is not None:
+        key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+    suffixes = (".lora_up.weight", ".lora_down.weight", ".alpha", ".hada_w1_a", ".lokr_w1", ".diff", ".dora_scale")
+    stems = set()
+    for key in weights:
+        for suffix in suffixes:
+            if key.endswith(suffix):
+                stems.add(key[: -len(suffix)])
+                break
+    unmatched = sorted(stem for stem in stems if stem not in key_map)
+    return len(stems) - len(unmatched), len(stems), unmatched[:5]
+
+
+def encode_prompt(clip: Any, text: str) -> list:
+    """CONDITIONING exactly as ``CLIPTextEncode`` makes it."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def ksample(model: Any, positive: list, negative: list, seed: int, steps: int, cfg: float, sampler_name: str,
+            scheduler: str, width: int, height: int) -> torch.Tensor:
+    """What ``EmptyLatentImage`` + ``KSampler`` give (one image), through ComfyUI's own ``common_ksampler``."""
+    import importlib
+
+    comfy_nodes = importlib.import_module("nodes")  # ComfyUI's nodes.py, the module KSampler lives in
+    latent = {"samples": torch.zeros([1, 4, height // 8, width // 8], device=comfy.model_management.intermediate_device())}
+    (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent)
+    return out["samples"]
+
+
+def decode(vae: Any, samples: torch.Tensor) -> torch.Tensor:
+    """``VAEDecode``: [B,H,W,3] in 0..1 (video VAEs' extra frame axis folded into the batch)."""
+    images = vae.decode(samples)
+    if images.ndim == 5:
+        images = images.reshape(-1, *images.shape[-3:])
+    return images
+
+
+def sampler_names() -> list[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def scheduler_names() -> list[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SCHEDULERS)

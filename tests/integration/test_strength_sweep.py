@@ -1,0 +1,169 @@
+"""TestLoRAStrengthSweep in a real ComfyUI: train-then-test in one canvas, cells equal to LoraLoader +
+KSampler, clear errors for files that are not LoRAs or do not fit the model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from tools.comfy_server import ComfyServer, PromptRejected
+from tools.graph import Graph
+from tools.synthetic_dataset import make_shapes_dataset
+
+CKPT = "tiny_sd15.safetensors"
+PROMPTS = ["{trigger}, a yellow ring on a blue background", "a yellow ring"]
+SAMPLING = dict(seed=5, steps=4, cfg=3.0, sampler_name="euler", scheduler="normal")
+_INFO: dict = {}
+
+
+def defaults(server: ComfyServer, class_type: str) -> dict:
+    if class_type not in _INFO:
+        _INFO[class_type] = server.object_info(class_type)[class_type]["input"]
+    out = {}
+    for section in ("required", "optional"):
+        for name, spec in _INFO[class_type].get(section, {}).items():
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if "default" in options:
+                out[name] = options["default"]
+    return out
+
+
+def sweep_node(server, graph, checkpoint, **inputs):
+    values = defaults(server, "TestLoRAStrengthSweep")
+    values.update(model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], prompts="\n".join(PROMPTS),
+                  strengths="0.5, 1.0", include_baseline=True, width=64, height=64, **SAMPLING)
+    values.update(inputs)
+    return graph.node("TestLoRAStrengthSweep", **values)
+
+
+def stock_cell(graph, checkpoint, lora_name, strength, prompt, prefix):
+    """The same cell the plain way: LoraLoader + CLIPTextEncode + KSampler + VAEDecode + SaveImage."""
+    model, clip = checkpoint[0], checkpoint[1]
+    if strength != 0:
+        loader = graph.node("LoraLoader", model=model, clip=clip, lora_name=lora_name, strength_model=strength,
+                            strength_clip=strength)
+        model, clip = loader[0], loader[1]
+    positive = graph.node("CLIPTextEncode", clip=clip, text=prompt)
+    negative = graph.node("CLIPTextEncode", clip=clip, text="")
+    latent = graph.node("EmptyLatentImage", width=64, height=64, batch_size=1)
+    sampled = graph.node("KSampler", model=model, positive=positive[0], negative=negative[0], latent_image=latent[0],
+                         denoise=1.0, **SAMPLING)
+    decoded = graph.node("VAEDecode", samples=sampled[0], vae=checkpoint[2])
+    return graph.node("SaveImage", images=decoded[0], filename_prefix=prefix)
+
+
+def read(server, result, node):
+    return [np.asarray(Image.open(p).convert("RGB")) for p in server.output_files(result, node.id, "images")]
+
+
+@pytest.fixture(scope="module")
+def trained_and_swept(comfy_server: ComfyServer):
+    server = comfy_server
+    folder = server.input_dir / "sweep_rings"
+    shutil.rmtree(folder, ignore_errors=True)
+    make_shapes_dataset(folder, count=6, size=64, shape="ring", trigger_word="sks")
+    graph = Graph()
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    dataset_inputs = defaults(server, "LoadDataset")
+    dataset_inputs.update(folder="sweep_rings", resolution=64, bucket_step=64)
+    dataset = graph.node("LoadDataset", **dataset_inputs)
+    train_inputs = defaults(server, "TrainLoRA")
+    train_inputs.update(model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], dataset=dataset[0],
+                        trigger_word="sks", rank=4, alpha=4.0, learning_rate=1e-3, steps=40)
+    trained = graph.node("TrainLoRA", **train_inputs)
+    saved = graph.node("SaveCheckpoint", lora=trained[0], filename="tests/sweep_rings", if_exists="overwrite")
+    sweep = sweep_node(server, graph, checkpoint, lora=saved[0])
+    cells = graph.node("SaveImage", images=sweep[1], filename_prefix="sweep_cells")
+    result = server.run(graph.to_api(), timeout=900).raise_for_error()
+    return dict(server=server, result=result, sweep=sweep, cells=cells)
+
+
+def test_train_then_test_in_one_canvas_gives_a_labelled_grid(trained_and_swept):
+    server, result, sweep = trained_and_swept["server"], trained_and_swept["result"], trained_and_swept["sweep"]
+    (grid_path,) = server.output_files(result, sweep.id, "images")
+    grid = Image.open(grid_path)
+    assert grid.width > 3 * 64 and grid.height > 2 * 64  # 3 columns (base, 0.5, 1.0) x 2 rows + labels
+    info = json.loads(grid.info["lora_lab"])
+    assert info["strengths"] == [0.0, 0.5, 1.0] and info["steps"] == "40" and len(info["lora_hash"]) == 64
+    assert info["prompts"][0].startswith("sks, a yellow ring")
+    assert "prompt" in grid.info, "the grid PNG carries the workflow that made it"
+    cells = read(server, result, trained_and_swept["cells"])
+    assert len(cells) == 6
+    assert not np.array_equal(cells[0], cells[2]), "strength 1.0 looks like the baseline: the LoRA did nothing"
+
+
+def test_every_cell_equals_a_plain_loraloader_and_ksampler_run(trained_and_swept):
+    server = trained_and_swept["server"]
+    cells = read(server, trained_and_swept["result"], trained_and_swept["cells"])
+    graph = Graph()
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    stock = {}
+    for row, prompt in enumerate(PROMPTS):
+        for column, strength in enumerate((0.0, 0.5, 1.0)):
+            text = prompt.replace("{trigger}", "sks")
+            stock[(row, column)] = stock_cell(graph, checkpoint, "tests/sweep_rings.safetensors", strength, text,
+                                              f"stock_{row}_{column}")
+    result = server.run(graph.to_api()).raise_for_error()
+    for (row, column), node in stock.items():
+        (image,) = read(server, result, node)
+        assert np.array_equal(image, cells[row * 3 + column]), f"cell row {row}, strength column {column} differs"
+
+
+def test_a_file_that_is_not_a_lora_gives_a_clear_error(comfy_server: ComfyServer):
+    server = comfy_server
+    bad = server.models_dir / "loras" / "tests" / "broken.safetensors"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"\x00" * 100)
+    graph = Graph()
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    sweep = sweep_node(server, graph, checkpoint, lora_name="tests/broken.safetensors")
+    result = server.run(graph.to_api())
+    assert not result.ok and "tests/broken.safetensors" in result.error and "broken or truncated" in result.error
+
+
+def test_a_lora_for_another_model_family_renders_the_baseline_and_says_why(comfy_server: ComfyServer):
+    server = comfy_server
+    path = server.models_dir / "loras" / "tests" / "sdxl_like.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stem = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k"  # SDXL layout, absent in SD1.5
+    save_file({f"{stem}.lora_down.weight": torch.zeros(4, 2048), f"{stem}.lora_up.weight": torch.zeros(640, 4),
+               f"{stem}.alpha": torch.tensor(4.0)}, str(path))
+    graph = Graph()
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    sweep = sweep_node(server, graph, checkpoint, lora_name="tests/sdxl_like.safetensors", prompts="a ring")
+    cells = graph.node("SaveImage", images=sweep[1], filename_prefix="family")
+    result = server.run(graph.to_api()).raise_for_error()
+    report = result.outputs[sweep.id]["text"][0]
+    assert "does not fit this model" in report and "0/1" in report
+    images = read(server, result, cells)
+    assert images[0].std() > 0 and images[1].mean(axis=(0, 1)).argmax() == 0  # baseline renders; red error tiles
+
+
+@pytest.mark.parametrize(
+    "inputs, words",
+    [
+        ({"strengths": "0.5, abc"}, ["strengths", "abc"]),
+        ({"strengths": "9"}, ["strengths", "out of range"]),
+        ({"prompts": "  \n "}, ["prompts", "at least one prompt"]),
+        ({"width": 8192, "height": 8192, "strengths": "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"}, ["GiB", "smaller"]),
+    ],
+)
+def test_bad_sweep_settings_name_the_field(comfy_server: ComfyServer, trained_and_swept, inputs, words):
+    server = comfy_server
+    graph = Graph()
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    sweep_node(server, graph, checkpoint, lora_name="tests/sweep_rings.safetensors", **inputs)
+    try:
+        result = server.run(graph.to_api())
+        message = result.error or ""
+        assert not result.ok
+    except PromptRejected as rejected:
+        message = json.dumps(rejected.node_errors) + str(rejected)
+    for word in words:
+        assert word in message, message

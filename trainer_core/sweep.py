@@ -1,0 +1,88 @@
+"""What a strength sweep renders: parsing the user's strengths and prompts, and the size check.
+
+The rendering itself goes through ComfyUI's own LoRA loader and sampler (``nodes/strength_sweep.py``);
+this module only plans it, so the plan is testable without ComfyUI.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_STRENGTHS = "0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0"
+MAX_STRENGTH = 5.0
+MAX_CELLS = 400
+# The grid and the single images are held as float32 RGB; refuse what would not fit comfortably.
+MAX_GRID_BYTES = 2 * 2**30
+
+
+class SweepError(ValueError):
+    """A sweep setting the user must change (the message names the field)."""
+
+
+def parse_strengths(text: str, include_baseline: bool) -> list[float]:
+    """'0.4, 0.5 1.0' → [0.0, 0.4, 0.5, 1.0] (with the baseline); keeps the user's order, drops repeats."""
+    values: list[float] = []
+    for token in re.split(r"[,;\s]+", text.strip()):
+        if not token:
+            continue
+        try:
+            value = float(token)
+        except ValueError:
+            raise SweepError(f"strengths: {token!r} is not a number. Write numbers separated by commas, e.g. {DEFAULT_STRENGTHS}") from None
+        if value != value or abs(value) > MAX_STRENGTH:
+            raise SweepError(f"strengths: {token} is out of range; use values from -{MAX_STRENGTH} to {MAX_STRENGTH}")
+        values.append(round(value, 4))
+    if include_baseline:
+        values.insert(0, 0.0)
+    unique = list(dict.fromkeys(values))
+    if not unique:
+        raise SweepError(f"strengths: give at least one strength, e.g. {DEFAULT_STRENGTHS}")
+    return unique
+
+
+def parse_prompts(text: str, trigger_word: str) -> list[str]:
+    """One prompt per non-empty line, ``{trigger}`` replaced by the LoRA's trigger word."""
+    prompts = [line.strip().replace("{trigger}", trigger_word).strip(" ,") for line in text.splitlines()]
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise SweepError("prompts: write at least one prompt, one per line (use {trigger} for the trigger word)")
+    return prompts
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    prompts: tuple[str, ...]
+    strengths: tuple[float, ...]
+    width: int
+    height: int
+
+    @property
+    def cells(self) -> int:
+        return len(self.prompts) * len(self.strengths)
+
+    def estimated_bytes(self) -> int:
+        """Single images + the grid (with labels), float32 RGB."""
+        image = self.width * self.height * 3 * 4
+        return int(self.cells * image * 2.2)
+
+
+def plan_grid(prompts: list[str], strengths: list[float], width: int, height: int) -> GridPlan:
+    plan = GridPlan(tuple(prompts), tuple(strengths), width, height)
+    if plan.cells > MAX_CELLS:
+        raise SweepError(
+            f"the grid would have {plan.cells} cells ({len(prompts)} prompts x {len(strengths)} strengths); "
+            f"the limit is {MAX_CELLS}. Use fewer prompts or strengths."
+        )
+    if plan.estimated_bytes() > MAX_GRID_BYTES:
+        raise SweepError(
+            f"the grid would need about {plan.estimated_bytes() / 2**30:.1f} GiB of memory "
+            f"({plan.cells} cells of {width}x{height}); the limit is {MAX_GRID_BYTES / 2**30:.0f} GiB. "
+            "Use a smaller width/height or fewer prompts or strengths."
+        )
+    return plan
+
+
+def strength_label(value: float) -> str:
+    text = f"{value:.1f}" if value == round(value, 1) else f"{value:g}"
+    return f"{text} (base)" if value == 0 else text
