@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from .adapters import InjectedAdapter, autograd_safe_weights, inject_lora
+from .checkpoints import CheckpointPolicy, load_training_state, restore_random_state, save_training_state
 from .config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingConfig
-from .export import KeyNamer, LoRAWeights, default_key_name
+from .encoding import TextCache, concat_text, encode_latents
+from .export import KeyNamer, LoRAWeights, default_key_name, save_lora
 from .losses import add_noise, diffusion_loss, sample_noise, sample_sigmas
-from .protocols import Denoiser, LatentCodec, TextEmbedding, TextEncoder
-
+from .protocols import Denoiser, LatentCodec, TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class StepReport:
 @dataclass
 class TrainingResult:
     weights: LoRAWeights
+    checkpoints: list[Path] = field(default_factory=list)
     total_steps: int = 0
     mixed_precision: str = "fp32"
     losses: list[float] = field(default_factory=list)
@@ -96,19 +98,6 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _concat_text(embeddings: Sequence[TextEmbedding]) -> TextEmbedding:
-    """Batch per-caption embeddings; token sequences of different lengths are repeated to a common
-    length the way ComfyUI batches conditioning (repetition leaves attention's result unchanged)."""
-    out: TextEmbedding = {}
-    for key in embeddings[0]:
-        tensors = [e[key] for e in embeddings]
-        if tensors[0].ndim == 3 and len({t.shape[1] for t in tensors}) > 1:
-            length = math.lcm(*(t.shape[1] for t in tensors))
-            tensors = [t.repeat(1, length // t.shape[1], 1) for t in tensors]
-        out[key] = torch.cat(tensors, dim=0)
-    return out
 
 
 @contextlib.contextmanager
@@ -149,9 +138,14 @@ def _is_inplace_autograd_error(error: RuntimeError) -> bool:
     return "modified by an inplace operation" in str(error)
 
 
-def _batches(data: TrainingData, batch_size: int, generator: random.Random) -> Iterator[list[int]]:
-    """Endless epochs: every item ``repeats`` times, shuffled, batched within one bucket."""
+def _batches(data: TrainingData, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless epochs: every item ``repeats`` times, shuffled, batched within one bucket.
+
+    Epoch ``e`` is shuffled by its own ``Random((seed, e))``, so the sequence is a pure function of the
+    seed and a resumed run can skip to any position."""
+    epoch = 0
     while True:
+        generator = random.Random(f"{seed}:{epoch}")
         by_bucket: dict[tuple[int, int], list[int]] = {}
         for index, item in enumerate(data.items):
             by_bucket.setdefault(tuple(item.bucket), []).extend([index] * max(1, int(item.repeats)))
@@ -161,47 +155,11 @@ def _batches(data: TrainingData, batch_size: int, generator: random.Random) -> I
             batches.extend(indices[i : i + batch_size] for i in range(0, len(indices), batch_size))
         generator.shuffle(batches)
         yield from batches
+        epoch += 1
 
 
 def samples_per_epoch(data: TrainingData) -> int:
     return sum(max(1, int(item.repeats)) for item in data.items)
-
-
-def encode_latents(data: TrainingData, codec: LatentCodec, chunk: int = 8) -> list[torch.Tensor]:
-    """Each image encoded once, at its bucket size, in small same-size chunks."""
-    latents: list[torch.Tensor | None] = [None] * len(data.items)
-    by_bucket: dict[tuple[int, int], list[int]] = {}
-    for index, item in enumerate(data.items):
-        by_bucket.setdefault(tuple(item.bucket), []).append(index)
-    with torch.no_grad():
-        for indices in by_bucket.values():
-            for start in range(0, len(indices), chunk):
-                part = indices[start : start + chunk]
-                pixels = torch.from_numpy(np.stack([data.load_image(data.items[i]) for i in part]))
-                encoded = codec.encode(pixels).float().cpu()
-                for i, latent in zip(part, encoded):
-                    latents[i] = latent.clone()
-    return [latent for latent in latents if latent is not None]
-
-
-class _TextCache:
-    """Embeddings per distinct caption string; random caption processing re-encodes only new strings."""
-
-    def __init__(self, encoder: TextEncoder, limit: int = 4096):
-        self.encoder = encoder
-        self.limit = limit
-        self.cache: dict[str, TextEmbedding] = {}
-
-    def get(self, captions: Sequence[str]) -> list[TextEmbedding]:
-        missing = [c for c in dict.fromkeys(captions) if c not in self.cache]
-        if missing:
-            with torch.no_grad():
-                encoded = self.encoder.encode(missing)
-            if len(self.cache) + len(missing) > self.limit:
-                self.cache.clear()
-            for caption, embedding in zip(missing, encoded):
-                self.cache[caption] = {k: v.detach().clone() for k, v in embedding.items()}
-        return [self.cache[c] for c in captions]
 
 
 def extract_weights(adapter: InjectedAdapter, key_namer: KeyNamer) -> dict[str, torch.Tensor]:
@@ -230,30 +188,34 @@ def train_lora(
     key_namer: KeyNamer = default_key_name,
     metadata: dict[str, str] | None = None,
     on_step: Callable[[StepReport], None] | None = None,
+    checkpoints: CheckpointPolicy | None = None,
+    resume_from: Path | None = None,
 ) -> TrainingResult:
     """Train a LoRA on ``denoiser.network`` and return its weights; the network is left as it was.
 
     ``caption_for(item, rng)`` gives an item's training caption (trigger word, shuffling, dropout);
     with ``rng=None`` it must be deterministic. ``random_captions`` says whether it uses ``rng`` at all
     (if not, every caption is encoded once). Without it the item's raw caption is used.
+
+    With ``checkpoints``, a LoRA file is written every ``checkpoints.every`` steps and when training
+    is cancelled, together with a resume state; ``resume_from`` (such a state file) continues a run:
+    adapter weights, optimizer, random streams and the step counter are restored, so N steps + resume
+    + N steps equal 2N steps straight.
     """
     if training.mixed_precision not in MIXED_PRECISION_CHOICES:
         raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION_CHOICES}, not {training.mixed_precision!r}")
     training = replace(training, mixed_precision=resolve_precision(training.mixed_precision, denoiser.device))
     if not data.items:
         raise TrainingError("the dataset has no images")
+    resume_state = load_training_state(resume_from) if resume_from is not None else None
     started = time.perf_counter()
-    device = denoiser.device
     total_steps = training.resolved_steps(samples_per_epoch(data))
-    caption_rng = random.Random(training.seed)
-    order_rng = random.Random(training.seed + 1)
-    generator = torch.Generator().manual_seed(training.seed)
     caption: CaptionFunction = caption_for or (lambda item, rng: item.caption)
     randomised = caption_for is not None and random_captions
 
     with torch.inference_mode(False), torch.enable_grad():
         latents = encode_latents(data, codec)
-        texts = _TextCache(text_encoder)
+        texts = TextCache(text_encoder)
         fixed_captions = [caption(item, None) for item in data.items]
         if not randomised:
             texts.get(fixed_captions)
@@ -264,125 +226,208 @@ def train_lora(
             adapter = inject_lora(network, lora, training.seed)
             try:
                 with _gradient_checkpointing(network, training.gradient_checkpointing):
-                    result = _optimise(
-                        denoiser, adapter, latents, texts, data, fixed_captions, caption, randomised,
-                        caption_rng, order_rng, generator, training, total_steps, key_namer, on_step,
+                    run = _TrainingRun(
+                        denoiser, adapter, latents, texts, data, fixed_captions, caption, randomised, training,
+                        total_steps, key_namer, metadata or {},
                     )
+                    if resume_state is not None:
+                        run.load_state(resume_state, resume_from)
+                    result = run.train(on_step, checkpoints)
             finally:
                 adapter.remove()
     result.total_steps = total_steps
     result.mixed_precision = training.mixed_precision
     result.seconds = time.perf_counter() - started
     result.encode_seconds = encode_seconds
-    result.weights.metadata.update(metadata or {})
     return result
 
 
-def _optimise(
-    denoiser: Denoiser,
-    adapter: InjectedAdapter,
-    latents: list[torch.Tensor],
-    texts: _TextCache,
-    data: TrainingData,
-    fixed_captions: list[str],
-    caption: CaptionFunction,
-    randomised: bool,
-    caption_rng: random.Random,
-    order_rng: random.Random,
-    generator: torch.Generator,
-    training: TrainingConfig,
-    total_steps: int,
-    key_namer: KeyNamer,
-    on_step: Callable[[StepReport], None] | None,
-) -> TrainingResult:
-    device = denoiser.device
-    params = adapter.parameters()
-    optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=training.mixed_precision == "fp16")
-    batches = _batches(data, training.batch_size, order_rng)
-    result = TrainingResult(weights=LoRAWeights())
-    network = denoiser.network
-    was_training = network.training
-    network.train()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), contextlib.ExitStack() as in_place_safe:
-            torch.manual_seed(training.seed)  # LoRA dropout draws from the global stream
-            for step in range(1, total_steps + 1):
-                batch = [next(batches) for _ in range(training.gradient_accumulation)]
-                try:
-                    step_loss = _forward_backward(
-                        denoiser, adapter, latents, texts, data, fixed_captions, caption, randomised, caption_rng,
-                        generator, training, scaler, optimizer, batch, step, key_namer,
-                    )
-                except RuntimeError as error:
-                    if step > 1 or not _is_inplace_autograd_error(error):
-                        raise
-                    # Found out on the first step: the network writes activations in place.
-                    log.info("the network modifies activations in place: keeping copies for the backward pass")
-                    in_place_safe.enter_context(_keep_saved_activations())
-                    step_loss = _forward_backward(
-                        denoiser, adapter, latents, texts, data, fixed_captions, caption, randomised, caption_rng,
-                        generator, training, scaler, optimizer, batch, step, key_namer,
-                    )
-                if training.max_grad_norm > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                learning_rate = optimizer.param_groups[0]["lr"]
-                result.losses.append(step_loss)
-                result.learning_rates.append(learning_rate)
-                result.steps = step
-                if on_step is not None:
-                    on_step(StepReport(step, total_steps, step_loss, learning_rate))
-    finally:
-        network.train(was_training)
-    result.weights = LoRAWeights(extract_weights(adapter, key_namer))
-    return result
+class _TrainingRun:
+    """The optimisation of one adapter: its optimizer, random streams and step counter."""
 
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        adapter: InjectedAdapter,
+        latents: list[torch.Tensor],
+        texts: TextCache,
+        data: TrainingData,
+        fixed_captions: list[str],
+        caption: CaptionFunction,
+        randomised: bool,
+        training: TrainingConfig,
+        total_steps: int,
+        key_namer: KeyNamer,
+        metadata: dict[str, str],
+    ):
+        self.denoiser = denoiser
+        self.adapter = adapter
+        self.latents = latents
+        self.texts = texts
+        self.data = data
+        self.fixed_captions = fixed_captions
+        self.caption = caption
+        self.randomised = randomised
+        self.training = training
+        self.total_steps = total_steps
+        self.key_namer = key_namer
+        self.metadata = metadata
+        self.params = adapter.parameters()
+        self.optimizer = torch.optim.AdamW(self.params, lr=training.learning_rate, weight_decay=training.weight_decay)
+        self.scaler = torch.amp.GradScaler(denoiser.device.type, enabled=training.mixed_precision == "fp16")
+        self.caption_rng = random.Random(training.seed)
+        self.noise_rng = torch.Generator().manual_seed(training.seed)
+        self.batches = _batches(data, training.batch_size, training.seed + 1)
+        self.step = 0
+        self.losses: list[float] = []
+        self.learning_rates: list[float] = []
+        self.global_rng_state: torch.Tensor | None = None  # dropout's stream, restored on resume
+        self.saved_checkpoints: list[Path] = []
 
-def _forward_backward(
-    denoiser: Denoiser,
-    adapter: InjectedAdapter,
-    latents: list[torch.Tensor],
-    texts: _TextCache,
-    data: TrainingData,
-    fixed_captions: list[str],
-    caption: CaptionFunction,
-    randomised: bool,
-    caption_rng: random.Random,
-    generator: torch.Generator,
-    training: TrainingConfig,
-    scaler: torch.amp.GradScaler,
-    optimizer: torch.optim.Optimizer,
-    batch: list[list[int]],
-    step: int,
-    key_namer: KeyNamer,
-) -> float:
-    """Gradients of one optimizer step (over ``gradient_accumulation`` batches); returns its loss."""
-    device = denoiser.device
-    optimizer.zero_grad(set_to_none=True)
-    step_loss = 0.0
-    for indices in batch:
-        x0 = torch.stack([latents[i] for i in indices]).to(device)
-        if randomised:
-            captions = [caption(data.items[i], caption_rng) for i in indices]
-        else:
-            captions = [fixed_captions[i] for i in indices]
-        text = {k: v.to(device) for k, v in _concat_text(texts.get(captions)).items()}
-        noise = sample_noise(x0, generator, training.noise_offset)
-        sigma = sample_sigmas(denoiser.training_sigmas, x0.shape[0], generator).to(device)
-        noisy = add_noise(x0, noise, sigma, denoiser.prediction)
-        with _autocast(device, training.mixed_precision):
-            estimate = denoiser.denoise(noisy, sigma, text)
-        loss = diffusion_loss(estimate, x0, sigma, denoiser.prediction, training.min_snr_gamma)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the loss became {loss.item()} at step {step}: training stopped. The LoRA keeps the "
-                "weights of the last good step. Lower the learning rate, or use bf16/fp32 instead of fp16.",
-                LoRAWeights(extract_weights(adapter, key_namer)),
-                step - 1,
+    # -- the loop --------------------------------------------------------------------------------
+
+    def train(self, on_step: Callable[[StepReport], None] | None, checkpoints: CheckpointPolicy | None) -> TrainingResult:
+        network = self.denoiser.network
+        device = self.denoiser.device
+        was_training = network.training
+        network.train()
+        completed = False
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), contextlib.ExitStack() as in_place_safe:
+                if self.global_rng_state is not None:
+                    torch.set_rng_state(self.global_rng_state)
+                else:
+                    torch.manual_seed(self.training.seed)  # LoRA dropout draws from the global stream
+                while self.step < self.total_steps:
+                    batch = [next(self.batches) for _ in range(self.training.gradient_accumulation)]
+                    try:
+                        loss = self._forward_backward(batch)
+                    except RuntimeError as error:
+                        if self.step > 0 or not _is_inplace_autograd_error(error):
+                            raise
+                        # Found out on the first step: the network writes activations in place.
+                        log.info("the network modifies activations in place: keeping copies for the backward pass")
+                        in_place_safe.enter_context(_keep_saved_activations())
+                        loss = self._forward_backward(batch)
+                    self._apply_gradients()
+                    self.step += 1
+                    self.losses.append(loss)
+                    self.learning_rates.append(self.optimizer.param_groups[0]["lr"])
+                    if checkpoints is not None and checkpoints.every and self.step % checkpoints.every == 0:
+                        self.save_checkpoint(checkpoints)
+                    if on_step is not None:
+                        on_step(StepReport(self.step, self.total_steps, loss, self.learning_rates[-1]))
+                completed = True
+        finally:
+            network.train(was_training)
+            if not completed and checkpoints is not None and self.step > 0:
+                # Cancelled or failed: keep what was learned so far, resumable.
+                if not self.saved_checkpoints or self.saved_checkpoints[-1] != checkpoints.lora_path(self.step):
+                    self.save_checkpoint(checkpoints)
+        return TrainingResult(
+            weights=self.weights(),
+            losses=list(self.losses),
+            learning_rates=list(self.learning_rates),
+            steps=self.step,
+            checkpoints=list(self.saved_checkpoints),
+        )
+
+    def _forward_backward(self, batch: list[list[int]]) -> float:
+        """Gradients of one optimizer step (over ``gradient_accumulation`` batches); returns its loss."""
+        denoiser, training = self.denoiser, self.training
+        device = denoiser.device
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for indices in batch:
+            x0 = torch.stack([self.latents[i] for i in indices]).to(device)
+            if self.randomised:
+                captions = [self.caption(self.data.items[i], self.caption_rng) for i in indices]
+            else:
+                captions = [self.fixed_captions[i] for i in indices]
+            text = {k: v.to(device) for k, v in concat_text(self.texts.get(captions)).items()}
+            noise = sample_noise(x0, self.noise_rng, training.noise_offset)
+            sigma = sample_sigmas(denoiser.training_sigmas, x0.shape[0], self.noise_rng).to(device)
+            noisy = add_noise(x0, noise, sigma, denoiser.prediction)
+            with _autocast(device, training.mixed_precision):
+                estimate = denoiser.denoise(noisy, sigma, text)
+            loss = diffusion_loss(estimate, x0, sigma, denoiser.prediction, training.min_snr_gamma)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"the loss became {loss.item()} at step {self.step + 1}: training stopped. The LoRA keeps the "
+                    "weights of the last good step. Lower the learning rate, or use bf16/fp32 instead of fp16.",
+                    self.weights(),
+                    self.step,
+                )
+            self.scaler.scale(loss / training.gradient_accumulation).backward()
+            step_loss += loss.item() / training.gradient_accumulation
+        return step_loss
+
+    def _apply_gradients(self) -> None:
+        if self.training.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.training.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    # -- weights, checkpoints and resume ------------------------------------------------------------
+
+    def weights(self) -> LoRAWeights:
+        return LoRAWeights(extract_weights(self.adapter, self.key_namer), self.metadata)
+
+    def save_checkpoint(self, policy: CheckpointPolicy) -> Path:
+        """A LoRA file LoraLoader can load, and the state to resume from (both written atomically)."""
+        weights = self.weights()
+        weights.metadata.update({"ss_steps": str(self.step), "lora_lab_checkpoint_step": str(self.step)})
+        path = policy.lora_path(self.step)
+        save_lora(weights, path, overwrite=True)
+        save_training_state(policy.state_path, self.state_dict())
+        self.saved_checkpoints.append(path)
+        if policy.keep_last > 0:
+            while len(self.saved_checkpoints) > policy.keep_last:
+                self.saved_checkpoints.pop(0).unlink(missing_ok=True)
+        return path
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "adapter": {name: p.detach().cpu().clone() for name, p in self._adapter_parameters().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "caption_rng": self.caption_rng.getstate(),
+            "noise_rng": self.noise_rng.get_state(),
+            "global_rng": torch.get_rng_state(),
+            "losses": list(self.losses),
+            "learning_rates": list(self.learning_rates),
+            "rank": self.adapter.config.rank,
+            "targets": list(self.adapter.targets),
+        }
+
+    def load_state(self, state: dict[str, Any], source: Path | None) -> None:
+        where = f" ({source})" if source is not None else ""
+        if state.get("rank") != self.adapter.config.rank or state.get("targets") != list(self.adapter.targets):
+            raise TrainingError(
+                f"the resume state{where} was trained with rank {state.get('rank')} on other layers; resume with the "
+                "same rank, target layers and base model, or start a new run"
             )
-        scaler.scale(loss / training.gradient_accumulation).backward()
-        step_loss += loss.item() / training.gradient_accumulation
-    return step_loss
+        if state["step"] >= self.total_steps:
+            raise TrainingError(
+                f"the resume state{where} is at step {state['step']}, and this run has {self.total_steps} steps: "
+                "raise steps to continue training"
+            )
+        with torch.no_grad():
+            for name, param in self._adapter_parameters().items():
+                param.copy_(state["adapter"][name].to(param.device, param.dtype))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.caption_rng.setstate(restore_random_state(state["caption_rng"]))
+        self.noise_rng.set_state(state["noise_rng"])
+        self.global_rng_state = state["global_rng"]
+        self.step = int(state["step"])
+        self.losses = list(state["losses"])
+        self.learning_rates = list(state["learning_rates"])
+        for _ in range(self.step * self.training.gradient_accumulation):
+            next(self.batches)
+
+    def _adapter_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return {name: p for name, p in self.adapter.network.named_parameters() if "lora_" in name}

@@ -237,3 +237,70 @@ def test_rank_larger_than_a_layer_is_refused_naming_the_layer():
         )
     assert "rank 100" in str(caught.value) and "Use rank" in str(caught.value)
     assert not any("lora_" in n for n, _ in unet.named_parameters())
+
+
+def run_with(tmp_path, steps, unet, vae, alphas, every=0, resume=None, on_step=None, keep_last=0, **training):
+    from trainer_core.checkpoints import CheckpointPolicy
+
+    return train_lora(
+        DiffusersUNetDenoiser(unet, alphas), HashTextEncoder(), DiffusersLatentCodec(vae, 1.0), SyntheticData(),
+        LoRAConfig(rank=4, alpha=4, dropout=0.1), TrainingConfig(steps=steps, learning_rate=2e-3, **training),
+        checkpoints=CheckpointPolicy(tmp_path, "run", every=every, keep_last=keep_last),
+        resume_from=resume, on_step=on_step,
+    )
+
+
+def test_resume_continues_exactly_where_training_stopped(tmp_path):
+    unet, vae, alphas = tiny_models()
+    straight = run_with(tmp_path / "straight", 8, unet, vae, alphas, gradient_accumulation=2)
+    first = run_with(tmp_path / "halves", 4, unet, vae, alphas, every=4, gradient_accumulation=2)
+    assert first.checkpoints == [tmp_path / "halves" / "run_step000004.safetensors"]
+    resumed = run_with(tmp_path / "halves", 8, unet, vae, alphas, resume=tmp_path / "halves" / "run.lora_lab_state",
+                       gradient_accumulation=2)
+    assert resumed.steps == 8 and resumed.losses[:4] == first.losses
+    # Same batches, noise, dropout and optimizer moments: equal up to float summation order.
+    np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-5)
+    for key in straight.weights:
+        torch.testing.assert_close(resumed.weights[key], straight.weights[key], rtol=1e-5, atol=1e-7)
+
+
+def test_checkpoints_are_loadable_loras_and_only_the_last_k_are_kept(tmp_path):
+    from trainer_core.export import load_lora
+
+    unet, vae, alphas = tiny_models()
+    result = run_with(tmp_path, 6, unet, vae, alphas, every=2, keep_last=2)
+    names = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert names == ["run_step000004.safetensors", "run_step000006.safetensors"]
+    last = load_lora(tmp_path / "run_step000006.safetensors")
+    assert last.steps == 6 and set(last) == set(result.weights)
+    assert all(torch.equal(last[k], result.weights[k]) for k in last)
+
+
+def test_cancel_writes_a_resumable_checkpoint_at_the_last_finished_step(tmp_path):
+    unet, vae, alphas = tiny_models()
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_at_three(report):
+        if report.step == 3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        run_with(tmp_path, 50, unet, vae, alphas, on_step=cancel_at_three)
+    assert (tmp_path / "run_step000003.safetensors").is_file() and (tmp_path / "run.lora_lab_state").is_file()
+    resumed = run_with(tmp_path, 5, unet, vae, alphas, resume=tmp_path / "run.lora_lab_state")
+    assert resumed.steps == 5 and len(resumed.losses) == 5
+
+
+def test_a_broken_or_mismatched_resume_state_is_refused_clearly(tmp_path):
+    from trainer_core.checkpoints import ResumeError
+
+    unet, vae, alphas = tiny_models()
+    broken = tmp_path / "broken.lora_lab_state"
+    broken.write_bytes(b"not a state")
+    with pytest.raises(ResumeError, match="cannot be read"):
+        run_with(tmp_path, 2, unet, vae, alphas, resume=broken)
+    run_with(tmp_path, 2, unet, vae, alphas, every=2)
+    with pytest.raises(Exception, match="raise steps"):
+        run_with(tmp_path, 2, unet, vae, alphas, resume=tmp_path / "run.lora_lab_state")

@@ -1,0 +1,71 @@
+"""Encoding a dataset once: latents per image, text embeddings per distinct caption."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .protocols import LatentCodec, TextEmbedding, TextEncoder
+
+
+class _Data(Protocol):
+    @property
+    def items(self) -> Sequence[Any]: ...
+
+    def load_image(self, item: Any) -> np.ndarray: ...
+
+
+def concat_text(embeddings: Sequence[TextEmbedding]) -> TextEmbedding:
+    """Batch per-caption embeddings; token sequences of different lengths are repeated to a common
+    length the way ComfyUI batches conditioning (repetition leaves attention's result unchanged)."""
+    out: TextEmbedding = {}
+    for key in embeddings[0]:
+        tensors = [e[key] for e in embeddings]
+        if tensors[0].ndim == 3 and len({t.shape[1] for t in tensors}) > 1:
+            length = math.lcm(*(t.shape[1] for t in tensors))
+            tensors = [t.repeat(1, length // t.shape[1], 1) for t in tensors]
+        out[key] = torch.cat(tensors, dim=0)
+    return out
+
+
+def encode_latents(data: _Data, codec: LatentCodec, chunk: int = 8) -> list[torch.Tensor]:
+    """Each image encoded once, at its bucket size, in small same-size chunks."""
+    latents: list[torch.Tensor | None] = [None] * len(data.items)
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for index, item in enumerate(data.items):
+        by_bucket.setdefault(tuple(item.bucket), []).append(index)
+    with torch.no_grad():
+        for indices in by_bucket.values():
+            for start in range(0, len(indices), chunk):
+                part = indices[start : start + chunk]
+                pixels = torch.from_numpy(np.stack([data.load_image(data.items[i]) for i in part]))
+                encoded = codec.encode(pixels).float().cpu()
+                for i, latent in zip(part, encoded, strict=True):
+                    latents[i] = latent.clone()
+    return [latent for latent in latents if latent is not None]
+
+
+class TextCache:
+    """Embeddings per distinct caption string; random caption processing re-encodes only new strings."""
+
+    def __init__(self, encoder: TextEncoder, limit: int = 4096):
+        self.encoder = encoder
+        self.limit = limit
+        self.cache: dict[str, TextEmbedding] = {}
+
+    def get(self, captions: Sequence[str]) -> list[TextEmbedding]:
+        missing = [c for c in dict.fromkeys(captions) if c not in self.cache]
+        if missing:
+            with torch.no_grad():
+                encoded = self.encoder.encode(missing)
+            if len(self.cache) + len(missing) > self.limit:
+                self.cache.clear()
+            for caption, embedding in zip(missing, encoded, strict=True):
+                self.cache[caption] = {k: v.detach().clone() for k, v in embedding.items()}
+        return [self.cache[c] for c in captions]
+
+
