@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import comfy.utils
 import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..trainer_core.checkpoints import CheckpointPolicy
 from ..trainer_core.config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingConfig, default_of, help_text
-from ..trainer_core.export import LoRAWeights, save_lora, unique_path
+from ..trainer_core.export import LoRAWeights, sanitize_filename, save_lora, unique_path
 from ..trainer_core.loop import NonFiniteLossError, StepReport, samples_per_epoch, train_lora
 from ..trainer_core.metadata import training_metadata
 from ..trainer_core.plots import loss_curve_image
@@ -96,6 +98,20 @@ class TrainLoRA(io.ComfyNode):
                 io.Combo.Input("target_layers", options=["attention", "all_linear"], default="attention",
                                tooltip=_lora_help("target")),
                 io.Float.Input("lora_dropout", default=0.0, min=0.0, max=0.9, step=0.05, tooltip=_lora_help("dropout")),
+                io.String.Input(
+                    "run_name", default="my_lora",
+                    tooltip="Name of this training run: checkpoints are saved as models/loras/lora_lab_checkpoints/"
+                    "<run_name>_step000100.safetensors (LoraLoader lists them) with a resume state beside them.",
+                ),
+                io.Int.Input("save_every", default=0, min=0, max=100000,
+                             tooltip="Save a checkpoint every N steps (0 = only when you press Cancel)."),
+                io.Int.Input("keep_last", default=0, min=0, max=1000,
+                             tooltip="Keep only the last N step checkpoints of this run (0 = keep all)."),
+                io.Boolean.Input(
+                    "resume", default=False,
+                    tooltip="Continue the run named run_name from its last checkpoint: LoRA weights, optimizer, "
+                    "random state and step counter. Set steps to the new total.",
+                ),
                 io.Boolean.Input(
                     "unload_other_models", default=True,
                     tooltip="Unload every other model from the GPU before training: more memory for training, "
@@ -115,7 +131,7 @@ class TrainLoRA(io.ComfyNode):
         cls, model, clip, vae, dataset, trigger_word: str, rank: int, alpha: float, learning_rate: float,
         steps: int, epochs: int, batch_size: int, gradient_accumulation: int, seed: int, mixed_precision: str,
         gradient_checkpointing: bool, min_snr_gamma: float, noise_offset: float, target_layers: str,
-        lora_dropout: float, unload_other_models: bool,
+        lora_dropout: float, run_name: str, save_every: int, keep_last: int, resume: bool, unload_other_models: bool,
     ) -> io.NodeOutput:
         if trigger_word.strip():
             dataset = dataset.with_caption_options(replace(dataset.caption_options, trigger_word=trigger_word.strip()))
@@ -126,6 +142,16 @@ class TrainLoRA(io.ComfyNode):
             gradient_checkpointing=gradient_checkpointing, min_snr_gamma=min_snr_gamma, noise_offset=noise_offset,
         )
         total = training.resolved_steps(samples_per_epoch(dataset))
+        checkpoints = CheckpointPolicy(checkpoint_folder(), sanitize_filename(run_name), every=save_every,
+                                       keep_last=keep_last)
+        resume_from = None
+        if resume:
+            resume_from = checkpoints.state_path
+            if not resume_from.is_file():
+                raise FileNotFoundError(
+                    f"resume: run '{run_name}' has no checkpoint to resume from ({resume_from}). Turn resume off to "
+                    "start it, or give the run_name of an earlier run."
+                )
         patcher = model.clone()
         denoiser = bridge.ComfyDenoiser(patcher)
         bridge.load_for_training(patcher, unload_other_models)
@@ -135,7 +161,8 @@ class TrainLoRA(io.ComfyNode):
                 denoiser, bridge.ComfyTextEncoder(clip), bridge.ComfyLatentCodec(vae, patcher), dataset,
                 lora_config, training, caption_for=dataset.caption_for,
                 random_captions=dataset.caption_options.is_random, key_namer=bridge.kohya_key_namer(patcher),
-                on_step=_CanvasProgress(total, cls.hidden.unique_id),
+                on_step=_CanvasProgress(total, cls.hidden.unique_id), checkpoints=checkpoints,
+                resume_from=resume_from,
             )
         except NonFiniteLossError as error:
             saved = _save_recovery(error.weights)
@@ -155,9 +182,11 @@ class TrainLoRA(io.ComfyNode):
         return io.NodeOutput(weights, model_with_lora, torch.from_numpy(curve)[None])
 
 
+def checkpoint_folder() -> Path:
+    return Path(folder_paths.get_folder_paths("loras")[0]) / "lora_lab_checkpoints"
+
+
 def _save_recovery(weights: LoRAWeights):
     folder = folder_paths.get_output_directory()
-    from pathlib import Path
-
     path = unique_path(Path(folder) / "lora_lab" / "recovery", "last_good_lora")
     return save_lora(weights, path)

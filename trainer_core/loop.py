@@ -207,13 +207,14 @@ def train_lora(
     training = replace(training, mixed_precision=resolve_precision(training.mixed_precision, denoiser.device))
     if not data.items:
         raise TrainingError("the dataset has no images")
-    resume_state = load_training_state(resume_from) if resume_from is not None else None
     started = time.perf_counter()
     total_steps = training.resolved_steps(samples_per_epoch(data))
     caption: CaptionFunction = caption_for or (lambda item, rng: item.caption)
     randomised = caption_for is not None and random_captions
 
     with torch.inference_mode(False), torch.enable_grad():
+        # Read inside: tensors loaded under ComfyUI's inference mode could not be updated by the optimizer.
+        resume_state = load_training_state(resume_from) if resume_from is not None else None
         latents = encode_latents(data, codec)
         texts = TextCache(text_encoder)
         fixed_captions = [caption(item, None) for item in data.items]

@@ -57,7 +57,8 @@ def train_node(graph: Graph, checkpoint, dataset, **options):
         model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], dataset=dataset[0], trigger_word="sks",
         rank=8, alpha=8.0, learning_rate=1e-3, steps=STEPS, epochs=10, batch_size=1, gradient_accumulation=1,
         seed=0, mixed_precision="fp32", gradient_checkpointing=False, min_snr_gamma=5.0, noise_offset=0.0,
-        target_layers="attention", lora_dropout=0.0, unload_other_models=True,
+        target_layers="attention", lora_dropout=0.0, run_name="tests_rings", save_every=0, keep_last=0,
+        resume=False, unload_other_models=True,
     )
     inputs.update(options)
     return graph.node("TrainLoRA", **inputs)
@@ -202,7 +203,7 @@ def test_cancel_stops_training_within_a_step_and_the_next_job_runs(comfy_server:
     graph = Graph()
     checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
     dataset = load_dataset_node(server, graph, "rings")
-    trained = train_node(graph, checkpoint, dataset, steps=5000, seed=7)
+    trained = train_node(graph, checkpoint, dataset, steps=5000, seed=7, run_name="tests_cancelled")
     graph.node("SaveCheckpoint", lora=trained[0], filename="tests/cancelled", if_exists="error")
     prompt_id = server.submit(graph.to_api())
     deadline = time.monotonic() + 120
@@ -215,6 +216,11 @@ def test_cancel_stops_training_within_a_step_and_the_next_job_runs(comfy_server:
     final = max((p.value for p in result.progress if p.max == 5000), default=0)
     assert at_interrupt >= 5 and final <= at_interrupt + 2, (at_interrupt, final)
     assert not (server.models_dir / "loras" / "tests" / "cancelled.safetensors").exists()
+    # Cancel keeps what was learned, as a LoRA file LoraLoader lists and a state to resume from.
+    kept = sorted((server.models_dir / "loras" / "lora_lab_checkpoints").glob("tests_cancelled_step*.safetensors"))
+    assert len(kept) == 1 and (kept[0].parent / "tests_cancelled.lora_lab_state").is_file()
+    step = int(kept[0].stem.rsplit("step", 1)[1])
+    assert at_interrupt <= step <= final + 1
     assert server.run(_tiny_sample_graph().to_api()).ok
 
 
@@ -250,3 +256,28 @@ def _tiny_sample_graph() -> Graph:
     checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
     sample(graph, checkpoint[0], checkpoint, "still_serving", seed=44, batch=1)
     return graph
+
+
+def test_save_every_and_resume_continue_a_run_in_the_canvas(comfy_server: ComfyServer, run):
+    server = comfy_server
+    folder = server.models_dir / "loras" / "lora_lab_checkpoints"
+
+    def train(steps: int, resume: bool, filename: str):
+        graph = Graph()
+        checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+        dataset = load_dataset_node(server, graph, "rings")
+        trained = train_node(graph, checkpoint, dataset, steps=steps, run_name="tests_resume", save_every=3,
+                             resume=resume, seed=3)
+        graph.node("SaveCheckpoint", lora=trained[0], filename=filename, if_exists="overwrite")
+        return server.run(graph.to_api())
+
+    assert train(6, False, "tests/resume_first").raise_for_error()
+    assert sorted(p.name for p in folder.glob("tests_resume_step*")) == [
+        "tests_resume_step000003.safetensors", "tests_resume_step000006.safetensors"]
+    assert train(9, True, "tests/resume_second").raise_for_error()
+    with safe_open(str(server.models_dir / "loras" / "tests" / "resume_first.safetensors"), framework="pt") as f:
+        first = json.loads(f.metadata()["lora_lab_losses"])
+    with safe_open(str(server.models_dir / "loras" / "tests" / "resume_second.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    second = json.loads(meta["lora_lab_losses"])
+    assert meta["ss_steps"] == "9" and len(second) == 9 and second[:6] == first
