@@ -96,17 +96,21 @@ def comfy_server(
 
 
 @pytest.fixture(autouse=True)
-def _server_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Attach what the server logged during a failing test to its report."""
+def _comfy_server_between_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Leave the shared server idle for the next test, and attach what it logged during a
+    failing test to that test's report."""
     if "comfy_server" not in request.fixturenames:
         yield
         return
     server: ComfyServer = request.getfixturevalue("comfy_server")
     start = server.log_offset()
     yield
+    left_over = server.drain() if server.running else []
     report = getattr(request.node, "_report_call", None)
     if report is not None and report.failed:
         report.sections.append(("ComfyUI server log during this test", server.log_text(since=start)[-20000:]))
+        if left_over:
+            report.sections.append(("ComfyUI prompts interrupted after this test", "\n".join(left_over)))
 
 
 @pytest.fixture

@@ -26,21 +26,23 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 import websocket
 
+try:
+    from tools.comfy_result import ComfyServerError, ProgressEvent, RunResult, summarise_prompt
+except ImportError:  # run as a script from tools/
+    from comfy_result import ComfyServerError, ProgressEvent, RunResult, summarise_prompt  # type: ignore[no-redef]
+
+__all__ = ["ComfyServer", "ComfyServerError", "ProgressEvent", "PromptRejected", "RunResult", "free_port"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_LINK_NAME = "lora_lab"
 BASE_SUBFOLDERS = ("models/checkpoints", "models/loras", "input", "output", "custom_nodes")
 LOOPBACK = "127.0.0.1"
-
-
-class ComfyServerError(RuntimeError):
-    """The server could not be started, died, or did not answer as expected."""
 
 
 class PromptRejected(ComfyServerError):
@@ -57,39 +59,6 @@ class PromptRejected(ComfyServerError):
                     f" {reason.get('details', '')}".rstrip()
                 )
         super().__init__("\n".join(lines))
-
-
-@dataclass
-class ProgressEvent:
-    node: str | None
-    value: int
-    max: int
-    seconds: float  # since the prompt was submitted
-
-
-@dataclass
-class RunResult:
-    """What one prompt did, from the websocket events and ``/history/<id>``."""
-
-    prompt_id: str
-    status: str  # "success", "error" or "interrupted"
-    outputs: dict[str, dict[str, Any]]  # node id -> the node's UI output, e.g. {"images": [...]}
-    node_seconds: dict[str, float]  # wall time per executed node (cached nodes are absent)
-    cached_nodes: list[str]
-    progress: list[ProgressEvent]
-    seconds: float  # submit to done
-    error: str | None = None  # "<node id> (<class>): <ExceptionType>: <message>"
-    error_details: dict[str, Any] | None = None  # the execution_error event as ComfyUI sent it
-    history: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "success"
-
-    def raise_for_error(self) -> RunResult:
-        if not self.ok:
-            raise ComfyServerError(f"prompt {self.prompt_id} ended with status {self.status}: {self.error}")
-        return self
 
 
 def _default_comfy_root() -> Path:
@@ -345,6 +314,30 @@ class ComfyServer:
         body = {"prompt_id": prompt_id} if prompt_id else {}
         self._session.post(f"{self.url}/interrupt", json=body, timeout=10).raise_for_status()
 
+    def queue(self) -> dict[str, list[Any]]:
+        """``{"queue_running": [...], "queue_pending": [...]}``; item[1] of each entry is its prompt id."""
+        return self._get_json("/queue")
+
+    def drain(self, timeout: float = 60.0) -> list[str]:
+        """Drop pending prompts and interrupt the running one; return their prompt ids.
+
+        For test teardown: a test that failed while a long prompt ran must not leave it to
+        delay or break the tests after it."""
+        current = self.queue()
+        left_over = [item[1] for item in current["queue_running"] + current["queue_pending"]]
+        if not left_over:
+            return []
+        self._session.post(f"{self.url}/queue", json={"clear": True}, timeout=10).raise_for_status()
+        self.interrupt()
+        deadline = time.monotonic() + timeout
+        while self.queue()["queue_running"]:
+            if time.monotonic() > deadline:
+                raise ComfyServerError(
+                    f"prompts {left_over} still running {timeout:.0f} s after an interrupt"
+                )
+            time.sleep(0.1)
+        return left_over
+
     def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
         """Ask ComfyUI to drop loaded models after the current prompt."""
         body = {"unload_models": unload_models, "free_memory": free_memory}
@@ -430,6 +423,16 @@ class ComfyServer:
         start = self._submitted_at.get(prompt_id, events[0][0] if events else 0.0)
         return [(moment - start, kind, data) for moment, kind, data in events]
 
+    def progress_value(self, prompt_id: str, node: str | None = None) -> int:
+        """The latest progress value the prompt reported (for one node if given); 0 before any."""
+        with self._events_changed:
+            values = [
+                data.get("value", 0)
+                for _, kind, data in self._events.get(prompt_id, [])
+                if kind == "progress" and (node is None or str(data.get("node")) == node)
+            ]
+        return values[-1] if values else 0
+
     def wait_for_event(self, prompt_id: str, kind: str, timeout: float = 60.0) -> dict[str, Any]:
         """Block until the prompt has sent an event of this type (e.g. "progress"); return its data."""
         deadline = time.monotonic() + timeout
@@ -472,78 +475,8 @@ class ComfyServer:
     def _summarise(self, prompt_id: str, history: dict[str, Any]) -> RunResult:
         with self._events_changed:
             events = list(self._events.get(prompt_id, []))
-        start = self._submitted_at.get(prompt_id, events[0][0] if events else time.monotonic())
-
-        node_seconds: dict[str, float] = {}
-        progress: list[ProgressEvent] = []
-        cached: list[str] = []
-        error_details: dict[str, Any] | None = None
-        interrupted = False
-        running: tuple[str, float] | None = None
-        end = start
-        for moment, kind, data in events:
-            end = moment
-            finishes_node = kind == "executed" and running is not None and str(data.get("node")) == running[0]
-            if finishes_node or kind in (
-                "executing",
-                "execution_success",
-                "execution_error",
-                "execution_interrupted",
-            ):
-                if running is not None:
-                    node_seconds[running[0]] = node_seconds.get(running[0], 0.0) + moment - running[1]
-                    running = None
-                if kind == "executing" and data.get("node") is not None:
-                    running = (str(data["node"]), moment)
-            if kind == "progress":
-                progress.append(
-                    ProgressEvent(data.get("node"), data.get("value", 0), data.get("max", 0), moment - start)
-                )
-            elif kind == "execution_cached":
-                cached.extend(str(node) for node in data.get("nodes", []))
-            elif kind == "execution_error":
-                error_details = data
-            elif kind == "execution_interrupted":
-                interrupted = True
-
-        # History holds the same messages, so errors are reported even if the websocket missed them.
-        status_block = history.get("status", {})
-        for kind, data in status_block.get("messages", []):
-            if kind == "execution_error" and error_details is None:
-                error_details = data
-            elif kind == "execution_interrupted":
-                interrupted = True
-
-        if interrupted:
-            status = "interrupted"
-        elif error_details is not None or status_block.get("status_str") == "error":
-            status = "error"
-        elif status_block.get("completed") or status_block.get("status_str") == "success":
-            status = "success"
-        else:
-            status = "unknown"
-
-        error = None
-        if error_details is not None:
-            error = (
-                f"{error_details.get('node_id')} ({error_details.get('node_type')}): "
-                f"{error_details.get('exception_type')}: {str(error_details.get('exception_message', '')).strip()}"
-            )
-        elif interrupted:
-            error = "interrupted"
-
-        return RunResult(
-            prompt_id=prompt_id,
-            status=status,
-            outputs=history.get("outputs", {}),
-            node_seconds=node_seconds,
-            cached_nodes=cached,
-            progress=progress,
-            seconds=end - start,
-            error=error,
-            error_details=error_details,
-            history=history,
-        )
+        submitted_at = self._submitted_at.get(prompt_id, events[0][0] if events else time.monotonic())
+        return summarise_prompt(prompt_id, events, submitted_at, history)
 
     # -- websocket -------------------------------------------------------------------------
 
