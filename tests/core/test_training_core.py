@@ -304,3 +304,36 @@ def test_a_broken_or_mismatched_resume_state_is_refused_clearly(tmp_path):
     run_with(tmp_path, 2, unet, vae, alphas, every=2)
     with pytest.raises(Exception, match="raise steps"):
         run_with(tmp_path, 2, unet, vae, alphas, resume=tmp_path / "run.lora_lab_state")
+
+
+def test_the_lora_file_loads_in_diffusers_and_gives_the_train_time_output(tmp_path):
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
+
+    from trainer_core.export import load_lora, save_lora
+
+    unet, vae, alphas = tiny_models()
+    denoiser = DiffusersUNetDenoiser(unet, alphas)
+    probe = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    sigma = denoiser.training_sigmas[400].reshape(1)
+    text = HashTextEncoder().encode(["sks square"])[0]
+    seen = {}
+
+    def on_step(report):
+        if report.step == report.total:
+            with torch.no_grad():
+                seen["train_time"] = denoiser.denoise(probe, sigma, text)
+
+    result = train_lora(denoiser, HashTextEncoder(), DiffusersLatentCodec(vae, 1.0), SyntheticData(),
+                        LoRAConfig(rank=4, alpha=2), TrainingConfig(steps=5, learning_rate=1e-2), on_step=on_step)
+    path = save_lora(result.weights, tmp_path / "lora.safetensors")
+
+    # diffusers' own kohya conversion, then its own LoRA loading, on a fresh copy of the same UNet.
+    converted, network_alphas = _convert_non_diffusers_lora_to_diffusers(dict(load_lora(path)))
+    fresh, _, _ = tiny_models()
+    fresh.load_lora_adapter(converted, prefix="unet", network_alphas=network_alphas, adapter_name="lab")
+    with torch.no_grad():
+        loaded = DiffusersUNetDenoiser(fresh, alphas).denoise(probe, sigma, text)
+        base = DiffusersUNetDenoiser(tiny_models()[0], alphas).denoise(probe, sigma, text)
+    change = (seen["train_time"] - base).abs().max().item()
+    assert change > 1e-4
+    torch.testing.assert_close(loaded, seen["train_time"], rtol=1e-4, atol=1e-3 * change)
