@@ -48,7 +48,7 @@ class SaveCheckpoint(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, filename: str, if_exists: str, **_) -> bool | str:
+    def validate_inputs(cls, filename: str, if_exists: str) -> bool | str:
         try:
             sanitize_filename(filename)
         except ValueError as error:

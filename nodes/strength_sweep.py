@@ -100,7 +100,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, strengths: str | None = None, prompts: str | None = None, **_) -> bool | str:
+    def validate_inputs(cls, strengths: str | None = None, prompts: str | None = None) -> bool | str:
         try:
             if strengths is not None:
                 parse_strengths(strengths, include_baseline=False)

@@ -16,7 +16,9 @@ from ..trainer_core.config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingC
 from ..trainer_core.export import LoRAWeights, sanitize_filename, save_lora, unique_path
 from ..trainer_core.loop import NonFiniteLossError, StepReport, samples_per_epoch, train_lora
 from ..trainer_core.metadata import training_metadata
+from ..trainer_core.optimizers import OPTIMIZER_CHOICES, OptimizerConfig, check_optimizer_available
 from ..trainer_core.plots import loss_curve_image
+from ..trainer_core.schedulers import SCHEDULER_CHOICES, SchedulerConfig
 from . import bridge
 from .types import Dataset, LoraModel
 
@@ -81,6 +83,14 @@ class TrainLoRA(io.ComfyNode):
                                tooltip=_lora_help("alpha")),
                 io.Float.Input("learning_rate", default=default_of(TrainingConfig, "learning_rate"), min=1e-7, max=10.0,
                                step=1e-5, round=1e-7, tooltip=_train_help("learning_rate")),
+                io.Combo.Input("optimizer", options=list(OPTIMIZER_CHOICES), default="AdamW",
+                               tooltip=help_text(OptimizerConfig, "name")),
+                io.Combo.Input("lr_scheduler", options=list(SCHEDULER_CHOICES), default="constant_with_warmup",
+                               tooltip=help_text(SchedulerConfig, "name")),
+                io.Float.Input("lr_warmup", default=default_of(SchedulerConfig, "warmup"), min=0.0, max=100000.0,
+                               step=0.01, tooltip=help_text(SchedulerConfig, "warmup")),
+                io.Boolean.Input("allow_8bit_fallback", default=False,
+                                 tooltip=help_text(OptimizerConfig, "allow_8bit_fallback")),
                 io.Int.Input("steps", default=0, min=0, max=100000, tooltip=_train_help("steps")),
                 io.Int.Input("epochs", default=default_of(TrainingConfig, "epochs"), min=1, max=10000,
                              tooltip=_train_help("epochs")),
@@ -127,9 +137,22 @@ class TrainLoRA(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, optimizer: str | None = None, allow_8bit_fallback: bool | None = None) -> bool | str:
+        # Only the inputs named here skip ComfyUI's own range checks: never add **kwargs.
+        if optimizer is None or allow_8bit_fallback:
+            return True
+        import comfy.model_management
+
+        try:
+            check_optimizer_available(OptimizerConfig(name=optimizer), comfy.model_management.get_torch_device())
+        except (ImportError, RuntimeError, ValueError) as error:
+            return f"optimizer: {error}"
+        return True
+
+    @classmethod
     def execute(
         cls, model, clip, vae, dataset, trigger_word: str, rank: int, alpha: float, learning_rate: float,
-        steps: int, epochs: int, batch_size: int, gradient_accumulation: int, seed: int, mixed_precision: str,
+        optimizer: str, lr_scheduler: str, lr_warmup: float, allow_8bit_fallback: bool, steps: int, epochs: int, batch_size: int, gradient_accumulation: int, seed: int, mixed_precision: str,
         gradient_checkpointing: bool, min_snr_gamma: float, noise_offset: float, target_layers: str,
         lora_dropout: float, run_name: str, save_every: int, keep_last: int, resume: bool, unload_other_models: bool,
     ) -> io.NodeOutput:
@@ -141,6 +164,8 @@ class TrainLoRA(io.ComfyNode):
             gradient_accumulation=gradient_accumulation, seed=seed, mixed_precision=mixed_precision,
             gradient_checkpointing=gradient_checkpointing, min_snr_gamma=min_snr_gamma, noise_offset=noise_offset,
         )
+        optimizer_config = OptimizerConfig(name=optimizer, allow_8bit_fallback=allow_8bit_fallback)
+        scheduler_config = SchedulerConfig(name=lr_scheduler, warmup=lr_warmup)
         total = training.resolved_steps(samples_per_epoch(dataset))
         checkpoints = CheckpointPolicy(checkpoint_folder(), sanitize_filename(run_name), every=save_every,
                                        keep_last=keep_last)
@@ -162,7 +187,7 @@ class TrainLoRA(io.ComfyNode):
                 lora_config, training, caption_for=dataset.caption_for,
                 random_captions=dataset.caption_options.is_random, key_namer=bridge.kohya_key_namer(patcher),
                 on_step=_CanvasProgress(total, cls.hidden.unique_id), checkpoints=checkpoints,
-                resume_from=resume_from,
+                resume_from=resume_from, optimizer=optimizer_config, scheduler=scheduler_config,
             )
         except NonFiniteLossError as error:
             saved = _save_recovery(error.weights)
@@ -175,11 +200,17 @@ class TrainLoRA(io.ComfyNode):
             tag_frequency=dataset.tag_frequency_metadata(), dataset_dirs=dataset.dataset_dirs_metadata(),
             base_model_version=bridge.base_model_version(patcher), base_model_hash=bridge.model_fingerprint(patcher),
             started_at=started, finished_at=time.time(), mixed_precision=result.mixed_precision,
-            losses=result.losses,
+            losses=result.losses, optimizer=optimizer, scheduler=lr_scheduler,
+            warmup_steps=scheduler_config.warmup_steps(result.total_steps),
         ))
         model_with_lora, _ = bridge.apply_lora(model, None, weights, 1.0, 0.0)
-        curve = loss_curve_image(result.losses, title=f"Training loss, {result.steps} steps")
+        curve = loss_curve_image(result.losses, result.learning_rates, checkpoints=_checkpoint_steps(result),
+                                 title=f"Training loss, {result.steps} steps")
         return io.NodeOutput(weights, model_with_lora, torch.from_numpy(curve)[None])
+
+
+def _checkpoint_steps(result) -> list[int]:
+    return [int(path.stem.rsplit("_step", 1)[1]) for path in result.checkpoints]
 
 
 def checkpoint_folder() -> Path:

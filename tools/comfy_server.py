@@ -375,7 +375,14 @@ class ComfyServer:
             payload = response.json()
             raise PromptRejected(payload.get("error", {}), payload.get("node_errors", {}))
         response.raise_for_status()
-        prompt_id = response.json()["prompt_id"]
+        payload = response.json()
+        if payload.get("node_errors"):
+            # ComfyUI queues the outputs that did validate and drops the rest silently: that would hide a
+            # broken node, so refuse the prompt the way a 400 does (it still runs the valid part; wait for it).
+            self._submitted_at[payload["prompt_id"]] = submitted_at
+            self.wait(payload["prompt_id"], timeout=600)
+            raise PromptRejected({"message": "some outputs failed validation"}, payload["node_errors"])
+        prompt_id = payload["prompt_id"]
         self._submitted_at[prompt_id] = submitted_at
         return prompt_id
 

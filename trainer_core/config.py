@@ -35,6 +35,14 @@ class LoRAConfig:
         "attention",
     )
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"rank must be a whole number of at least 1, got {self.rank!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be above 0, got {self.alpha!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be from 0 up to (not including) 1, got {self.dropout!r}")
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -67,6 +75,17 @@ class TrainingConfig:
     )
     weight_decay: float = _help("AdamW weight decay.", 0.01)
     max_grad_norm: float = _help("Clip the gradient norm to this value (0 = no clipping).", 1.0)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "epochs", "batch_size", "gradient_accumulation", "seed"):
+            value = getattr(self, name)
+            low = 0 if name in ("steps", "seed") else 1
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be a whole number of at least {low}, got {value!r}")
+        for name in ("learning_rate", "min_snr_gamma", "noise_offset", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if not value >= 0 or value == float("inf"):
+                raise ValueError(f"{name} must be a finite number of 0 or more, got {value!r}")
 
     def resolved_steps(self, samples_per_epoch: int) -> int:
         """The step count training will run: ``steps`` or images x repeats x epochs / batch."""

@@ -26,7 +26,9 @@ from .config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingConfig
 from .encoding import TextCache, concat_text, encode_latents
 from .export import KeyNamer, LoRAWeights, default_key_name, save_lora
 from .losses import add_noise, diffusion_loss, sample_noise, sample_sigmas
+from .optimizers import OptimizerConfig, build_optimizer, effective_learning_rate
 from .protocols import Denoiser, LatentCodec, TextEncoder
+from .schedulers import SchedulerConfig, build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +192,8 @@ def train_lora(
     on_step: Callable[[StepReport], None] | None = None,
     checkpoints: CheckpointPolicy | None = None,
     resume_from: Path | None = None,
+    optimizer: OptimizerConfig | None = None,
+    scheduler: SchedulerConfig | None = None,
 ) -> TrainingResult:
     """Train a LoRA on ``denoiser.network`` and return its weights; the network is left as it was.
 
@@ -201,6 +205,9 @@ def train_lora(
     is cancelled, together with a resume state; ``resume_from`` (such a state file) continues a run:
     adapter weights, optimizer, random streams and the step counter are restored, so N steps + resume
     + N steps equal 2N steps straight.
+
+    ``optimizer`` (default AdamW) and ``scheduler`` (default constant with 5% warmup) take their
+    learning rate and weight decay from ``training``.
     """
     if training.mixed_precision not in MIXED_PRECISION_CHOICES:
         raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION_CHOICES}, not {training.mixed_precision!r}")
@@ -229,7 +236,8 @@ def train_lora(
                 with _gradient_checkpointing(network, training.gradient_checkpointing):
                     run = _TrainingRun(
                         denoiser, adapter, latents, texts, data, fixed_captions, caption, randomised, training,
-                        total_steps, key_namer, metadata or {},
+                        total_steps, key_namer, metadata or {}, optimizer or OptimizerConfig(),
+                        scheduler or SchedulerConfig(),
                     )
                     if resume_state is not None:
                         run.load_state(resume_state, resume_from)
@@ -260,6 +268,8 @@ class _TrainingRun:
         total_steps: int,
         key_namer: KeyNamer,
         metadata: dict[str, str],
+        optimizer: OptimizerConfig,
+        scheduler: SchedulerConfig,
     ):
         self.denoiser = denoiser
         self.adapter = adapter
@@ -274,7 +284,13 @@ class _TrainingRun:
         self.key_namer = key_namer
         self.metadata = metadata
         self.params = adapter.parameters()
-        self.optimizer = torch.optim.AdamW(self.params, lr=training.learning_rate, weight_decay=training.weight_decay)
+        optimizer = replace(
+            optimizer,
+            learning_rate=None if optimizer.relative_step else training.learning_rate,
+            weight_decay=training.weight_decay,
+        )
+        self.optimizer = build_optimizer(self.params, optimizer, denoiser.device)
+        self.scheduler = build_scheduler(self.optimizer, scheduler, total_steps)
         self.scaler = torch.amp.GradScaler(denoiser.device.type, enabled=training.mixed_precision == "fp16")
         self.caption_rng = random.Random(training.seed)
         self.noise_rng = torch.Generator().manual_seed(training.seed)
@@ -313,7 +329,7 @@ class _TrainingRun:
                     self._apply_gradients()
                     self.step += 1
                     self.losses.append(loss)
-                    self.learning_rates.append(self.optimizer.param_groups[0]["lr"])
+                    self.learning_rates.append(effective_learning_rate(self.optimizer))
                     if checkpoints is not None and checkpoints.every and self.step % checkpoints.every == 0:
                         self.save_checkpoint(checkpoints)
                     if on_step is not None:
@@ -369,6 +385,7 @@ class _TrainingRun:
             torch.nn.utils.clip_grad_norm_(self.params, self.training.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.scheduler.step()
 
     # -- weights, checkpoints and resume ------------------------------------------------------------
 
@@ -394,6 +411,7 @@ class _TrainingRun:
             "total_steps": self.total_steps,
             "adapter": {name: p.detach().cpu().clone() for name, p in self._adapter_parameters().items()},
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "caption_rng": self.caption_rng.getstate(),
             "noise_rng": self.noise_rng.get_state(),
@@ -420,6 +438,7 @@ class _TrainingRun:
             for name, param in self._adapter_parameters().items():
                 param.copy_(state["adapter"][name].to(param.device, param.dtype))
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.caption_rng.setstate(restore_random_state(state["caption_rng"]))
         self.noise_rng.set_state(state["noise_rng"])

@@ -29,6 +29,9 @@ def training_metadata(
     mixed_precision: str,
     output_name: str = "",
     losses: list[float] | None = None,
+    optimizer: str = "AdamW",
+    scheduler: str = "constant",
+    warmup_steps: int = 0,
 ) -> dict[str, str]:
     """All values as strings, as safetensors metadata requires."""
     epochs = steps * training.batch_size * training.gradient_accumulation / max(1, samples_per_epoch)
@@ -41,8 +44,9 @@ def training_metadata(
         "ss_learning_rate": training.learning_rate,
         "ss_unet_lr": training.learning_rate,
         "ss_text_encoder_lr": 0,
-        "ss_optimizer": f"torch.optim.AdamW(weight_decay={training.weight_decay})",
-        "ss_lr_scheduler": "constant",
+        "ss_optimizer": f"{optimizer}(weight_decay={training.weight_decay})",
+        "ss_lr_scheduler": scheduler,
+        "ss_lr_warmup_steps": warmup_steps,
         "ss_max_train_steps": total_steps,
         "ss_steps": steps,
         "ss_epoch": int(epochs),

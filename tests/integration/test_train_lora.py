@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tools.comfy_server import ComfyServer, RunResult
+from tools.comfy_server import ComfyServer, PromptRejected, RunResult
 from tools.graph import Graph
 from tools.synthetic_dataset import make_shapes_dataset
 
@@ -53,7 +53,7 @@ def load_dataset_node(server: ComfyServer, graph: Graph, folder: str, **options)
 
 
 def train_node(graph: Graph, checkpoint, dataset, **options):
-    inputs = dict(
+    inputs = dict(optimizer="AdamW", lr_scheduler="constant_with_warmup", lr_warmup=0.05, allow_8bit_fallback=False,
         model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], dataset=dataset[0], trigger_word="sks",
         rank=8, alpha=8.0, learning_rate=1e-3, steps=STEPS, epochs=10, batch_size=1, gradient_accumulation=1,
         seed=0, mixed_precision="fp32", gradient_checkpointing=False, min_snr_gamma=5.0, noise_offset=0.0,
@@ -154,7 +154,8 @@ def test_saved_file_has_kohya_keys_alpha_and_metadata(run):
         meta = handle.metadata()
     assert meta["ss_trigger_word"] == "sks"
     assert meta["ss_steps"] == str(STEPS) and meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "8.0"
-    assert meta["ss_learning_rate"] == "0.001" and meta["ss_optimizer"].startswith("torch.optim.AdamW")
+    assert meta["ss_learning_rate"] == "0.001" and meta["ss_optimizer"].startswith("AdamW")
+    assert meta["ss_lr_scheduler"] == "constant_with_warmup" and meta["ss_lr_warmup_steps"] == str(round(STEPS * 0.05))
     assert meta["ss_num_train_images"] == "8" and meta["ss_resolution"] == "(64, 64)"
     assert json.loads(meta["ss_tag_frequency"])["rings"]["sks"] == 8
     assert meta["ss_base_model_version"] == "sd_v1" and len(meta["ss_new_sd_model_hash"]) == 64
@@ -281,3 +282,19 @@ def test_save_every_and_resume_continue_a_run_in_the_canvas(comfy_server: ComfyS
         meta = f.metadata()
     second = json.loads(meta["lora_lab_losses"])
     assert meta["ss_steps"] == "9" and len(second) == 9 and second[:6] == first
+
+
+def test_an_8bit_optimizer_without_bitsandbytes_is_refused_before_running(comfy_server: ComfyServer, run):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here: the 8-bit optimizer may run")
+    graph = Graph()
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    dataset = load_dataset_node(comfy_server, graph, "rings")
+    trained = train_node(graph, checkpoint, dataset, steps=2, optimizer="AdamW8bit")
+    graph.node("SaveCheckpoint", lora=trained[0], filename="tests/eight_bit", if_exists="error")
+    with pytest.raises(PromptRejected) as rejected:
+        comfy_server.run(graph.to_api())
+    message = json.dumps(rejected.value.node_errors)
+    assert "optimizer" in message and "pip install bitsandbytes" in message
