@@ -6,6 +6,7 @@ Only this package imports ComfyUI. Each node module exposes its node classes; th
 
 from __future__ import annotations
 
+from .auto_caption import AutoCaption
 from .load_dataset import LoadDataset
 from .save_checkpoint import SaveCheckpoint
 from .strength_sweep import TestLoRAStrengthSweep
@@ -13,6 +14,7 @@ from .train_lora import TrainLoRA
 
 NODE_CLASSES = [
     LoadDataset,
+    AutoCaption,
     TrainLoRA,
     SaveCheckpoint,
     TestLoRAStrengthSweep,
