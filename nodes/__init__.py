@@ -9,6 +9,7 @@ from __future__ import annotations
 from .auto_caption import AutoCaption
 from .load_dataset import LoadDataset
 from .save_checkpoint import SaveCheckpoint
+from .stack_compare import CompareLoRAStack
 from .strength_sweep import TestLoRAStrengthSweep
 from .train_lora import TrainLoRA
 
@@ -18,4 +19,5 @@ NODE_CLASSES = [
     TrainLoRA,
     SaveCheckpoint,
     TestLoRAStrengthSweep,
+    CompareLoRAStack,
 ]

@@ -100,7 +100,9 @@ class ComfyTextEncoder:
     def encode(self, captions: Sequence[str]) -> list[TextEmbedding]:
         out = []
         for caption in captions:
-            conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(caption))
+            # Captions are literal text (as kohya reads them): "(cosplay)" is a word, not a prompt weight.
+            literal = caption.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+            conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(literal))
             cond, extras = conditioning[0][0], conditioning[0][1]
             embedding: TextEmbedding = {"cross_attn": cond}
             embedding.update({k: v for k, v in extras.items() if torch.is_tensor(v)})

@@ -3,27 +3,27 @@ LoRA loader and sampler, so each cell is what LoraLoader + KSampler give at that
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
-
-import comfy.model_management
 import folder_paths
 import numpy as np
 import torch
 from comfy_api.latest import io
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from ..trainer_core.export import LoRAWeights, tensor_data_hash
-from ..trainer_core.grids import error_tile, labelled_grid
-from ..trainer_core.sweep import DEFAULT_STRENGTHS, SweepError, parse_prompts, parse_strengths, plan_grid, strength_label
+from ..trainer_core.grids import labelled_grid
+from ..trainer_core.sweep import (
+    DEFAULT_STRENGTHS,
+    SweepError,
+    parse_prompts,
+    parse_strengths,
+    plan_grid,
+    strength_label,
+)
 from . import bridge
+from .grid_render import Cell, Sampling, check_fit, render_cells, save_grid
 from .types import LoraModel
 
 NO_FILE = "[none: use the lora input]"
 CLIP_MODES = ["same as model", "fixed"]
-log = logging.getLogger(__name__)
 
 
 def load_lora_file(name: str) -> LoRAWeights:
@@ -89,6 +89,11 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                 io.Combo.Input("scheduler", options=bridge.scheduler_names(), default="normal", tooltip="Scheduler."),
                 io.Int.Input("width", default=512, min=16, max=8192, step=8, tooltip="Image width of each cell."),
                 io.Int.Input("height", default=512, min=16, max=8192, step=8, tooltip="Image height of each cell."),
+                io.String.Input(
+                    "checkpoints", multiline=True, default="", optional=True,
+                    tooltip="Checkpoint x strength: more LoRA files of the same training, one per line, or a pattern "
+                    "such as lora_lab_checkpoints/my_lora_step*. Each adds a row per prompt.",
+                ),
             ],
             outputs=[
                 io.Image.Output("grid", tooltip="The labelled grid."),
@@ -113,7 +118,8 @@ class TestLoRAStrengthSweep(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, lora_name: str, prompts: str, negative: str, strengths: str,
                 include_baseline: bool, clip_strength_mode: str, clip_strength: float, seed: int, steps: int,
-                cfg: float, sampler_name: str, scheduler: str, width: int, height: int, lora=None) -> io.NodeOutput:
+                cfg: float, sampler_name: str, scheduler: str, width: int, height: int, checkpoints: str = "",
+                lora=None) -> io.NodeOutput:
         if lora is None:
             if lora_name == NO_FILE:
                 raise ValueError("lora: connect a LoRA (from Train LoRA or Save LoRA) or pick a file in lora_name")
@@ -123,87 +129,59 @@ class TestLoRAStrengthSweep(io.ComfyNode):
             display_name = getattr(lora, "metadata", {}).get("ss_output_name") or "trained LoRA"
         metadata = dict(getattr(lora, "metadata", {}))
         trigger = metadata.get("ss_trigger_word", "")
-        plan = plan_grid(parse_prompts(prompts, trigger), parse_strengths(strengths, include_baseline), width, height)
-        matched, total, unmatched = bridge.lora_fit(model, clip, lora)
-        problem = None
-        if total and not matched:
-            problem = (f"this LoRA does not fit this model: none of its {total} layers match "
-                       f"(e.g. {', '.join(unmatched[:2])}); is it for another model family?")
-        notes = [f"{display_name}: {matched}/{total} layers applied"]
-        if problem:
-            notes.append(problem)
-        elif unmatched:
-            notes.append(f"{total - matched} layers do not fit this model and are ignored (e.g. {unmatched[0]})")
+        prompt_list = parse_prompts(prompts, trigger)
+        strength_list = parse_strengths(strengths, include_baseline)
+        loras = {display_name: lora}
+        row_loras = [(display_name, prompt) for prompt in prompt_list]
+        row_labels = list(prompt_list)
+        for name in resolve_lora_names(checkpoints):  # checkpoint x strength: one row per checkpoint and prompt
+            loras[name] = load_lora_file(name)
+            step = loras[name].metadata.get("ss_steps", "?")
+            row_loras += [(name, prompt) for prompt in prompt_list]
+            row_labels += [f"step {step}: {prompt}" for prompt in prompt_list]
+        if len(loras) > 1:
+            row_labels[: len(prompt_list)] = [f"step {metadata.get('ss_steps', '?')}: {p}" for p in prompt_list]
+        plan_grid(row_labels, strength_list, width, height)
 
-        negative_cond = {}
-        rows: list[list[np.ndarray]] = [[] for _ in plan.prompts]
-        for strength in plan.strengths:
-            text_strength = strength if clip_strength_mode == CLIP_MODES[0] else clip_strength
-            cells = _render_column(model, clip, vae, lora, strength, text_strength, plan, negative, negative_cond,
-                                   seed, steps, cfg, sampler_name, scheduler, problem)
-            for row, cell in zip(rows, cells):
-                row.append(cell)
+        def clip_for(strength: float) -> float:
+            return strength if clip_strength_mode == CLIP_MODES[0] else clip_strength
+
+        cells = [[Cell(((name, s, clip_for(s)),), prompt) for s in strength_list] for name, prompt in row_loras]
+        problems, notes = check_fit(model, clip, loras)
+        sampling = Sampling(negative, seed, steps, cfg, sampler_name, scheduler, width, height)
+        rows = render_cells(model, clip, vae, loras, cells, sampling, problems)
         header = [
             f"LoRA: {display_name}   steps: {metadata.get('ss_steps', '?')}   trigger: {trigger or '-'}   seed: {seed}",
             f"{sampler_name} / {scheduler}, {steps} steps, cfg {cfg:g}, {width}x{height}"
             + ("" if clip_strength_mode == CLIP_MODES[0] else f", clip strength {clip_strength:g}"),
         ]
-        grid = labelled_grid(rows, [strength_label(s) for s in plan.strengths], list(plan.prompts), header)
+        grid = labelled_grid(rows, [strength_label(s) for s in strength_list], row_labels, header)
         images = torch.from_numpy(np.stack([cell for row in rows for cell in row]))
-        lora_hash = metadata.get("sshs_model_hash") or tensor_data_hash(lora)
-        saved = _save_grid(cls, grid, {
-            "lora": display_name, "lora_hash": lora_hash, "steps": metadata.get("ss_steps", ""), "seed": seed,
-            "strengths": list(plan.strengths), "prompts": list(plan.prompts),
+        saved = save_grid(cls, grid, "lora_lab/sweeps/grid", {
+            "lora": display_name, "lora_hash": metadata.get("sshs_model_hash") or tensor_data_hash(lora),
+            "steps": metadata.get("ss_steps", ""), "seed": seed, "strengths": strength_list, "prompts": prompt_list,
+            "checkpoints": list(loras)[1:],
         })
         report = "\n".join(notes)
-        return io.NodeOutput(torch.from_numpy(grid)[None], images, report,
-                             ui={"images": [saved], "text": [report]})
+        return io.NodeOutput(torch.from_numpy(grid)[None], images, report, ui={"images": [saved], "text": [report]})
 
 
-def _render_column(model, clip, vae, lora, strength, text_strength, plan, negative, negative_cond, seed, steps, cfg,
-                   sampler_name, scheduler, problem) -> list[np.ndarray]:
-    """One strength: the model patched once, each prompt encoded once, one image per prompt."""
-    if strength == 0 and text_strength == 0:
-        patched_model, patched_clip = model, clip  # LoraLoader's own shortcut at 0/0
-    elif problem:
-        return [error_tile(plan.width, plan.height, problem) for _ in plan.prompts]
-    else:
-        patched_model, patched_clip = bridge.apply_lora(model, clip, lora, strength, text_strength)
-    key = id(patched_clip) if text_strength != 0 else id(clip)
-    if key not in negative_cond:
-        negative_cond.clear()  # a new CLIP patch: the old negative conditioning no longer applies
-        negative_cond[key] = bridge.encode_prompt(patched_clip, negative)
-    cells = []
-    for prompt in plan.prompts:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        try:
-            positive = bridge.encode_prompt(patched_clip, prompt)
-            samples = bridge.ksample(patched_model, positive, negative_cond[key], seed, steps, cfg, sampler_name,
-                                     scheduler, plan.width, plan.height)
-            image = bridge.decode(vae, samples)[0].float().cpu().numpy()
-        except comfy.model_management.InterruptProcessingException:
-            raise
-        except torch.cuda.OutOfMemoryError as error:  # one cell too big: say so in the cell, render the others
-            log.warning("strength %s, prompt %r: %s", strength, prompt, error)
-            image = error_tile(plan.width, plan.height, "out of memory")
-        cells.append(image)
-    return cells
+def resolve_lora_names(text: str) -> list[str]:
+    """LoRA files named one per line; a line with * or ? is a pattern over models/loras
+    (e.g. ``lora_lab_checkpoints/my_lora_step*``), matched in step order."""
+    import fnmatch
 
-
-def _save_grid(cls, grid: np.ndarray, info: dict) -> dict:
-    """The grid PNG in output/lora_lab/sweeps, carrying the workflow (as SaveImage does) and the LoRA's hash."""
-    output = folder_paths.get_output_directory()
-    folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
-        "lora_lab/sweeps/grid", output, grid.shape[1], grid.shape[0]
-    )
-    png = PngInfo()
-    hidden = getattr(cls, "hidden", None)
-    if hidden is not None and hidden.prompt is not None:
-        png.add_text("prompt", json.dumps(hidden.prompt))
-    if hidden is not None and hidden.extra_pnginfo:
-        for key, value in hidden.extra_pnginfo.items():
-            png.add_text(key, json.dumps(value))
-    png.add_text("lora_lab", json.dumps(info))
-    name = f"{filename}_{counter:05}_.png"
-    Image.fromarray((np.clip(grid, 0, 1) * 255).round().astype(np.uint8)).save(Path(folder) / name, pnginfo=png)
-    return {"filename": name, "subfolder": subfolder, "type": "output"}
+    available = folder_paths.get_filename_list("loras")
+    names: list[str] = []
+    for line in (part.strip() for part in text.splitlines()):
+        if not line:
+            continue
+        if any(ch in line for ch in "*?["):
+            pattern = line if line.endswith(".safetensors") else line + ".safetensors"
+            matched = sorted(n for n in available if fnmatch.fnmatch(n.replace("\\", "/"), pattern))
+            if not matched:
+                raise FileNotFoundError(f"checkpoints: nothing in models/loras matches {line!r}")
+            names += matched
+        else:
+            names.append(line)
+    return list(dict.fromkeys(names))

@@ -86,3 +86,33 @@ def plan_grid(prompts: list[str], strengths: list[float], width: int, height: in
 def strength_label(value: float) -> str:
     text = f"{value:.1f}" if value == round(value, 1) else f"{value:g}"
     return f"{text} (base)" if value == 0 else text
+
+
+GUIDE_STACK_STRENGTHS = "0.7, 0.5, 0.35"
+
+
+def parse_lora_lines(text: str, default_strength: float = 1.0) -> list[tuple[str, float]]:
+    """'style.safetensors: 0.6' per line → [(name, strength)]; a line without ':' uses the default."""
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, value = line.rsplit(":", 1) if ":" in line else (line, "")
+        name, value = name.strip(), value.strip()
+        try:
+            strength = float(value) if value else default_strength
+        except ValueError:
+            raise SweepError(f"other_loras line {number}: {value!r} is not a strength; write 'name: 0.6'") from None
+        if abs(strength) > MAX_STRENGTH:
+            raise SweepError(f"other_loras line {number}: strength {strength} is out of range (-5 to 5)")
+        entries.append((name, strength))
+    return entries
+
+
+def stack_strengths(text: str, count: int) -> list[float]:
+    """The strengths of each LoRA inside the stack, in order; the last value repeats for more LoRAs.
+
+    The guides' default reduces each: first 0.6-0.8, second 0.4-0.6, third 0.3-0.4."""
+    values = parse_strengths(text, include_baseline=False) if text.strip() else parse_strengths(GUIDE_STACK_STRENGTHS, False)
+    return [values[min(i, len(values) - 1)] for i in range(count)]

@@ -167,3 +167,61 @@ def test_bad_sweep_settings_name_the_field(comfy_server: ComfyServer, trained_an
         message = json.dumps(rejected.node_errors) + str(rejected)
     for word in words:
         assert word in message, message
+
+
+def test_stack_comparison_columns_equal_chained_loraloaders(comfy_server: ComfyServer, trained_and_swept):
+    server = comfy_server
+    other = server.models_dir / "loras" / "tests" / "other_style.safetensors"
+    import shutil as _shutil
+
+    _shutil.copyfile(server.models_dir / "loras" / "tests" / "sweep_rings.safetensors", other)
+    graph = Graph()
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    values = defaults(server, "CompareLoRAStack")
+    values.update(model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], lora_name="tests/sweep_rings.safetensors",
+                  other_loras="tests/other_style.safetensors: 0.6", prompts="{trigger}, a yellow ring", width=64,
+                  height=64, **SAMPLING)
+    stack = graph.node("CompareLoRAStack", **values)
+    cells = graph.node("SaveImage", images=stack[1], filename_prefix="stack_cells")
+    # The stack column the plain way: two chained LoraLoaders at the guides' 0.7 and 0.5.
+    first = graph.node("LoraLoader", model=checkpoint[0], clip=checkpoint[1], lora_name="tests/sweep_rings.safetensors",
+                       strength_model=0.7, strength_clip=0.7)
+    second = graph.node("LoraLoader", model=first[0], clip=first[1], lora_name="tests/other_style.safetensors",
+                        strength_model=0.5, strength_clip=0.5)
+    positive = graph.node("CLIPTextEncode", clip=second[1], text="sks, a yellow ring")
+    negative = graph.node("CLIPTextEncode", clip=second[1], text="")
+    latent = graph.node("EmptyLatentImage", width=64, height=64, batch_size=1)
+    sampled = graph.node("KSampler", model=second[0], positive=positive[0], negative=negative[0],
+                         latent_image=latent[0], denoise=1.0, **SAMPLING)
+    decoded = graph.node("VAEDecode", samples=sampled[0], vae=checkpoint[2])
+    plain = graph.node("SaveImage", images=decoded[0], filename_prefix="stack_plain")
+    result = server.run(graph.to_api()).raise_for_error()
+    images = read(server, result, cells)
+    assert len(images) == 4  # base, new alone, other alone, stack
+    info = json.loads(Image.open(server.output_files(result, stack.id, "images")[0]).info["lora_lab"])
+    assert info["columns"][0] == "base" and info["columns"][3].startswith("stack: 0.7 + 0.5")
+    assert np.array_equal(images[3], read(server, result, plain)[0])
+    assert np.array_equal(images[1], images[1]) and not np.array_equal(images[0], images[3])
+
+
+def test_checkpoint_by_strength_adds_a_row_per_checkpoint(comfy_server: ComfyServer, trained_and_swept):
+    server = comfy_server
+    folder = server.models_dir / "loras" / "lora_lab_checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    import shutil as _shutil
+
+    for step in (10, 20):
+        _shutil.copyfile(server.models_dir / "loras" / "tests" / "sweep_rings.safetensors",
+                         folder / f"sweep_ckpt_step{step:06d}.safetensors")
+    graph = Graph()
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    sweep = sweep_node(server, graph, checkpoint, lora_name="tests/sweep_rings.safetensors", prompts="a ring",
+                       checkpoints="lora_lab_checkpoints/sweep_ckpt_step*")
+    cells = graph.node("SaveImage", images=sweep[1], filename_prefix="ckpt_cells")
+    result = server.run(graph.to_api()).raise_for_error()
+    info = json.loads(Image.open(server.output_files(result, sweep.id, "images")[0]).info["lora_lab"])
+    assert info["checkpoints"] == ["lora_lab_checkpoints/sweep_ckpt_step000010.safetensors",
+                                   "lora_lab_checkpoints/sweep_ckpt_step000020.safetensors"]
+    images = read(server, result, cells)
+    assert len(images) == 3 * 3  # three LoRA files x (base, 0.5, 1.0)
+    assert np.array_equal(images[2], images[5])  # same weights in another file: the same cell

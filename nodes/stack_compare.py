@@ -1,0 +1,113 @@
+"""CompareLoRAStack: the new LoRA beside and on top of LoRAs the user already has."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+from ..trainer_core.grids import labelled_grid
+from ..trainer_core.sweep import (
+    GUIDE_STACK_STRENGTHS,
+    parse_lora_lines,
+    parse_prompts,
+    plan_grid,
+    stack_strengths,
+)
+from . import bridge
+from .grid_render import Cell, Sampling, check_fit, render_cells, save_grid
+from .strength_sweep import NO_FILE, load_lora_file
+from .types import LoraModel
+
+
+class CompareLoRAStack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        import folder_paths
+
+        return io.Schema(
+            node_id="CompareLoRAStack",
+            display_name="Compare LoRA Stack",
+            category="LoRA Lab/Testing",
+            description=(
+                "One grid: the base model, the new LoRA alone, each of your other LoRAs alone, and all of them "
+                "stacked with reduced strengths (the guides' 0.7 / 0.5 / 0.35 by default). Rendered with ComfyUI's "
+                "own LoRA loader and KSampler, chained in order like LoraLoader nodes."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The base model (without LoRAs)."),
+                io.Clip.Input("clip", tooltip="Its text encoder."),
+                io.Vae.Input("vae", tooltip="Its VAE."),
+                LoraModel.Input("lora", optional=True, tooltip="The new LoRA (from Train LoRA or Save LoRA)."),
+                io.Combo.Input("lora_name", options=[NO_FILE] + folder_paths.get_filename_list("loras"), default=NO_FILE,
+                               tooltip="The new LoRA as a file, when the lora input is not connected."),
+                io.Float.Input("lora_strength", default=1.0, min=-5.0, max=5.0, step=0.05,
+                               tooltip="The new LoRA's strength in its own column."),
+                io.String.Input("other_loras", multiline=True, default="",
+                                tooltip="Your other LoRAs from models/loras, one per line as 'name.safetensors: 0.8' "
+                                "(the strength of its own column; default 1.0)."),
+                io.String.Input("stack_strengths", default=GUIDE_STACK_STRENGTHS,
+                                tooltip="Strengths inside the stack: the new LoRA first, then the others in order; the "
+                                "last value repeats. The guides: first 0.6-0.8, second 0.4-0.6, third 0.3-0.4."),
+                io.String.Input("prompts", multiline=True, default="{trigger}, a photo",
+                                tooltip="One prompt per line: one grid row each. {trigger} becomes the new LoRA's trigger word."),
+                io.String.Input("negative", multiline=True, default="", tooltip="Negative prompt for every cell."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="The same seed in every cell."),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps per cell."),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="CFG scale."),
+                io.Combo.Input("sampler_name", options=bridge.sampler_names(), default="euler", tooltip="Sampler."),
+                io.Combo.Input("scheduler", options=bridge.scheduler_names(), default="normal", tooltip="Scheduler."),
+                io.Int.Input("width", default=512, min=16, max=8192, step=8, tooltip="Image width of each cell."),
+                io.Int.Input("height", default=512, min=16, max=8192, step=8, tooltip="Image height of each cell."),
+            ],
+            outputs=[
+                io.Image.Output("grid", tooltip="The labelled comparison grid."),
+                io.Image.Output("images", tooltip="Every cell as a batch, row by row."),
+                io.String.Output("report", tooltip="Which LoRAs were applied, and any that do not fit."),
+            ],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, lora_name: str, lora_strength: float, other_loras: str, stack_strengths: str,
+                prompts: str, negative: str, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+                width: int, height: int, lora=None) -> io.NodeOutput:
+        if lora is None:
+            if lora_name == NO_FILE:
+                raise ValueError("lora: connect the new LoRA or pick it in lora_name")
+            lora, new_name = load_lora_file(lora_name), lora_name
+        else:
+            new_name = getattr(lora, "metadata", {}).get("ss_output_name") or "new LoRA"
+        others = parse_lora_lines(other_loras)
+        loras = {new_name: lora}
+        for name, _ in others:
+            loras[name] = load_lora_file(name)
+        trigger = getattr(lora, "metadata", {}).get("ss_trigger_word", "")
+        prompt_list = parse_prompts(prompts, trigger)
+        in_stack = stack_strengths_for(stack_strengths, [new_name] + [name for name, _ in others])
+        columns: list[tuple[str, tuple[tuple[str, float, float], ...]]] = [
+            ("base", ()),
+            (f"{new_name} {lora_strength:g}", ((new_name, lora_strength, lora_strength),)),
+        ]
+        columns += [(f"{name} {strength:g}", ((name, strength, strength),)) for name, strength in others]
+        if others:
+            columns.append(("stack: " + " + ".join(f"{s:g}" for _, s, _ in in_stack), in_stack))
+        plan_grid(prompt_list, [0.0] * len(columns), width, height)
+        cells = [[Cell(stack, prompt) for _, stack in columns] for prompt in prompt_list]
+        problems, notes = check_fit(model, clip, loras)
+        sampling = Sampling(negative, seed, steps, cfg, sampler_name, scheduler, width, height)
+        rows = render_cells(model, clip, vae, loras, cells, sampling, problems)
+        header = [f"Stack test, seed {seed}, {sampler_name} / {scheduler}, {steps} steps, cfg {cfg:g}",
+                  "stack order: " + ", ".join(f"{name} {s:g}" for name, s, _ in in_stack)]
+        grid = labelled_grid(rows, [label for label, _ in columns], prompt_list, header)
+        images = torch.from_numpy(np.stack([cell for row in rows for cell in row]))
+        saved = save_grid(cls, grid, "lora_lab/stacks/grid", {
+            "columns": [label for label, _ in columns], "prompts": prompt_list, "seed": seed})
+        report = "\n".join(notes)
+        return io.NodeOutput(torch.from_numpy(grid)[None], images, report, ui={"images": [saved], "text": [report]})
+
+
+def stack_strengths_for(text: str, names: list[str]) -> tuple[tuple[str, float, float], ...]:
+    return tuple((name, s, s) for name, s in zip(names, stack_strengths(text, len(names)), strict=True))
