@@ -101,7 +101,7 @@ class ComfyTextEncoder:
         out = []
         for caption in captions:
             # Captions are literal text (as kohya reads them): "(cosplay)" is a word, not a prompt weight.
-            literal = caption.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+            literal = caption.replace("(", "\\(").replace(")", "\\)")
             conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(literal))
             cond, extras = conditioning[0][0], conditioning[0][1]
             embedding: TextEmbedding = {"cross_attn": cond}
