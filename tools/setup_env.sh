@@ -32,3 +32,23 @@ with open("pyproject.toml", "rb") as handle:
 fi
 
 "$PY" tools/setup_comfyui.py >/dev/null
+
+# --- Browser for tests/integration/test_browser.py ------------------------------------------
+# Debian's chromium package, driven by Playwright from the test extra above. Never
+# `playwright install`: nothing is downloaded besides the distribution's package. Only when the
+# browser is missing; a machine without apt-get (or root/sudo) skips the test locally, and fails
+# it where CI or LORA_LAB_REQUIRE_BROWSER is set.
+if [ ! -x /usr/bin/chromium ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        as_root=""
+        if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
+            as_root="sudo"
+        fi
+        echo "[setup_env] installing Debian's chromium for the browser test" >&2
+        { $as_root apt-get update -qq \
+            && $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+            || echo "[setup_env] could not install chromium; the browser test will not run" >&2
+    else
+        echo "[setup_env] no /usr/bin/chromium and no apt-get: the browser test will not run" >&2
+    fi
+fi

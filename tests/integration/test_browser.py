@@ -1,0 +1,264 @@
+"""ComfyUI's own frontend in a real browser (Debian's chromium, driven by Playwright from PyPI):
+every shipped UI workflow loads with no missing or failing node and queues the graph of its API
+file; train-then-test, queued with the Run button on the tiny model, shows its strength grid.
+
+Screenshots are written to .out/browser/; with LORA_LAB_UPDATE_SCREENSHOTS=1 also to docs/images/
+(the README's pictures). Without chromium or playwright the tests skip, except under CI (or
+LORA_LAB_REQUIRE_BROWSER=1), where tools/setup_env.sh installs both and a skip would hide a failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from PIL import Image
+
+from tests.helpers.workflows import (
+    REPO_ROOT,
+    TINY_OVERRIDES,
+    declared_inputs_only,
+    load_api,
+    load_ui,
+    make_tiny_dataset,
+    workflow_names,
+)
+from tools.comfy_server import ComfyServer
+
+CHROMIUM = Path(os.environ.get("LORA_LAB_CHROMIUM", "/usr/bin/chromium"))
+# Debian's build, with nothing that reaches past loopback (it keeps trying to otherwise).
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-proxy-server",
+]
+VIEWPORT = {"width": 1920, "height": 1080}
+SCREENSHOTS = REPO_ROOT / ".out" / "browser"
+README_IMAGES = REPO_ROOT / "docs" / "images"
+BROWSER_LORA = "tests/browser_lora"  # its own file, so the run is not answered from the server's cache
+
+
+def _browser_missing() -> str | None:
+    if not CHROMIUM.is_file():
+        return f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or run tools/setup_env.sh)"
+    if importlib.util.find_spec("playwright") is None:
+        return (
+            "playwright is not installed: pip install playwright (the 'test' extra; no 'playwright install')"
+        )
+    return None
+
+
+_MISSING = _browser_missing()
+_REQUIRED = bool(os.environ.get("CI") or os.environ.get("LORA_LAB_REQUIRE_BROWSER"))
+pytestmark = pytest.mark.skipif(_MISSING is not None and not _REQUIRED, reason=str(_MISSING))
+
+OPEN_DIALOGS_JS = """() => Array.from(document.querySelectorAll('[role=dialog]'))
+    .filter(d => d.offsetParent !== null || d.getClientRects().length > 0)
+    .map(d => d.innerText.trim().slice(0, 300))"""
+
+CANVAS_NODES_JS = """() => app.graph._nodes.map(n => ({
+    id: n.id, type: n.type, registered: !!LiteGraph.registered_node_types[n.type], has_errors: !!n.has_errors,
+}))"""
+
+SET_WIDGETS_JS = """(overrides) => {
+    const problems = [];
+    for (const [type, values] of Object.entries(overrides)) {
+        const nodes = app.graph._nodes.filter(n => n.type === type);
+        if (nodes.length !== 1) { problems.push(`${nodes.length} nodes of type ${type}`); continue; }
+        for (const [name, value] of Object.entries(values)) {
+            const widget = (nodes[0].widgets || []).find(w => w.name === name);
+            if (!widget) { problems.push(`${type} has no widget ${name}`); continue; }
+            widget.value = value;
+            widget.callback?.(value);
+        }
+    }
+    app.graph.setDirtyCanvas(true, true);
+    return problems;
+}"""
+
+WATCH_RUN_JS = """() => {
+    window.__loraLabRun = null;
+    app.api.addEventListener('execution_success', () => { window.__loraLabRun ??= 'success'; });
+    app.api.addEventListener('execution_error', (event) => {
+        window.__loraLabRun = 'error: ' + JSON.stringify(event.detail).slice(0, 3000);
+    });
+}"""
+
+# Done when the run has ended and the page has fetched and decoded the grid the sweep node shows
+# and the previews (loss curve, strength grid).
+RUN_FINISHED_JS = """() => {
+    if (window.__loraLabRun === null) return null;
+    if (window.__loraLabRun !== 'success') return window.__loraLabRun;
+    const loaded = (node, part) => (node?.imgs || []).some(
+        i => i.src.includes('/view?') && i.src.includes(part) && i.complete && i.naturalWidth > 0);
+    const sweep = app.graph._nodes.find(n => n.type === 'TestLoRAStrengthSweep');
+    const previews = app.graph._nodes.filter(n => n.type === 'PreviewImage');
+    return loaded(sweep, 'filename=grid') && previews.every(n => loaded(n, 'filename=')) ? 'success' : null;
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser(comfy_server: ComfyServer) -> Iterator[Any]:
+    if _MISSING:
+        pytest.fail(f"the browser tests must run here (CI or LORA_LAB_REQUIRE_BROWSER is set): {_MISSING}")
+    from playwright.sync_api import sync_playwright
+
+    comfy_server.require_nodes("LoadDataset", "TrainLoRA", "SaveCheckpoint", "TestLoRAStrengthSweep")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _stay_on_loopback(route: Any) -> None:
+    """Requests the frontend makes past loopback (fonts, news, template thumbnails) are refused."""
+    if urlparse(route.request.url).hostname in ("127.0.0.1", "localhost"):
+        route.continue_()
+    else:
+        route.abort()
+
+
+def _open_frontend(browser: Any, url: str) -> Any:
+    page = browser.new_page(viewport=VIEWPORT)
+    page.route("**/*", _stay_on_loopback)
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph")
+    page.wait_for_timeout(1500)  # the frontend opens its "Get Started with a Template" dialog late
+    _close_dialogs(page)
+    _tidy_for_screenshots(page)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any, comfy_server: ComfyServer) -> Any:
+    """One tab for the loading checks."""
+    return _open_frontend(browser, comfy_server.url)
+
+
+@pytest.fixture
+def fresh_page(browser: Any, comfy_server: ComfyServer) -> Iterator[Any]:
+    """A tab of its own (with no other workflow tabs in the screenshots)."""
+    page = _open_frontend(browser, comfy_server.url)
+    yield page
+    page.close()
+
+
+def _close_dialogs(page: Any) -> None:
+    """Escape closes the frontend's dialogs once the page has had a click; before that (the
+    template browser that opens first) a click on the dimmed area around the dialog does."""
+    for attempt in range(6):
+        if not page.evaluate(OPEN_DIALOGS_JS):
+            return
+        if attempt % 2:
+            page.mouse.click(3, VIEWPORT["height"] // 2)
+        else:
+            page.keyboard.press("Escape")
+        page.wait_for_timeout(400)
+    raise AssertionError(f"dialogs that Escape does not close: {page.evaluate(OPEN_DIALOGS_JS)}")
+
+
+def _tidy_for_screenshots(page: Any) -> None:
+    """Hide the minimap and the "Nodes 2.0" banner: cosmetic, so failures here are ignored."""
+    page.evaluate("""async () => {
+        try { await app.extensionManager.setting.set('Comfy.Minimap.Visible', false); } catch (e) {}
+        const text = Array.from(document.querySelectorAll('span'))
+            .find(span => span.innerText.startsWith('Introducing Nodes 2.0'));
+        text?.parentElement?.parentElement?.querySelector('button i[class*="lucide--x"]')?.parentElement?.click();
+    }""")
+    page.wait_for_timeout(300)
+
+
+def _load(page: Any, workflow: dict[str, Any], name: str) -> None:
+    page.evaluate(
+        "async ([workflow, name]) => { await window.app.loadGraphData(workflow, true, true, name); }",
+        [copy.deepcopy(workflow), name],
+    )
+    page.wait_for_timeout(500)
+
+
+def _screenshot(page: Any, name: str) -> Path:
+    """A PNG of the page with a 256-colour palette (about a fifth of the size), in .out/browser/
+    and, with LORA_LAB_UPDATE_SCREENSHOTS=1, in docs/images/."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    Image.open(path).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
+        path, optimize=True
+    )
+    if os.environ.get("LORA_LAB_UPDATE_SCREENSHOTS"):
+        README_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, README_IMAGES / path.name)
+    return path
+
+
+@pytest.mark.parametrize("name", workflow_names())
+def test_ui_workflow_loads_with_every_node_known_and_none_in_error(page, comfy_server: ComfyServer, name):
+    workflow = load_ui(name)
+    _load(page, workflow, name)
+    dialogs = page.evaluate(OPEN_DIALOGS_JS)
+    assert not [text for text in dialogs if "missing" in text.lower()], dialogs
+    _close_dialogs(page)
+
+    nodes = page.evaluate(CANVAS_NODES_JS)
+    assert sorted(node["id"] for node in nodes) == sorted(node["id"] for node in workflow["nodes"])
+    assert [node for node in nodes if not node["registered"] or node["has_errors"]] == []
+
+    # The frontend, with the real widget definitions, queues exactly the shipped API graph.
+    queued = page.evaluate("async () => (await app.graphToPrompt()).output")
+    assert declared_inputs_only(queued, comfy_server.object_info()) == load_api(name)
+    if name == "train_then_test":
+        _screenshot(page, "train_then_test_canvas")
+
+
+def test_the_missing_node_check_sees_a_node_this_comfyui_lacks(page):
+    """The check above is not blind: a node type the server lacks opens the frontend's dialog."""
+    workflow = load_ui("test_existing_lora")
+    workflow["nodes"][0]["type"] = "LoRALabNoSuchNode"
+    _load(page, workflow, "missing_node_check")
+    dialogs = page.evaluate(OPEN_DIALOGS_JS)
+    assert any("missing" in text.lower() and "LoRALabNoSuchNode" in text for text in dialogs), dialogs
+    nodes = page.evaluate(CANVAS_NODES_JS)
+    assert any(not node["registered"] and node["has_errors"] for node in nodes)
+    _close_dialogs(page)
+
+
+def test_train_then_test_queued_from_the_canvas_shows_the_grid(fresh_page, comfy_server: ComfyServer):
+    page = fresh_page
+    make_tiny_dataset(comfy_server.input_dir)
+    overrides = copy.deepcopy(TINY_OVERRIDES["train_then_test"])
+    overrides["SaveCheckpoint"]["filename"] = BROWSER_LORA
+    grid_responses: list[int] = []
+
+    def note_grid_fetch(response: Any) -> None:
+        if "/view?" in response.url and "filename=grid" in response.url:
+            grid_responses.append(response.status)
+
+    page.on("response", note_grid_fetch)
+
+    _load(page, load_ui("train_then_test"), "train_then_test")
+    assert page.evaluate(SET_WIDGETS_JS, overrides) == []
+    page.evaluate(WATCH_RUN_JS)
+    page.get_by_role("button", name="Run", exact=True).first.click()
+    outcome = page.wait_for_function(RUN_FINISHED_JS, timeout=300_000, polling=500).json_value()
+    assert outcome == "success"
+    assert 200 in grid_responses, f"the page never fetched the grid: {grid_responses}"
+    assert page.evaluate("() => app.lastNodeErrors") in (None, {})
+    assert page.evaluate("() => app.lastExecutionError") is None
+    assert [node for node in page.evaluate(CANVAS_NODES_JS) if node["has_errors"]] == []
+    assert (comfy_server.models_dir / "loras" / f"{BROWSER_LORA}.safetensors").is_file()
+    page.wait_for_timeout(500)  # let the canvas draw the previews before the picture
+    _screenshot(page, "train_then_test_grid")
