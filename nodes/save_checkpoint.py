@@ -42,7 +42,7 @@ class SaveCheckpoint(io.ComfyNode):
             ],
             outputs=[
                 LoraModel.Output("saved_lora", display_name="lora", tooltip="The same LoRA, now knowing its file name."),
-                io.String.Output("lora_name", tooltip="The saved file's name as LoraLoader lists it."),
+                io.String.Output("lora_name", display_name="lora_name", tooltip="The saved file's name as LoraLoader lists it."),
             ],
             is_output_node=True,
         )

@@ -62,9 +62,9 @@ class CompareLoRAStack(io.ComfyNode):
                 io.Int.Input("height", default=512, min=16, max=8192, step=8, tooltip="Image height of each cell."),
             ],
             outputs=[
-                io.Image.Output("grid", tooltip="The labelled comparison grid."),
-                io.Image.Output("images", tooltip="Every cell as a batch, row by row."),
-                io.String.Output("report", tooltip="Which LoRAs were applied, and any that do not fit."),
+                io.Image.Output("grid", display_name="grid", tooltip="The labelled comparison grid."),
+                io.Image.Output("images", display_name="images", tooltip="Every cell as a batch, row by row."),
+                io.String.Output("report", display_name="report", tooltip="Which LoRAs were applied, and any that do not fit."),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,

@@ -96,9 +96,9 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.Image.Output("grid", tooltip="The labelled grid."),
-                io.Image.Output("images", tooltip="Every cell as a batch, row by row."),
-                io.String.Output("report", tooltip="What was rendered, and any cell that could not be."),
+                io.Image.Output("grid", display_name="grid", tooltip="The labelled grid."),
+                io.Image.Output("images", display_name="images", tooltip="Every cell as a batch, row by row."),
+                io.String.Output("report", display_name="report", tooltip="What was rendered, and any cell that could not be."),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,

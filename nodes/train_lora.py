@@ -15,6 +15,7 @@ from ..trainer_core.checkpoints import CheckpointPolicy
 from ..trainer_core.config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingConfig, default_of, help_text
 from ..trainer_core.export import LoRAWeights, sanitize_filename, save_lora, unique_path
 from ..trainer_core.loop import NonFiniteLossError, StepReport, samples_per_epoch, train_lora
+from ..trainer_core.losses import LOSS_TYPES, TIMESTEP_SAMPLING
 from ..trainer_core.metadata import training_metadata
 from ..trainer_core.optimizers import OPTIMIZER_CHOICES, OptimizerConfig, check_optimizer_available
 from ..trainer_core.plots import loss_curve_image
@@ -105,6 +106,11 @@ class TrainLoRA(io.ComfyNode):
                 io.Float.Input("min_snr_gamma", default=default_of(TrainingConfig, "min_snr_gamma"), min=0.0, max=100.0,
                                step=0.5, tooltip=_train_help("min_snr_gamma")),
                 io.Float.Input("noise_offset", default=0.0, min=0.0, max=1.0, step=0.01, tooltip=_train_help("noise_offset")),
+                io.Combo.Input("loss_type", options=list(LOSS_TYPES), default="mse", tooltip=_train_help("loss_type")),
+                io.Combo.Input("timestep_sampling", options=list(TIMESTEP_SAMPLING), default="uniform",
+                               tooltip=_train_help("timestep_sampling")),
+                io.Int.Input("multires_noise_iterations", default=0, min=0, max=16,
+                             tooltip=_train_help("multires_noise_iterations")),
                 io.Combo.Input("target_layers", options=["attention", "all_linear"], default="attention",
                                tooltip=_lora_help("target")),
                 io.Float.Input("lora_dropout", default=0.0, min=0.0, max=0.9, step=0.05, tooltip=_lora_help("dropout")),
@@ -129,9 +135,9 @@ class TrainLoRA(io.ComfyNode):
                 ),
             ],
             outputs=[
-                LoraModel.Output("lora", tooltip="The trained LoRA: connect to Save LoRA or the strength sweep."),
-                io.Model.Output("model_with_lora", tooltip="The MODEL with the LoRA applied at strength 1."),
-                io.Image.Output("loss_curve", tooltip="Loss per step, raw and smoothed."),
+                LoraModel.Output("lora", display_name="lora", tooltip="The trained LoRA: connect to Save LoRA or the strength sweep."),
+                io.Model.Output("model_with_lora", display_name="model_with_lora", tooltip="The MODEL with the LoRA applied at strength 1."),
+                io.Image.Output("loss_curve", display_name="loss_curve", tooltip="Loss per step, raw and smoothed."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -153,7 +159,8 @@ class TrainLoRA(io.ComfyNode):
     def execute(
         cls, model, clip, vae, dataset, trigger_word: str, rank: int, alpha: float, learning_rate: float,
         optimizer: str, lr_scheduler: str, lr_warmup: float, allow_8bit_fallback: bool, steps: int, epochs: int, batch_size: int, gradient_accumulation: int, seed: int, mixed_precision: str,
-        gradient_checkpointing: bool, min_snr_gamma: float, noise_offset: float, target_layers: str,
+        gradient_checkpointing: bool, min_snr_gamma: float, noise_offset: float, loss_type: str,
+        timestep_sampling: str, multires_noise_iterations: int, target_layers: str,
         lora_dropout: float, run_name: str, save_every: int, keep_last: int, resume: bool, unload_other_models: bool,
     ) -> io.NodeOutput:
         if trigger_word.strip():
@@ -163,6 +170,7 @@ class TrainLoRA(io.ComfyNode):
             steps=steps, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
             gradient_accumulation=gradient_accumulation, seed=seed, mixed_precision=mixed_precision,
             gradient_checkpointing=gradient_checkpointing, min_snr_gamma=min_snr_gamma, noise_offset=noise_offset,
+            loss_type=loss_type, timestep_sampling=timestep_sampling, multires_noise_iterations=multires_noise_iterations,
         )
         optimizer_config = OptimizerConfig(name=optimizer, allow_8bit_fallback=allow_8bit_fallback)
         scheduler_config = SchedulerConfig(name=lr_scheduler, warmup=lr_warmup)

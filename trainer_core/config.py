@@ -73,6 +73,20 @@ class TrainingConfig:
     noise_offset: float = _help(
         "Noise offset: lets the LoRA learn very dark or bright images (0.03-0.1; 0 = off).", 0.0
     )
+    loss_type: str = _help(
+        "Loss on the prediction error: mse (standard), l1 (less pulled by outliers), huber (mse near 0, l1 far out).",
+        "mse",
+    )
+    huber_c: float = _help("Huber loss only: where the loss turns from quadratic to linear (kohya's 0.1).", 0.1)
+    timestep_sampling: str = _help(
+        "How noise levels are drawn: uniform over the model's schedule, or logit_normal (more middle levels; SD3's"
+        " and many Flux trainers' choice).",
+        "uniform",
+    )
+    multires_noise_iterations: int = _help(
+        "Multires (pyramid) noise: add noise at this many lower resolutions (6-10 typical; 0 = off).", 0
+    )
+    multires_noise_discount: float = _help("Multires noise: weight of each lower resolution (0.3 typical).", 0.3)
     weight_decay: float = _help("AdamW weight decay.", 0.01)
     max_grad_norm: float = _help("Clip the gradient norm to this value (0 = no clipping).", 1.0)
 
@@ -82,7 +96,14 @@ class TrainingConfig:
             low = 0 if name in ("steps", "seed") else 1
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be a whole number of at least {low}, got {value!r}")
-        for name in ("learning_rate", "min_snr_gamma", "noise_offset", "weight_decay", "max_grad_norm"):
+        if self.loss_type not in ("mse", "l1", "huber"):
+            raise ValueError(f"loss_type must be mse, l1 or huber, got {self.loss_type!r}")
+        if self.timestep_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"timestep_sampling must be uniform or logit_normal, got {self.timestep_sampling!r}")
+        if not isinstance(self.multires_noise_iterations, int) or self.multires_noise_iterations < 0:
+            raise ValueError(f"multires_noise_iterations must be 0 or more, got {self.multires_noise_iterations!r}")
+        for name in ("learning_rate", "min_snr_gamma", "noise_offset", "weight_decay", "max_grad_norm", "huber_c",
+                     "multires_noise_discount"):
             value = getattr(self, name)
             if not value >= 0 or value == float("inf"):
                 raise ValueError(f"{name} must be a finite number of 0 or more, got {value!r}")

@@ -362,12 +362,15 @@ class _TrainingRun:
             else:
                 captions = [self.fixed_captions[i] for i in indices]
             text = {k: v.to(device) for k, v in concat_text(self.texts.get(captions)).items()}
-            noise = sample_noise(x0, self.noise_rng, training.noise_offset)
-            sigma = sample_sigmas(denoiser.training_sigmas, x0.shape[0], self.noise_rng).to(device)
+            noise = sample_noise(x0, self.noise_rng, training.noise_offset, training.multires_noise_iterations,
+                                 training.multires_noise_discount)
+            sigma = sample_sigmas(denoiser.training_sigmas, x0.shape[0], self.noise_rng,
+                                  training.timestep_sampling).to(device)
             noisy = add_noise(x0, noise, sigma, denoiser.prediction)
             with _autocast(device, training.mixed_precision):
                 estimate = denoiser.denoise(noisy, sigma, text)
-            loss = diffusion_loss(estimate, x0, sigma, denoiser.prediction, training.min_snr_gamma)
+            loss = diffusion_loss(estimate, x0, sigma, denoiser.prediction, training.min_snr_gamma,
+                                  training.loss_type, training.huber_c)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"the loss became {loss.item()} at step {self.step + 1}: training stopped. The LoRA keeps the "

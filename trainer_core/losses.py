@@ -60,18 +60,50 @@ def min_snr_weight(sigma: torch.Tensor, prediction: PredictionType, gamma: float
     return clipped / snr
 
 
-def sample_noise(latents: torch.Tensor, generator: torch.Generator, noise_offset: float) -> torch.Tensor:
-    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
+LOSS_TYPES: tuple[str, ...] = ("mse", "l1", "huber")
+TIMESTEP_SAMPLING: tuple[str, ...] = ("uniform", "logit_normal")
+
+
+def sample_noise(
+    latents: torch.Tensor,
+    generator: torch.Generator,
+    noise_offset: float,
+    multires_iterations: int = 0,
+    multires_discount: float = 0.3,
+) -> torch.Tensor:
+    """Gaussian noise, plus optional offset noise (one value per channel) and multires (pyramid) noise:
+    low-resolution noise upsampled and added with weight discount^i, then rescaled to unit variance."""
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+    if multires_iterations > 0 and latents.ndim == 4:
+        batch, channels, height, width = latents.shape
+        for i in range(1, multires_iterations + 1):
+            scale = 2**i
+            h, w = max(1, height // scale), max(1, width // scale)
+            low = torch.randn((batch, channels, h, w), generator=generator)
+            noise = noise + (multires_discount**i) * torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear")
+            if h == 1 and w == 1:
+                break
+        noise = noise / noise.flatten(1).std(dim=1).view(-1, 1, 1, 1)
     if noise_offset > 0:
         offset = torch.randn((latents.shape[0], latents.shape[1], *([1] * (latents.ndim - 2))), generator=generator)
-        noise = noise + noise_offset * offset.to(latents.device)
-    return noise
+        noise = noise + noise_offset * offset
+    return noise.to(latents.device)
 
 
-def sample_sigmas(schedule: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
-    """Noise levels drawn uniformly from the model's own schedule."""
-    index = torch.randint(0, schedule.shape[0], (batch,), generator=generator)
-    return schedule.detach().float().cpu()[index]
+def sample_sigmas(
+    schedule: torch.Tensor, batch: int, generator: torch.Generator, sampling: str = "uniform"
+) -> torch.Tensor:
+    """Noise levels from the model's own schedule: uniformly, or logit-normal over its positions
+    (SD3's choice for flow models: more steps at middle noise levels, fewer at the extremes)."""
+    levels = schedule.detach().float().cpu()
+    if sampling == "logit_normal":
+        position = torch.sigmoid(torch.randn((batch,), generator=generator))
+        index = (position * (levels.shape[0] - 1)).round().long()
+    elif sampling == "uniform":
+        index = torch.randint(0, levels.shape[0], (batch,), generator=generator)
+    else:
+        raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLING}, not {sampling!r}")
+    return levels[index]
 
 
 def diffusion_loss(
@@ -80,10 +112,20 @@ def diffusion_loss(
     sigma: torch.Tensor,
     prediction: PredictionType,
     min_snr_gamma: float,
+    loss_type: str = "mse",
+    huber_c: float = 0.1,
 ) -> torch.Tensor:
-    """Mean squared error in the prediction space, min-SNR weighted, averaged over the batch."""
+    """The error in the prediction space (MSE, L1 or pseudo-Huber), min-SNR weighted, averaged over the batch."""
     error = (x0_estimate.float() - latents.float()) * prediction_space_factor(sigma, prediction).view(
         -1, *([1] * (latents.ndim - 1))
     )
-    per_sample = error.pow(2).flatten(1).mean(dim=1)
+    if loss_type == "mse":
+        elementwise = error.pow(2)
+    elif loss_type == "l1":
+        elementwise = error.abs()
+    elif loss_type == "huber":  # quadratic near 0, linear for large errors: robust to outliers
+        elementwise = 2 * huber_c * (torch.sqrt(error.pow(2) + huber_c**2) - huber_c)
+    else:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, not {loss_type!r}")
+    per_sample = elementwise.flatten(1).mean(dim=1)
     return (per_sample * min_snr_weight(sigma, prediction, min_snr_gamma)).mean()

@@ -57,6 +57,7 @@ def train_node(graph: Graph, checkpoint, dataset, **options):
         model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], dataset=dataset[0], trigger_word="sks",
         rank=8, alpha=8.0, learning_rate=1e-3, steps=STEPS, epochs=10, batch_size=1, gradient_accumulation=1,
         seed=0, mixed_precision="fp32", gradient_checkpointing=False, min_snr_gamma=5.0, noise_offset=0.0,
+        loss_type="mse", timestep_sampling="uniform", multires_noise_iterations=0,
         target_layers="attention", lora_dropout=0.0, run_name="tests_rings", save_every=0, keep_last=0,
         resume=False, unload_other_models=True,
     )
