@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/sweep.py [--steps 8] [--size 64]
 
 In one ComfyUI session on the tiny SD1.5 checkpoint, with a LoRA trained first (not timed):
-  A. the sweep node: 7 strengths x 4 prompts (28 images, one grid);
+  A. the sweep node: 7 strengths x 4 prompts (28 images, one grid), then again with batch_prompts;
   B. one graph with 28 plain KSampler + VAEDecode chains (no LoRA): the sampling floor;
   C. 28 queued graphs, each LoraLoader + CLIPTextEncode + KSampler + VAEDecode: what a user does by hand.
 Prints each one's seconds and the ratios. Run it on an otherwise idle machine.
@@ -90,6 +90,9 @@ def main() -> int:
             "cfg": 4.0, "width": args.size, "height": args.size})
         result = server.run(graph.to_api(), timeout=3600).raise_for_error()
         sweep_seconds = result.node_seconds[sweep.id]
+        graph.handle(sweep.id).set(batch_prompts=True)
+        result = server.run(graph.to_api(), timeout=3600).raise_for_error()
+        batched_seconds = result.node_seconds[sweep.id]
 
         # B. the same number of plain KSampler images, one graph
         graph = Graph()
@@ -121,6 +124,7 @@ def main() -> int:
           f"{len(PROMPTS)} prompts = {cells} images, CPU")
     print(f"{'':44} {'seconds':>8} {'per image':>10} {'vs sweep':>9}")
     for label, seconds in (("A. TestLoRAStrengthSweep (one node)", sweep_seconds),
+                           ("A'. the same with batch_prompts", batched_seconds),
                            ("B. plain KSampler images, one graph (floor)", plain_seconds),
                            ("C. separate LoraLoader+KSampler graphs", separate_seconds)):
         print(f"{label:44} {seconds:8.2f} {seconds / cells:10.3f} {seconds / sweep_seconds:8.2f}x")

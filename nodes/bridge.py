@@ -210,6 +210,46 @@ def ksample(model: Any, positive: list, negative: list, seed: int, steps: int, c
     return out["samples"]
 
 
+def batch_conditioning(conditionings: list[list]) -> list | None:
+    """Several prompts' CONDITIONING as one batch (for sampling them together), or None when they cannot
+    be batched (different extra entries). Token sequences of different length are repeated to a common
+    length, as ComfyUI's own batching does."""
+    import math
+
+    if any(len(c) != 1 for c in conditionings):
+        return None
+    conds = [c[0][0] for c in conditionings]
+    extras = [c[0][1] for c in conditionings]
+    if len({tuple(sorted(e)) for e in extras}) != 1:
+        return None
+    length = math.lcm(*(c.shape[1] for c in conds))
+    batched_extras: dict[str, Any] = {}
+    for key in extras[0]:
+        values = [e[key] for e in extras]
+        if torch.is_tensor(values[0]) and all(torch.is_tensor(v) and v.shape[0] == 1 for v in values):
+            batched_extras[key] = torch.cat(values)
+        elif all(v == values[0] for v in values):
+            batched_extras[key] = values[0]
+        else:
+            return None
+    return [[torch.cat([c.repeat(1, length // c.shape[1], 1) for c in conds]), batched_extras]]
+
+
+def ksample_batch(model: Any, positive: list, negative: list, count: int, seed: int, steps: int, cfg: float,
+                  sampler_name: str, scheduler: str, width: int, height: int) -> torch.Tensor:
+    """``count`` images in one sampler call, each with the noise a single-image KSampler run at ``seed``
+    would draw (``batch_index`` 0 for all)."""
+    import importlib
+
+    comfy_nodes = importlib.import_module("nodes")
+    latent = {
+        "samples": torch.zeros([count, 4, height // 8, width // 8], device=comfy.model_management.intermediate_device()),
+        "batch_index": [0] * count,
+    }
+    (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent)
+    return out["samples"]
+
+
 def decode(vae: Any, samples: torch.Tensor) -> torch.Tensor:
     """``VAEDecode``: [B,H,W,3] in 0..1 (video VAEs' extra frame axis folded into the batch)."""
     images = vae.decode(samples)

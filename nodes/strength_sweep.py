@@ -89,6 +89,11 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                 io.Combo.Input("scheduler", options=bridge.scheduler_names(), default="normal", tooltip="Scheduler."),
                 io.Int.Input("width", default=512, min=16, max=8192, step=8, tooltip="Image width of each cell."),
                 io.Int.Input("height", default=512, min=16, max=8192, step=8, tooltip="Image height of each cell."),
+                io.Boolean.Input(
+                    "batch_prompts", default=False, optional=True,
+                    tooltip="Sample all prompts of a column in one batch: faster, but a pixel may differ "
+                    "by a level or two from a separate LoraLoader + KSampler run (batched maths rounds differently).",
+                ),
                 io.String.Input(
                     "checkpoints", multiline=True, default="", optional=True,
                     tooltip="Checkpoint x strength: more LoRA files of the same training, one per line, or a pattern "
@@ -119,7 +124,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
     def execute(cls, model, clip, vae, lora_name: str, prompts: str, negative: str, strengths: str,
                 include_baseline: bool, clip_strength_mode: str, clip_strength: float, seed: int, steps: int,
                 cfg: float, sampler_name: str, scheduler: str, width: int, height: int, checkpoints: str = "",
-                lora=None) -> io.NodeOutput:
+                batch_prompts: bool = False, lora=None) -> io.NodeOutput:
         if lora is None:
             if lora_name == NO_FILE:
                 raise ValueError("lora: connect a LoRA (from Train LoRA or Save LoRA) or pick a file in lora_name")
@@ -148,7 +153,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
 
         cells = [[Cell(((name, s, clip_for(s)),), prompt) for s in strength_list] for name, prompt in row_loras]
         problems, notes = check_fit(model, clip, loras)
-        sampling = Sampling(negative, seed, steps, cfg, sampler_name, scheduler, width, height)
+        sampling = Sampling(negative, seed, steps, cfg, sampler_name, scheduler, width, height, batch_prompts)
         rows = render_cells(model, clip, vae, loras, cells, sampling, problems)
         header = [
             f"LoRA: {display_name}   steps: {metadata.get('ss_steps', '?')}   trigger: {trigger or '-'}   seed: {seed}",

@@ -225,3 +225,17 @@ def test_checkpoint_by_strength_adds_a_row_per_checkpoint(comfy_server: ComfySer
     images = read(server, result, cells)
     assert len(images) == 3 * 3  # three LoRA files x (base, 0.5, 1.0)
     assert np.array_equal(images[2], images[5])  # same weights in another file: the same cell
+
+
+def test_batched_prompts_match_separate_sampling_within_one_level(comfy_server: ComfyServer, trained_and_swept):
+    server = comfy_server
+    separate = read(server, trained_and_swept["result"], trained_and_swept["cells"])
+    graph = Graph()
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    sweep = sweep_node(server, graph, checkpoint, lora_name="tests/sweep_rings.safetensors", batch_prompts=True)
+    cells = graph.node("SaveImage", images=sweep[1], filename_prefix="batched_cells")
+    batched = read(server, server.run(graph.to_api()).raise_for_error(), cells)
+    assert len(batched) == len(separate) == 6
+    for a, b in zip(batched, separate):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # same noise per image; rounding differs
+    assert not np.array_equal(batched[0], batched[3])  # rows are different prompts
