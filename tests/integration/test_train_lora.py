@@ -111,6 +111,9 @@ def run(comfy_server: ComfyServer):
     saved = train.node("SaveCheckpoint", lora=trained[0], filename="tests/rings", if_exists="overwrite")
     curve = train.node("SaveImage", images=trained[2], filename_prefix="loss_curve")
     in_memory_image, _ = sample(train, trained[1], checkpoint, "in_memory")
+    # ComfyUI's own LoraModelLoader takes TrainLoRA's LoRA output as it is.
+    stock_loader = train.node("LoraModelLoader", model=checkpoint[0], lora=trained[0], strength_model=1.0)
+    stock_loader_image, _ = sample(train, stock_loader[0], checkpoint, "lora_model_loader")
     train_result = server.run(train.to_api(), timeout=900).raise_for_error()
     lora_name = "tests/rings.safetensors"
 
@@ -131,7 +134,7 @@ def run(comfy_server: ComfyServer):
 
     return dict(
         server=server, before=(before_result, before_image, before_latent), train=train_result, saved=saved,
-        curve=curve, in_memory=in_memory_image, after=after_result, after_image=after_image, cells=cells,
+        curve=curve, in_memory=in_memory_image, stock_loader=stock_loader_image, after=after_result, after_image=after_image, cells=cells,
         after_log=after_log, lora_path=server.models_dir / "loras" / lora_name, dataset_dir=dataset_dir,
     )
 
@@ -179,6 +182,7 @@ def test_stock_lora_loader_reads_every_key_and_matches_the_in_memory_lora(run):
     # LoraLoader at 1.0 from the file gives exactly what TrainLoRA's own MODEL output gave (tolerance: none).
     image_at_one = pixels(server, run["after"], run["cells"][1.0][0])
     assert np.array_equal(image_at_one, pixels(server, run["train"], run["in_memory"]))
+    assert np.array_equal(image_at_one, pixels(server, run["train"], run["stock_loader"]))
 
 
 def test_lora_effect_grows_with_strength_and_moves_towards_the_training_images(run):
