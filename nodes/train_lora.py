@@ -35,16 +35,20 @@ def _train_help(name: str) -> str:
 class _CanvasProgress:
     """Forwards each step to ComfyUI's progress bar (which also raises on Cancel) and shows the loss."""
 
-    def __init__(self, total: int, node_id: str | None):
+    def __init__(self, total: int, node_id: str | None, samples: _SampleImages | None = None):
         self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
         self.node_id = node_id
         self.last_text = 0.0
+        self.samples = samples
 
     def __call__(self, report: StepReport) -> None:
         import comfy.model_management
 
         comfy.model_management.throw_exception_if_processing_interrupted()
-        self.bar.update_absolute(report.step, report.total)
+        preview = None
+        if self.samples is not None and self.samples.due(report):
+            preview = ("JPEG", self.samples(report), 512)
+        self.bar.update_absolute(report.step, report.total, preview=preview)
         now = time.monotonic()
         if self.node_id is not None and (now - self.last_text > 0.5 or report.step == report.total):
             self.last_text = now
@@ -56,6 +60,48 @@ class _CanvasProgress:
                     send(f"step {report.step}/{report.total}  loss {report.loss:.4f}", self.node_id)
             except (ImportError, AttributeError):
                 pass
+
+
+class _SampleImages:
+    """Every N steps, images of the sample prompts through ComfyUI's own sampler, with the LoRA as it is
+    at that step (the adapter is live in the training model), shown as the node's preview."""
+
+    def __init__(self, every: int, prompts: list[str], patcher, clip, vae, seed: int, steps: int, cfg: float,
+                 size: int, network):
+        self.every, self.prompts, self.patcher, self.vae = every, prompts, patcher, vae
+        self.seed, self.steps, self.cfg, self.size, self.network = seed, steps, cfg, size, network
+        self.clip = clip
+        self.images: list[torch.Tensor] = []
+        self.steps_sampled: list[int] = []
+
+    def due(self, report: StepReport) -> bool:
+        return bool(self.every and self.prompts) and (report.step % self.every == 0 or report.step == report.total)
+
+    def __call__(self, report: StepReport):
+        """Returns a PIL preview of this step's images."""
+        from PIL import Image
+
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leave training's random streams alone
+                negative = bridge.encode_prompt(self.clip, "")
+                batch = []
+                for prompt in self.prompts:
+                    samples = bridge.ksample(self.patcher, bridge.encode_prompt(self.clip, prompt), negative,
+                                             self.seed, self.steps, self.cfg, "euler", "normal", self.size, self.size)
+                    batch.append(bridge.decode(self.vae, samples)[0].float().cpu())
+        finally:
+            self.network.train(was_training)
+        self.images += batch
+        self.steps_sampled.append(report.step)
+        strip = torch.cat(batch, dim=1).clamp(0, 1)
+        return Image.fromarray((strip.numpy() * 255).round().astype("uint8"))
+
+    def output(self) -> torch.Tensor:
+        if not self.images:
+            return torch.zeros(1, 64, 64, 3)
+        return torch.stack(self.images)
 
 
 class TrainLoRA(io.ComfyNode):
@@ -114,6 +160,14 @@ class TrainLoRA(io.ComfyNode):
                 io.Combo.Input("target_layers", options=["attention", "all_linear"], default="attention",
                                tooltip=_lora_help("target")),
                 io.Float.Input("lora_dropout", default=0.0, min=0.0, max=0.9, step=0.05, tooltip=_lora_help("dropout")),
+                io.Int.Input("sample_every", default=0, min=0, max=100000,
+                             tooltip="Every N steps (and at the end), draw the sample prompts with the LoRA as it is "
+                             "then, through ComfyUI's own sampler; shown on the node and returned as 'samples'. 0 = off."),
+                io.String.Input("sample_prompts", multiline=True, default="{trigger}",
+                                tooltip="Prompts for the sample images, one per line; {trigger} becomes the trigger word."),
+                io.Int.Input("sample_steps", default=20, min=1, max=200, tooltip="Sampling steps of the sample images."),
+                io.Float.Input("sample_cfg", default=7.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="CFG of the sample images (about 7 for SD1.5/SDXL, 1 for Flux)."),
                 io.String.Input(
                     "run_name", default="my_lora",
                     tooltip="Name of this training run: checkpoints are saved as models/loras/lora_lab_checkpoints/"
@@ -138,6 +192,8 @@ class TrainLoRA(io.ComfyNode):
                 LoraModel.Output("lora", display_name="lora", tooltip="The trained LoRA: connect to Save LoRA or the strength sweep."),
                 io.Model.Output("model_with_lora", display_name="model_with_lora", tooltip="The MODEL with the LoRA applied at strength 1."),
                 io.Image.Output("loss_curve", display_name="loss_curve", tooltip="Loss per step, raw and smoothed."),
+                io.Image.Output("samples", display_name="samples",
+                                tooltip="The sample images, in order of step then prompt (a black square when off)."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -160,7 +216,8 @@ class TrainLoRA(io.ComfyNode):
         cls, model, clip, vae, dataset, trigger_word: str, rank: int, alpha: float, learning_rate: float,
         optimizer: str, lr_scheduler: str, lr_warmup: float, allow_8bit_fallback: bool, steps: int, epochs: int, batch_size: int, gradient_accumulation: int, seed: int, mixed_precision: str,
         gradient_checkpointing: bool, min_snr_gamma: float, noise_offset: float, loss_type: str,
-        timestep_sampling: str, multires_noise_iterations: int, target_layers: str,
+        timestep_sampling: str, multires_noise_iterations: int, target_layers: str, sample_every: int,
+        sample_prompts: str, sample_steps: int, sample_cfg: float,
         lora_dropout: float, run_name: str, save_every: int, keep_last: int, resume: bool, unload_other_models: bool,
     ) -> io.NodeOutput:
         if trigger_word.strip():
@@ -188,13 +245,17 @@ class TrainLoRA(io.ComfyNode):
         patcher = model.clone()
         denoiser = bridge.ComfyDenoiser(patcher)
         bridge.load_for_training(patcher, unload_other_models)
+        trigger = dataset.caption_options.trigger_word
+        prompts = [p.strip().replace("{trigger}", trigger).strip(" ,") for p in sample_prompts.splitlines()]
+        samples = _SampleImages(sample_every, [p for p in prompts if p], patcher, clip, vae, seed, sample_steps,
+                                sample_cfg, dataset.resolution, denoiser.network)
         started = time.time()
         try:
             result = train_lora(
                 denoiser, bridge.ComfyTextEncoder(clip), bridge.ComfyLatentCodec(vae, patcher), dataset,
                 lora_config, training, caption_for=dataset.caption_for,
                 random_captions=dataset.caption_options.is_random, key_namer=bridge.kohya_key_namer(patcher),
-                on_step=_CanvasProgress(total, cls.hidden.unique_id), checkpoints=checkpoints,
+                on_step=_CanvasProgress(total, cls.hidden.unique_id, samples), checkpoints=checkpoints,
                 resume_from=resume_from, optimizer=optimizer_config, scheduler=scheduler_config,
             )
         except NonFiniteLossError as error:
@@ -214,7 +275,7 @@ class TrainLoRA(io.ComfyNode):
         model_with_lora, _ = bridge.apply_lora(model, None, weights, 1.0, 0.0)
         curve = loss_curve_image(result.losses, result.learning_rates, checkpoints=_checkpoint_steps(result),
                                  title=f"Training loss, {result.steps} steps")
-        return io.NodeOutput(weights, model_with_lora, torch.from_numpy(curve)[None])
+        return io.NodeOutput(weights, model_with_lora, torch.from_numpy(curve)[None], samples.output())
 
 
 def _checkpoint_steps(result) -> list[int]:

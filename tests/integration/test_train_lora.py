@@ -57,7 +57,8 @@ def train_node(graph: Graph, checkpoint, dataset, **options):
         model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], dataset=dataset[0], trigger_word="sks",
         rank=8, alpha=8.0, learning_rate=1e-3, steps=STEPS, epochs=10, batch_size=1, gradient_accumulation=1,
         seed=0, mixed_precision="fp32", gradient_checkpointing=False, min_snr_gamma=5.0, noise_offset=0.0,
-        loss_type="mse", timestep_sampling="uniform", multires_noise_iterations=0,
+        loss_type="mse", timestep_sampling="uniform", multires_noise_iterations=0, sample_every=0,
+        sample_prompts="{trigger}", sample_steps=20, sample_cfg=7.0,
         target_layers="attention", lora_dropout=0.0, run_name="tests_rings", save_every=0, keep_last=0,
         resume=False, unload_other_models=True,
     )
@@ -303,3 +304,39 @@ def test_an_8bit_optimizer_without_bitsandbytes_is_refused_before_running(comfy_
         comfy_server.run(graph.to_api())
     message = json.dumps(rejected.value.node_errors)
     assert "optimizer" in message and "pip install bitsandbytes" in message
+
+
+def test_sample_images_during_training_show_the_lora_of_that_step_and_change_nothing(comfy_server: ComfyServer, run):
+    server = comfy_server
+
+    def train(sample_every: int, name: str):
+        graph = Graph()
+        checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+        dataset = load_dataset_node(server, graph, "rings")
+        trained = train_node(graph, checkpoint, dataset, steps=10, seed=11, run_name=f"tests_{name}",
+                             sample_every=sample_every, sample_prompts="{trigger}, a ring", sample_steps=4,
+                             sample_cfg=3.0)
+        graph.node("SaveCheckpoint", lora=trained[0], filename=f"tests/{name}", if_exists="overwrite")
+        samples = graph.node("SaveImage", images=trained[3], filename_prefix=f"samples_{name}")
+        # The final LoRA the stock way, same seed and settings as the last sample image.
+        positive = graph.node("CLIPTextEncode", clip=checkpoint[1], text="sks, a ring")
+        negative = graph.node("CLIPTextEncode", clip=checkpoint[1], text="")
+        latent = graph.node("EmptyLatentImage", width=64, height=64, batch_size=1)
+        sampled = graph.node("KSampler", model=trained[1], positive=positive[0], negative=negative[0],
+                             latent_image=latent[0], seed=11, steps=4, cfg=3.0, sampler_name="euler",
+                             scheduler="normal", denoise=1.0)
+        decoded = graph.node("VAEDecode", samples=sampled[0], vae=checkpoint[2])
+        final = graph.node("SaveImage", images=decoded[0], filename_prefix=f"final_{name}")
+        result = server.run(graph.to_api()).raise_for_error()
+        return result, samples, final
+
+    result, samples, final = train(5, "with_samples")
+    images = pixels(server, result, samples)
+    assert images.shape[0] == 2  # steps 5 and 10, one prompt
+    assert not np.array_equal(images[0], images[1])
+    # Train-time (live adapter) vs load-time (patched weights): the same picture up to rounding.
+    assert np.abs(images[1] - pixels(server, result, final)[0]).max() <= 2
+    train(0, "without_samples")
+    with_samples = load_file(str(server.models_dir / "loras" / "tests" / "with_samples.safetensors"))
+    without = load_file(str(server.models_dir / "loras" / "tests" / "without_samples.safetensors"))
+    assert all(torch.equal(with_samples[k], without[k]) for k in without), "sampling changed the training"
