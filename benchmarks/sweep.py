@@ -32,17 +32,6 @@ CKPT = "tiny.safetensors"
 LORA = "bench/rings.safetensors"
 
 
-def defaults(server: ComfyServer, class_type: str) -> dict:
-    info = server.object_info(class_type)[class_type]["input"]
-    values = {}
-    for section in ("required", "optional"):
-        for name, spec in info.get(section, {}).items():
-            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            if "default" in options:
-                values[name] = options["default"]
-    return values
-
-
 def sampler_chain(graph: Graph, checkpoint, model, clip, prompt: str, args, prefix: str) -> None:
     positive = graph.node("CLIPTextEncode", clip=clip, text=prompt)
     negative = graph.node("CLIPTextEncode", clip=clip, text="")
@@ -67,8 +56,8 @@ def main() -> int:
         # Setup (not timed): a LoRA to test.
         graph = Graph()
         checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-        dataset = graph.node("LoadDataset", **{**defaults(server, "LoadDataset"), "folder": "rings", "resolution": 64})
-        trained = graph.node("TrainLoRA", **{**defaults(server, "TrainLoRA"), "model": checkpoint[0],
+        dataset = graph.node("LoadDataset", **{**server.widget_defaults("LoadDataset"), "folder": "rings", "resolution": 64})
+        trained = graph.node("TrainLoRA", **{**server.widget_defaults("TrainLoRA"), "model": checkpoint[0],
                                              "clip": checkpoint[1], "vae": checkpoint[2], "dataset": dataset[0],
                                              "trigger_word": "sks", "steps": 20, "rank": 8, "alpha": 8.0})
         graph.node("SaveCheckpoint", lora=trained[0], filename=LORA.removesuffix(".safetensors"), if_exists="overwrite")
@@ -84,7 +73,7 @@ def main() -> int:
         graph = Graph()
         checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
         sweep = graph.node("TestLoRAStrengthSweep", **{
-            **defaults(server, "TestLoRAStrengthSweep"), "model": checkpoint[0], "clip": checkpoint[1],
+            **server.widget_defaults("TestLoRAStrengthSweep"), "model": checkpoint[0], "clip": checkpoint[1],
             "vae": checkpoint[2], "lora_name": LORA, "prompts": "\n".join(PROMPTS),
             "strengths": ", ".join(map(str, STRENGTHS)), "include_baseline": False, "seed": 1, "steps": args.steps,
             "cfg": 4.0, "width": args.size, "height": args.size})

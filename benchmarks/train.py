@@ -17,7 +17,6 @@ import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -176,7 +175,7 @@ def run_peft_floor(args) -> dict:
     generator = torch.Generator().manual_seed(0)
     stamps = []
     memory = MemoryPeak().__enter__()
-    for step in range(args.steps + args.warmup):
+    for _ in range(args.steps + args.warmup):
         index = torch.randint(0, len(images), (args.batch,), generator=generator)
         t = torch.randint(0, 1000, (args.batch,), generator=generator)
         x0, noise = latents[index], torch.randn(latents[index].shape, generator=generator)

@@ -45,6 +45,22 @@ class Cell:
     prompt: str
 
 
+def sampling_inputs() -> list:
+    """The KSampler settings every grid node offers, in KSampler's order, plus the cell size."""
+    from comfy_api.latest import io
+
+    return [
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                     tooltip="The same seed in every cell, so only the LoRAs change."),
+        io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps per cell."),
+        io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="CFG scale."),
+        io.Combo.Input("sampler_name", options=bridge.sampler_names(), default="euler", tooltip="Sampler."),
+        io.Combo.Input("scheduler", options=bridge.scheduler_names(), default="normal", tooltip="Scheduler."),
+        io.Int.Input("width", default=512, min=16, max=8192, step=8, tooltip="Image width of each cell."),
+        io.Int.Input("height", default=512, min=16, max=8192, step=8, tooltip="Image height of each cell."),
+    ]
+
+
 def check_fit(model, clip, loras: dict[str, LoRAWeights]) -> tuple[dict[str, str], list[str]]:
     """Which LoRAs cannot be placed on this model (name → reason), and notes for the report."""
     problems: dict[str, str] = {}

@@ -14,8 +14,7 @@ from ..trainer_core.sweep import (
     plan_grid,
     stack_strengths,
 )
-from . import bridge
-from .grid_render import Cell, Sampling, check_fit, render_cells, save_grid
+from .grid_render import Cell, Sampling, check_fit, render_cells, sampling_inputs, save_grid
 from .strength_sweep import NO_FILE, load_lora_file
 from .types import LoraModel
 
@@ -52,14 +51,7 @@ class CompareLoRAStack(io.ComfyNode):
                 io.String.Input("prompts", multiline=True, default="{trigger}, a photo",
                                 tooltip="One prompt per line: one grid row each. {trigger} becomes the new LoRA's trigger word."),
                 io.String.Input("negative", multiline=True, default="", tooltip="Negative prompt for every cell."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="The same seed in every cell."),
-                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps per cell."),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="CFG scale."),
-                io.Combo.Input("sampler_name", options=bridge.sampler_names(), default="euler", tooltip="Sampler."),
-                io.Combo.Input("scheduler", options=bridge.scheduler_names(), default="normal", tooltip="Scheduler."),
-                io.Int.Input("width", default=512, min=16, max=8192, step=8, tooltip="Image width of each cell."),
-                io.Int.Input("height", default=512, min=16, max=8192, step=8, tooltip="Image height of each cell."),
+                *sampling_inputs(),
             ],
             outputs=[
                 io.Image.Output("grid", display_name="grid", tooltip="The labelled comparison grid."),

@@ -18,8 +18,7 @@ from ..trainer_core.sweep import (
     plan_grid,
     strength_label,
 )
-from . import bridge
-from .grid_render import Cell, Sampling, check_fit, render_cells, save_grid
+from .grid_render import Cell, Sampling, check_fit, render_cells, sampling_inputs, save_grid
 from .types import LoraModel
 
 NO_FILE = "[none: use the lora input]"
@@ -81,14 +80,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                                "'fixed': every column uses clip_strength."),
                 io.Float.Input("clip_strength", default=1.0, min=-5.0, max=5.0, step=0.05,
                                tooltip="The CLIP (text encoder) strength when clip_strength_mode is 'fixed'."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="The same seed in every cell, so only the strength changes."),
-                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps per cell."),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="CFG scale."),
-                io.Combo.Input("sampler_name", options=bridge.sampler_names(), default="euler", tooltip="Sampler."),
-                io.Combo.Input("scheduler", options=bridge.scheduler_names(), default="normal", tooltip="Scheduler."),
-                io.Int.Input("width", default=512, min=16, max=8192, step=8, tooltip="Image width of each cell."),
-                io.Int.Input("height", default=512, min=16, max=8192, step=8, tooltip="Image height of each cell."),
+                *sampling_inputs(),
                 io.Boolean.Input(
                     "batch_prompts", default=False, optional=True,
                     tooltip="Sample all prompts of a column in one batch: faster, but a pixel may differ "

@@ -113,6 +113,7 @@ class ComfyServer:
         self._listener: threading.Thread | None = None
         self._stopping = threading.Event()
         self._events: dict[str, list[tuple[float, str, dict[str, Any]]]] = {}
+        self._defaults: dict[str, dict[str, Any]] = {}
         self._events_changed = threading.Condition()
         self._submitted_at: dict[str, float] = {}
 
@@ -306,6 +307,14 @@ class ComfyServer:
                 else:
                     found.append(line)
         return "\n".join(found)
+
+    def widget_defaults(self, node_class: str) -> dict[str, Any]:
+        """Every widget input of ``node_class`` that has a default, with it (API graphs must name them all)."""
+        from tools.workflow_format import default_inputs
+
+        if node_class not in self._defaults:
+            self._defaults[node_class] = default_inputs(self.object_info(node_class)[node_class])
+        return dict(self._defaults[node_class])
 
     def history(self, prompt_id: str) -> dict[str, Any]:
         return self._get_json(f"/history/{prompt_id}").get(prompt_id, {})

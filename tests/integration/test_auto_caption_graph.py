@@ -20,21 +20,6 @@ TAGGER, BLIP = "tiny_tagger", "tiny_blip"
 _OBJECT_INFO: dict = {}
 
 
-def widget_defaults(server: ComfyServer, class_type: str) -> dict:
-    """Every widget input's default as the server declares it (API graphs must name them all)."""
-    if class_type not in _OBJECT_INFO:
-        _OBJECT_INFO[class_type] = server.object_info(class_type)[class_type]
-    defaults = {}
-    for section in ("required", "optional"):
-        for name, spec in _OBJECT_INFO[class_type]["input"].get(section, {}).items():
-            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            if "default" in options:
-                defaults[name] = options["default"]
-            elif spec[0] == "COMBO" and options.get("options"):
-                defaults[name] = options["options"][0]
-    return defaults
-
-
 @pytest.fixture(scope="module")
 def server(comfy_server: ComfyServer) -> ComfyServer:
     root = comfy_server.models_dir / "captioners"
@@ -61,13 +46,13 @@ def caption_graph(server: ComfyServer, folder: str, **options: object) -> tuple[
     load = graph.node(
         "LoadDataset",
         **{
-            **widget_defaults(server, "LoadDataset"),
+            **server.widget_defaults("LoadDataset"),
             "folder": folder,
             "resolution": 64,
             "stop_on_errors": False,
         },
     )
-    inputs = widget_defaults(server, "AutoCaption")
+    inputs = server.widget_defaults("AutoCaption")
     inputs.update(dataset=load[0], tagger=TAGGER, caption_model=BLIP, max_new_tokens=2, batch_size=1)
     inputs.update(options)
     caption = graph.node("AutoCaption", **inputs)
@@ -123,7 +108,7 @@ def test_the_captioned_dataset_trains(server: ComfyServer) -> None:
     colour_folder(server, "ac_train")
     graph, node = caption_graph(server, "ac_train", style="tags")
     checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name="tiny_sd15.safetensors")
-    inputs = widget_defaults(server, "TrainLoRA")
+    inputs = server.widget_defaults("TrainLoRA")
     inputs.update(
         model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], dataset=node[0], steps=2, rank=4,
         alpha=4.0, mixed_precision="fp32", run_name="tests_auto_caption", save_every=0,

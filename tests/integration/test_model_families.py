@@ -78,7 +78,6 @@ def test_family_trains_leaves_model_alone_and_loads_back_identically(pack, famil
     import comfy.lora
     import comfy.model_management
     import comfy.sd
-
     from lora_lab.nodes import bridge
     from lora_lab.trainer_core.config import LoRAConfig, TrainingConfig
     from lora_lab.trainer_core.loop import train_lora

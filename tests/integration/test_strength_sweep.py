@@ -19,23 +19,8 @@ from tools.synthetic_dataset import make_shapes_dataset
 CKPT = "tiny_sd15.safetensors"
 PROMPTS = ["{trigger}, a yellow ring on a blue background", "a yellow ring"]
 SAMPLING = dict(seed=5, steps=4, cfg=3.0, sampler_name="euler", scheduler="normal")
-_INFO: dict = {}
-
-
-def defaults(server: ComfyServer, class_type: str) -> dict:
-    if class_type not in _INFO:
-        _INFO[class_type] = server.object_info(class_type)[class_type]["input"]
-    out = {}
-    for section in ("required", "optional"):
-        for name, spec in _INFO[class_type].get(section, {}).items():
-            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            if "default" in options:
-                out[name] = options["default"]
-    return out
-
-
 def sweep_node(server, graph, checkpoint, **inputs):
-    values = defaults(server, "TestLoRAStrengthSweep")
+    values = server.widget_defaults("TestLoRAStrengthSweep")
     values.update(model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], prompts="\n".join(PROMPTS),
                   strengths="0.5, 1.0", include_baseline=True, width=64, height=64, **SAMPLING)
     values.update(inputs)
@@ -70,10 +55,10 @@ def trained_and_swept(comfy_server: ComfyServer):
     make_shapes_dataset(folder, count=6, size=64, shape="ring", trigger_word="sks")
     graph = Graph()
     checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    dataset_inputs = defaults(server, "LoadDataset")
+    dataset_inputs = server.widget_defaults("LoadDataset")
     dataset_inputs.update(folder="sweep_rings", resolution=64, bucket_step=64)
     dataset = graph.node("LoadDataset", **dataset_inputs)
-    train_inputs = defaults(server, "TrainLoRA")
+    train_inputs = server.widget_defaults("TrainLoRA")
     train_inputs.update(model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], dataset=dataset[0],
                         trigger_word="sks", rank=4, alpha=4.0, learning_rate=1e-3, steps=40)
     trained = graph.node("TrainLoRA", **train_inputs)
@@ -122,7 +107,7 @@ def test_a_file_that_is_not_a_lora_gives_a_clear_error(comfy_server: ComfyServer
     bad.write_bytes(b"\x00" * 100)
     graph = Graph()
     checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    sweep = sweep_node(server, graph, checkpoint, lora_name="tests/broken.safetensors")
+    sweep_node(server, graph, checkpoint, lora_name="tests/broken.safetensors")
     result = server.run(graph.to_api())
     assert not result.ok and "tests/broken.safetensors" in result.error and "broken or truncated" in result.error
 
@@ -177,7 +162,7 @@ def test_stack_comparison_columns_equal_chained_loraloaders(comfy_server: ComfyS
     _shutil.copyfile(server.models_dir / "loras" / "tests" / "sweep_rings.safetensors", other)
     graph = Graph()
     checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    values = defaults(server, "CompareLoRAStack")
+    values = server.widget_defaults("CompareLoRAStack")
     values.update(model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], lora_name="tests/sweep_rings.safetensors",
                   other_loras="tests/other_style.safetensors: 0.6", prompts="{trigger}, a yellow ring", width=64,
                   height=64, **SAMPLING)
@@ -236,6 +221,6 @@ def test_batched_prompts_match_separate_sampling_within_one_level(comfy_server: 
     cells = graph.node("SaveImage", images=sweep[1], filename_prefix="batched_cells")
     batched = read(server, server.run(graph.to_api()).raise_for_error(), cells)
     assert len(batched) == len(separate) == 6
-    for a, b in zip(batched, separate):
+    for a, b in zip(batched, separate, strict=True):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # same noise per image; rounding differs
     assert not np.array_equal(batched[0], batched[3])  # rows are different prompts

@@ -26,27 +26,8 @@ STEPS = 150
 SEEDS_PER_CELL = 4
 
 
-_OBJECT_INFO: dict = {}
-
-
-def widget_defaults(server: ComfyServer, class_type: str) -> dict:
-    """Every widget input's default as the server declares it (API graphs must name them all)."""
-    if class_type not in _OBJECT_INFO:
-        _OBJECT_INFO[class_type] = server.object_info(class_type)[class_type]
-    info = _OBJECT_INFO[class_type]["input"]
-    defaults = {}
-    for section in ("required", "optional"):
-        for name, spec in info.get(section, {}).items():
-            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            if "default" in options:
-                defaults[name] = options["default"]
-            elif spec[0] == "COMBO" and options.get("options"):
-                defaults[name] = options["options"][0]
-    return defaults
-
-
 def load_dataset_node(server: ComfyServer, graph: Graph, folder: str, **options):
-    inputs = widget_defaults(server, "LoadDataset")
+    inputs = server.widget_defaults("LoadDataset")
     inputs.update(folder=folder, resolution=64, bucket_step=64, trigger_word="")
     inputs.update(options)
     return graph.node("LoadDataset", **inputs)
