@@ -337,3 +337,18 @@ def test_the_lora_file_loads_in_diffusers_and_gives_the_train_time_output(tmp_pa
     change = (seen["train_time"] - base).abs().max().item()
     assert change > 1e-4
     torch.testing.assert_close(loaded, seen["train_time"], rtol=1e-4, atol=1e-3 * change)
+
+
+def test_fp16_mixed_precision_trains_with_loss_scaling_and_fp32_lora_weights(monkeypatch):
+    scales = []
+    original_update = torch.amp.GradScaler.update
+
+    def record(self, *args, **kwargs):
+        scales.append(self.get_scale() if self.is_enabled() else None)
+        return original_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "update", record)
+    result = train(steps=3, mixed_precision="fp16")
+    assert result.mixed_precision == "fp16" and all(np.isfinite(result.losses))
+    assert scales and all(s is not None and s > 1 for s in scales), "fp16 must scale the loss"
+    assert all(t.dtype == torch.float32 for t in result.weights.values())
