@@ -160,6 +160,7 @@ class TrainLoRA(io.ComfyNode):
                 io.Combo.Input("target_layers", options=["attention", "all_linear"], default="attention",
                                tooltip=_lora_help("target")),
                 io.Float.Input("lora_dropout", default=0.0, min=0.0, max=0.9, step=0.05, tooltip=_lora_help("dropout")),
+                io.Boolean.Input("rslora", default=False, tooltip=_lora_help("rslora")),
                 io.Int.Input("sample_every", default=0, min=0, max=100000,
                              tooltip="Every N steps (and at the end), draw the sample prompts with the LoRA as it is "
                              "then, through ComfyUI's own sampler; shown on the node and returned as 'samples'. 0 = off."),
@@ -218,11 +219,11 @@ class TrainLoRA(io.ComfyNode):
         gradient_checkpointing: bool, min_snr_gamma: float, noise_offset: float, loss_type: str,
         timestep_sampling: str, multires_noise_iterations: int, target_layers: str, sample_every: int,
         sample_prompts: str, sample_steps: int, sample_cfg: float,
-        lora_dropout: float, run_name: str, save_every: int, keep_last: int, resume: bool, unload_other_models: bool,
+        lora_dropout: float, rslora: bool, run_name: str, save_every: int, keep_last: int, resume: bool, unload_other_models: bool,
     ) -> io.NodeOutput:
         if trigger_word.strip():
             dataset = dataset.with_caption_options(replace(dataset.caption_options, trigger_word=trigger_word.strip()))
-        lora_config = LoRAConfig(rank=rank, alpha=alpha, dropout=lora_dropout, target=target_layers)
+        lora_config = LoRAConfig(rank=rank, alpha=alpha, dropout=lora_dropout, target=target_layers, rslora=rslora)
         training = TrainingConfig(
             steps=steps, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
             gradient_accumulation=gradient_accumulation, seed=seed, mixed_precision=mixed_precision,

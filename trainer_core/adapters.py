@@ -136,7 +136,6 @@ class InjectedAdapter:
     targets: list[str]
     config: LoRAConfig
     attributes_before: frozenset[str] = frozenset()
-    use_rslora: bool = False
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.network.named_parameters() if "lora_" in n and p.requires_grad]
@@ -147,7 +146,7 @@ class InjectedAdapter:
 
     @property
     def scale(self) -> float:
-        if self.use_rslora:
+        if self.config.rslora:
             return self.config.alpha / math.sqrt(self.config.rank)
         return self.config.alpha / self.config.rank
 
@@ -179,6 +178,7 @@ def inject_lora(network: nn.Module, config: LoRAConfig, seed: int) -> InjectedAd
         r=config.rank,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
+        use_rslora=config.rslora,
         target_modules=targets,
         init_lora_weights=True,
     )

@@ -29,6 +29,11 @@ class LoRAConfig:
         "LoRA alpha: the LoRA is scaled by alpha / rank. alpha = rank gives scale 1; rank/2 is gentler.", 16.0
     )
     dropout: float = _help("Dropout inside the LoRA layers during training only (0 = off, 0.1 typical).", 0.0)
+    rslora: bool = _help(
+        "Rank-stabilised LoRA: scale by alpha / sqrt(rank) instead of alpha / rank, so high ranks still learn."
+        " Saved with an adjusted alpha, so every loader applies it correctly.",
+        False,
+    )
     target: str = _help(
         "Which layers get a LoRA: 'attention' = attention and feed-forward layers of the transformer blocks"
         " (kohya's default); 'all_linear' = every linear layer except the embedders.",

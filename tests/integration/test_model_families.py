@@ -73,8 +73,8 @@ def pack():
     return load_pack()
 
 
-@pytest.mark.parametrize("family", ["sdxl", "flux"])
-def test_family_trains_leaves_model_alone_and_loads_back_identically(pack, family, caplog):
+@pytest.mark.parametrize("family, rslora", [("sdxl", False), ("flux", False), ("sdxl", True)])
+def test_family_trains_leaves_model_alone_and_loads_back_identically(pack, family, rslora, caplog):
     import comfy.lora
     import comfy.model_management
     import comfy.sd
@@ -103,7 +103,7 @@ def test_family_trains_leaves_model_alone_and_loads_back_identically(pack, famil
                 seen["train_time"] = denoiser.denoise(probe_x, probe_sigma, probe_text)
 
     result = train_lora(
-        denoiser, FakeTextEncoder(family), FakeCodec(LATENT_CHANNELS[family]), Data(), LoRAConfig(rank=4, alpha=4),
+        denoiser, FakeTextEncoder(family), FakeCodec(LATENT_CHANNELS[family]), Data(), LoRAConfig(rank=4, alpha=4, rslora=rslora),
         TrainingConfig(steps=steps, learning_rate=1e-2, mixed_precision="fp32"),
         key_namer=bridge.kohya_key_namer(patcher), on_step=on_step,
     )

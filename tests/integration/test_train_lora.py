@@ -40,7 +40,7 @@ def train_node(graph: Graph, checkpoint, dataset, **options):
         seed=0, mixed_precision="fp32", gradient_checkpointing=False, min_snr_gamma=5.0, noise_offset=0.0,
         loss_type="mse", timestep_sampling="uniform", multires_noise_iterations=0, sample_every=0,
         sample_prompts="{trigger}", sample_steps=20, sample_cfg=7.0,
-        target_layers="attention", lora_dropout=0.0, run_name="tests_rings", save_every=0, keep_last=0,
+        target_layers="attention", lora_dropout=0.0, rslora=False, run_name="tests_rings", save_every=0, keep_last=0,
         resume=False, unload_other_models=True,
     )
     inputs.update(options)
