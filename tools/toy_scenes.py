@@ -11,7 +11,8 @@ Shapes a LoRA should teach later (``ring``, ``cross``, ``star``) are deliberatel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -149,3 +150,26 @@ def picture_colours(image: np.ndarray) -> PictureColours:
         centre_rgb=tuple(float(v) for v in centre_rgb),  # type: ignore[arg-type]
         border_rgb=tuple(float(v) for v in border_rgb),  # type: ignore[arg-type]
     )
+
+
+def write_concept_dataset(
+    folder: Path,
+    shape: str = "ring",
+    colour: str = "yellow",
+    background: str = "blue",
+    trigger_word: str = "sks",
+    count: int = 12,
+    seed: int = 0,
+) -> Path:
+    """A LoRA data set in the toy's own framing: ``count`` PNGs of ``shape`` (one the toy has never
+    drawn, e.g. :data:`NEW_CONCEPT_SHAPES`) at the toy's sizes and places, each with a caption
+    ``"<trigger>, a <colour> <shape> on a <background> background"``."""
+    if colour not in TOY_COLOURS or background not in TOY_COLOURS:
+        raise ValueError(f"pick colours the toy's VAE knows: {sorted(TOY_COLOURS)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        scene = replace(random_scene(rng, (shape,)), colour=colour, background=background)
+        Image.fromarray(draw_scene(scene)).save(folder / f"{index:03d}.png")
+        (folder / f"{index:03d}.txt").write_text(f"{trigger_word}, {scene.caption}", encoding="utf-8")
+    return folder
