@@ -12,7 +12,7 @@ try:
 except ImportError:  # outside ComfyUI: nothing to register
     ComfyExtension = None  # type: ignore[assignment,misc]
 
-WEB_DIRECTORY = None
+WEB_DIRECTORY = "./web"  # the canvas extension: TrainLoRA presets (web/lora_lab.js)
 
 if ComfyExtension is not None:
 
@@ -23,4 +23,7 @@ if ComfyExtension is not None:
             return list(NODE_CLASSES)
 
     async def comfy_entrypoint() -> LoRALabExtension:
+        from .nodes.web_routes import register_routes
+
+        register_routes()
         return LoRALabExtension()

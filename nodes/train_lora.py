@@ -11,14 +11,29 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..trainer_core.adapters import find_target_modules
 from ..trainer_core.checkpoints import CheckpointPolicy
 from ..trainer_core.config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingConfig, default_of, help_text
 from ..trainer_core.export import LoRAWeights, sanitize_filename, save_lora, unique_path
-from ..trainer_core.loop import NonFiniteLossError, StepReport, samples_per_epoch, train_lora
+from ..trainer_core.loop import (
+    NonFiniteLossError,
+    StepReport,
+    resolve_precision,
+    samples_per_epoch,
+    train_lora,
+)
 from ..trainer_core.losses import LOSS_TYPES, TIMESTEP_SAMPLING
+from ..trainer_core.memory_estimate import (
+    adapter_parameter_count,
+    estimate_training_memory,
+    layer_shapes,
+    memory_advice,
+    tensor_bytes,
+)
 from ..trainer_core.metadata import training_metadata
 from ..trainer_core.optimizers import OPTIMIZER_CHOICES, OptimizerConfig, check_optimizer_available
 from ..trainer_core.plots import loss_curve_image
+from ..trainer_core.presets import CUSTOM, PRESET_CHOICES
 from ..trainer_core.schedulers import SCHEDULER_CHOICES, SchedulerConfig
 from . import bridge
 from .types import Dataset, LoraModel
@@ -52,14 +67,7 @@ class _CanvasProgress:
         now = time.monotonic()
         if self.node_id is not None and (now - self.last_text > 0.5 or report.step == report.total):
             self.last_text = now
-            try:
-                from server import PromptServer
-
-                send = getattr(PromptServer.instance, "send_progress_text", None)
-                if send is not None:
-                    send(f"step {report.step}/{report.total}  loss {report.loss:.4f}", self.node_id)
-            except (ImportError, AttributeError):
-                pass
+            _send_text(f"step {report.step}/{report.total}  loss {report.loss:.4f}", self.node_id)
 
 
 class _SampleImages:
@@ -121,6 +129,13 @@ class TrainLoRA(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="Its text encoder: captions are encoded with it, once."),
                 io.Vae.Input("vae", tooltip="Its VAE: images are encoded to latents with it, once."),
                 Dataset.Input("dataset", tooltip="Images and captions from Load Dataset (or Auto Caption)."),
+                io.Combo.Input(
+                    "preset", options=list(PRESET_CHOICES), default=CUSTOM,
+                    tooltip="Settings from the guides for a goal and model family (quick test; character, style, "
+                    "likeness for SD1.5, SDXL, Flux). Choosing one in the canvas fills the fields below (and the "
+                    "resolution of a Load Dataset wired straight in); every field stays editable and what trains "
+                    "is what the fields say. 'custom' changes nothing.",
+                ),
                 io.String.Input(
                     "trigger_word", default="",
                     tooltip="Word that calls up the LoRA, put first in every caption. Empty = the dataset's own.",
@@ -214,7 +229,7 @@ class TrainLoRA(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model, clip, vae, dataset, trigger_word: str, rank: int, alpha: float, learning_rate: float,
+        cls, model, clip, vae, dataset, preset: str, trigger_word: str, rank: int, alpha: float, learning_rate: float,
         optimizer: str, lr_scheduler: str, lr_warmup: float, allow_8bit_fallback: bool, steps: int, epochs: int, batch_size: int, gradient_accumulation: int, seed: int, mixed_precision: str,
         gradient_checkpointing: bool, min_snr_gamma: float, noise_offset: float, loss_type: str,
         timestep_sampling: str, multires_noise_iterations: int, target_layers: str, sample_every: int,
@@ -245,6 +260,7 @@ class TrainLoRA(io.ComfyNode):
                 )
         patcher = model.clone()
         denoiser = bridge.ComfyDenoiser(patcher)
+        _show_memory_estimate(denoiser, lora_config, training, optimizer, dataset.resolution, cls.hidden.unique_id)
         bridge.load_for_training(patcher, unload_other_models)
         trigger = dataset.caption_options.trigger_word
         prompts = [p.strip().replace("{trigger}", trigger).strip(" ,") for p in sample_prompts.splitlines()]
@@ -273,10 +289,56 @@ class TrainLoRA(io.ComfyNode):
             losses=result.losses, optimizer=optimizer, scheduler=lr_scheduler,
             warmup_steps=scheduler_config.warmup_steps(result.total_steps),
         ))
+        if preset != CUSTOM:
+            weights.metadata["lora_lab_preset"] = preset
         model_with_lora, _ = bridge.apply_lora(model, None, weights, 1.0, 0.0)
         curve = loss_curve_image(result.losses, result.learning_rates, checkpoints=_checkpoint_steps(result),
                                  title=f"Training loss, {result.steps} steps")
         return io.NodeOutput(weights, model_with_lora, torch.from_numpy(curve)[None], samples.output())
+
+
+def _show_memory_estimate(denoiser, lora_config: LoRAConfig, training: TrainingConfig, optimizer: str,
+                          resolution: int, node_id: str | None) -> None:
+    """Before the first step: the GPU memory this run needs, on the node and in the console; stop
+    at once when even the exact parts cannot fit on the card."""
+    import comfy.model_management
+
+    network = denoiser.network
+    device = comfy.model_management.get_torch_device()
+    shapes = layer_shapes(network, find_target_modules(network, lora_config.target))
+    estimate = estimate_training_memory(
+        base_weight_bytes=tensor_bytes(network),
+        adapter_parameters=adapter_parameter_count(shapes, lora_config.rank),
+        optimizer=optimizer, family=bridge.model_family(denoiser.patcher), batch_size=training.batch_size,
+        width=resolution, height=resolution, precision=resolve_precision(training.mixed_precision, device),
+        gradient_checkpointing=training.gradient_checkpointing,
+    )
+    text = estimate.describe()
+    if device.type == "cuda":
+        card = comfy.model_management.get_total_memory(device)
+        verdict, advice = memory_advice(estimate, card, gradient_checkpointing=training.gradient_checkpointing,
+                                        optimizer=optimizer, batch_size=training.batch_size)
+        if verdict == "no":
+            raise MemoryError(advice)
+        if advice:
+            text = f"Warning: {advice}"
+    else:
+        text += f" (this run trains on the {device.type.upper()})"
+    print(f"[LoRA Lab] TrainLoRA: {text}", flush=True)
+    _send_text(text, node_id)
+
+
+def _send_text(text: str, node_id: str | None) -> None:
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+
+        send = getattr(PromptServer.instance, "send_progress_text", None)
+        if send is not None:
+            send(text, node_id)
+    except (ImportError, AttributeError):
+        pass
 
 
 def _checkpoint_steps(result) -> list[int]:

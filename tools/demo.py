@@ -1,10 +1,11 @@
-"""The main job, headless: train a LoRA and test it on the embedded tiny default, through a real ComfyUI.
+"""The main job, headless: train a LoRA and test it on the embedded toy default, through a real ComfyUI.
 
-    .venv/bin/python tools/demo.py [--steps 300] [--keep-server]
+    .venv/bin/python tools/demo.py [--steps N] [--keep-server]
 
-Builds the tiny SD1.5-format model and a small generated dataset (yellow rings with the trigger word
-"sks"), starts ComfyUI on a loopback port with this pack, queues the shipped workflow
-``workflows/api/train_then_test.json`` with settings for the tiny model, and prints where the LoRA,
+Assembles the toy base model (a tiny SD1.5-format model pretrained here to draw coloured shapes:
+``tools/toy_model.py``) and its demo dataset (green rings on red, a shape the toy has never drawn,
+captioned with the trigger word "sks"), starts ComfyUI on a loopback port with this pack, queues
+the shipped workflow ``workflows/api/train_then_test.json`` as it is, and prints where the LoRA,
 the loss curve and the strength grid were written. Everything lives under ``.out/demo/``.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,23 +22,9 @@ sys.path.insert(0, str(REPO))
 
 from tools.comfy_server import ComfyServer  # noqa: E402
 from tools.setup_comfyui import ensure_comfyui  # noqa: E402
-from tools.synthetic_dataset import make_shapes_dataset  # noqa: E402
-from tools.tiny_models import TINY_SD15_VERSION, build_tiny_sd15_checkpoint  # noqa: E402
+from tools.toy_model import ToyModelError, assemble_toy_checkpoint, install_toy  # noqa: E402
 
 WORKFLOW = REPO / "workflows" / "api" / "train_then_test.json"
-CHECKPOINT = "lora_lab_tiny_sd15.safetensors"
-DATASET = "lora_lab_demo_rings"
-LORA_NAME = "lora_lab_demo/rings"
-
-
-def tiny_checkpoint(comfy_root: Path) -> Path:
-    cache = REPO / ".cache" / "tiny_models"
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"demo_tiny_sd15-v{TINY_SD15_VERSION}.safetensors"
-    if not path.is_file():
-        print("building the tiny model ...", flush=True)
-        build_tiny_sd15_checkpoint(path, seed=0, comfy_root=comfy_root)
-    return path
 
 
 def nodes_of(graph: dict, class_type: str) -> list[dict]:
@@ -50,25 +36,12 @@ def nodes_of(graph: dict, class_type: str) -> list[dict]:
     return found
 
 
-def demo_graph(steps: int) -> dict:
-    """The shipped workflow with the settings the tiny 64 px model needs."""
+def demo_graph(steps: int | None) -> dict:
+    """The shipped workflow; optionally another step count. Previews become saved files."""
     graph = json.loads(WORKFLOW.read_text(encoding="utf-8"))
-    for node in nodes_of(graph, "CheckpointLoaderSimple"):
-        node["inputs"]["ckpt_name"] = CHECKPOINT
-    for node in nodes_of(graph, "LoadDataset"):
-        node["inputs"].update(folder=DATASET, resolution=64, bucket_step=64)
-    for node in nodes_of(graph, "TrainLoRA"):
-        node["inputs"].update(trigger_word="sks", steps=steps, rank=8, alpha=8.0, learning_rate=1e-3)
-    for node in nodes_of(graph, "SaveCheckpoint"):
-        node["inputs"].update(filename=LORA_NAME, if_exists="add number")
-    for node in nodes_of(graph, "TestLoRAStrengthSweep"):
-        node["inputs"].update(
-            width=64,
-            height=64,
-            steps=12,
-            cfg=4.0,
-            prompts="{trigger}, a yellow ring on a blue background\n{trigger}, a yellow ring on a red background",
-        )
+    if steps is not None:
+        for node in nodes_of(graph, "TrainLoRA"):
+            node["inputs"]["steps"] = steps
     # Previews live in ComfyUI's temp folder, which it empties: keep the loss curve as a file.
     for node in graph.values():
         if node["class_type"] == "PreviewImage":
@@ -80,7 +53,7 @@ def demo_graph(steps: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--steps", type=int, default=300, help="training steps (default 300, a few minutes on CPU)"
+        "--steps", type=int, default=None, help="training steps (default: the workflow's 200, a few minutes)"
     )
     parser.add_argument(
         "--keep-server", action="store_true", help="leave ComfyUI running to look at it in a browser"
@@ -89,21 +62,19 @@ def main() -> int:
 
     comfy_root = ensure_comfyui()
     base = REPO / ".out" / "demo"
-    (base / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)
-    target = base / "models" / "checkpoints" / CHECKPOINT
-    if not target.exists():
-        shutil.copyfile(tiny_checkpoint(comfy_root), target)
-    dataset = base / "input" / DATASET
-    shutil.rmtree(dataset, ignore_errors=True)
-    make_shapes_dataset(
-        dataset, count=8, size=64, shape="ring", colour="yellow", background="blue", trigger_word="sks"
-    )
+    try:
+        install_toy(base, link_from=assemble_toy_checkpoint())
+    except ToyModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
     server = ComfyServer(base, comfy_root=comfy_root).start()
     try:
-        print(f"ComfyUI is running at {server.url}; training {args.steps} steps ...", flush=True)
+        steps = args.steps if args.steps is not None else "the workflow's"
+        print(f"ComfyUI is running at {server.url}; training ({steps} steps) ...", flush=True)
         started = time.monotonic()
-        result = server.run(demo_graph(args.steps), timeout=3600)
+        graph = demo_graph(args.steps)
+        result = server.run(graph, timeout=3600)
         if not result.ok:
             print(
                 f"the workflow failed: {result.error}\n--- server log ---\n{server.log_tail(40)}",
@@ -111,7 +82,6 @@ def main() -> int:
             )
             return 1
         print(f"done in {time.monotonic() - started:.0f} s")
-        graph = demo_graph(args.steps)
         for node_id, output in result.outputs.items():
             kind = graph[node_id]["class_type"]
             for entry in output.get("images", []):

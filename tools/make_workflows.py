@@ -7,8 +7,10 @@ the node definitions of a real ComfyUI (``/object_info``), so both stay in step 
 
 Writes ``workflows/<name>.json`` (UI format: drag and drop into the canvas) and
 ``workflows/api/<name>.json`` (API format: ``POST /prompt``, the tests, the headless runner).
-Values are for a real user (SD1.5 at 512 px, the guides' training defaults); the tests override
-the few that the tiny test model needs. Every widget input is named in the API files: the values
+``train_then_test`` runs as it is on the toy base model (``python tools/toy_model.py --install
+<ComfyUI>`` puts the toy and its ring dataset in place); the others have values for a real user
+(SD1.5 at 512 px, the guides' training defaults), which the tests override where the tiny test
+model needs it. Every widget input is named in the API files: the values
 not set here are the nodes' defaults at generation time.
 """
 
@@ -27,6 +29,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.graph import Graph, NodeHandle
+from tools.toy_model import TOY_CKPT
+from tools.toy_scenes import DEMO_CONCEPT, DEMO_DATASET
 from tools.workflow_format import api_to_ui, default_inputs, display_name, input_specs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +46,28 @@ SWEEP_PROMPTS = (
 )
 SWEEP_NEGATIVE = "blurry, low quality"
 OTHER_LORAS = "my_style_lora.safetensors: 0.8"  # an example line: the user's own LoRAs replace it
+# The toy's train-then-test: settings measured to teach it the ring in a few minutes on a CPU
+# (tests/integration/test_toy_lora.py scores the grid this workflow draws).
+TOY_TRIGGER = DEMO_CONCEPT["trigger_word"]
+TOY_TRAINING = {
+    "rank": 8,
+    "alpha": 8.0,
+    "learning_rate": 5e-4,
+    "steps": 200,
+    "batch_size": 4,
+    "target_layers": "all_linear",
+}
+TOY_SAVED_LORA = "lora_lab/toy_rings"
+TOY_SWEEP = {
+    "width": 64,
+    "height": 64,
+    "steps": 20,
+    "cfg": 5.0,
+    "sampler_name": "euler",
+    "scheduler": "normal",
+    "prompts": "{trigger}, a green ring on a red background\n{trigger}, a green ring on a yellow background",
+    "negative": "",
+}
 LOSS_CURVE_SIZE = [400, 280]
 GRID_PREVIEW_SIZE = [560, 520]
 SWEEP_SIZE = [400, 860]  # room for the grid it shows below its widgets
@@ -73,20 +99,28 @@ class WorkflowBuilder:
         return handle
 
 
-def train_then_test_workflow(object_info: dict[str, Any]) -> WorkflowBuilder:
+def _train_then_test(
+    object_info: dict[str, Any],
+    checkpoint_title: str,
+    checkpoint_name: str,
+    dataset_inputs: dict[str, Any],
+    training: dict[str, Any],
+    saved_lora: str,
+    sweep_inputs: dict[str, Any],
+) -> WorkflowBuilder:
     """The whole chain in one canvas: checkpoint and dataset -> Train LoRA -> Save LoRA -> sweep."""
     flow = WorkflowBuilder(object_info)
-    checkpoint = flow.node("CheckpointLoaderSimple", "Load Checkpoint (SD1.5)", ckpt_name=CHECKPOINT)
-    dataset = flow.node(
-        "LoadDataset",
-        "Load Dataset (a folder in ComfyUI/input)",
-        folder=DATASET_FOLDER,
-        trigger_word=TRIGGER_WORD,
-    )
+    checkpoint = flow.node("CheckpointLoaderSimple", checkpoint_title, ckpt_name=checkpoint_name)
+    dataset = flow.node("LoadDataset", "Load Dataset (a folder in ComfyUI/input)", **dataset_inputs)
     trained = flow.node(
-        "TrainLoRA", model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], dataset=dataset[0]
+        "TrainLoRA",
+        model=checkpoint[0],
+        clip=checkpoint[1],
+        vae=checkpoint[2],
+        dataset=dataset[0],
+        **training,
     )
-    saved = flow.node("SaveCheckpoint", "Save LoRA (into models/loras)", lora=trained[0], filename=SAVED_LORA)
+    saved = flow.node("SaveCheckpoint", "Save LoRA (into models/loras)", lora=trained[0], filename=saved_lora)
     sweep = flow.node(
         "TestLoRAStrengthSweep",
         size=SWEEP_SIZE,
@@ -94,13 +128,38 @@ def train_then_test_workflow(object_info: dict[str, Any]) -> WorkflowBuilder:
         clip=checkpoint[1],
         vae=checkpoint[2],
         lora=saved[0],
-        prompts=SWEEP_PROMPTS,
-        negative=SWEEP_NEGATIVE,
+        **sweep_inputs,
     )
     flow.node("PreviewAny", "Dataset report", source=dataset[1])
     flow.node("PreviewImage", "Loss curve", size=LOSS_CURVE_SIZE, images=trained[2])
     flow.node("PreviewImage", "Strength grid", size=GRID_PREVIEW_SIZE, images=sweep[0])
     return flow
+
+
+def train_then_test_workflow(object_info: dict[str, Any]) -> WorkflowBuilder:
+    """On the toy base model, as shipped: teach it a green ring (trigger "sks") and sweep it."""
+    return _train_then_test(
+        object_info,
+        "Load Checkpoint (the toy: tools/toy_model.py --install)",
+        TOY_CKPT,
+        {"folder": DEMO_DATASET, "resolution": 64, "bucket_step": 64, "trigger_word": TOY_TRIGGER},
+        TOY_TRAINING,
+        TOY_SAVED_LORA,
+        TOY_SWEEP,
+    )
+
+
+def train_then_test_sd15_workflow(object_info: dict[str, Any]) -> WorkflowBuilder:
+    """The same chain for your own SD1.5 checkpoint and dataset, with the guides' defaults."""
+    return _train_then_test(
+        object_info,
+        "Load Checkpoint (SD1.5)",
+        CHECKPOINT,
+        {"folder": DATASET_FOLDER, "trigger_word": TRIGGER_WORD},
+        {},
+        SAVED_LORA,
+        {"prompts": SWEEP_PROMPTS, "negative": SWEEP_NEGATIVE},
+    )
 
 
 def existing_lora_workflow(object_info: dict[str, Any]) -> WorkflowBuilder:
@@ -170,6 +229,7 @@ def caption_only_workflow(object_info: dict[str, Any]) -> WorkflowBuilder:
 
 WORKFLOWS: dict[str, Callable[[dict[str, Any]], WorkflowBuilder]] = {
     "train_then_test": train_then_test_workflow,
+    "train_then_test_sd15": train_then_test_sd15_workflow,
     "test_existing_lora": existing_lora_workflow,
     "caption_only": caption_only_workflow,
     "stacked_comparison": stacked_comparison_workflow,

@@ -14,6 +14,9 @@ Uniform weights with the std of ``tools/tiny_models.py``'s scheme: biases 0, nor
 embedding 0.02, position embedding 0.01, matrices 1/√fan_in.
 
     python tools/toy_model.py [dest.safetensors]    # assemble; prints the path
+    python tools/toy_model.py --install /path/to/ComfyUI
+        # the toy into models/checkpoints and the demo's ring dataset into input/, so the shipped
+        # workflows/train_then_test.json runs as it is
 """
 
 from __future__ import annotations
@@ -194,10 +197,47 @@ def _stamp_of(path: Path) -> str | None:
         return None
 
 
+def install_toy(comfy_dir: str | os.PathLike[str], link_from: Path | None = None) -> tuple[Path, Path]:
+    """Put what ``workflows/train_then_test.json`` needs into a ComfyUI folder (or a server's base
+    directory): the toy as ``models/checkpoints/toy_sd15.safetensors`` and the demo's ring dataset as
+    ``input/lora_lab_toy_rings``. Returns both paths.
+
+    ``link_from``: an assembled toy to link to instead of writing a 280 MB copy (tests, demo)."""
+    try:
+        from tools.toy_scenes import DEMO_CONCEPT, DEMO_DATASET, DEMO_IMAGES, write_concept_dataset
+    except ImportError:  # run as a script from tools/
+        from toy_scenes import DEMO_CONCEPT, DEMO_DATASET, DEMO_IMAGES, write_concept_dataset  # type: ignore
+
+    root = Path(comfy_dir)
+    checkpoint = root / "models" / "checkpoints" / TOY_CKPT
+    if link_from is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        if checkpoint.is_symlink() or checkpoint.exists():
+            checkpoint.unlink()
+        checkpoint.symlink_to(link_from.resolve())
+    else:
+        assemble_toy_checkpoint(checkpoint)
+    dataset = root / "input" / DEMO_DATASET
+    if not dataset.is_dir():
+        write_concept_dataset(dataset, count=DEMO_IMAGES, seed=0, **DEMO_CONCEPT)
+    return checkpoint, dataset
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
-        print(assemble_toy_checkpoint(args[0] if args else None))
+        if args[:1] == ["--install"]:
+            if len(args) != 2 or not (Path(args[1]) / "models").is_dir():
+                print(
+                    "usage: python tools/toy_model.py --install /path/to/ComfyUI (the folder with models/ "
+                    "and input/ in it)",
+                    file=sys.stderr,
+                )
+                return 2
+            for path in install_toy(args[1]):
+                print(path)
+        else:
+            print(assemble_toy_checkpoint(args[0] if args else None))
     except ToyModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -152,6 +152,14 @@ def picture_colours(image: np.ndarray) -> PictureColours:
     )
 
 
+# The concept the demo and the shipped train_then_test workflow teach the toy: a ring (never drawn
+# in pretraining), green on red (colours the toy's VAE gives back faithfully for thin shapes:
+# green on red keeps 98% of a ring's pixels green; yellow on blue comes back red).
+DEMO_CONCEPT = {"shape": "ring", "colour": "green", "background": "red", "trigger_word": "sks"}
+DEMO_DATASET = "lora_lab_toy_rings"  # the folder in ComfyUI's input directory
+DEMO_IMAGES = 12
+
+
 def write_concept_dataset(
     folder: Path,
     shape: str = "ring",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tools.comfy_server import ComfyServer
-from tools.toy_model import TOY_CKPT, ToyModelError, assemble_toy_checkpoint
+from tools.toy_model import TOY_CKPT, ToyModelError, assemble_toy_checkpoint, install_toy
 
 
 def install_toy_checkpoint(server: ComfyServer) -> str:
@@ -20,3 +20,12 @@ def install_toy_checkpoint(server: ComfyServer) -> str:
     if not link.exists():
         link.symlink_to(path)  # a link: the assembled checkpoint is 280 MB
     return TOY_CKPT
+
+
+def install_toy_workflow_inputs(server: ComfyServer) -> None:
+    """What the shipped workflows/train_then_test.json needs, as ``tools/toy_model.py --install``
+    puts it in a user's ComfyUI: the toy checkpoint (linked) and the demo's ring dataset."""
+    try:
+        install_toy(server.base_dir, link_from=assemble_toy_checkpoint())
+    except ToyModelError as error:
+        pytest.fail(str(error), pytrace=False)

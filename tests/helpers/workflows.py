@@ -251,7 +251,9 @@ _TINY_SWEEP = {
 }
 # What each shipped workflow needs changed to run on the tiny SD1.5 test model in seconds.
 TINY_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
-    "train_then_test": {
+    # Runs as shipped, on the toy (install_toy_workflow_inputs): tests/integration/test_toy_lora.py.
+    "train_then_test": {},
+    "train_then_test_sd15": {
         "CheckpointLoaderSimple": {"ckpt_name": TINY_CKPT},
         "LoadDataset": {"folder": TINY_DATASET, "resolution": 64, "trigger_word": "sks"},
         "TrainLoRA": {"steps": 8, "rank": 4, "alpha": 4.0, "learning_rate": 1e-3},

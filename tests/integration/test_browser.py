@@ -21,13 +21,12 @@ from urllib.parse import urlparse
 import pytest
 from PIL import Image
 
+from tests.helpers.toy import install_toy_workflow_inputs
 from tests.helpers.workflows import (
     REPO_ROOT,
-    TINY_OVERRIDES,
     declared_inputs_only,
     load_api,
     load_ui,
-    make_tiny_dataset,
     workflow_names,
 )
 from tools.comfy_server import ComfyServer
@@ -238,9 +237,8 @@ def test_the_missing_node_check_sees_a_node_this_comfyui_lacks(page):
 
 def test_train_then_test_queued_from_the_canvas_shows_the_grid(fresh_page, comfy_server: ComfyServer):
     page = fresh_page
-    make_tiny_dataset(comfy_server.input_dir)
-    overrides = copy.deepcopy(TINY_OVERRIDES["train_then_test"])
-    overrides["SaveCheckpoint"]["filename"] = BROWSER_LORA
+    install_toy_workflow_inputs(comfy_server)  # the shipped workflow runs as it is, on the toy
+    overrides = {"SaveCheckpoint": {"filename": BROWSER_LORA}}
     grid_responses: list[int] = []
 
     def note_grid_fetch(response: Any) -> None:
@@ -262,3 +260,42 @@ def test_train_then_test_queued_from_the_canvas_shows_the_grid(fresh_page, comfy
     assert (comfy_server.models_dir / "loras" / f"{BROWSER_LORA}.safetensors").is_file()
     page.wait_for_timeout(500)  # let the canvas draw the previews before the picture
     _screenshot(page, "train_then_test_grid")
+
+
+PICK_PRESET_JS = """async (name) => {
+    const trainer = app.graph._nodes.find(n => n.type === 'TrainLoRA');
+    const widget = trainer.widgets.find(w => w.name === 'preset');
+    widget.value = name;
+    widget.callback?.(name);  // what the combo menu calls when a user picks an entry
+    await new Promise(resolve => setTimeout(resolve, 1000));
+    const values = (node) => Object.fromEntries((node.widgets || []).map(w => [w.name, w.value]));
+    const dataset = app.graph._nodes.find(n => n.type === 'LoadDataset');
+    return {trainer: values(trainer), dataset: values(dataset)};
+}"""
+
+
+def test_choosing_a_preset_fills_the_fields_which_stay_editable(page, comfy_server: ComfyServer):
+    """In the canvas, picking "SDXL · style" on Train LoRA writes the preset's values into its fields
+    and the wired Load Dataset's resolution; a field edited afterwards keeps the user's value, and
+    the queued graph carries what the fields say."""
+    from trainer_core.presets import preset_values
+
+    _load(page, load_ui("train_then_test_sd15"), "preset_check")
+    before = page.evaluate(PICK_PRESET_JS, "custom")
+    assert before["trainer"]["rank"] == 16 and before["dataset"]["resolution"] == 512
+
+    expected = preset_values("SDXL · style")
+    after = page.evaluate(PICK_PRESET_JS, "SDXL · style")
+    for field, value in expected.items():
+        if field == "dataset_resolution":
+            assert after["dataset"]["resolution"] == value == 1024
+        else:
+            assert after["trainer"][field] == value, field
+    assert after["trainer"]["rank"] == 32 and after["trainer"]["gradient_checkpointing"] is True
+
+    assert page.evaluate(SET_WIDGETS_JS, {"TrainLoRA": {"rank": 12}}) == []
+    queued = page.evaluate("async () => (await app.graphToPrompt()).output")
+    (trainer,) = [node for node in queued.values() if node["class_type"] == "TrainLoRA"]
+    assert trainer["inputs"]["rank"] == 12 and trainer["inputs"]["preset"] == "SDXL · style"
+    assert trainer["inputs"]["learning_rate"] == expected["learning_rate"]
+    assert trainer["inputs"]["lr_scheduler"] == "cosine"

@@ -1,9 +1,10 @@
 """A LoRA teaches the toy base model a shape it has never drawn, and the strength grid shows it.
 
 The toy was pretrained on filled circles, squares, triangles and diamonds (tools/toy_scenes.py);
-a ring is new to it. LoadDataset → TrainLoRA → SaveCheckpoint → TestLoRAStrengthSweep runs in one
-graph on the toy, and each grid cell gets a ring score: how much of the convex hull of the
-concept-coloured pixels is not that colour. Filled shapes score ≤ 0.02, the training rings ~0.42.
+a ring is new to it. The shipped workflows/train_then_test.json (LoadDataset → TrainLoRA →
+SaveCheckpoint → TestLoRAStrengthSweep) runs as it is on the toy and its ring dataset, and each
+grid cell gets a ring score: how much of the convex hull of the concept-coloured pixels is not that
+colour. Filled shapes score ≤ 0.02, the training rings ~0.42.
 
 Colours: a green ring on red. The toy's VAE learned large flat areas; thin rings come back
 faithfully only in some colours (measured round trip through its VAE: green on red keeps 98% of
@@ -12,7 +13,7 @@ the ring's pixels green, yellow on blue turns the ring red).
 
 from __future__ import annotations
 
-import shutil
+import copy
 
 import numpy as np
 import pytest
@@ -20,19 +21,19 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from tests.helpers.toy import install_toy_checkpoint
+from tests.helpers.toy import install_toy_workflow_inputs
+from tests.helpers.workflows import load_api
 from tools.comfy_server import ComfyServer
-from tools.graph import Graph
-from tools.toy_scenes import TOY_COLOURS, TOY_SHAPES, write_concept_dataset
+from tools.toy_scenes import DEMO_CONCEPT, TOY_COLOURS, TOY_SHAPES, write_concept_dataset
 
-CONCEPT = dict(shape="ring", colour="green", background="red", trigger_word="sks")
-PROMPT = "sks, a green ring on a red background"
-STRENGTHS = (0.0, 0.4, 0.6, 0.8, 1.0)  # the sweep's baseline column, then the LoRA at each strength
+CONCEPT = DEMO_CONCEPT  # a green ring on red, trigger "sks"
+PROMPT_TEMPLATE = "{trigger}, a green ring on a red background"  # the shipped sweep's first row
+STRENGTHS = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # the sweep's baseline column, then 0.4 → 1.0
 SEEDS = (0, 1, 2, 3)
-SAMPLING = dict(steps=20, cfg=5.0, sampler_name="euler", scheduler="normal")
-TRAINING = dict(rank=8, alpha=8.0, learning_rate=5e-4, steps=200, batch_size=4, target_layers="all_linear")
 # Thresholds on the mean ring score over the seeds, per strength column. Measured here (ComfyUI
-# 0.3.75, torch 2.14.1 CPU): 0.007 / 0.16 / 0.33 / 0.46 / 0.48 at 0 / 0.4 / 0.6 / 0.8 / 1.0.
+# 0.3.75, torch 2.14.1 CPU): 0.007 / 0.16 / 0.25 / 0.33 / 0.40 / 0.46 / 0.48 / 0.48 at
+# 0 / 0.4 / 0.5 / ... / 1.0; the second row (green ring on yellow, a background the LoRA never saw)
+# scored the same within 0.05.
 BASE_AT_MOST = 0.05  # strength 0 is the toy itself: a filled shape
 VISIBLE_FROM_0_4 = 0.08  # the ring shows at 0.4 already
 FULL_AT_LEAST = 0.25  # and clearly at 1.0
@@ -59,34 +60,36 @@ def ring_score(image: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def ring_scores(comfy_server: ComfyServer) -> np.ndarray:
-    """[seed, strength] ring scores of the sweep's cells."""
+    """[seed, strength] ring scores of the sweep's first-row cells, from the shipped
+    workflows/train_then_test.json run as it is, with copies of its sweep at more seeds."""
     server = comfy_server
-    folder = server.input_dir / "toy_rings"
-    shutil.rmtree(folder, ignore_errors=True)
-    write_concept_dataset(folder, count=12, seed=0, **CONCEPT)
-    graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=install_toy_checkpoint(server))
-    dataset = graph.node("LoadDataset", **{**server.widget_defaults("LoadDataset"), "folder": "toy_rings",
-                                           "resolution": 64, "bucket_step": 64})
-    trained = graph.node("TrainLoRA", **{**server.widget_defaults("TrainLoRA"), "model": checkpoint[0],
-                                         "clip": checkpoint[1], "vae": checkpoint[2], "dataset": dataset[0],
-                                         "trigger_word": CONCEPT["trigger_word"], **TRAINING})
-    saved = graph.node("SaveCheckpoint", lora=trained[0], filename="tests/toy_rings", if_exists="overwrite")
-    cells = []
+    install_toy_workflow_inputs(server)
+    api = copy.deepcopy(load_api("train_then_test"))
+    (sweep_id,) = [key for key, node in api.items() if node["class_type"] == "TestLoRAStrengthSweep"]
+    (trainer_id,) = [key for key, node in api.items() if node["class_type"] == "TrainLoRA"]
+    sweep = api[sweep_id]["inputs"]
+    assert sweep["prompts"].splitlines()[0] == PROMPT_TEMPLATE, "the shipped workflow's first prompt changed"
+    strengths = [0.0] * bool(sweep["include_baseline"]) + [float(v) for v in sweep["strengths"].split(",")]
+    assert tuple(strengths) == STRENGTHS, f"the shipped sweep's strengths changed: {strengths}"
+    rows = len([line for line in sweep["prompts"].splitlines() if line.strip()])
+    savers = []
     for seed in SEEDS:
-        sweep = graph.node("TestLoRAStrengthSweep", **{
-            **server.widget_defaults("TestLoRAStrengthSweep"), "model": checkpoint[0], "clip": checkpoint[1],
-            "vae": checkpoint[2], "lora": saved[0], "prompts": PROMPT, "include_baseline": True,
-            "strengths": ", ".join(str(s) for s in STRENGTHS[1:]), "width": 64, "height": 64, "seed": seed,
-            **SAMPLING})
-        cells.append(graph.node("SaveImage", images=sweep[1], filename_prefix=f"toy_rings_{seed}"))
-    result = server.run(graph.to_api(), timeout=1800).raise_for_error()
-    print(f"TrainLoRA {result.node_seconds.get(trained.id, 0):.0f} s, whole graph {result.seconds:.0f} s")
+        copy_id = sweep_id if seed == sweep["seed"] else f"seed{seed}"
+        if copy_id != sweep_id:
+            api[copy_id] = copy.deepcopy(api[sweep_id])
+            api[copy_id]["inputs"]["seed"] = seed
+        savers.append(f"cells{seed}")
+        api[f"cells{seed}"] = {"class_type": "SaveImage",
+                               "inputs": {"images": [copy_id, 1], "filename_prefix": f"toy_rings_{seed}"}}
+    result = server.run(api, timeout=1800).raise_for_error()
+    print(f"TrainLoRA {result.node_seconds.get(trainer_id, 0):.0f} s, whole graph {result.seconds:.0f} s")
     scores = []
-    for saver in cells:
-        paths = server.output_files(result, saver.id, "images")
-        assert len(paths) == len(STRENGTHS)
-        scores.append([ring_score(np.asarray(Image.open(path).convert("RGB"))) for path in paths])
+    for saver in savers:
+        paths = server.output_files(result, saver, "images")
+        assert len(paths) == rows * len(STRENGTHS)
+        row_scores = [ring_score(np.asarray(Image.open(path).convert("RGB"))) for path in paths]
+        scores.append(row_scores[: len(STRENGTHS)])
+        print("ring scores, every row:", np.round(row_scores, 2).reshape(rows, -1).tolist())
     return np.array(scores)
 
 

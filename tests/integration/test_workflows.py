@@ -80,7 +80,7 @@ def test_ui_workflow_converts_to_the_shipped_api_graph(name, object_info):
 
 
 def test_the_ui_check_finds_shifted_widgets_wrong_links_and_unknown_nodes(object_info):
-    ui = load_ui("train_then_test")
+    ui = load_ui("train_then_test_sd15")
     sweep = next(node for node in ui["nodes"] if node["type"] == "TestLoRAStrengthSweep")
     shifted = copy.deepcopy(ui)
     next(n for n in shifted["nodes"] if n["id"] == sweep["id"])["widgets_values"].pop(0)
@@ -101,7 +101,7 @@ def test_the_ui_check_finds_shifted_widgets_wrong_links_and_unknown_nodes(object
 @pytest.fixture(scope="module")
 def train_then_test_run(comfy_server: ComfyServer):
     make_tiny_dataset(comfy_server.input_dir)
-    api = tiny_variant(load_api("train_then_test"), TINY_OVERRIDES["train_then_test"])
+    api = tiny_variant(load_api("train_then_test_sd15"), TINY_OVERRIDES["train_then_test_sd15"])
     return api, comfy_server.run(api, timeout=300).raise_for_error()
 
 

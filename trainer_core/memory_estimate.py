@@ -1,0 +1,154 @@
+"""How much GPU memory a training run will need, before it starts.
+
+Four parts:
+
+* **base weights**: exact, the bytes of the network as it sits on the training device;
+* **adapter**: exact, the LoRA's fp32 weights and their gradients (counted from the layers it
+  wraps and the rank);
+* **optimizer state**: exact per parameter for each optimizer (AdamW keeps two fp32 moments,
+  8-bit Adam two 8-bit ones, Prodigy four fp32 tensors, ...);
+* **activations**: an approximation. What a network keeps for the backward pass grows with the
+  pixels per step; the per-megapixel figures below are rough readings of what kohya / ai-toolkit
+  users report for each family at fp16/bf16 (±30%), scaled by batch size, by 2 for fp32 compute
+  and by about a third with gradient checkpointing.
+
+Plus a fixed allowance for the CUDA context and allocator slack. The total is what TrainLoRA
+shows before the first step, and a run that clearly cannot fit on the card stops there with what
+to change instead of failing an hour in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from torch import nn
+
+GIB = 1024**3
+
+# Optimizer state bytes per trained parameter.
+OPTIMIZER_STATE_BYTES: dict[str, float] = {
+    "AdamW": 8.0,  # exp_avg + exp_avg_sq, fp32
+    "AdamW8bit": 2.0,
+    "PagedAdamW8bit": 2.0,  # paged to CPU under pressure; counted as if resident
+    "Lion": 4.0,  # one momentum
+    "Lion8bit": 1.0,
+    "Prodigy": 16.0,  # exp_avg, exp_avg_sq, s, p0
+    "Adafactor": 1.0,  # factored second moments: about rows + columns per matrix
+    "SGD": 4.0,  # a momentum buffer when momentum > 0 (counted always)
+}
+# Activation GiB per megapixel per image at 16-bit compute without gradient checkpointing.
+ACTIVATION_GIB_PER_MEGAPIXEL: dict[str, float] = {"BaseModel": 9.0, "SDXL": 11.0, "Flux": 18.0}
+DEFAULT_ACTIVATION_GIB_PER_MEGAPIXEL = 12.0
+CHECKPOINTING_FACTOR = 0.35
+CUDA_OVERHEAD_BYTES = int(0.6 * GIB)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    base_weights: int
+    adapter: int
+    optimizer_state: int
+    activations: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.base_weights + self.adapter + self.optimizer_state + self.activations + self.overhead
+
+    def describe(self) -> str:
+        def gib(value: int) -> str:
+            return f"{value / GIB:.1f}"
+
+        return (
+            f"estimated GPU memory {gib(self.total)} GiB: base weights {gib(self.base_weights)}, "
+            f"LoRA + gradients {gib(self.adapter)}, optimizer state {gib(self.optimizer_state)}, "
+            f"activations ~{gib(self.activations)}, CUDA overhead {gib(self.overhead)}"
+        )
+
+
+def adapter_parameter_count(layer_shapes: Iterable[tuple[int, int]], rank: int, adapter: str = "lora") -> int:
+    """Trained parameters of an adapter on layers of (in_features, out_features)."""
+    total = 0
+    for fan_in, fan_out in layer_shapes:
+        low_rank = rank * (fan_in + fan_out)
+        if adapter == "loha":
+            total += 2 * low_rank  # two Hadamard-multiplied low-rank pairs
+        elif adapter == "lokr":
+            total += low_rank // 2 + rank * rank  # roughly: a small Kronecker factor and a low-rank one
+        elif adapter == "dora":
+            total += low_rank + fan_out  # plus the magnitude vector
+        else:
+            total += low_rank
+    return total
+
+
+def layer_shapes(network: nn.Module, targets: Iterable[str]) -> list[tuple[int, int]]:
+    shapes = []
+    for name in targets:
+        module = network.get_submodule(name)
+        if isinstance(module, nn.Linear):
+            shapes.append((module.in_features, module.out_features))
+        elif isinstance(module, nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1]
+            shapes.append((module.in_channels * kernel, module.out_channels))
+    return shapes
+
+
+def tensor_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
+        b.numel() * b.element_size() for b in module.buffers()
+    )
+
+
+def estimate_training_memory(
+    *,
+    base_weight_bytes: int,
+    adapter_parameters: int,
+    optimizer: str,
+    family: str,
+    batch_size: int,
+    width: int,
+    height: int,
+    precision: str,
+    gradient_checkpointing: bool,
+) -> MemoryEstimate:
+    megapixels = width * height / 1e6
+    per_megapixel = ACTIVATION_GIB_PER_MEGAPIXEL.get(family, DEFAULT_ACTIVATION_GIB_PER_MEGAPIXEL)
+    activations = per_megapixel * GIB * megapixels * batch_size
+    if precision == "fp32":
+        activations *= 2
+    if gradient_checkpointing:
+        activations *= CHECKPOINTING_FACTOR
+    return MemoryEstimate(
+        base_weights=int(base_weight_bytes),
+        adapter=adapter_parameters * 8,  # fp32 weights and fp32 gradients
+        optimizer_state=int(adapter_parameters * OPTIMIZER_STATE_BYTES.get(optimizer, 8.0)),
+        activations=int(activations),
+        overhead=CUDA_OVERHEAD_BYTES,
+    )
+
+
+def memory_advice(
+    estimate: MemoryEstimate, available: int, *, gradient_checkpointing: bool, optimizer: str, batch_size: int
+) -> tuple[str, str | None]:
+    """("fits", None), ("tight", warning) when the total with its approximate activations exceeds
+    ``available`` bytes, or ("no", error) when even the exact parts do."""
+    if estimate.total <= available:
+        return "fits", None
+    tips = []
+    if not gradient_checkpointing:
+        tips.append("turn on gradient_checkpointing")
+    if batch_size > 1:
+        tips.append("lower batch_size (raise gradient_accumulation to keep the effective batch)")
+    if optimizer in ("AdamW", "Prodigy", "Lion"):
+        tips.append("pick AdamW8bit (needs bitsandbytes)")
+    tips.append("lower the Load Dataset resolution")
+    tips.append("load the checkpoint with a lower-precision weight_dtype")
+    exact = estimate.total - estimate.activations
+    verdict = "no" if exact > available else "tight"
+    message = (
+        f"This run needs about {estimate.total / GIB:.1f} GiB of GPU memory and the card has "
+        f"{available / GIB:.1f} GiB ({estimate.describe()}). To fit: {'; '.join(tips)}."
+    )
+    return verdict, message
