@@ -65,7 +65,8 @@ TOY_SWEEP = {
     "cfg": 5.0,
     "sampler_name": "euler",
     "scheduler": "normal",
-    "prompts": "{trigger}, a green ring on a red background\n{trigger}, a green ring on a yellow background",
+    # The second row has no trigger word: what the LoRA leaks into prompts that do not ask for it.
+    "prompts": "{trigger}, a green ring on a red background\na green circle on a red background",
     "negative": "",
 }
 LOSS_CURVE_SIZE = [400, 280]
