@@ -314,7 +314,7 @@ class _TrainingRun:
             weight_decay=training.weight_decay,
         )
         groups = parameter_groups(adapter.parameters(), text_adapter, training.text_encoder_lr,
-                                  own_rate=not optimizer.relative_step)
+                                  set_rate=not optimizer.relative_step)
         self.optimizer = build_optimizer(groups, optimizer, denoiser.device)
         self.scheduler = build_scheduler(self.optimizer, scheduler, total_steps)
         self.scaler = torch.amp.GradScaler(denoiser.device.type, enabled=training.mixed_precision == "fp16")

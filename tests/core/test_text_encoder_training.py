@@ -132,7 +132,7 @@ def test_schedulers_scale_the_text_encoder_group_with_the_unet_group(name):
     unet_params = [torch.nn.Parameter(torch.zeros(3))]
     text = InjectedAdapter(network=torch.nn.Module(), targets=[], config=LoRAConfig())
     text.parameters = lambda: [torch.nn.Parameter(torch.zeros(3))]  # type: ignore[method-assign]
-    groups = parameter_groups(unet_params, text, 2.5e-5, own_rate=True)
+    groups = parameter_groups(unet_params, text, 2.5e-5, set_rate=True)
     optimizer = build_optimizer(groups, OptimizerConfig(name="AdamW", learning_rate=1e-4), "cpu")
     scheduler = build_scheduler(optimizer, SchedulerConfig(name=name, warmup=0.1,
                                                            min_lr_ratio=0.1 if name == "polynomial" else 0.0), 40)
