@@ -11,7 +11,15 @@ import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.integration.test_train_lora import CKPT, latents, load_dataset_node, pixels, sample, train_node
+from tests.integration.test_train_lora import (
+    CKPT,
+    PROMPT,
+    latents,
+    load_dataset_node,
+    pixels,
+    sample,
+    train_node,
+)
 from tools.comfy_server import ComfyServer
 from tools.graph import Graph
 from tools.synthetic_dataset import make_shapes_dataset
@@ -43,9 +51,11 @@ def te_run(comfy_server: ComfyServer):
     train = Graph()
     checkpoint = train.node("CheckpointLoaderSimple", ckpt_name=CKPT)
     dataset = load_dataset_node(server, train, "te_rings")
-    trained = train_node(train, checkpoint, dataset, steps=STEPS, text_encoder_lr=TEXT_ENCODER_LR, seed=5,
-                         run_name="tests_te")
+    # A sample image at the last step, with sample() below's prompt, seed (42) and sampler settings.
+    trained = train_node(train, checkpoint, dataset, steps=STEPS, text_encoder_lr=TEXT_ENCODER_LR, seed=42,
+                         run_name="tests_te", sample_every=STEPS, sample_prompts=PROMPT, sample_steps=8, sample_cfg=3.0)
     train.node("SaveCheckpoint", lora=trained[0], filename="tests/te", if_exists="overwrite")
+    samples = train.node("SaveImage", images=trained[3], filename_prefix="te_samples")
     in_memory, _ = sample(train, trained[1], checkpoint, "te_in_memory", clip=trained[4], batch=1)
     train_result = server.run(train.to_api(), timeout=900).raise_for_error()
     print(f"TrainLoRA with the text encoder: {train_result.node_seconds.get(trained.id, 0):.1f} s for {STEPS} steps")
@@ -67,7 +77,7 @@ def te_run(comfy_server: ComfyServer):
 
     return dict(
         server=server, before=(before_result, before_image, before_latent), train=train_result,
-        in_memory=in_memory, after=after_result, after_image=after_image, after_latent=after_latent,
+        in_memory=in_memory, samples=samples, after=after_result, after_image=after_image, after_latent=after_latent,
         loader=loader_image, unet_only=unet_only_image, after_log=server.log_text(since=log_start),
         lora_path=server.models_dir / "loras" / lora_name,
     )
@@ -93,6 +103,14 @@ def test_stock_lora_loader_uses_every_key_and_gives_trainloras_own_picture(te_ru
     from_file = pixels(server, te_run["after"], te_run["loader"])
     in_memory = pixels(server, te_run["train"], te_run["in_memory"])
     assert np.array_equal(from_file, in_memory), np.abs(from_file - in_memory).max()
+
+
+def test_sample_images_during_training_use_the_text_encoder_lora(te_run):
+    server = te_run["server"]
+    (last_sample,) = pixels(server, te_run["train"], te_run["samples"])
+    (in_memory,) = pixels(server, te_run["train"], te_run["in_memory"])
+    # Train-time (live adapters) vs load-time (patched weights): the same picture up to rounding.
+    assert np.abs(last_sample - in_memory).max() <= 2
 
 
 def test_the_text_encoder_lora_changes_the_picture(te_run):
