@@ -232,3 +232,19 @@ def test_sdxl_text_encoder_lora_trains_through_both_encoders_and_loads_back_iden
         change = (seen["train_time"][key] - base[key]).abs().max().item()
         assert change > 1e-3, f"the text-encoder LoRA did not change {key}"
         torch.testing.assert_close(load_time[key], seen["train_time"][key], rtol=1e-4, atol=1e-5 + 1e-3 * change)
+
+
+def test_clip_skip_is_recorded_as_encoding_really_used_it_and_bounded_by_the_clip(pack):
+    import comfy.sd
+    import comfy.sdxl_clip
+    from lora_lab.nodes import bridge
+
+    clip = comfy.sd.CLIP(no_init=True)
+    clip.cond_stage_model = comfy.sdxl_clip.SDXLClipModel(device="meta", dtype=torch.float16)
+    clip.layer_idx = None
+    assert bridge.effective_clip_skip(clip, 1) == 1 and bridge.effective_clip_skip(clip, 3) == 3
+    clip.layer_idx = -2  # a CLIPSetLastLayer -2 before TrainLoRA, which keeps it at clip_skip 1
+    assert bridge.effective_clip_skip(clip, 1) == 2 and bridge.effective_clip_skip(clip, 3) == 3
+    assert bridge.clip_with_skip(clip, 1) is clip
+    with pytest.raises(ValueError, match="clip_skip 13 is more than this CLIP's 12 layers"):
+        bridge.clip_with_skip(clip, 13)  # CLIP-L has 12 (CLIP-G 32)
