@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,14 +26,6 @@ from .protocols import TextEmbedding, TextEncoder
 # The blocks kohya puts text-encoder LoRA layers in (ComfyUI's and transformers' CLIP share these names).
 _CLIP_BLOCK = re.compile(r"^CLIP(Sdpa|Flash)?(Attention2?|MLP)$")
 _CLIP_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-
-
-class TrainableTextEncoder(TextEncoder, Protocol):
-    """A text encoder whose network can take a LoRA; ``encode`` must not block gradients."""
-
-    @property
-    def network(self) -> nn.Module:
-        """The module holding the text encoder(s) (in ComfyUI, the CLIP's ``cond_stage_model``)."""
 
 
 def find_text_encoder_targets(network: nn.Module) -> list[str]:
@@ -81,7 +73,8 @@ class LiveText:
 @contextlib.contextmanager
 def text_encoder_lora(encoder: TextEncoder, lora: LoRAConfig, seed: int) -> Iterator[InjectedAdapter]:
     """A LoRA in the encoder's CLIP attention and MLP linears for the duration of the block; the network
-    comes back with its own layers, parameters and train/eval mode."""
+    comes back with its own layers, parameters and train/eval mode. ``encoder`` must be a
+    ``protocols.TrainableTextEncoder``."""
     network = getattr(encoder, "network", None)
     if not isinstance(network, nn.Module):
         raise AdapterError(
