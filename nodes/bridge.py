@@ -90,12 +90,22 @@ class ComfyDenoiser:
 
 
 class ComfyTextEncoder:
-    """Encodes as ``CLIPTextEncode`` does; every tensor the encoder returns is kept for the model."""
+    """Encodes as ``CLIPTextEncode`` does; every tensor the encoder returns is kept for the model.
+
+    Its ``network`` (the CLIP's ``cond_stage_model``, shared by every node holding this CLIP) is where a
+    text-encoder LoRA goes; nothing in encoding blocks gradients."""
 
     def __init__(self, clip: Any):
         if clip is None:
             raise ValueError("TrainLoRA needs the CLIP output of the checkpoint loader: connect it to 'clip'")
         self.clip = clip
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.clip.cond_stage_model
+
+    def with_clip_skip(self, clip_skip: int) -> ComfyTextEncoder:
+        return ComfyTextEncoder(clip_with_skip(self.clip, clip_skip))
 
     def encode(self, captions: Sequence[str]) -> list[TextEmbedding]:
         out = []
@@ -108,6 +118,66 @@ class ComfyTextEncoder:
             embedding.update({k: v for k, v in extras.items() if torch.is_tensor(v)})
             out.append(embedding)
         return out
+
+
+def clip_layer_count(clip: Any) -> int:
+    """Layers of the CLIP's shallowest text encoder (12 for SD1.5 and SDXL's CLIP-L)."""
+    counts = [m.num_layers for m in clip.cond_stage_model.modules() if isinstance(getattr(m, "num_layers", None), int)]
+    return min(counts) if counts else 0
+
+
+def clip_with_skip(clip: Any, clip_skip: int) -> Any:
+    """What ``CLIPSetLastLayer`` with ``-clip_skip`` gives (a clone; ``clip`` is unchanged). 1 = ``clip`` itself:
+    the CLIP as connected (SDXL's encoders already stop at their penultimate layer)."""
+    if clip_skip == 1:
+        return clip
+    layers = clip_layer_count(clip)
+    if layers and clip_skip > layers:
+        raise ValueError(f"clip_skip {clip_skip} is more than this CLIP's {layers} layers: set clip_skip to 1-{layers}")
+    skipped = clip.clone()
+    skipped.clip_layer(-clip_skip)
+    return skipped
+
+
+def effective_clip_skip(clip: Any, clip_skip: int) -> int:
+    """The clip skip captions are really encoded with: ``clip_skip``, or the CLIP's own last layer when
+    clip_skip is 1 and the CLIP comes through CLIPSetLastLayer."""
+    if clip_skip == 1 and clip.layer_idx is not None and clip.layer_idx < 0:
+        return -int(clip.layer_idx)
+    return clip_skip
+
+
+def clip_key_namer(clip: Any) -> Any:
+    """Module path in the CLIP's ``cond_stage_model`` → kohya key stem, from ComfyUI's own LoRA key map
+    (``comfy.lora.model_lora_keys_clip``), so LoraLoader finds every key.
+
+    Among the names ComfyUI maps to a weight, kohya's are chosen: ``lora_te_`` when the CLIP has one text
+    encoder with LoRA names (SD1.5), ``lora_te1_`` / ``lora_te2_`` when it has several (SDXL's CLIP-L / CLIP-G)."""
+    import comfy.lora
+
+    from ..trainer_core.text_encoder import find_text_encoder_targets
+
+    key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+    numbered = any(key.startswith("lora_te2_") for key in key_map)
+    names: dict[str, list[str]] = {}
+    for lora_key, weight_key in key_map.items():
+        if lora_key.startswith("lora_te") and weight_key.endswith(".weight"):
+            names.setdefault(weight_key[: -len(".weight")], []).append(lora_key)
+
+    def name(module_path: str) -> str:
+        candidates = names.get(module_path, [])
+        for prefix in (("lora_te1_", "lora_te2_") if numbered else ("lora_te_",)):
+            for candidate in candidates:
+                if candidate.startswith(prefix):
+                    return candidate
+        raise UnsupportedModelError(
+            f"ComfyUI's LoRA loader has no kohya name for the text-encoder layer {module_path}, so a LoRA trained "
+            "there would not load: set text_encoder_lr to 0 to train the UNet only"
+        )
+
+    for target in find_text_encoder_targets(clip.cond_stage_model):
+        name(target)  # fail before training, not when saving
+    return name
 
 
 class ComfyLatentCodec:
@@ -162,10 +232,12 @@ def model_fingerprint(patcher: Any) -> str:
     return digest.hexdigest()
 
 
-def load_for_training(patcher: Any, unload_others: bool) -> None:
-    """Bring the model fully onto the training device (with any patches already on it)."""
+def load_for_training(patcher: Any, unload_others: bool, clip: Any = None) -> None:
+    """Bring the model (and the CLIP whose text encoder is trained) fully onto their devices, with any
+    patches already on them: a LoRA cannot be put into layers ComfyUI is still to load or patch."""
     memory = 1e20 if unload_others else 0
-    comfy.model_management.load_models_gpu([patcher], memory_required=memory, force_full_load=True)
+    patchers = [patcher] if clip is None else [patcher, clip.patcher]
+    comfy.model_management.load_models_gpu(patchers, memory_required=memory, force_full_load=True)
 
 
 def apply_lora(model: Any, clip: Any, weights: dict, strength_model: float, strength_clip: float) -> tuple[Any, Any]:

@@ -14,7 +14,13 @@ from comfy_api.latest import io
 from ..trainer_core.adapters import find_target_modules
 from ..trainer_core.checkpoints import CheckpointPolicy
 from ..trainer_core.config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingConfig, default_of, help_text
-from ..trainer_core.export import LoRAWeights, sanitize_filename, save_lora, unique_path
+from ..trainer_core.export import (
+    LoRAWeights,
+    default_text_key_name,
+    sanitize_filename,
+    save_lora,
+    unique_path,
+)
 from ..trainer_core.loop import (
     NonFiniteLossError,
     StepReport,
@@ -35,6 +41,7 @@ from ..trainer_core.optimizers import OPTIMIZER_CHOICES, OptimizerConfig, check_
 from ..trainer_core.plots import loss_curve_image
 from ..trainer_core.presets import CUSTOM, PRESET_CHOICES
 from ..trainer_core.schedulers import SCHEDULER_CHOICES, SchedulerConfig
+from ..trainer_core.text_encoder import find_text_encoder_targets
 from . import bridge
 from .types import Dataset, LoraModel
 
@@ -75,9 +82,9 @@ class _SampleImages:
     at that step (the adapter is live in the training model), shown as the node's preview."""
 
     def __init__(self, every: int, prompts: list[str], patcher, clip, vae, seed: int, steps: int, cfg: float,
-                 size: int, network):
+                 size: int, networks: list[torch.nn.Module]):
         self.every, self.prompts, self.patcher, self.vae = every, prompts, patcher, vae
-        self.seed, self.steps, self.cfg, self.size, self.network = seed, steps, cfg, size, network
+        self.seed, self.steps, self.cfg, self.size, self.networks = seed, steps, cfg, size, networks
         self.clip = clip
         self.images: list[torch.Tensor] = []
         self.steps_sampled: list[int] = []
@@ -89,8 +96,9 @@ class _SampleImages:
         """Returns a PIL preview of this step's images."""
         from PIL import Image
 
-        was_training = self.network.training
-        self.network.eval()
+        was_training = [network.training for network in self.networks]
+        for network in self.networks:
+            network.eval()  # no LoRA dropout in the pictures
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leave training's random streams alone
                 negative = bridge.encode_prompt(self.clip, "")
@@ -100,7 +108,8 @@ class _SampleImages:
                                              self.seed, self.steps, self.cfg, "euler", "normal", self.size, self.size)
                     batch.append(bridge.decode(self.vae, samples)[0].float().cpu())
         finally:
-            self.network.train(was_training)
+            for network, mode in zip(self.networks, was_training, strict=True):
+                network.train(mode)
         self.images += batch
         self.steps_sampled.append(report.step)
         strip = torch.cat(batch, dim=1).clamp(0, 1)
@@ -122,11 +131,13 @@ class TrainLoRA(io.ComfyNode):
             description=(
                 "Trains a LoRA on the model the canvas already loaded (the incoming MODEL is left untouched). "
                 "Outputs the LoRA for Save LoRA / the strength sweep / LoraModelLoader, the MODEL with the LoRA "
-                "applied, and the loss curve."
+                "applied, the loss curve, and the CLIP to encode prompts with (with the text-encoder LoRA when "
+                "text_encoder_lr is above 0)."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The base model to train on, from the checkpoint loader."),
-                io.Clip.Input("clip", tooltip="Its text encoder: captions are encoded with it, once."),
+                io.Clip.Input("clip", tooltip="Its text encoder: captions are encoded with it, once (every step when "
+                              "text_encoder_lr is above 0, through the LoRA trained in it). It is left untouched."),
                 io.Vae.Input("vae", tooltip="Its VAE: images are encoded to latents with it, once."),
                 Dataset.Input("dataset", tooltip="Images and captions from Load Dataset (or Auto Caption)."),
                 io.Combo.Input(
@@ -145,6 +156,10 @@ class TrainLoRA(io.ComfyNode):
                                tooltip=_lora_help("alpha")),
                 io.Float.Input("learning_rate", default=default_of(TrainingConfig, "learning_rate"), min=1e-7, max=10.0,
                                step=1e-5, round=1e-7, tooltip=_train_help("learning_rate")),
+                io.Float.Input("text_encoder_lr", default=default_of(TrainingConfig, "text_encoder_lr"), min=0.0,
+                               max=10.0, step=1e-5, round=1e-7, tooltip=_train_help("text_encoder_lr")),
+                io.Int.Input("clip_skip", default=default_of(TrainingConfig, "clip_skip"), min=1, max=12,
+                             tooltip=_train_help("clip_skip")),
                 io.Combo.Input("optimizer", options=list(OPTIMIZER_CHOICES), default="AdamW",
                                tooltip=help_text(OptimizerConfig, "name")),
                 io.Combo.Input("lr_scheduler", options=list(SCHEDULER_CHOICES), default="constant_with_warmup",
@@ -210,6 +225,10 @@ class TrainLoRA(io.ComfyNode):
                 io.Image.Output("loss_curve", display_name="loss_curve", tooltip="Loss per step, raw and smoothed."),
                 io.Image.Output("samples", display_name="samples",
                                 tooltip="The sample images, in order of step then prompt (a black square when off)."),
+                # Last, so links of workflows saved before it keep their output indices.
+                io.Clip.Output("clip_with_lora", display_name="clip_with_lora",
+                               tooltip="The CLIP to encode prompts with: the text-encoder LoRA applied at strength 1 "
+                               "(when text_encoder_lr is above 0) and the last layer set by clip_skip, as in training."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -230,7 +249,9 @@ class TrainLoRA(io.ComfyNode):
     @classmethod
     def execute(
         cls, model, clip, vae, dataset, preset: str, trigger_word: str, rank: int, alpha: float, learning_rate: float,
-        optimizer: str, lr_scheduler: str, lr_warmup: float, allow_8bit_fallback: bool, steps: int, epochs: int, batch_size: int, gradient_accumulation: int, seed: int, mixed_precision: str,
+        text_encoder_lr: float, clip_skip: int, optimizer: str, lr_scheduler: str, lr_warmup: float,
+        allow_8bit_fallback: bool, steps: int, epochs: int, batch_size: int, gradient_accumulation: int, seed: int,
+        mixed_precision: str,
         gradient_checkpointing: bool, min_snr_gamma: float, noise_offset: float, loss_type: str,
         timestep_sampling: str, multires_noise_iterations: int, target_layers: str, sample_every: int,
         sample_prompts: str, sample_steps: int, sample_cfg: float,
@@ -240,7 +261,8 @@ class TrainLoRA(io.ComfyNode):
             dataset = dataset.with_caption_options(replace(dataset.caption_options, trigger_word=trigger_word.strip()))
         lora_config = LoRAConfig(rank=rank, alpha=alpha, dropout=lora_dropout, target=target_layers, rslora=rslora)
         training = TrainingConfig(
-            steps=steps, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+            steps=steps, epochs=epochs, learning_rate=learning_rate, text_encoder_lr=text_encoder_lr,
+            clip_skip=clip_skip, batch_size=batch_size,
             gradient_accumulation=gradient_accumulation, seed=seed, mixed_precision=mixed_precision,
             gradient_checkpointing=gradient_checkpointing, min_snr_gamma=min_snr_gamma, noise_offset=noise_offset,
             loss_type=loss_type, timestep_sampling=timestep_sampling, multires_noise_iterations=multires_noise_iterations,
@@ -258,14 +280,19 @@ class TrainLoRA(io.ComfyNode):
                     f"resume: run '{run_name}' has no checkpoint to resume from ({resume_from}). Turn resume off to "
                     "start it, or give the run_name of an earlier run."
                 )
+        train_text = training.text_encoder_lr > 0
+        text_key_namer = bridge.clip_key_namer(clip) if train_text else default_text_key_name
+        training_clip = bridge.clip_with_skip(clip, clip_skip)
         patcher = model.clone()
         denoiser = bridge.ComfyDenoiser(patcher)
-        _show_memory_estimate(denoiser, lora_config, training, optimizer, dataset.resolution, cls.hidden.unique_id)
-        bridge.load_for_training(patcher, unload_other_models)
+        _show_memory_estimate(denoiser, clip.cond_stage_model if train_text else None, lora_config, training,
+                              optimizer, dataset.resolution, cls.hidden.unique_id)
+        bridge.load_for_training(patcher, unload_other_models, clip=training_clip if train_text else None)
         trigger = dataset.caption_options.trigger_word
         prompts = [p.strip().replace("{trigger}", trigger).strip(" ,") for p in sample_prompts.splitlines()]
-        samples = _SampleImages(sample_every, [p for p in prompts if p], patcher, clip, vae, seed, sample_steps,
-                                sample_cfg, dataset.resolution, denoiser.network)
+        samples = _SampleImages(sample_every, [p for p in prompts if p], patcher, training_clip, vae, seed,
+                                sample_steps, sample_cfg, dataset.resolution,
+                                [denoiser.network, clip.cond_stage_model] if train_text else [denoiser.network])
         started = time.time()
         try:
             result = train_lora(
@@ -274,6 +301,7 @@ class TrainLoRA(io.ComfyNode):
                 random_captions=dataset.caption_options.is_random, key_namer=bridge.kohya_key_namer(patcher),
                 on_step=_CanvasProgress(total, cls.hidden.unique_id, samples), checkpoints=checkpoints,
                 resume_from=resume_from, optimizer=optimizer_config, scheduler=scheduler_config,
+                text_key_namer=text_key_namer,
             )
         except NonFiniteLossError as error:
             saved = _save_recovery(error.weights)
@@ -288,17 +316,20 @@ class TrainLoRA(io.ComfyNode):
             started_at=started, finished_at=time.time(), mixed_precision=result.mixed_precision,
             losses=result.losses, optimizer=optimizer, scheduler=lr_scheduler,
             warmup_steps=scheduler_config.warmup_steps(result.total_steps),
+            clip_skip=bridge.effective_clip_skip(clip, clip_skip),
         ))
         if preset != CUSTOM:
             weights.metadata["lora_lab_preset"] = preset
-        model_with_lora, _ = bridge.apply_lora(model, None, weights, 1.0, 0.0)
+        model_with_lora, clip_with_lora = bridge.apply_lora(model, clip if train_text else None, weights, 1.0,
+                                                            1.0 if train_text else 0.0)
+        clip_with_lora = bridge.clip_with_skip(clip_with_lora if train_text else clip, clip_skip)
         curve = loss_curve_image(result.losses, result.learning_rates, checkpoints=_checkpoint_steps(result),
                                  title=f"Training loss, {result.steps} steps")
-        return io.NodeOutput(weights, model_with_lora, torch.from_numpy(curve)[None], samples.output())
+        return io.NodeOutput(weights, model_with_lora, torch.from_numpy(curve)[None], samples.output(), clip_with_lora)
 
 
-def _show_memory_estimate(denoiser, lora_config: LoRAConfig, training: TrainingConfig, optimizer: str,
-                          resolution: int, node_id: str | None) -> None:
+def _show_memory_estimate(denoiser, text_network, lora_config: LoRAConfig, training: TrainingConfig,
+                          optimizer: str, resolution: int, node_id: str | None) -> None:
     """Before the first step: the GPU memory this run needs, on the node and in the console; stop
     at once when even the exact parts cannot fit on the card."""
     import comfy.model_management
@@ -306,8 +337,12 @@ def _show_memory_estimate(denoiser, lora_config: LoRAConfig, training: TrainingC
     network = denoiser.network
     device = comfy.model_management.get_torch_device()
     shapes = layer_shapes(network, find_target_modules(network, lora_config.target))
+    base_bytes = tensor_bytes(network)
+    if text_network is not None:  # trained too: on the device, with its own LoRA
+        shapes += layer_shapes(text_network, find_text_encoder_targets(text_network))
+        base_bytes += tensor_bytes(text_network)
     estimate = estimate_training_memory(
-        base_weight_bytes=tensor_bytes(network),
+        base_weight_bytes=base_bytes,
         adapter_parameters=adapter_parameter_count(shapes, lora_config.rank),
         optimizer=optimizer, family=bridge.model_family(denoiser.patcher), batch_size=training.batch_size,
         width=resolution, height=resolution, precision=resolve_precision(training.mixed_precision, device),

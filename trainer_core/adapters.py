@@ -165,14 +165,17 @@ class InjectedAdapter:
             delattr(self.network, name)
 
 
-def inject_lora(network: nn.Module, config: LoRAConfig, seed: int) -> InjectedAdapter:
-    """Wrap the target layers of ``network`` with fp32 peft LoRA layers (initialised from ``seed``)."""
+def inject_lora(network: nn.Module, config: LoRAConfig, seed: int, targets: list[str] | None = None) -> InjectedAdapter:
+    """Wrap the target layers of ``network`` with fp32 peft LoRA layers (initialised from ``seed``).
+
+    ``targets`` (module paths) overrides the layers ``config.target`` chooses."""
     from peft import LoraConfig, inject_adapter_in_model
 
     if config.rank < 1:
         raise AdapterError(f"rank must be at least 1, got {config.rank}")
     check_trainable(network)
-    targets = find_target_modules(network, config.target)
+    if targets is None:
+        targets = find_target_modules(network, config.target)
     check_rank(network, targets, config.rank)
     peft_config = LoraConfig(
         r=config.rank,

@@ -58,6 +58,17 @@ class TrainingConfig:
     )
     epochs: int = _help("Used only when steps is 0: how many passes over the dataset (with repeats).", 10)
     learning_rate: float = _help("Learning rate of the LoRA weights (1e-4 is the guides' default).", 1e-4)
+    text_encoder_lr: float = _help(
+        "Learning rate of a LoRA in the text encoder(s) (CLIP attention and MLP layers). 0 = the text encoder is"
+        " not trained: UNet only (the default). kohya's usual value is about half the UNet's, e.g. 5e-5.",
+        0.0,
+    )
+    clip_skip: int = _help(
+        "Clip skip: captions are encoded with the text encoder's output this many layers from the end, as"
+        " CLIPSetLastLayer -N does. 1 = the CLIP as connected (the last layer on SD1.5; SDXL already uses the"
+        " penultimate); 2 = the penultimate (many anime models). Generate with the same setting.",
+        1,
+    )
     batch_size: int = _help("Images per step. Images of one batch come from one aspect-ratio bucket.", 1)
     gradient_accumulation: int = _help(
         "Add up gradients over this many batches before each optimizer step (effective batch = batch x this).",
@@ -96,7 +107,7 @@ class TrainingConfig:
     max_grad_norm: float = _help("Clip the gradient norm to this value (0 = no clipping).", 1.0)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "epochs", "batch_size", "gradient_accumulation", "seed"):
+        for name in ("steps", "epochs", "batch_size", "gradient_accumulation", "seed", "clip_skip"):
             value = getattr(self, name)
             low = 0 if name in ("steps", "seed") else 1
             if not isinstance(value, int) or value < low:
@@ -107,7 +118,7 @@ class TrainingConfig:
             raise ValueError(f"timestep_sampling must be uniform or logit_normal, got {self.timestep_sampling!r}")
         if not isinstance(self.multires_noise_iterations, int) or self.multires_noise_iterations < 0:
             raise ValueError(f"multires_noise_iterations must be 0 or more, got {self.multires_noise_iterations!r}")
-        for name in ("learning_rate", "min_snr_gamma", "noise_offset", "weight_decay", "max_grad_norm", "huber_c",
+        for name in ("learning_rate", "text_encoder_lr", "min_snr_gamma", "noise_offset", "weight_decay", "max_grad_norm", "huber_c",
                      "multires_noise_discount"):
             value = getattr(self, name)
             if not value >= 0 or value == float("inf"):

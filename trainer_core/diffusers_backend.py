@@ -60,20 +60,38 @@ class DiffusersUNetDenoiser:
 
 
 class TransformersTextEncoder:
-    """A transformers text model and a tokenizer: last hidden state as cross-attention input."""
+    """A transformers CLIP text model and a tokenizer: the last hidden state (or, with clip skip, an
+    earlier one through the final layer norm, as kohya does) as cross-attention input.
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_length: int = 77):
+    ``encode`` does not block gradients: with a LoRA in ``network`` they reach it."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_length: int = 77, clip_skip: int = 1):
+        layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+        if layers is not None and clip_skip > layers:
+            raise ValueError(f"clip_skip {clip_skip} is more than the text encoder's {layers} layers: use 1 to {layers}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.clip_skip = clip_skip
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.model
+
+    def with_clip_skip(self, clip_skip: int) -> TransformersTextEncoder:
+        return TransformersTextEncoder(self.model, self.tokenizer, self.max_length, clip_skip)
 
     def encode(self, captions: Sequence[str]) -> list[TextEmbedding]:
         device = next(self.model.parameters()).device
         tokens = self.tokenizer(
             list(captions), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         )
-        with torch.no_grad():
-            hidden = self.model(tokens["input_ids"].to(device)).last_hidden_state
+        output = self.model(tokens["input_ids"].to(device), output_hidden_states=self.clip_skip > 1)
+        if self.clip_skip > 1:
+            text_model = getattr(self.model, "text_model", self.model)  # transformers 5 has no .text_model
+            hidden = text_model.final_layer_norm(output.hidden_states[-self.clip_skip])
+        else:
+            hidden = output.last_hidden_state
         return [{"cross_attn": h[None]} for h in hidden]
 
 

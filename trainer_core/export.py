@@ -25,6 +25,14 @@ def default_key_name(module_path: str) -> str:
     return "lora_unet_" + module_path.replace(".", "_")
 
 
+def default_text_key_name(module_path: str) -> str:
+    """kohya's single-text-encoder name for a path in a transformers ``CLIPTextModel``:
+    ``encoder.layers.0.mlp.fc1`` (``text_model.encoder...`` before transformers 5) becomes
+    ``lora_te_text_model_encoder_layers_0_mlp_fc1``."""
+    path = module_path[len("text_model.") :] if module_path.startswith("text_model.") else module_path
+    return "lora_te_text_model_" + path.replace(".", "_")
+
+
 class LoRAWeights(dict):
     """A kohya-keyed LoRA state dict that also carries its file metadata.
 

@@ -24,11 +24,19 @@ from .adapters import InjectedAdapter, autograd_safe_weights, inject_lora
 from .checkpoints import CheckpointPolicy, load_training_state, restore_random_state, save_training_state
 from .config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingConfig
 from .encoding import TextCache, concat_text, encode_latents
-from .export import KeyNamer, LoRAWeights, default_key_name, save_lora
+from .export import KeyNamer, LoRAWeights, default_key_name, default_text_key_name, save_lora
 from .losses import add_noise, diffusion_loss, sample_noise, sample_sigmas
 from .optimizers import OptimizerConfig, build_optimizer, effective_learning_rate
 from .protocols import Denoiser, LatentCodec, TextEncoder
 from .schedulers import SchedulerConfig, build_scheduler
+from .text_encoder import (
+    LiveText,
+    parameter_groups,
+    restore_text_encoder_state,
+    text_encoder_lora,
+    text_encoder_state,
+    with_clip_skip,
+)
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +202,7 @@ def train_lora(
     resume_from: Path | None = None,
     optimizer: OptimizerConfig | None = None,
     scheduler: SchedulerConfig | None = None,
+    text_key_namer: KeyNamer = default_text_key_name,
 ) -> TrainingResult:
     """Train a LoRA on ``denoiser.network`` and return its weights; the network is left as it was.
 
@@ -208,6 +217,10 @@ def train_lora(
 
     ``optimizer`` (default AdamW) and ``scheduler`` (default constant with 5% warmup) take their
     learning rate and weight decay from ``training``.
+
+    ``training.text_encoder_lr`` above 0 also trains a LoRA in ``text_encoder.network`` (see
+    ``text_encoder.py``), named with ``text_key_namer``; ``training.clip_skip`` above 1 encodes with
+    ``text_encoder.with_clip_skip(n)``.
     """
     if training.mixed_precision not in MIXED_PRECISION_CHOICES:
         raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION_CHOICES}, not {training.mixed_precision!r}")
@@ -218,6 +231,8 @@ def train_lora(
     total_steps = training.resolved_steps(samples_per_epoch(data))
     caption: CaptionFunction = caption_for or (lambda item, rng: item.caption)
     randomised = caption_for is not None and random_captions
+    train_text = training.text_encoder_lr > 0
+    text_encoder = with_clip_skip(text_encoder, training.clip_skip)
 
     with torch.inference_mode(False), torch.enable_grad():
         # Read inside: tensors loaded under ComfyUI's inference mode could not be updated by the optimizer.
@@ -225,7 +240,7 @@ def train_lora(
         latents = encode_latents(data, codec)
         texts = TextCache(text_encoder)
         fixed_captions = [caption(item, None) for item in data.items]
-        if not randomised:
+        if not randomised and not train_text:
             texts.get(fixed_captions)
         encode_seconds = time.perf_counter() - started
 
@@ -233,11 +248,16 @@ def train_lora(
         with autograd_safe_weights(network):
             adapter = inject_lora(network, lora, training.seed)
             try:
-                with _gradient_checkpointing(network, training.gradient_checkpointing):
+                with contextlib.ExitStack() as stack:
+                    text_adapter = None
+                    if train_text:  # captions are then encoded every step, through the text encoder's LoRA
+                        text_adapter = stack.enter_context(text_encoder_lora(text_encoder, lora, training.seed + 1))
+                    stack.enter_context(_gradient_checkpointing(network, training.gradient_checkpointing))
                     run = _TrainingRun(
-                        denoiser, adapter, latents, texts, data, fixed_captions, caption, randomised, training,
-                        total_steps, key_namer, metadata or {}, optimizer or OptimizerConfig(),
-                        scheduler or SchedulerConfig(),
+                        denoiser, adapter, latents, LiveText(text_encoder) if train_text else texts, data,
+                        fixed_captions, caption, randomised, training, total_steps, key_namer, metadata or {},
+                        optimizer or OptimizerConfig(), scheduler or SchedulerConfig(),
+                        text_adapter=text_adapter, text_key_namer=text_key_namer,
                     )
                     if resume_state is not None:
                         run.load_state(resume_state, resume_from)
@@ -259,7 +279,7 @@ class _TrainingRun:
         denoiser: Denoiser,
         adapter: InjectedAdapter,
         latents: list[torch.Tensor],
-        texts: TextCache,
+        texts: TextCache | LiveText,
         data: TrainingData,
         fixed_captions: list[str],
         caption: CaptionFunction,
@@ -270,6 +290,8 @@ class _TrainingRun:
         metadata: dict[str, str],
         optimizer: OptimizerConfig,
         scheduler: SchedulerConfig,
+        text_adapter: InjectedAdapter | None = None,
+        text_key_namer: KeyNamer = default_text_key_name,
     ):
         self.denoiser = denoiser
         self.adapter = adapter
@@ -283,13 +305,17 @@ class _TrainingRun:
         self.total_steps = total_steps
         self.key_namer = key_namer
         self.metadata = metadata
-        self.params = adapter.parameters()
+        self.text_adapter = text_adapter
+        self.text_key_namer = text_key_namer
+        self.params = adapter.parameters() + (text_adapter.parameters() if text_adapter is not None else [])
         optimizer = replace(
             optimizer,
             learning_rate=None if optimizer.relative_step else training.learning_rate,
             weight_decay=training.weight_decay,
         )
-        self.optimizer = build_optimizer(self.params, optimizer, denoiser.device)
+        groups = parameter_groups(adapter.parameters(), text_adapter, training.text_encoder_lr,
+                                  set_rate=not optimizer.relative_step)
+        self.optimizer = build_optimizer(groups, optimizer, denoiser.device)
         self.scheduler = build_scheduler(self.optimizer, scheduler, total_steps)
         self.scaler = torch.amp.GradScaler(denoiser.device.type, enabled=training.mixed_precision == "fp16")
         self.caption_rng = random.Random(training.seed)
@@ -393,7 +419,10 @@ class _TrainingRun:
     # -- weights, checkpoints and resume ------------------------------------------------------------
 
     def weights(self) -> LoRAWeights:
-        return LoRAWeights(extract_weights(self.adapter, self.key_namer), self.metadata)
+        tensors = extract_weights(self.adapter, self.key_namer)
+        if self.text_adapter is not None:
+            tensors.update(extract_weights(self.text_adapter, self.text_key_namer))
+        return LoRAWeights(tensors, self.metadata)
 
     def save_checkpoint(self, policy: CheckpointPolicy) -> Path:
         """A LoRA file LoraLoader can load, and the state to resume from (both written atomically)."""
@@ -423,6 +452,7 @@ class _TrainingRun:
             "learning_rates": list(self.learning_rates),
             "rank": self.adapter.config.rank,
             "targets": list(self.adapter.targets),
+            **text_encoder_state(self.text_adapter),
         }
 
     def load_state(self, state: dict[str, Any], source: Path | None) -> None:
@@ -432,6 +462,7 @@ class _TrainingRun:
                 f"the resume state{where} was trained with rank {state.get('rank')} on other layers; resume with the "
                 "same rank, target layers and base model, or start a new run"
             )
+        restore_text_encoder_state(self.text_adapter, state, where)
         if state["step"] >= self.total_steps:
             raise TrainingError(
                 f"the resume state{where} is at step {state['step']}, and this run has {self.total_steps} steps: "

@@ -32,8 +32,12 @@ def training_metadata(
     optimizer: str = "AdamW",
     scheduler: str = "constant",
     warmup_steps: int = 0,
+    clip_skip: int | None = None,
 ) -> dict[str, str]:
-    """All values as strings, as safetensors metadata requires."""
+    """All values as strings, as safetensors metadata requires.
+
+    ``clip_skip`` is the one captions were really encoded with, when the front end knows better than
+    ``training.clip_skip`` (a CLIP connected through CLIPSetLastLayer)."""
     epochs = steps * training.batch_size * training.gradient_accumulation / max(1, samples_per_epoch)
     values: dict[str, Any] = {
         "ss_network_module": "networks.lora",
@@ -43,7 +47,10 @@ def training_metadata(
         "ss_network_args": json.dumps({"target": lora.target}),
         "ss_learning_rate": training.learning_rate,
         "ss_unet_lr": training.learning_rate,
-        "ss_text_encoder_lr": 0,
+        "ss_text_encoder_lr": training.text_encoder_lr,
+        "ss_network_train_unet_only": training.text_encoder_lr == 0,
+        "ss_network_train_text_encoder_only": False,
+        "ss_clip_skip": clip_skip if clip_skip is not None else training.clip_skip,
         "ss_optimizer": f"{optimizer}(weight_decay={training.weight_decay})",
         "ss_lr_scheduler": scheduler,
         "ss_lr_warmup_steps": warmup_steps,

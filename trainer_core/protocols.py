@@ -45,6 +45,18 @@ class TextEncoder(Protocol):
         """One embedding per caption, each with batch size 1."""
 
 
+class TrainableTextEncoder(TextEncoder, Protocol):
+    """A text encoder that can also be trained (``text_encoder_lr`` above 0) and stop early (clip skip)."""
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The module LoRA layers go into: every text encoder (in ComfyUI, the CLIP's ``cond_stage_model``).
+        ``encode`` must let gradients reach it."""
+
+    def with_clip_skip(self, clip_skip: int) -> TextEncoder:
+        """The same encoder, encoding with the output ``clip_skip`` layers from the end (1 = the last)."""
+
+
 class LatentCodec(Protocol):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B,H,W,3] in 0..1 to latents in the space the denoiser works in."""

@@ -131,3 +131,120 @@ def test_family_trains_leaves_model_alone_and_loads_back_identically(pack, famil
     change = (seen["train_time"] - base_output).abs().max().item()
     assert change > 1e-4, "the LoRA changed nothing"
     torch.testing.assert_close(load_time, seen["train_time"], rtol=1e-4, atol=1e-5 + 1e-3 * change)
+
+
+def test_sdxl_text_encoder_lora_keys_are_kohyas_te1_and_te2_and_comfyui_loads_every_one(pack, caplog):
+    """The key namer on SDXL's real text-encoder layout (CLIP-L 12 layers, CLIP-G 32; built on the meta
+    device, so no weights are made), checked against ComfyUI's own loader."""
+    import comfy.lora
+    import comfy.sd
+    import comfy.sdxl_clip
+    from lora_lab.nodes import bridge
+    from lora_lab.trainer_core.text_encoder import find_text_encoder_targets
+
+    clip = comfy.sd.CLIP(no_init=True)
+    clip.cond_stage_model = comfy.sdxl_clip.SDXLClipModel(device="meta", dtype=torch.float16)
+    targets = find_text_encoder_targets(clip.cond_stage_model)
+    assert len(targets) == 6 * (12 + 32)
+    name = bridge.clip_key_namer(clip)
+    stems = {target: name(target) for target in targets}
+    for target, stem in stems.items():
+        encoder, _, rest = target.partition(".transformer.")
+        prefix = {"clip_l": "lora_te1_", "clip_g": "lora_te2_"}[encoder]
+        assert stem == prefix + rest.replace(".", "_"), (target, stem)
+
+    weights = {}
+    for stem in stems.values():
+        weights[f"{stem}.lora_down.weight"] = torch.zeros(1, 4)
+        weights[f"{stem}.lora_up.weight"] = torch.zeros(4, 1)
+        weights[f"{stem}.alpha"] = torch.tensor(1.0)
+    key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+    with caplog.at_level(logging.WARNING):
+        patches = comfy.lora.load_lora(weights, key_map)
+    assert "lora key not loaded" not in caplog.text
+    assert set(patches) == {f"{target}.weight" for target in targets}
+
+
+def tiny_sdxl_clip(seed: int = 0):
+    """ComfyUI's own SDXL CLIP (CLIP-L + CLIP-G at their real widths, 3 layers each, so conditioning fits
+    the tiny SDXL UNet) with seeded weights made as a loader makes them (inference tensors)."""
+    import types
+
+    import comfy.sd
+    import comfy.sdxl_clip
+
+    small = {"num_hidden_layers": 3, "intermediate_size": 256}
+    target = types.SimpleNamespace(params={}, clip=comfy.sdxl_clip.SDXLClipModel, tokenizer=comfy.sdxl_clip.SDXLTokenizer)
+    clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32, "clip_l_model_config": small,
+                                                "clip_g_model_config": small})
+    generator = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        for name, param in clip.cond_stage_model.named_parameters():
+            if param.ndim >= 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * (1.0 / param.shape[1] ** 0.5))
+            elif "bias" in name:
+                param.zero_()
+            elif "norm" in name:
+                param.fill_(1.0)
+    return clip
+
+
+def test_sdxl_text_encoder_lora_trains_through_both_encoders_and_loads_back_identically(pack, caplog):
+    import comfy.sd
+    from lora_lab.nodes import bridge
+    from lora_lab.trainer_core.config import LoRAConfig, TrainingConfig
+    from lora_lab.trainer_core.loop import train_lora
+
+    clip = tiny_sdxl_clip()
+    network = clip.cond_stage_model
+    before = {n: (p, p.clone()) for n, p in network.named_parameters()}
+    encoder = bridge.ComfyTextEncoder(clip)
+    with torch.no_grad():
+        base = encoder.encode(["probe"])[0]
+    seen = {}
+
+    def on_step(report):
+        if report.step == report.total:  # the text encoder's LoRA is live: this is train-time conditioning
+            with torch.no_grad():
+                seen["train_time"] = encoder.encode(["probe"])[0]
+
+    patcher = tiny_model_patcher("sdxl")
+    result = train_lora(
+        bridge.ComfyDenoiser(patcher.clone()), encoder, FakeCodec(4), Data(), LoRAConfig(rank=4, alpha=4),
+        TrainingConfig(steps=6, learning_rate=1e-3, text_encoder_lr=1e-2, mixed_precision="fp32"),
+        key_namer=bridge.kohya_key_namer(patcher), text_key_namer=bridge.clip_key_namer(clip), on_step=on_step,
+    )
+    stems = {k.split(".")[0] for k in result.weights if k.startswith("lora_te")}
+    assert {s[: len("lora_te1_")] for s in stems} == {"lora_te1_", "lora_te2_"} and len(stems) == 2 * 3 * 6
+
+    for name, param in network.named_parameters():
+        assert param is before[name][0] and torch.equal(param, before[name][1]), name
+    with torch.no_grad():
+        after = encoder.encode(["probe"])[0]
+    assert all(torch.equal(after[k], base[k]) for k in base)
+
+    with caplog.at_level(logging.WARNING):
+        _, loaded_clip = comfy.sd.load_lora_for_models(patcher, clip, result.weights, 1.0, 1.0)
+    assert "lora key not loaded" not in caplog.text
+    with torch.no_grad():
+        load_time = bridge.ComfyTextEncoder(loaded_clip).encode(["probe"])[0]
+    for key in ("cross_attn", "pooled_output"):  # CLIP-L and CLIP-G features, CLIP-G's pooled vector
+        change = (seen["train_time"][key] - base[key]).abs().max().item()
+        assert change > 1e-3, f"the text-encoder LoRA did not change {key}"
+        torch.testing.assert_close(load_time[key], seen["train_time"][key], rtol=1e-4, atol=1e-5 + 1e-3 * change)
+
+
+def test_clip_skip_is_recorded_as_encoding_really_used_it_and_bounded_by_the_clip(pack):
+    import comfy.sd
+    import comfy.sdxl_clip
+    from lora_lab.nodes import bridge
+
+    clip = comfy.sd.CLIP(no_init=True)
+    clip.cond_stage_model = comfy.sdxl_clip.SDXLClipModel(device="meta", dtype=torch.float16)
+    clip.layer_idx = None
+    assert bridge.effective_clip_skip(clip, 1) == 1 and bridge.effective_clip_skip(clip, 3) == 3
+    clip.layer_idx = -2  # a CLIPSetLastLayer -2 before TrainLoRA, which keeps it at clip_skip 1
+    assert bridge.effective_clip_skip(clip, 1) == 2 and bridge.effective_clip_skip(clip, 3) == 3
+    assert bridge.clip_with_skip(clip, 1) is clip
+    with pytest.raises(ValueError, match="clip_skip 13 is more than this CLIP's 12 layers"):
+        bridge.clip_with_skip(clip, 13)  # CLIP-L has 12 (CLIP-G 32)

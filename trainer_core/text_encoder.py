@@ -1,0 +1,138 @@
+"""Training a LoRA in the text encoder(s) as well, with its own learning rate; and clip skip.
+
+With ``text_encoder_lr`` 0 (the default) the loop encodes each caption once and caches it. Above 0 it
+injects a LoRA (the same rank, alpha and dropout as the UNet's) into the attention and MLP linears of
+every CLIP text encoder it finds (kohya's targets: ``CLIPAttention``'s q/k/v/out projections and
+``CLIPMLP``'s fc1/fc2), encodes the captions of every step with gradients flowing into it, and trains
+those weights in their own optimizer param group. The text encoder is shared like the UNet: the
+adapter is taken off afterwards exactly as ``adapters.py`` does for the UNet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters import AdapterError, InjectedAdapter, autograd_safe_weights, inject_lora
+from .checkpoints import ResumeError
+from .config import LoRAConfig
+from .protocols import TextEmbedding, TextEncoder
+
+# The blocks kohya puts text-encoder LoRA layers in (ComfyUI's and transformers' CLIP share these names).
+_CLIP_BLOCK = re.compile(r"^CLIP(Sdpa|Flash)?(Attention2?|MLP)$")
+_CLIP_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+def find_text_encoder_targets(network: nn.Module) -> list[str]:
+    """Module paths of the linears inside the CLIP attention and MLP blocks of ``network``."""
+    names = []
+    for name, module in network.named_modules():
+        if _CLIP_BLOCK.match(type(module).__name__):
+            for child_name, child in module.named_children():
+                if child_name in _CLIP_LINEARS and isinstance(child, nn.Linear):
+                    names.append(f"{name}.{child_name}" if name else child_name)
+    if not names:
+        raise AdapterError(
+            f"text_encoder_lr is above 0, but the CLIP ({type(network).__name__}) has no CLIP attention or MLP "
+            "layers LoRA Lab can train. Set text_encoder_lr to 0 to train the UNet only."
+        )
+    return names
+
+
+def with_clip_skip(encoder: TextEncoder, clip_skip: int) -> TextEncoder:
+    """The encoder that encodes with the output ``clip_skip`` layers from the end (1 = unchanged)."""
+    if clip_skip == 1:
+        return encoder
+    method = getattr(encoder, "with_clip_skip", None)
+    if method is None:
+        raise ValueError(
+            f"clip_skip is {clip_skip}, but this text encoder ({type(encoder).__name__}) cannot stop at an "
+            "earlier layer: set clip_skip to 1"
+        )
+    result: TextEncoder = method(clip_skip)
+    return result
+
+
+class LiveText:
+    """Captions encoded on every step, gradients flowing into the text encoder's LoRA.
+
+    Has ``TextCache.get``'s signature, so the loop reads text the same way in both modes."""
+
+    def __init__(self, encoder: TextEncoder):
+        self.encoder = encoder
+
+    def get(self, captions: Sequence[str]) -> list[TextEmbedding]:
+        return self.encoder.encode(list(captions))
+
+
+@contextlib.contextmanager
+def text_encoder_lora(encoder: TextEncoder, lora: LoRAConfig, seed: int) -> Iterator[InjectedAdapter]:
+    """A LoRA in the encoder's CLIP attention and MLP linears for the duration of the block; the network
+    comes back with its own layers, parameters and train/eval mode. ``encoder`` must be a
+    ``protocols.TrainableTextEncoder``."""
+    network = getattr(encoder, "network", None)
+    if not isinstance(network, nn.Module):
+        raise AdapterError(
+            f"text_encoder_lr is above 0, but this text encoder ({type(encoder).__name__}) cannot be trained: "
+            "set text_encoder_lr to 0"
+        )
+    targets = find_text_encoder_targets(network)
+    was_training = {module: module.training for module in network.modules()}
+    with autograd_safe_weights(network):
+        adapter = inject_lora(network, lora, seed, targets=targets)
+        try:
+            network.train()  # LoRA dropout
+            yield adapter
+        finally:
+            adapter.remove()
+            for module, mode in was_training.items():
+                module.training = mode
+
+
+def parameter_groups(
+    unet: list[nn.Parameter], text_encoder: InjectedAdapter | None, text_encoder_lr: float, set_rate: bool
+) -> list[Any]:
+    """What the optimizer gets: the UNet's LoRA (at the optimizer's rate) and, when trained, the text
+    encoder's in a second group at ``text_encoder_lr``. ``set_rate`` False = the optimizer sets its own
+    rate (Adafactor's relative_step): the second group then has none either."""
+    if text_encoder is None:
+        return unet
+    group: dict[str, Any] = {"params": text_encoder.parameters()}
+    if set_rate:
+        group["lr"] = text_encoder_lr
+    return [{"params": unet}, group]
+
+
+def text_encoder_state(adapter: InjectedAdapter | None) -> dict[str, Any]:
+    """The text encoder's part of a resume state (empty entries when it is not trained)."""
+    if adapter is None:
+        return {"text_encoder_adapter": {}, "text_encoder_targets": []}
+    return {
+        "text_encoder_adapter": {name: p.detach().cpu().clone() for name, p in _lora_parameters(adapter).items()},
+        "text_encoder_targets": list(adapter.targets),
+    }
+
+
+def restore_text_encoder_state(adapter: InjectedAdapter | None, state: dict[str, Any], where: str) -> None:
+    """Load the text encoder's LoRA from a resume state, refusing a state from a run that trained the
+    text encoder differently (states from before text-encoder training count as UNet only)."""
+    targets = list(adapter.targets) if adapter is not None else []
+    if state.get("text_encoder_targets", []) != targets:
+        trained = "with" if state.get("text_encoder_targets") else "without"
+        raise ResumeError(
+            f"the resume state{where} was trained {trained} a text-encoder LoRA: set text_encoder_lr as in that "
+            "run (0 = UNet only) with the same CLIP, or start a new run"
+        )
+    if adapter is not None:
+        with torch.no_grad():
+            for name, param in _lora_parameters(adapter).items():
+                param.copy_(state["text_encoder_adapter"][name].to(param.device, param.dtype))
+
+
+def _lora_parameters(adapter: InjectedAdapter) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in adapter.network.named_parameters() if "lora_" in name}
