@@ -60,7 +60,7 @@ def peft_config(config: LoRAConfig, targets: list[str]) -> Any:
 
         return LoraConfig(
             r=config.rank,
-            lora_alpha=config.alpha,
+            lora_alpha=config.alpha,  # type: ignore[arg-type]  # annotated int, any float works
             lora_dropout=config.dropout,
             use_rslora=config.rslora,
             use_dora=config.adapter == "dora",
@@ -72,13 +72,14 @@ def peft_config(config: LoRAConfig, targets: list[str]) -> Any:
     if config.adapter == "loha":
         from peft import LoHaConfig
 
-        return LoHaConfig(r=config.rank, alpha=peft_alpha, target_modules=targets, init_weights=True)
+        return LoHaConfig(r=config.rank, alpha=peft_alpha, target_modules=targets,  # type: ignore[arg-type]
+                          init_weights=True)
     if config.adapter == "lokr":
         from peft import LoKrConfig
 
         # decompose_both=False: lokr_w1 stays a full (small) matrix, the layout LyCORIS uses by default.
-        return LoKrConfig(r=config.rank, alpha=peft_alpha, target_modules=targets, init_weights=True,
-                          decompose_both=False, decompose_factor=-1)
+        return LoKrConfig(r=config.rank, alpha=peft_alpha, target_modules=targets,  # type: ignore[arg-type]
+                          init_weights=True, decompose_both=False, decompose_factor=-1)
     raise ValueError(f"unknown adapter type {config.adapter!r}")
 
 
@@ -87,7 +88,9 @@ def _tensor(layer: nn.Module, container: str) -> torch.Tensor | None:
     if parameters is None or ADAPTER not in parameters:
         return None
     value = parameters[ADAPTER]
-    return value.weight if isinstance(value, nn.Module) else value
+    tensor = value.weight if isinstance(value, nn.Module) else value
+    assert isinstance(tensor, torch.Tensor)
+    return tensor
 
 
 def _cpu(tensor: torch.Tensor) -> torch.Tensor:
