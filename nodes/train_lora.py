@@ -13,7 +13,14 @@ from comfy_api.latest import io
 
 from ..trainer_core.adapters import find_target_modules
 from ..trainer_core.checkpoints import CheckpointPolicy
-from ..trainer_core.config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingConfig, default_of, help_text
+from ..trainer_core.config import (
+    ADAPTER_CHOICES,
+    MIXED_PRECISION_CHOICES,
+    LoRAConfig,
+    TrainingConfig,
+    default_of,
+    help_text,
+)
 from ..trainer_core.export import (
     LoRAWeights,
     default_text_key_name,
@@ -44,6 +51,8 @@ from ..trainer_core.schedulers import SCHEDULER_CHOICES, SchedulerConfig
 from ..trainer_core.text_encoder import find_text_encoder_targets
 from . import bridge
 from .types import Dataset, LoraModel
+
+LORA_DROPOUT_MAX = 0.9
 
 
 def _lora_help(name: str) -> str:
@@ -151,6 +160,8 @@ class TrainLoRA(io.ComfyNode):
                     "trigger_word", default="",
                     tooltip="Word that calls up the LoRA, put first in every caption. Empty = the dataset's own.",
                 ),
+                io.Combo.Input("adapter_type", options=list(ADAPTER_CHOICES), default="lora",
+                               tooltip=_lora_help("adapter")),
                 io.Int.Input("rank", default=default_of(LoRAConfig, "rank"), min=1, max=1024, tooltip=_lora_help("rank")),
                 io.Float.Input("alpha", default=default_of(LoRAConfig, "alpha"), min=0.01, max=1024, step=0.5,
                                tooltip=_lora_help("alpha")),
@@ -189,7 +200,8 @@ class TrainLoRA(io.ComfyNode):
                              tooltip=_train_help("multires_noise_iterations")),
                 io.Combo.Input("target_layers", options=["attention", "all_linear"], default="attention",
                                tooltip=_lora_help("target")),
-                io.Float.Input("lora_dropout", default=0.0, min=0.0, max=0.9, step=0.05, tooltip=_lora_help("dropout")),
+                io.Float.Input("lora_dropout", default=0.0, min=0.0, max=LORA_DROPOUT_MAX, step=0.05,
+                               tooltip=_lora_help("dropout")),
                 io.Boolean.Input("rslora", default=False, tooltip=_lora_help("rslora")),
                 io.Int.Input("sample_every", default=0, min=0, max=100000,
                              tooltip="Every N steps (and at the end), draw the sample prompts with the LoRA as it is "
@@ -234,8 +246,18 @@ class TrainLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, optimizer: str | None = None, allow_8bit_fallback: bool | None = None) -> bool | str:
+    def validate_inputs(
+        cls, optimizer: str | None = None, allow_8bit_fallback: bool | None = None, adapter_type: str | None = None,
+        lora_dropout: float | None = None,
+    ) -> bool | str:
         # Only the inputs named here skip ComfyUI's own range checks: never add **kwargs.
+        if lora_dropout is not None and not 0 <= lora_dropout <= LORA_DROPOUT_MAX:
+            return f"lora_dropout must be from 0 to {LORA_DROPOUT_MAX}, got {lora_dropout}"
+        if adapter_type is not None:
+            try:
+                LoRAConfig(adapter=adapter_type, dropout=lora_dropout or 0.0)
+            except ValueError as error:
+                return f"adapter_type: {error}"
         if optimizer is None or allow_8bit_fallback:
             return True
         import comfy.model_management
@@ -248,10 +270,10 @@ class TrainLoRA(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model, clip, vae, dataset, preset: str, trigger_word: str, rank: int, alpha: float, learning_rate: float,
-        text_encoder_lr: float, clip_skip: int, optimizer: str, lr_scheduler: str, lr_warmup: float,
-        allow_8bit_fallback: bool, steps: int, epochs: int, batch_size: int, gradient_accumulation: int, seed: int,
-        mixed_precision: str,
+        cls, model, clip, vae, dataset, preset: str, trigger_word: str, adapter_type: str, rank: int, alpha: float,
+        learning_rate: float, text_encoder_lr: float, clip_skip: int, optimizer: str, lr_scheduler: str,
+        lr_warmup: float, allow_8bit_fallback: bool, steps: int, epochs: int, batch_size: int,
+        gradient_accumulation: int, seed: int, mixed_precision: str,
         gradient_checkpointing: bool, min_snr_gamma: float, noise_offset: float, loss_type: str,
         timestep_sampling: str, multires_noise_iterations: int, target_layers: str, sample_every: int,
         sample_prompts: str, sample_steps: int, sample_cfg: float,
@@ -259,7 +281,8 @@ class TrainLoRA(io.ComfyNode):
     ) -> io.NodeOutput:
         if trigger_word.strip():
             dataset = dataset.with_caption_options(replace(dataset.caption_options, trigger_word=trigger_word.strip()))
-        lora_config = LoRAConfig(rank=rank, alpha=alpha, dropout=lora_dropout, target=target_layers, rslora=rslora)
+        lora_config = LoRAConfig(adapter=adapter_type, rank=rank, alpha=alpha, dropout=lora_dropout, target=target_layers,
+                                 rslora=rslora)
         training = TrainingConfig(
             steps=steps, epochs=epochs, learning_rate=learning_rate, text_encoder_lr=text_encoder_lr,
             clip_skip=clip_skip, batch_size=batch_size,
@@ -343,7 +366,7 @@ def _show_memory_estimate(denoiser, text_network, lora_config: LoRAConfig, train
         base_bytes += tensor_bytes(text_network)
     estimate = estimate_training_memory(
         base_weight_bytes=base_bytes,
-        adapter_parameters=adapter_parameter_count(shapes, lora_config.rank),
+        adapter_parameters=adapter_parameter_count(shapes, lora_config.rank, lora_config.adapter),
         optimizer=optimizer, family=bridge.model_family(denoiser.patcher), batch_size=training.batch_size,
         width=resolution, height=resolution, precision=resolve_precision(training.mixed_precision, device),
         gradient_checkpointing=training.gradient_checkpointing,

@@ -1,9 +1,11 @@
-"""Attach a trainable peft adapter to a shared network, and take it off again without a trace.
+"""Attach a trainable peft adapter (LoRA, LoHa, LoKr or DoRA) to a shared network, and take it off
+again without a trace.
 
 The network belongs to the caller (in ComfyUI, to every node that holds the same MODEL). Training
 must leave it exactly as it was, so this module:
 
-* wraps the chosen layers with peft adapter layers and restores the original layer objects after;
+* wraps the chosen layers with peft adapter layers and restores the original layer objects after
+  (what differs per adapter type lives in ``adapter_types.py``);
 * swaps base parameters that are inference tensors (ComfyUI creates weights under
   ``torch.inference_mode``; autograd refuses to save them for backward) for plain tensors that view
   the *same* storage, so no weight is copied, and puts the original ``Parameter`` objects back after.
@@ -12,7 +14,6 @@ must leave it exactly as it was, so this module:
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .adapter_types import PARAMETER_PREFIXES, adapter_scale, peft_config
 from .config import LoRAConfig
 
 # Modules whose children are the attention / feed-forward layers kohya trains by default.
@@ -137,8 +139,22 @@ class InjectedAdapter:
     config: LoRAConfig
     attributes_before: frozenset[str] = frozenset()
 
+    def named_parameters(self) -> dict[str, nn.Parameter]:
+        """The adapter's tensors by their name in the network (what a resume state stores)."""
+        containers = PARAMETER_PREFIXES[self.config.adapter]
+        out: dict[str, nn.Parameter] = {}
+        for name in self.targets:
+            layer = self.network.get_submodule(name)
+            for container in containers:
+                module = getattr(layer, container, None)
+                if module is None:
+                    continue
+                for sub_name, param in module.named_parameters():
+                    out[f"{name}.{container}.{sub_name}"] = param
+        return out
+
     def parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.network.named_parameters() if "lora_" in n and p.requires_grad]
+        return [p for p in self.named_parameters().values() if p.requires_grad]
 
     def layers(self) -> Iterator[tuple[str, nn.Module]]:
         for name in self.targets:
@@ -146,9 +162,7 @@ class InjectedAdapter:
 
     @property
     def scale(self) -> float:
-        if self.config.rslora:
-            return self.config.alpha / math.sqrt(self.config.rank)
-        return self.config.alpha / self.config.rank
+        return adapter_scale(self.config)
 
     def remove(self) -> None:
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -165,34 +179,28 @@ class InjectedAdapter:
             delattr(self.network, name)
 
 
-def inject_lora(network: nn.Module, config: LoRAConfig, seed: int, targets: list[str] | None = None) -> InjectedAdapter:
-    """Wrap the target layers of ``network`` with fp32 peft LoRA layers (initialised from ``seed``).
-
-    ``targets`` (module paths) overrides the layers ``config.target`` chooses."""
-    from peft import LoraConfig, inject_adapter_in_model
+def inject_adapter(
+    network: nn.Module, config: LoRAConfig, seed: int, targets: list[str] | None = None
+) -> InjectedAdapter:
+    """Wrap the target layers of ``network`` with fp32 peft adapter layers of ``config.adapter``'s type
+    (initialised from ``seed``; every type starts as a no-op). ``targets`` (module paths) overrides
+    the layers ``config.target`` chooses."""
+    from peft import inject_adapter_in_model
 
     if config.rank < 1:
         raise AdapterError(f"rank must be at least 1, got {config.rank}")
     check_trainable(network)
     if targets is None:
         targets = find_target_modules(network, config.target)
-    check_rank(network, targets, config.rank)
-    peft_config = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
-        use_rslora=config.rslora,
-        target_modules=targets,
-        init_lora_weights=True,
-    )
+    if config.adapter != "lokr":  # LoKr's rank only decides whether its second factor is stored low-rank
+        check_rank(network, targets, config.rank)
     attributes_before = frozenset(vars(network))
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
         torch.manual_seed(seed)
-        inject_adapter_in_model(peft_config, network)
+        inject_adapter_in_model(peft_config(config, targets), network)
     adapter = InjectedAdapter(network=network, targets=targets, config=config, attributes_before=attributes_before)
     with torch.inference_mode(False):
-        for name, param in network.named_parameters():
-            if "lora_" in name:
-                param.data = param.data.float()
-                param.requires_grad_(True)
+        for param in adapter.named_parameters().values():
+            param.data = param.data.float()
+            param.requires_grad_(True)
     return adapter

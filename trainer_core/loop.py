@@ -20,7 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .adapters import InjectedAdapter, autograd_safe_weights, inject_lora
+from .adapter_types import export_layer
+from .adapters import InjectedAdapter, autograd_safe_weights, inject_adapter
 from .checkpoints import CheckpointPolicy, load_training_state, restore_random_state, save_training_state
 from .config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingConfig
 from .encoding import TextCache, concat_text, encode_latents
@@ -173,16 +174,12 @@ def samples_per_epoch(data: TrainingData) -> int:
 
 
 def extract_weights(adapter: InjectedAdapter, key_namer: KeyNamer) -> dict[str, torch.Tensor]:
-    """The adapter's tensors under kohya keys (fp32 on the CPU), scale recorded as ``.alpha``."""
+    """The adapter's tensors under kohya / LyCORIS keys (fp32 on the CPU), scale recorded as ``.alpha``."""
     out: dict[str, torch.Tensor] = {}
-    alpha = adapter.scale * adapter.config.rank
     for name, layer in adapter.layers():
         stem = key_namer(name)
-        down = layer.lora_A["default"].weight  # type: ignore[index,union-attr]
-        up = layer.lora_B["default"].weight  # type: ignore[index,union-attr]
-        out[f"{stem}.lora_down.weight"] = down.detach().float().cpu().clone()
-        out[f"{stem}.lora_up.weight"] = up.detach().float().cpu().clone()
-        out[f"{stem}.alpha"] = torch.tensor(float(alpha))
+        for suffix, tensor in export_layer(layer, adapter.config).items():
+            out[f"{stem}.{suffix}"] = tensor
     return out
 
 
@@ -246,7 +243,7 @@ def train_lora(
 
         network = denoiser.network
         with autograd_safe_weights(network):
-            adapter = inject_lora(network, lora, training.seed)
+            adapter = inject_adapter(network, lora, training.seed)
             try:
                 with contextlib.ExitStack() as stack:
                     text_adapter = None
@@ -451,12 +448,19 @@ class _TrainingRun:
             "losses": list(self.losses),
             "learning_rates": list(self.learning_rates),
             "rank": self.adapter.config.rank,
+            "adapter_type": self.adapter.config.adapter,
             "targets": list(self.adapter.targets),
             **text_encoder_state(self.text_adapter),
         }
 
     def load_state(self, state: dict[str, Any], source: Path | None) -> None:
         where = f" ({source})" if source is not None else ""
+        adapter_type = state.get("adapter_type", "lora")  # states written before adapter types were LoRA
+        if adapter_type != self.adapter.config.adapter:
+            raise TrainingError(
+                f"the resume state{where} trained a {adapter_type} adapter, this run a {self.adapter.config.adapter}:"
+                f" set adapter type to {adapter_type} to resume, or start a new run"
+            )
         if state.get("rank") != self.adapter.config.rank or state.get("targets") != list(self.adapter.targets):
             raise TrainingError(
                 f"the resume state{where} was trained with rank {state.get('rank')} on other layers; resume with the "
@@ -484,4 +488,4 @@ class _TrainingRun:
             next(self.batches)
 
     def _adapter_parameters(self) -> dict[str, torch.nn.Parameter]:
-        return {name: p for name, p in self.adapter.network.named_parameters() if "lora_" in name}
+        return self.adapter.named_parameters()

@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from .adapter_types import network_metadata
 from .config import LoRAConfig, TrainingConfig
 
 
@@ -40,11 +41,10 @@ def training_metadata(
     ``training.clip_skip`` (a CLIP connected through CLIPSetLastLayer)."""
     epochs = steps * training.batch_size * training.gradient_accumulation / max(1, samples_per_epoch)
     values: dict[str, Any] = {
-        "ss_network_module": "networks.lora",
+        **network_metadata(lora),
         "ss_network_dim": lora.rank,
         "ss_network_alpha": lora.alpha,
         "ss_network_dropout": lora.dropout,
-        "ss_network_args": json.dumps({"target": lora.target}),
         "ss_learning_rate": training.learning_rate,
         "ss_unet_lr": training.learning_rate,
         "ss_text_encoder_lr": training.text_encoder_lr,
@@ -81,7 +81,7 @@ def training_metadata(
         "ss_v2": False,
         "ss_output_name": output_name,
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": f"{base_model_version}/lora",
+        "modelspec.architecture": f"{base_model_version}/lora",  # kohya writes /lora for LyCORIS networks too
         "modelspec.implementation": "https://github.com/kohya-ss/sd-scripts",
         "modelspec.trigger_phrase": trigger_word,
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(finished_at)),

@@ -11,6 +11,7 @@ adapter is taken off afterwards exactly as ``adapters.py`` does for the UNet.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import AdapterError, InjectedAdapter, autograd_safe_weights, inject_lora
+from .adapters import AdapterError, InjectedAdapter, autograd_safe_weights, inject_adapter
 from .checkpoints import ResumeError
 from .config import LoRAConfig
 from .protocols import TextEmbedding, TextEncoder
@@ -84,7 +85,8 @@ def text_encoder_lora(encoder: TextEncoder, lora: LoRAConfig, seed: int) -> Iter
     targets = find_text_encoder_targets(network)
     was_training = {module: module.training for module in network.modules()}
     with autograd_safe_weights(network):
-        adapter = inject_lora(network, lora, seed, targets=targets)
+        # Always a plain LoRA: the text-encoder keys ComfyUI maps are checked for that type.
+        adapter = inject_adapter(network, dataclasses.replace(lora, adapter="lora"), seed, targets=targets)
         try:
             network.train()  # LoRA dropout
             yield adapter

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainer_core.adapters import find_target_modules, inject_lora
+from trainer_core.adapters import find_target_modules, inject_adapter
 from trainer_core.config import LoRAConfig
 from trainer_core.memory_estimate import (
     GIB,
@@ -37,7 +37,7 @@ def test_adapter_parameters_match_what_peft_injects(rank):
     network = Net()
     targets = find_target_modules(network, "all_linear")
     expected = adapter_parameter_count(layer_shapes(network, targets), rank)
-    adapter = inject_lora(network, LoRAConfig(rank=rank, alpha=rank, target="all_linear"), seed=0)
+    adapter = inject_adapter(network, LoRAConfig(rank=rank, alpha=rank, target="all_linear"), seed=0)
     assert sum(p.numel() for p in adapter.parameters()) == expected
 
 

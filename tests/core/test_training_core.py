@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer_core.config import LoRAConfig, TrainingConfig
+from trainer_core.config import ADAPTER_CHOICES, LoRAConfig, TrainingConfig
 from trainer_core.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
 from trainer_core.loop import NonFiniteLossError, train_lora
 
@@ -88,7 +88,7 @@ def make_inference(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def train(steps=30, seed=0, unet=None, vae=None, alphas=None, **training):
+def train(steps=30, seed=0, unet=None, vae=None, alphas=None, lora=None, **training):
     if unet is None:
         unet, vae, alphas = tiny_models()
     config = TrainingConfig(steps=steps, learning_rate=training.pop("learning_rate", 2e-3), seed=seed, **training)
@@ -97,7 +97,7 @@ def train(steps=30, seed=0, unet=None, vae=None, alphas=None, **training):
         HashTextEncoder(),
         DiffusersLatentCodec(vae, 1.0),
         SyntheticData(),
-        LoRAConfig(rank=4, alpha=4),
+        lora or LoRAConfig(rank=4, alpha=4),
         config,
     )
 
@@ -128,7 +128,8 @@ def test_same_seed_same_lora_and_different_seed_differs():
     assert any(not torch.equal(a.weights[k], c.weights[k]) for k in a.weights)
 
 
-def test_shared_network_is_left_exactly_as_it_was():
+@pytest.mark.parametrize("adapter", ADAPTER_CHOICES)
+def test_shared_network_is_left_exactly_as_it_was(adapter):
     unet, vae, alphas = tiny_models()
     make_inference(unet)
     names_before = [n for n, _ in unet.named_modules()]
@@ -140,7 +141,7 @@ def test_shared_network_is_left_exactly_as_it_was():
     with torch.inference_mode():
         out_before = unet(sample, torch.tensor([500]), encoder_hidden_states=text).sample
 
-    result = train(steps=3, unet=unet, vae=vae, alphas=alphas)
+    result = train(steps=3, unet=unet, vae=vae, alphas=alphas, lora=LoRAConfig(rank=4, alpha=4, adapter=adapter))
 
     assert result.steps == 3
     assert [n for n, _ in unet.named_modules()] == names_before

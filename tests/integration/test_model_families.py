@@ -73,8 +73,12 @@ def pack():
     return load_pack()
 
 
-@pytest.mark.parametrize("family, rslora", [("sdxl", False), ("flux", False), ("sdxl", True)])
-def test_family_trains_leaves_model_alone_and_loads_back_identically(pack, family, rslora, caplog):
+@pytest.mark.parametrize(
+    "family, rslora, adapter",
+    [("sdxl", False, "lora"), ("flux", False, "lora"), ("sdxl", True, "lora"), ("sdxl", False, "loha"),
+     ("sdxl", True, "lokr"), ("flux", False, "dora"), ("flux", False, "lokr")],
+)
+def test_family_trains_leaves_model_alone_and_loads_back_identically(pack, family, rslora, adapter, caplog):
     import comfy.lora
     import comfy.model_management
     import comfy.sd
@@ -103,7 +107,7 @@ def test_family_trains_leaves_model_alone_and_loads_back_identically(pack, famil
                 seen["train_time"] = denoiser.denoise(probe_x, probe_sigma, probe_text)
 
     result = train_lora(
-        denoiser, FakeTextEncoder(family), FakeCodec(LATENT_CHANNELS[family]), Data(), LoRAConfig(rank=4, alpha=4, rslora=rslora),
+        denoiser, FakeTextEncoder(family), FakeCodec(LATENT_CHANNELS[family]), Data(), LoRAConfig(rank=4, alpha=4, rslora=rslora, adapter=adapter),
         TrainingConfig(steps=steps, learning_rate=1e-2, mixed_precision="fp32"),
         key_namer=bridge.kohya_key_namer(patcher), on_step=on_step,
     )
@@ -118,7 +122,7 @@ def test_family_trains_leaves_model_alone_and_loads_back_identically(pack, famil
     with caplog.at_level(logging.WARNING):
         patches = comfy.lora.load_lora(result.weights, key_map)
     assert "lora key not loaded" not in caplog.text
-    assert len(patches) == sum(k.endswith(".lora_down.weight") for k in result.weights) > 0
+    assert len(patches) == sum(k.endswith(".alpha") for k in result.weights) > 0
 
     # Load-time (ComfyUI's LoRA patching) equals train-time application.
     loaded, _ = comfy.sd.load_lora_for_models(patcher, None, result.weights, 1.0, 0.0)

@@ -36,7 +36,8 @@ def load_dataset_node(server: ComfyServer, graph: Graph, folder: str, **options)
 def train_node(graph: Graph, checkpoint, dataset, **options):
     inputs = dict(optimizer="AdamW", lr_scheduler="constant_with_warmup", lr_warmup=0.05, allow_8bit_fallback=False,
         model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], dataset=dataset[0], trigger_word="sks",
-        rank=8, alpha=8.0, learning_rate=1e-3, text_encoder_lr=0.0, clip_skip=1, steps=STEPS, epochs=10, batch_size=1, gradient_accumulation=1,
+        preset="custom", adapter_type="lora", rank=8, alpha=8.0, learning_rate=1e-3, text_encoder_lr=0.0, clip_skip=1,
+        steps=STEPS, epochs=10, batch_size=1, gradient_accumulation=1,
         seed=0, mixed_precision="fp32", gradient_checkpointing=False, min_snr_gamma=5.0, noise_offset=0.0,
         loss_type="mse", timestep_sampling="uniform", multires_noise_iterations=0, sample_every=0,
         sample_prompts="{trigger}", sample_steps=20, sample_cfg=7.0,
