@@ -75,12 +75,23 @@ def adapter_parameter_count(layer_shapes: Iterable[tuple[int, int]], rank: int, 
         if adapter == "loha":
             total += 2 * low_rank  # two Hadamard-multiplied low-rank pairs
         elif adapter == "lokr":
-            total += low_rank // 2 + rank * rank  # roughly: a small Kronecker factor and a low-rank one
+            total += _lokr_parameters(fan_in, fan_out, rank)
         elif adapter == "dora":
             total += low_rank + fan_out  # plus the magnitude vector
         else:
             total += low_rank
     return total
+
+
+def _lokr_parameters(fan_in: int, fan_out: int, rank: int) -> int:
+    """peft's LoKr as trainer_core/adapter_types.py configures it: a full small Kronecker factor,
+    and a second one stored low-rank when the rank is below half its larger side."""
+    from peft.tuners.lokr.layer import factorization
+
+    in_m, in_n = factorization(fan_in, -1)
+    out_l, out_k = factorization(fan_out, -1)
+    second = out_k * in_n if rank >= max(out_k, in_n) / 2 else rank * (out_k + in_n)
+    return out_l * in_m + second
 
 
 def layer_shapes(network: nn.Module, targets: Iterable[str]) -> list[tuple[int, int]]:

@@ -32,13 +32,17 @@ class Net(nn.Module):
         self.proj = nn.Conv2d(8, 16, 1)
 
 
+@pytest.mark.parametrize("adapter_type", ["lora", "loha", "dora", "lokr"])
 @pytest.mark.parametrize("rank", [1, 4, 8])
-def test_adapter_parameters_match_what_peft_injects(rank):
+def test_adapter_parameters_match_what_peft_injects(rank, adapter_type):
     network = Net()
     targets = find_target_modules(network, "all_linear")
-    expected = adapter_parameter_count(layer_shapes(network, targets), rank)
-    adapter = inject_adapter(network, LoRAConfig(rank=rank, alpha=rank, target="all_linear"), seed=0)
-    assert sum(p.numel() for p in adapter.parameters()) == expected
+    expected = adapter_parameter_count(layer_shapes(network, targets), rank, adapter_type)
+    config = LoRAConfig(rank=rank, alpha=rank, target="all_linear", adapter=adapter_type)
+    adapter = inject_adapter(network, config, seed=0)
+    injected = sum(p.numel() for n, p in network.named_parameters() if p.requires_grad)
+    assert injected == expected
+    adapter.remove()
 
 
 def _estimate(**changes):
