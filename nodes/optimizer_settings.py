@@ -9,9 +9,16 @@ from ..trainer_core.optimizer_settings import parse_betas, used_by_text
 from ..trainer_core.optimizers import OptimizerConfig
 from .types import OptimizerSettings
 
+# What the core's help text says in terms of its own config, said for the canvas.
+_CANVAS_NOTES = {
+    "betas": "Write two numbers, e.g. '0.9, 0.99'; empty = the optimizer's own.",
+    "relative_step": "On: Train LoRA's learning_rate and lr_scheduler are not used.",
+}
+
 
 def _tooltip(name: str) -> str:
-    return f"{help_text(OptimizerConfig, name)} {used_by_text(name)}"
+    note = f" {_CANVAS_NOTES[name]}" if name in _CANVAS_NOTES else ""
+    return f"{help_text(OptimizerConfig, name)}{note} {used_by_text(name)}"
 
 
 def _default(name: str):
@@ -43,8 +50,7 @@ class LoRALabOptimizerSettings(io.ComfyNode):
                 io.String.Input(
                     "betas",
                     default="",
-                    tooltip=_tooltip("betas")
-                    + " Write two numbers, e.g. '0.9, 0.99'; empty = the optimizer's own.",
+                    tooltip=_tooltip("betas"),
                 ),
                 io.Float.Input(
                     "eps",
