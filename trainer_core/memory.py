@@ -210,7 +210,12 @@ class _UpcastLinear(torch.autograd.Function):
         ctx.save_for_backward(stored)
         ctx.input_dtype = input.dtype
         ctx.bias_needs_grad = bias is not None and bias.requires_grad
-        return F.linear(input, stored.to(input.dtype), _cast_bias(bias, input))
+        # Without the bias F.linear returns a fresh tensor, not a view: a view made in here could not be
+        # modified in place afterwards (ComfyUI's Flux blocks do that).
+        output = F.linear(input, stored.to(input.dtype))
+        if bias is not None:
+            output.add_(bias.to(output.dtype))
+        return output
 
     @staticmethod
     def backward(

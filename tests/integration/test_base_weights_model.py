@@ -19,7 +19,7 @@ from comfy_inproc import load_pack, tiny_model_patcher  # noqa: E402
 pytestmark = pytest.mark.comfy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_model_families import Data, FakeCodec, FakeTextEncoder  # noqa: E402
+from test_model_families import LATENT_CHANNELS, Data, FakeCodec, FakeTextEncoder  # noqa: E402
 
 LAYER = "input_blocks.3.1.transformer_blocks.0.attn1.to_q"  # a Linear inside the tiny SDXL's transformer
 
@@ -29,7 +29,7 @@ def pack():
     return load_pack()
 
 
-def probe(patcher):
+def probe(patcher, family="sdxl"):
     """The MODEL's output on a fixed input, loaded and called the way a sampler does."""
     import comfy.model_management
     from lora_lab.nodes import bridge
@@ -37,10 +37,10 @@ def probe(patcher):
     comfy.model_management.load_models_gpu([patcher])
     denoiser = bridge.ComfyDenoiser(patcher)
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(1, 4, 8, 8, generator=g)
-    sigma = denoiser.training_sigmas[500].reshape(1)
+    x = torch.randn(1, LATENT_CHANNELS[family], 8, 8, generator=g)
+    sigma = denoiser.training_sigmas[len(denoiser.training_sigmas) // 2].reshape(1)
     with torch.no_grad():
-        return denoiser.denoise(x, sigma, FakeTextEncoder("sdxl").encode(["probe"])[0])
+        return denoiser.denoise(x, sigma, FakeTextEncoder(family).encode(["probe"])[0])
 
 
 def loaded_clones(patcher) -> list:
@@ -49,17 +49,24 @@ def loaded_clones(patcher) -> list:
     return [m.model for m in comfy.model_management.current_loaded_models if m.model is patcher]
 
 
-@pytest.mark.parametrize("choice, dtype", [("fp8_e4m3fn", torch.float8_e4m3fn), ("bf16", torch.bfloat16)])
-def test_training_sees_the_chosen_precision_and_the_shared_model_is_untouched(pack, choice, dtype):
+@pytest.mark.parametrize(
+    "family, layer, choice, dtype",
+    [
+        ("sdxl", LAYER, "fp8_e4m3fn", torch.float8_e4m3fn),
+        ("sdxl", LAYER, "bf16", torch.bfloat16),
+        ("flux", "double_blocks.0.img_attn.proj", "fp8_e4m3fn", torch.float8_e4m3fn),  # updates activations in place
+    ],
+)
+def test_training_sees_the_chosen_precision_and_the_shared_model_is_untouched(pack, family, layer, choice, dtype):
     from lora_lab.nodes import bridge
     from lora_lab.trainer_core.config import LoRAConfig, TrainingConfig
     from lora_lab.trainer_core.loop import train_lora
     from lora_lab.trainer_core.memory import stored_weight_bytes
 
-    model = tiny_model_patcher("sdxl")
+    model = tiny_model_patcher(family)
     original = model.model.diffusion_model
     before = {n: (p, p.clone()) for n, p in original.named_parameters()}
-    output_before = probe(model)
+    output_before = probe(model, family)
 
     patcher = model.clone()
     assert bridge.use_base_weights(patcher, choice)
@@ -71,10 +78,10 @@ def test_training_sees_the_chosen_precision_and_the_shared_model_is_untouched(pa
     dtype_name = str(dtype).removeprefix("torch.")
     assert sizes[dtype_name] > 0.9 * sum(sizes.values()), sizes
     seen = []
-    network.get_submodule(LAYER).register_forward_pre_hook(lambda module, args: seen.append(module.weight.dtype))
+    network.get_submodule(layer).register_forward_pre_hook(lambda module, args: seen.append(module.weight.dtype))
     try:
         result = train_lora(
-            denoiser, FakeTextEncoder("sdxl"), FakeCodec(4), Data(), LoRAConfig(rank=4, alpha=4),
+            denoiser, FakeTextEncoder(family), FakeCodec(LATENT_CHANNELS[family]), Data(), LoRAConfig(rank=4, alpha=4),
             TrainingConfig(steps=5, learning_rate=1e-2, mixed_precision="fp32"),
             key_namer=bridge.kohya_key_namer(patcher),
         )
@@ -86,7 +93,7 @@ def test_training_sees_the_chosen_precision_and_the_shared_model_is_untouched(pa
     assert model.model.diffusion_model is original and not loaded_clones(patcher)
     for name, param in original.named_parameters():
         assert param is before[name][0] and torch.equal(param, before[name][1]), name
-    assert torch.equal(probe(model), output_before)
+    assert torch.equal(probe(model, family), output_before)
 
 
 def test_loras_already_on_the_model_are_applied_to_the_copy_and_taken_off_after(pack):
