@@ -34,9 +34,14 @@ def train_recording(steps: int, ema_decay: float, checkpoints: CheckpointPolicy 
     unet, vae, alphas = tiny_models()
     per_step: list[dict[str, torch.Tensor]] = []
     result = train_lora(
-        DiffusersUNetDenoiser(unet, alphas), HashTextEncoder(), DiffusersLatentCodec(vae, 1.0), SyntheticData(),
-        LORA, TrainingConfig(steps=steps, learning_rate=5e-3, ema_decay=ema_decay),
-        on_step=lambda report: per_step.append(lora_values(unet)), checkpoints=checkpoints,
+        DiffusersUNetDenoiser(unet, alphas),
+        HashTextEncoder(),
+        DiffusersLatentCodec(vae, 1.0),
+        SyntheticData(),
+        LORA,
+        TrainingConfig(steps=steps, learning_rate=5e-3, ema_decay=ema_decay),
+        on_step=lambda report: per_step.append(lora_values(unet)),
+        checkpoints=checkpoints,
     )
     return result, per_step
 

@@ -32,8 +32,11 @@ from trainer_core.optimizers import OptimizerConfig, build_optimizer
 def train(unet=None, steps=6, **training):
     fresh, vae, alphas = tiny_models()
     return train_lora(
-        DiffusersUNetDenoiser(unet if unet is not None else fresh, alphas), HashTextEncoder(),
-        DiffusersLatentCodec(vae, 1.0), SyntheticData(), LoRAConfig(rank=4, alpha=4),
+        DiffusersUNetDenoiser(unet if unet is not None else fresh, alphas),
+        HashTextEncoder(),
+        DiffusersLatentCodec(vae, 1.0),
+        SyntheticData(),
+        LoRAConfig(rank=4, alpha=4),
         TrainingConfig(steps=steps, learning_rate=5e-3, **training),
     )
 
@@ -66,7 +69,9 @@ def test_the_offloaded_path_keeps_state_on_its_device_apart_from_the_model():
     optimizer.step()
     placement.parameters_to_model()
 
-    states = [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t) and t.ndim]
+    states = [
+        t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t) and t.ndim
+    ]
     assert len(states) == 4  # Adam's two moments per parameter
     assert all(t.device == state_device for t in states)
     model_storage = {p.untyped_storage().data_ptr() for p in model_params}
@@ -80,7 +85,9 @@ def test_the_offloaded_path_trains_exactly_like_the_normal_one_and_resumes(tmp_p
     from trainer_core.checkpoints import CheckpointPolicy
 
     plain = train(steps=6, max_grad_norm=0.5)
-    monkeypatch.setattr(trainer_core.loop, "optimizer_state_device", lambda device, on_cpu: torch.device("cpu"))
+    monkeypatch.setattr(
+        trainer_core.loop, "optimizer_state_device", lambda device, on_cpu: torch.device("cpu")
+    )
     offloaded = train(steps=6, max_grad_norm=0.5, optimizer_state_on_cpu=True)
     # Same fp32 arithmetic on copies: tolerance zero.
     assert offloaded.losses == plain.losses
@@ -91,8 +98,13 @@ def test_the_offloaded_path_trains_exactly_like_the_normal_one_and_resumes(tmp_p
     config = dict(learning_rate=5e-3, max_grad_norm=0.5, optimizer_state_on_cpu=True)
     for steps, resume in ((3, None), (6, policy.state_path)):
         resumed = train_lora(
-            DiffusersUNetDenoiser(unet, alphas), HashTextEncoder(), DiffusersLatentCodec(vae, 1.0), SyntheticData(),
-            LoRAConfig(rank=4, alpha=4), TrainingConfig(steps=steps, **config), checkpoints=policy,
+            DiffusersUNetDenoiser(unet, alphas),
+            HashTextEncoder(),
+            DiffusersLatentCodec(vae, 1.0),
+            SyntheticData(),
+            LoRAConfig(rank=4, alpha=4),
+            TrainingConfig(steps=steps, **config),
+            checkpoints=policy,
             resume_from=resume,
         )
     np.testing.assert_allclose(resumed.losses, plain.losses, rtol=1e-5)
@@ -110,7 +122,9 @@ def test_eight_bit_optimizers_with_state_on_the_cpu_are_refused_naming_the_fix()
 # -- base weights in a lower precision --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("choice, ratio", [("bf16", 0.5), ("fp16", 0.5), ("fp8_e4m3fn", 0.25), ("fp8_e5m2", 0.25)])
+@pytest.mark.parametrize(
+    "choice, ratio", [("bf16", 0.5), ("fp16", 0.5), ("fp8_e4m3fn", 0.25), ("fp8_e5m2", 0.25)]
+)
 def test_the_copy_stores_weights_in_the_chosen_precision_and_leaves_the_original(choice, ratio):
     unet = tiny_models()[0]
     before = {n: (p, p.detach().clone()) for n, p in unet.named_parameters()}
@@ -118,18 +132,25 @@ def test_the_copy_stores_weights_in_the_chosen_precision_and_leaves_the_original
 
     original_bytes = sum(stored_weight_bytes(unet).values())
     copy_bytes = sum(stored_weight_bytes(copy).values())
-    assert stored_weight_bytes(copy)[choice.replace("fp8_", "float8_").replace("bf16", "bfloat16")
-                                     .replace("fp16", "float16")] > 0.9 * copy_bytes
+    assert (
+        stored_weight_bytes(copy)[
+            choice.replace("fp8_", "float8_").replace("bf16", "bfloat16").replace("fp16", "float16")
+        ]
+        > 0.9 * copy_bytes
+    )
     assert copy_bytes < (ratio + 0.05) * original_bytes  # biases and norms stay fp32: a few percent
     for name, param in unet.named_parameters():
-        assert param is before[name][0] and param.dtype == torch.float32 and torch.equal(param, before[name][1])
+        assert (
+            param is before[name][0] and param.dtype == torch.float32 and torch.equal(param, before[name][1])
+        )
     assert not any(p.requires_grad for p in copy.parameters())
     assert not needs_low_precision_copy(copy, base_weight_dtype(choice))
     assert not needs_low_precision_copy(unet, None)
 
 
-@pytest.mark.parametrize("layer", [torch.nn.Linear(12, 6), torch.nn.Conv2d(4, 6, 3, padding=1, stride=2)],
-                         ids=["linear", "conv2d"])
+@pytest.mark.parametrize(
+    "layer", [torch.nn.Linear(12, 6), torch.nn.Conv2d(4, 6, 3, padding=1, stride=2)], ids=["linear", "conv2d"]
+)
 def test_upcast_layers_compute_and_backpropagate_like_the_full_precision_layer(layer):
     """With weights that bf16 holds exactly, the bf16 copy must give the same output and input gradient."""
     with torch.no_grad():

@@ -20,7 +20,9 @@ from trainer_core.optimizers import (
 )
 
 
-def quadratic(optimizer: torch.optim.Optimizer, weight: torch.Tensor, target: torch.Tensor, steps: int) -> None:
+def quadratic(
+    optimizer: torch.optim.Optimizer, weight: torch.Tensor, target: torch.Tensor, steps: int
+) -> None:
     for _ in range(steps):
         optimizer.zero_grad()
         ((weight - target) ** 2).mean().backward()
@@ -44,8 +46,12 @@ def test_prodigy_d_coef_scales_the_step_size_it_finds():
 def train_adafactor(relative_step: bool):
     unet, vae, alphas = tiny_models()
     return train_lora(
-        DiffusersUNetDenoiser(unet, alphas), HashTextEncoder(), DiffusersLatentCodec(vae, 1.0), SyntheticData(),
-        LoRAConfig(rank=4, alpha=4), TrainingConfig(steps=6, learning_rate=1e-4),
+        DiffusersUNetDenoiser(unet, alphas),
+        HashTextEncoder(),
+        DiffusersLatentCodec(vae, 1.0),
+        SyntheticData(),
+        LoRAConfig(rank=4, alpha=4),
+        TrainingConfig(steps=6, learning_rate=1e-4),
         optimizer=for_optimizer(OptimizerConfig(relative_step=relative_step), "Adafactor"),
     )
 
@@ -55,7 +61,10 @@ def test_adafactor_relative_step_on_trains_at_its_own_rate_off_at_the_chosen_one
     assert max(fixed.learning_rates) == pytest.approx(1e-4)  # the training learning rate (after warmup)
     assert relative.learning_rates == pytest.approx([1e-2] * 6)  # min(1e-2, 1/sqrt(step))
     up = [k for k in fixed.weights if ".lora_up." in k]
-    size = {name: sum(r.weights[k].abs().sum().item() for k in up) for name, r in (("fixed", fixed), ("rel", relative))}
+    size = {
+        name: sum(r.weights[k].abs().sum().item() for k in up)
+        for name, r in (("fixed", fixed), ("rel", relative))
+    }
     assert size["rel"] > 10 * size["fixed"], size
 
 
@@ -64,7 +73,9 @@ def test_weight_decay_from_the_settings_shrinks_weights_the_loss_does_not_use():
         torch.manual_seed(0)
         layer = torch.nn.Linear(2, 1, bias=False)
         start = layer.weight.detach().clone()
-        config = replace(for_optimizer(OptimizerConfig(weight_decay=weight_decay), "AdamW"), learning_rate=0.1)
+        config = replace(
+            for_optimizer(OptimizerConfig(weight_decay=weight_decay), "AdamW"), learning_rate=0.1
+        )
         optimizer = build_optimizer(layer.parameters(), config, "cpu")
         for _ in range(20):
             optimizer.zero_grad()
@@ -77,22 +88,36 @@ def test_weight_decay_from_the_settings_shrinks_weights_the_loss_does_not_use():
 
 
 def test_settings_the_chosen_optimizer_does_not_use_are_ignored(caplog):
-    settings = OptimizerConfig(relative_step=True, d_coef=3.0, momentum=0.9, weight_decay=0.05, betas=(0.8, 0.9))
+    settings = OptimizerConfig(
+        relative_step=True, d_coef=3.0, momentum=0.9, weight_decay=0.05, betas=(0.8, 0.9)
+    )
     with caplog.at_level("INFO", logger="trainer_core.optimizer_settings"):
         adamw = for_optimizer(settings, "AdamW")
     # relative_step left on would have dropped AdamW's learning rate: it must not reach AdamW.
     assert adamw == OptimizerConfig(weight_decay=0.05, betas=(0.8, 0.9))
     assert "relative_step=True" in caplog.text and "d_coef=3.0" in caplog.text
-    assert for_optimizer(settings, "Adafactor") == OptimizerConfig(name="Adafactor", relative_step=True,
-                                                                   weight_decay=0.05)
+    assert for_optimizer(settings, "Adafactor") == OptimizerConfig(
+        name="Adafactor", relative_step=True, weight_decay=0.05
+    )
     assert for_optimizer(settings, "SGD").momentum == 0.9
     assert for_optimizer(settings, "Prodigy").d_coef == 3.0
     assert for_optimizer(None, "Lion", True) == OptimizerConfig(name="Lion", allow_8bit_fallback=True)
 
 
 def test_every_setting_names_the_optimizers_that_use_it():
-    assert set(USED_BY) == {"weight_decay", "betas", "eps", "momentum", "d_coef", "safeguard_warmup",
-                            "use_bias_correction", "decouple", "relative_step", "scale_parameter", "warmup_init"}
+    assert set(USED_BY) == {
+        "weight_decay",
+        "betas",
+        "eps",
+        "momentum",
+        "d_coef",
+        "safeguard_warmup",
+        "use_bias_correction",
+        "decouple",
+        "relative_step",
+        "scale_parameter",
+        "warmup_init",
+    }
     assert all(set(users) <= set(OPTIMIZER_CHOICES) for users in USED_BY.values())
     assert used_by_text("d_coef") == "Used by Prodigy; ignored when Train LoRA's optimizer is another one."
     assert used_by_text("weight_decay") == "Used by every optimizer."

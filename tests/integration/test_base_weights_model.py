@@ -54,10 +54,13 @@ def loaded_clones(patcher) -> list:
     [
         ("sdxl", LAYER, "fp8_e4m3fn", torch.float8_e4m3fn),
         ("sdxl", LAYER, "bf16", torch.bfloat16),
-        ("flux", "double_blocks.0.img_attn.proj", "fp8_e4m3fn", torch.float8_e4m3fn),  # updates activations in place
+        # Flux's blocks update activations in place: the upcast layers must allow it.
+        ("flux", "double_blocks.0.img_attn.proj", "fp8_e4m3fn", torch.float8_e4m3fn),
     ],
 )
-def test_training_sees_the_chosen_precision_and_the_shared_model_is_untouched(pack, family, layer, choice, dtype):
+def test_training_sees_the_chosen_precision_and_the_shared_model_is_untouched(
+    pack, family, layer, choice, dtype
+):
     from lora_lab.nodes import bridge
     from lora_lab.trainer_core.config import LoRAConfig, TrainingConfig
     from lora_lab.trainer_core.loop import train_lora
@@ -78,10 +81,15 @@ def test_training_sees_the_chosen_precision_and_the_shared_model_is_untouched(pa
     dtype_name = str(dtype).removeprefix("torch.")
     assert sizes[dtype_name] > 0.9 * sum(sizes.values()), sizes
     seen = []
-    network.get_submodule(layer).register_forward_pre_hook(lambda module, args: seen.append(module.weight.dtype))
+    watched = network.get_submodule(layer)
+    watched.register_forward_pre_hook(lambda module, args: seen.append(module.weight.dtype))
     try:
         result = train_lora(
-            denoiser, FakeTextEncoder(family), FakeCodec(LATENT_CHANNELS[family]), Data(), LoRAConfig(rank=4, alpha=4),
+            denoiser,
+            FakeTextEncoder(family),
+            FakeCodec(LATENT_CHANNELS[family]),
+            Data(),
+            LoRAConfig(rank=4, alpha=4),
             TrainingConfig(steps=5, learning_rate=1e-2, mixed_precision="fp32"),
             key_namer=bridge.kohya_key_namer(patcher),
         )
@@ -126,7 +134,8 @@ def test_unsupported_precision_on_the_device_is_refused_clearly(pack, monkeypatc
     import comfy.model_management
     from lora_lab.nodes import bridge
 
-    assert bridge.base_weights_problem("fp8_e4m3fn") is None  # CPUs convert fp8 (storage only, upcast per layer)
+    # CPUs can convert fp8: it is storage only, upcast per layer.
+    assert bridge.base_weights_problem("fp8_e4m3fn") is None
     monkeypatch.setattr(comfy.model_management, "supports_cast", lambda device, dtype: False)
     problem = bridge.base_weights_problem("fp8_e4m3fn")
     assert problem and "base_weights" in problem and "'as loaded'" in problem

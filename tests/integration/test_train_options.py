@@ -42,8 +42,10 @@ def test_settings_node_and_ema_change_what_train_lora_learns(comfy_server: Comfy
     graph = Graph()
     checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
     data = load_dataset_node(server, graph, dataset)
-    settings = graph.node("LoraLabOptimizerSettings",
-                          **{**server.widget_defaults("LoraLabOptimizerSettings"), "relative_step": True})
+    settings = graph.node(
+        "LoraLabOptimizerSettings",
+        **{**server.widget_defaults("LoraLabOptimizerSettings"), "relative_step": True},
+    )
     runs = {
         "fixed": dict(optimizer="Adafactor", steps=4),
         "relative": dict(optimizer="Adafactor", steps=4, optimizer_settings=settings[0]),
@@ -65,8 +67,9 @@ def test_settings_node_and_ema_change_what_train_lora_learns(comfy_server: Comfy
     assert 0 < up_size(lora["ema"][0]) < 0.9 * up_size(lora["plain"][0])
 
 
-def test_fp8_base_weights_and_state_in_ram_train_and_leave_the_model_bit_identical(comfy_server: ComfyServer,
-                                                                                      dataset: str):
+def test_fp8_base_weights_and_state_in_ram_train_and_leave_the_model_bit_identical(
+    comfy_server: ComfyServer, dataset: str
+):
     server = comfy_server
 
     def sample_original(prefix: str):
@@ -79,8 +82,16 @@ def test_fp8_base_weights_and_state_in_ram_train_and_leave_the_model_bit_identic
     graph = Graph()
     checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
     data = load_dataset_node(server, graph, dataset)
-    trained = train_node(graph, checkpoint, data, steps=6, run_name="tests_fp8", base_weights="fp8_e4m3fn",
-                         optimizer_state_on_cpu=True, gradient_checkpointing=True)
+    trained = train_node(
+        graph,
+        checkpoint,
+        data,
+        steps=6,
+        run_name="tests_fp8",
+        base_weights="fp8_e4m3fn",
+        optimizer_state_on_cpu=True,
+        gradient_checkpointing=True,
+    )
     graph.node("SaveCheckpoint", lora=trained[0], filename="tests/options_fp8", if_exists="overwrite")
     server.run(graph.to_api(), timeout=600).raise_for_error()
     after = sample_original("base_weights_after")
@@ -94,12 +105,21 @@ def test_fp8_base_weights_and_state_in_ram_train_and_leave_the_model_bit_identic
     assert up_size(tensors) > 0
 
 
-def test_state_in_ram_with_an_8bit_optimizer_is_refused_before_running(comfy_server: ComfyServer, dataset: str):
+def test_state_in_ram_with_an_8bit_optimizer_is_refused_before_running(
+    comfy_server: ComfyServer, dataset: str
+):
     graph = Graph()
     checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
     data = load_dataset_node(comfy_server, graph, dataset)
-    trained = train_node(graph, checkpoint, data, steps=2, optimizer="AdamW8bit", allow_8bit_fallback=True,
-                         optimizer_state_on_cpu=True)
+    trained = train_node(
+        graph,
+        checkpoint,
+        data,
+        steps=2,
+        optimizer="AdamW8bit",
+        allow_8bit_fallback=True,
+        optimizer_state_on_cpu=True,
+    )
     graph.node("SaveCheckpoint", lora=trained[0], filename="tests/options_refused", if_exists="error")
     with pytest.raises(PromptRejected) as rejected:
         comfy_server.run(graph.to_api())
