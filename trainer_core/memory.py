@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.grad import conv2d_input
 
 from .optimizers import EIGHT_BIT_OPTIMIZERS
 
@@ -258,7 +259,7 @@ class _UpcastConv2d(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.settings
         grad_input = None
         if ctx.needs_input_grad[0]:
-            grad_input = torch.nn.grad.conv2d_input(
+            grad_input = conv2d_input(
                 ctx.input_shape, stored.to(grad_output.dtype), grad_output, stride, padding, dilation, groups
             ).to(ctx.input_dtype)
         grad_bias = grad_output.sum((0, 2, 3)) if ctx.bias_needs_grad else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 from .optimizers import OPTIMIZER_CHOICES, OptimizerConfig
 
@@ -53,7 +54,7 @@ def for_optimizer(
     if settings is None:
         return OptimizerConfig(name=name, allow_8bit_fallback=allow_8bit_fallback)
     defaults = OptimizerConfig()
-    kept: dict[str, object] = {}
+    kept: dict[str, Any] = {}
     ignored: list[str] = []
     for setting, users in USED_BY.items():
         value = getattr(settings, setting)
