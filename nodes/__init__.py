@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .auto_caption import AutoCaption
 from .load_dataset import LoadDataset
+from .optimizer_settings import LoRALabOptimizerSettings
 from .save_checkpoint import SaveCheckpoint
 from .stack_compare import CompareLoRAStack
 from .strength_sweep import TestLoRAStrengthSweep
@@ -17,6 +18,7 @@ NODE_CLASSES = [
     LoadDataset,
     AutoCaption,
     TrainLoRA,
+    LoRALabOptimizerSettings,
     SaveCheckpoint,
     TestLoRAStrengthSweep,
     CompareLoRAStack,

@@ -19,6 +19,7 @@ import comfy.utils
 import torch
 
 from ..trainer_core.config import PredictionType
+from ..trainer_core.memory import base_weight_dtype, low_precision_copy, needs_low_precision_copy
 from ..trainer_core.protocols import TextEmbedding
 
 
@@ -238,6 +239,61 @@ def load_for_training(patcher: Any, unload_others: bool, clip: Any = None) -> No
     memory = 1e20 if unload_others else 0
     patchers = [patcher] if clip is None else [patcher, clip.patcher]
     comfy.model_management.load_models_gpu(patchers, memory_required=memory, force_full_load=True)
+
+
+def base_weights_problem(choice: str | None) -> str | None:
+    """Why ``choice`` of base-weight precision cannot be used on the training device (None if it can)."""
+    if choice is None or choice == "as loaded":
+        return None
+    device = comfy.model_management.get_torch_device()
+    try:
+        dtype = base_weight_dtype(choice)
+    except ValueError as error:
+        return str(error)
+    if not comfy.model_management.supports_cast(device, dtype):
+        return (
+            f"base_weights: ComfyUI cannot convert {choice} weights on this device ({device.type}); choose "
+            "'as loaded' or fp16."
+        )
+    return None
+
+
+def use_base_weights(patcher: Any, choice: str) -> bool:
+    """Make the clone ``patcher`` train on a copy of the diffusion network with weights stored in ``choice``'s
+    precision; returns whether a copy was made (not when the weights already are in that precision).
+
+    The copy is an object patch of this clone only, ComfyUI's own way of swapping a part of a shared
+    model: ComfyUI puts the copy in place while it has this clone loaded and the MODEL's own network back
+    when it unloads it (``release``). The copy is made from unpatched weights (any LoRAs already on the
+    MODEL are applied to it by ComfyUI at load), so loaded clones of the model are unloaded first, which
+    also moves the MODEL's weights off the GPU while the copy trains.
+    """
+    dtype = base_weight_dtype(choice)
+    problem = base_weights_problem(choice)
+    if problem is not None:
+        raise ValueError(problem)
+    _unload_loaded_clones(patcher)
+    network = patcher.get_model_object("diffusion_model")
+    if not needs_low_precision_copy(network, dtype):
+        return False
+    assert dtype is not None
+    patcher.add_object_patch("diffusion_model", low_precision_copy(network, dtype))
+    return True
+
+
+def release(patcher: Any) -> None:
+    """Unload ``patcher`` from ComfyUI's loaded models: its patches and object patches come off the model."""
+    _unload_loaded_clones(patcher, only_itself=True)
+
+
+def _unload_loaded_clones(patcher: Any, only_itself: bool = False) -> None:
+    loaded_models = comfy.model_management.current_loaded_models
+    for loaded in list(loaded_models):
+        model = loaded.model
+        if model is None or not (model is patcher if only_itself else model.is_clone(patcher)):
+            continue
+        loaded.model_unload()
+        loaded_models.remove(loaded)
 
 
 def apply_lora(model: Any, clip: Any, weights: dict, strength_model: float, strength_clip: float) -> tuple[Any, Any]:

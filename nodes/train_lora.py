@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import comfy.utils
@@ -36,6 +37,12 @@ from ..trainer_core.loop import (
     train_lora,
 )
 from ..trainer_core.losses import LOSS_TYPES, TIMESTEP_SAMPLING
+from ..trainer_core.memory import (
+    BASE_WEIGHT_CHOICES,
+    BASE_WEIGHTS_HELP,
+    check_state_on_cpu,
+    stored_weight_bytes,
+)
 from ..trainer_core.memory_estimate import (
     adapter_parameter_count,
     estimate_training_memory,
@@ -44,13 +51,14 @@ from ..trainer_core.memory_estimate import (
     tensor_bytes,
 )
 from ..trainer_core.metadata import training_metadata
+from ..trainer_core.optimizer_settings import for_optimizer
 from ..trainer_core.optimizers import OPTIMIZER_CHOICES, OptimizerConfig, check_optimizer_available
 from ..trainer_core.plots import loss_curve_image
 from ..trainer_core.presets import CUSTOM, PRESET_CHOICES
 from ..trainer_core.schedulers import SCHEDULER_CHOICES, SchedulerConfig
 from ..trainer_core.text_encoder import find_text_encoder_targets
 from . import bridge
-from .types import Dataset, LoraModel
+from .types import Dataset, LoraModel, OptimizerSettings
 
 LORA_DROPOUT_MAX = 0.9
 
@@ -230,6 +238,19 @@ class TrainLoRA(io.ComfyNode):
                     tooltip="Unload every other model from the GPU before training: more memory for training, "
                     "the next sampler reloads what it needs.",
                 ),
+                # Optional, so API graphs written before these inputs existed still run.
+                OptimizerSettings.Input(
+                    "optimizer_settings", optional=True,
+                    tooltip="Finer settings of the optimizer (weight decay, betas, Prodigy's d_coef, "
+                    "Adafactor's relative_step, ...) from a LoRA Lab Optimizer Settings node; settings the "
+                    "chosen optimizer does not use are ignored. Not connected = the guides' defaults.",
+                ),
+                io.Float.Input("ema_decay", optional=True, default=0.0, min=0.0, max=0.99999, step=0.001,
+                               round=0.00001, tooltip=_train_help("ema_decay")),
+                io.Boolean.Input("optimizer_state_on_cpu", optional=True, default=False,
+                                 tooltip=_train_help("optimizer_state_on_cpu")),
+                io.Combo.Input("base_weights", optional=True, options=list(BASE_WEIGHT_CHOICES),
+                               default="as loaded", tooltip=BASE_WEIGHTS_HELP),
             ],
             outputs=[
                 LoraModel.Output("lora", display_name="lora", tooltip="The trained LoRA: connect to Save LoRA or the strength sweep."),
@@ -248,7 +269,7 @@ class TrainLoRA(io.ComfyNode):
     @classmethod
     def validate_inputs(
         cls, optimizer: str | None = None, allow_8bit_fallback: bool | None = None, adapter_type: str | None = None,
-        lora_dropout: float | None = None,
+        lora_dropout: float | None = None, optimizer_state_on_cpu: bool | None = None, base_weights: str | None = None,
     ) -> bool | str:
         # Only the inputs named here skip ComfyUI's own range checks: never add **kwargs.
         if lora_dropout is not None and not 0 <= lora_dropout <= LORA_DROPOUT_MAX:
@@ -258,6 +279,9 @@ class TrainLoRA(io.ComfyNode):
                 LoRAConfig(adapter=adapter_type, dropout=lora_dropout or 0.0)
             except ValueError as error:
                 return f"adapter_type: {error}"
+        problem = _memory_options_problem(optimizer, optimizer_state_on_cpu, base_weights)
+        if problem is not None:
+            return problem
         if optimizer is None or allow_8bit_fallback:
             return True
         import comfy.model_management
@@ -278,19 +302,23 @@ class TrainLoRA(io.ComfyNode):
         timestep_sampling: str, multires_noise_iterations: int, target_layers: str, sample_every: int,
         sample_prompts: str, sample_steps: int, sample_cfg: float,
         lora_dropout: float, rslora: bool, run_name: str, save_every: int, keep_last: int, resume: bool, unload_other_models: bool,
+        optimizer_settings=None, ema_decay: float = 0.0, optimizer_state_on_cpu: bool = False,
+        base_weights: str = "as loaded",
     ) -> io.NodeOutput:
         if trigger_word.strip():
             dataset = dataset.with_caption_options(replace(dataset.caption_options, trigger_word=trigger_word.strip()))
         lora_config = LoRAConfig(adapter=adapter_type, rank=rank, alpha=alpha, dropout=lora_dropout, target=target_layers,
                                  rslora=rslora)
+        optimizer_config = for_optimizer(optimizer_settings, optimizer, allow_8bit_fallback)
         training = TrainingConfig(
             steps=steps, epochs=epochs, learning_rate=learning_rate, text_encoder_lr=text_encoder_lr,
             clip_skip=clip_skip, batch_size=batch_size,
             gradient_accumulation=gradient_accumulation, seed=seed, mixed_precision=mixed_precision,
             gradient_checkpointing=gradient_checkpointing, min_snr_gamma=min_snr_gamma, noise_offset=noise_offset,
             loss_type=loss_type, timestep_sampling=timestep_sampling, multires_noise_iterations=multires_noise_iterations,
+            weight_decay=optimizer_config.weight_decay, ema_decay=ema_decay,
+            optimizer_state_on_cpu=optimizer_state_on_cpu,
         )
-        optimizer_config = OptimizerConfig(name=optimizer, allow_8bit_fallback=allow_8bit_fallback)
         scheduler_config = SchedulerConfig(name=lr_scheduler, warmup=lr_warmup)
         total = training.resolved_steps(samples_per_epoch(dataset))
         checkpoints = CheckpointPolicy(checkpoint_folder(), sanitize_filename(run_name), every=save_every,
@@ -307,10 +335,12 @@ class TrainLoRA(io.ComfyNode):
         text_key_namer = bridge.clip_key_namer(clip) if train_text else default_text_key_name
         training_clip = bridge.clip_with_skip(clip, clip_skip)
         patcher = model.clone()
+        copied_base = bridge.use_base_weights(patcher, base_weights)
         denoiser = bridge.ComfyDenoiser(patcher)
         _show_memory_estimate(denoiser, clip.cond_stage_model if train_text else None, lora_config, training,
                               optimizer, dataset.resolution, cls.hidden.unique_id)
         bridge.load_for_training(patcher, unload_other_models, clip=training_clip if train_text else None)
+        base_weight_bytes = stored_weight_bytes(denoiser.network)  # the network that trains: the copy, if any
         trigger = dataset.caption_options.trigger_word
         prompts = [p.strip().replace("{trigger}", trigger).strip(" ,") for p in sample_prompts.splitlines()]
         samples = _SampleImages(sample_every, [p for p in prompts if p], patcher, training_clip, vae, seed,
@@ -329,6 +359,9 @@ class TrainLoRA(io.ComfyNode):
         except NonFiniteLossError as error:
             saved = _save_recovery(error.weights)
             raise RuntimeError(f"{error} The last good LoRA (step {error.step}) was saved to {saved}.") from error
+        finally:
+            if copied_base:  # take the copy off the shared model and free it
+                bridge.release(patcher)
         weights = result.weights
         weights.metadata.update(training_metadata(
             lora_config, training, steps=result.steps, total_steps=result.total_steps,
@@ -343,6 +376,9 @@ class TrainLoRA(io.ComfyNode):
         ))
         if preset != CUSTOM:
             weights.metadata["lora_lab_preset"] = preset
+        weights.metadata["lora_lab_optimizer"] = json.dumps(asdict(optimizer_config))
+        weights.metadata["lora_lab_base_weights"] = json.dumps({"choice": base_weights,
+                                                                "bytes": base_weight_bytes})
         model_with_lora, clip_with_lora = bridge.apply_lora(model, clip if train_text else None, weights, 1.0,
                                                             1.0 if train_text else 0.0)
         clip_with_lora = bridge.clip_with_skip(clip_with_lora if train_text else clip, clip_skip)
@@ -360,7 +396,7 @@ def _show_memory_estimate(denoiser, text_network, lora_config: LoRAConfig, train
     network = denoiser.network
     device = comfy.model_management.get_torch_device()
     shapes = layer_shapes(network, find_target_modules(network, lora_config.target))
-    base_bytes = tensor_bytes(network)
+    base_bytes = tensor_bytes(network)  # the low-precision copy when base_weights asks for one
     if text_network is not None:  # trained too: on the device, with its own LoRA
         shapes += layer_shapes(text_network, find_text_encoder_targets(text_network))
         base_bytes += tensor_bytes(text_network)
@@ -368,6 +404,7 @@ def _show_memory_estimate(denoiser, text_network, lora_config: LoRAConfig, train
         base_weight_bytes=base_bytes,
         adapter_parameters=adapter_parameter_count(shapes, lora_config.rank, lora_config.adapter),
         optimizer=optimizer, family=bridge.model_family(denoiser.patcher), batch_size=training.batch_size,
+        optimizer_state_on_cpu=training.optimizer_state_on_cpu, ema=training.ema_decay > 0,
         width=resolution, height=resolution, precision=resolve_precision(training.mixed_precision, device),
         gradient_checkpointing=training.gradient_checkpointing,
     )
@@ -397,6 +434,17 @@ def _send_text(text: str, node_id: str | None) -> None:
             send(text, node_id)
     except (ImportError, AttributeError):
         pass
+
+
+def _memory_options_problem(
+    optimizer: str | None, state_on_cpu: bool | None, base_weights: str | None
+) -> str | None:
+    if optimizer is not None and state_on_cpu:
+        try:
+            check_state_on_cpu(optimizer, state_on_cpu)
+        except ValueError as error:
+            return str(error)
+    return bridge.base_weights_problem(base_weights)
 
 
 def _checkpoint_steps(result) -> list[int]:

@@ -11,3 +11,5 @@ from comfy_api.latest import io
 
 Dataset = io.Custom("LORALAB_DATASET")
 LoraModel = io.Custom("LORA_MODEL")
+# A trainer_core.optimizers.OptimizerConfig whose name, learning rate and 8-bit fallback TrainLoRA sets.
+OptimizerSettings = io.Custom("LORALAB_OPTIMIZER_SETTINGS")

@@ -103,6 +103,22 @@ class TrainingConfig:
     gradient_checkpointing: bool = _help(
         "Recompute activations in the backward pass: much less memory, about 20% slower.", False
     )
+    optimizer_state_on_cpu: bool = _help(
+        "Keep the optimizer's state (and an fp32 copy of the LoRA it updates) in RAM instead of on the GPU:"
+        " saves about twice the LoRA's size in GPU memory with Adam-type optimizers (more than the LoRA"
+        " itself). Costs two copies of the LoRA between GPU and RAM and an optimizer step on the CPU per"
+        " step: slower, more so for large ranks. Same results. Nothing to move when training on the CPU."
+        " Not with the 8-bit optimizers (their state must stay on the GPU).",
+        False,
+    )
+    ema_decay: float = _help(
+        "Keep an exponential moving average (EMA) of the LoRA's weights and export that instead of the last"
+        " step's: smoother, often less overfit. 0 = off; 0.999 typical. The average starts short and grows to"
+        " this decay (diffusers' warmup). The EMA (fp32, beside the LoRA) is what the output, the saved file"
+        " and every checkpoint hold, and resume continues it; sample images during training show the raw"
+        " weights. Costs one more copy of the LoRA in memory.",
+        0.0,
+    )
     min_snr_gamma: float = _help(
         "Min-SNR weighting gamma: evens out the loss over noise levels (5 is the guides' value; 0 = off).", 5.0
     )
@@ -143,6 +159,10 @@ class TrainingConfig:
             value = getattr(self, name)
             if not value >= 0 or value == float("inf"):
                 raise ValueError(f"{name} must be a finite number of 0 or more, got {value!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(
+                f"ema_decay must be 0 (off) or a number below 1 such as 0.999, got {self.ema_decay!r}"
+            )
 
     def resolved_steps(self, samples_per_epoch: int) -> int:
         """The step count training will run: ``steps`` or images x repeats x epochs / batch."""

@@ -24,9 +24,11 @@ from .adapter_types import export_layer
 from .adapters import InjectedAdapter, autograd_safe_weights, inject_adapter
 from .checkpoints import CheckpointPolicy, load_training_state, restore_random_state, save_training_state
 from .config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingConfig
+from .ema import AdapterEMA, averaged
 from .encoding import TextCache, concat_text, encode_latents
 from .export import KeyNamer, LoRAWeights, default_key_name, default_text_key_name, save_lora
 from .losses import add_noise, diffusion_loss, sample_noise, sample_sigmas
+from .memory import OptimizerPlacement, check_state_on_cpu, optimizer_state_device
 from .optimizers import OptimizerConfig, build_optimizer, effective_learning_rate
 from .protocols import Denoiser, LatentCodec, TextEncoder
 from .schedulers import SchedulerConfig, build_scheduler
@@ -304,15 +306,24 @@ class _TrainingRun:
         self.metadata = metadata
         self.text_adapter = text_adapter
         self.text_key_namer = text_key_namer
-        self.params = adapter.parameters() + (text_adapter.parameters() if text_adapter is not None else [])
+        unet_params = adapter.parameters()
+        text_params = text_adapter.parameters() if text_adapter is not None else []
+        check_state_on_cpu(optimizer.name, training.optimizer_state_on_cpu)
+        state_device = optimizer_state_device(denoiser.device, training.optimizer_state_on_cpu)
+        self.placement = OptimizerPlacement(unet_params + text_params, state_device)
+        self.params = self.placement.params  # what the optimizer updates: the LoRA's, or copies in RAM
         optimizer = replace(
             optimizer,
             learning_rate=None if optimizer.relative_step else training.learning_rate,
             weight_decay=training.weight_decay,
         )
-        groups = parameter_groups(adapter.parameters(), text_adapter, training.text_encoder_lr,
-                                  set_rate=not optimizer.relative_step)
-        self.optimizer = build_optimizer(groups, optimizer, denoiser.device)
+        optimized = self.params[: len(unet_params)], self.params[len(unet_params) :]
+        groups = parameter_groups(optimized[0], optimized[1] if text_adapter is not None else None,
+                                  training.text_encoder_lr, set_rate=not optimizer.relative_step)
+        self.optimizer = build_optimizer(groups, optimizer, state_device or denoiser.device)
+        self.ema = None
+        if training.ema_decay > 0:
+            self.ema = AdapterEMA(self._ema_parameters(), training.ema_decay, state_device)
         self.scheduler = build_scheduler(self.optimizer, scheduler, total_steps)
         self.scaler = torch.amp.GradScaler(denoiser.device.type, enabled=training.mixed_precision == "fp16")
         self.caption_rng = random.Random(training.seed)
@@ -406,20 +417,26 @@ class _TrainingRun:
         return step_loss
 
     def _apply_gradients(self) -> None:
+        self.placement.gradients_to_optimizer()
         if self.training.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.training.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.placement.parameters_to_model()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update()
 
     # -- weights, checkpoints and resume ------------------------------------------------------------
 
     def weights(self) -> LoRAWeights:
-        tensors = extract_weights(self.adapter, self.key_namer)
-        if self.text_adapter is not None:
-            tensors.update(extract_weights(self.text_adapter, self.text_key_namer))
-        return LoRAWeights(tensors, self.metadata)
+        """The LoRA to export: the moving average when EMA is on, else the weights of the last step."""
+        with averaged(self.ema):
+            tensors = extract_weights(self.adapter, self.key_namer)
+            if self.text_adapter is not None:
+                tensors.update(extract_weights(self.text_adapter, self.text_key_namer))
+            return LoRAWeights(tensors, self.metadata)
 
     def save_checkpoint(self, policy: CheckpointPolicy) -> Path:
         """A LoRA file LoraLoader can load, and the state to resume from (both written atomically)."""
@@ -451,6 +468,7 @@ class _TrainingRun:
             "adapter_type": self.adapter.config.adapter,
             "targets": list(self.adapter.targets),
             **text_encoder_state(self.text_adapter),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def load_state(self, state: dict[str, Any], source: Path | None) -> None:
@@ -475,6 +493,11 @@ class _TrainingRun:
         with torch.no_grad():
             for name, param in self._adapter_parameters().items():
                 param.copy_(state["adapter"][name].to(param.device, param.dtype))
+        self.placement.parameters_from_model()
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        elif self.ema is not None:  # the run had no EMA so far: average from here on
+            self.ema = AdapterEMA(self._ema_parameters(), self.ema.decay, self.placement.device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -489,3 +512,10 @@ class _TrainingRun:
 
     def _adapter_parameters(self) -> dict[str, torch.nn.Parameter]:
         return self.adapter.named_parameters()
+
+    def _ema_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Everything exported: the UNet's adapter and, when trained, the text encoder's."""
+        parameters = dict(self._adapter_parameters())
+        if self.text_adapter is not None:
+            parameters.update({f"text_encoder.{k}": v for k, v in self.text_adapter.named_parameters().items()})
+        return parameters

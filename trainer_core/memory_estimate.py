@@ -6,7 +6,8 @@ Four parts:
 * **adapter**: exact, the LoRA's fp32 weights and their gradients (counted from the layers it
   wraps and the rank);
 * **optimizer state**: exact per parameter for each optimizer (AdamW keeps two fp32 moments,
-  8-bit Adam two 8-bit ones, Prodigy four fp32 tensors, ...);
+  8-bit Adam two 8-bit ones, Prodigy four fp32 tensors, ...), plus an fp32 EMA when on; none of it
+  when the state is kept in RAM (``optimizer_state_on_cpu``);
 * **activations**: an approximation. What a network keeps for the backward pass grows with the
   pixels per step; the per-megapixel figures below are rough readings of what kohya / ai-toolkit
   users report for each family at fp16/bf16 (±30%), scaled by batch size, by 2 for fp32 compute
@@ -123,7 +124,11 @@ def estimate_training_memory(
     height: int,
     precision: str,
     gradient_checkpointing: bool,
+    optimizer_state_on_cpu: bool = False,
+    ema: bool = False,
 ) -> MemoryEstimate:
+    """``optimizer_state_on_cpu``: the optimizer's state (and its fp32 copies, and the EMA) live in
+    RAM, so none of it counts; ``ema``: an fp32 average of the adapter next to it."""
     megapixels = width * height / 1e6
     per_megapixel = ACTIVATION_GIB_PER_MEGAPIXEL.get(family, DEFAULT_ACTIVATION_GIB_PER_MEGAPIXEL)
     activations = per_megapixel * GIB * megapixels * batch_size
@@ -134,7 +139,9 @@ def estimate_training_memory(
     return MemoryEstimate(
         base_weights=int(base_weight_bytes),
         adapter=adapter_parameters * 8,  # fp32 weights and fp32 gradients
-        optimizer_state=int(adapter_parameters * OPTIMIZER_STATE_BYTES.get(optimizer, 8.0)),
+        optimizer_state=0 if optimizer_state_on_cpu else int(
+            adapter_parameters * (OPTIMIZER_STATE_BYTES.get(optimizer, 8.0) + (4.0 if ema else 0.0))
+        ),
         activations=int(activations),
         overhead=CUDA_OVERHEAD_BYTES,
     )

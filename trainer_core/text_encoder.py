@@ -97,14 +97,14 @@ def text_encoder_lora(encoder: TextEncoder, lora: LoRAConfig, seed: int) -> Iter
 
 
 def parameter_groups(
-    unet: list[nn.Parameter], text_encoder: InjectedAdapter | None, text_encoder_lr: float, set_rate: bool
+    unet: list[nn.Parameter], text_encoder: list[nn.Parameter] | None, text_encoder_lr: float, set_rate: bool
 ) -> list[Any]:
     """What the optimizer gets: the UNet's LoRA (at the optimizer's rate) and, when trained, the text
     encoder's in a second group at ``text_encoder_lr``. ``set_rate`` False = the optimizer sets its own
     rate (Adafactor's relative_step): the second group then has none either."""
     if text_encoder is None:
         return unet
-    group: dict[str, Any] = {"params": text_encoder.parameters()}
+    group: dict[str, Any] = {"params": text_encoder}
     if set_rate:
         group["lr"] = text_encoder_lr
     return [{"params": unet}, group]

@@ -60,6 +60,8 @@ def test_each_setting_moves_the_estimate_the_right_way():
     assert _estimate(precision="fp32").activations == pytest.approx(2 * base.activations, rel=1e-6)
     assert _estimate(optimizer="AdamW8bit").optimizer_state == base.optimizer_state // 4
     assert _estimate(optimizer="Prodigy").optimizer_state == 2 * base.optimizer_state
+    assert _estimate(ema=True).optimizer_state == base.optimizer_state * 12 // 8
+    assert _estimate(optimizer_state_on_cpu=True, ema=True).optimizer_state == 0
     assert _estimate(family="Flux").activations > base.activations > _estimate(family="BaseModel").activations
     assert "estimated GPU memory" in base.describe() and "activations" in base.describe()
 

@@ -124,15 +124,13 @@ def test_shared_text_encoder_is_left_exactly_as_it_was():
 
 @pytest.mark.parametrize("name", ["constant_with_warmup", "cosine", "linear", "polynomial", "cosine_with_restarts"])
 def test_schedulers_scale_the_text_encoder_group_with_the_unet_group(name):
-    from trainer_core.adapters import InjectedAdapter
     from trainer_core.optimizers import OptimizerConfig, build_optimizer
     from trainer_core.schedulers import SchedulerConfig, build_scheduler
     from trainer_core.text_encoder import parameter_groups
 
     unet_params = [torch.nn.Parameter(torch.zeros(3))]
-    text = InjectedAdapter(network=torch.nn.Module(), targets=[], config=LoRAConfig())
-    text.parameters = lambda: [torch.nn.Parameter(torch.zeros(3))]  # type: ignore[method-assign]
-    groups = parameter_groups(unet_params, text, 2.5e-5, set_rate=True)
+    text_params = [torch.nn.Parameter(torch.zeros(3))]
+    groups = parameter_groups(unet_params, text_params, 2.5e-5, set_rate=True)
     optimizer = build_optimizer(groups, OptimizerConfig(name="AdamW", learning_rate=1e-4), "cpu")
     scheduler = build_scheduler(optimizer, SchedulerConfig(name=name, warmup=0.1,
                                                            min_lr_ratio=0.1 if name == "polynomial" else 0.0), 40)

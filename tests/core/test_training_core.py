@@ -251,16 +251,18 @@ def run_with(tmp_path, steps, unet, vae, alphas, every=0, resume=None, on_step=N
     )
 
 
-def test_resume_continues_exactly_where_training_stopped(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.8], ids=["plain", "ema"])
+def test_resume_continues_exactly_where_training_stopped(tmp_path, ema_decay):
     unet, vae, alphas = tiny_models()
-    straight = run_with(tmp_path / "straight", 8, unet, vae, alphas, gradient_accumulation=2)
-    first = run_with(tmp_path / "halves", 4, unet, vae, alphas, every=4, gradient_accumulation=2)
+    straight = run_with(tmp_path / "straight", 8, unet, vae, alphas, gradient_accumulation=2, ema_decay=ema_decay)
+    first = run_with(tmp_path / "halves", 4, unet, vae, alphas, every=4, gradient_accumulation=2, ema_decay=ema_decay)
     assert first.checkpoints == [tmp_path / "halves" / "run_step000004.safetensors"]
     resumed = run_with(tmp_path / "halves", 8, unet, vae, alphas, resume=tmp_path / "halves" / "run.lora_lab_state",
-                       gradient_accumulation=2)
+                       gradient_accumulation=2, ema_decay=ema_decay)
     assert resumed.steps == 8 and resumed.losses[:4] == first.losses
     # Same batches, noise, dropout and optimizer moments: equal up to float summation order.
     np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-5)
+    # With EMA the exported weights are the average, which the resume state carries on.
     for key in straight.weights:
         torch.testing.assert_close(resumed.weights[key], straight.weights[key], rtol=1e-5, atol=1e-7)
 

@@ -1,0 +1,126 @@
+"""Optimizer settings, EMA and the memory options of Train LoRA through a real ComfyUI server (tiny SD1.5)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from tests.integration.test_train_lora import CKPT, load_dataset_node, pixels, sample, train_node
+from tools.comfy_server import ComfyServer, PromptRejected
+from tools.graph import Graph
+from tools.synthetic_dataset import make_shapes_dataset
+
+DATASET = "options_rings"
+
+
+@pytest.fixture(scope="module")
+def dataset(comfy_server: ComfyServer) -> str:
+    folder = comfy_server.input_dir / DATASET
+    shutil.rmtree(folder, ignore_errors=True)
+    make_shapes_dataset(folder, count=4, size=64, shape="ring", trigger_word="sks")
+    return DATASET
+
+
+def saved(server: ComfyServer, name: str) -> tuple[dict, dict]:
+    path = server.models_dir / "loras" / "tests" / f"{name}.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    return load_file(str(path)), metadata
+
+
+def up_size(tensors: dict) -> float:
+    return sum(t.abs().sum().item() for k, t in tensors.items() if k.endswith(".lora_up.weight"))
+
+
+def test_settings_node_and_ema_change_what_train_lora_learns(comfy_server: ComfyServer, dataset: str):
+    server = comfy_server
+    graph = Graph()
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    data = load_dataset_node(server, graph, dataset)
+    settings = graph.node(
+        "LoraLabOptimizerSettings",
+        **{**server.widget_defaults("LoraLabOptimizerSettings"), "relative_step": True},
+    )
+    runs = {
+        "fixed": dict(optimizer="Adafactor", steps=4),
+        "relative": dict(optimizer="Adafactor", steps=4, optimizer_settings=settings[0]),
+        "plain": dict(steps=6),
+        "ema": dict(steps=6, ema_decay=0.9),
+    }
+    for name, options in runs.items():
+        trained = train_node(graph, checkpoint, data, run_name=f"tests_options_{name}", **options)
+        graph.node("SaveCheckpoint", lora=trained[0], filename=f"tests/options_{name}", if_exists="overwrite")
+    server.run(graph.to_api(), timeout=600).raise_for_error()
+    lora = {name: saved(server, f"options_{name}") for name in runs}
+
+    # relative_step from the settings node reached Adafactor: its own rate (1e-2) instead of 1e-3.
+    assert json.loads(lora["relative"][1]["lora_lab_optimizer"])["relative_step"] is True
+    assert json.loads(lora["fixed"][1]["lora_lab_optimizer"])["relative_step"] is False
+    assert up_size(lora["relative"][0]) > 5 * up_size(lora["fixed"][0])
+    # EMA: the exported average lags behind the weights, which grow from zero.
+    assert json.loads(lora["ema"][1]["lora_lab_config"])["training"]["ema_decay"] == 0.9
+    assert 0 < up_size(lora["ema"][0]) < 0.9 * up_size(lora["plain"][0])
+
+
+def test_fp8_base_weights_and_state_in_ram_train_and_leave_the_model_bit_identical(
+    comfy_server: ComfyServer, dataset: str
+):
+    server = comfy_server
+
+    def sample_original(prefix: str):
+        graph = Graph()
+        checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+        image, _ = sample(graph, checkpoint[0], checkpoint, prefix, seed=3, batch=1)
+        return pixels(server, server.run(graph.to_api()).raise_for_error(), image)
+
+    before = sample_original("base_weights_before")
+    graph = Graph()
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    data = load_dataset_node(server, graph, dataset)
+    trained = train_node(
+        graph,
+        checkpoint,
+        data,
+        steps=6,
+        run_name="tests_fp8",
+        base_weights="fp8_e4m3fn",
+        optimizer_state_on_cpu=True,
+        gradient_checkpointing=True,
+    )
+    graph.node("SaveCheckpoint", lora=trained[0], filename="tests/options_fp8", if_exists="overwrite")
+    server.run(graph.to_api(), timeout=600).raise_for_error()
+    after = sample_original("base_weights_after")
+
+    assert np.array_equal(before, after), "training on the fp8 copy changed the shared MODEL"
+    tensors, metadata = saved(server, "options_fp8")
+    measured = json.loads(metadata["lora_lab_base_weights"])  # bytes of the network that trained, by dtype
+    assert measured["choice"] == "fp8_e4m3fn"
+    assert measured["bytes"]["float8_e4m3fn"] > 0.9 * sum(measured["bytes"].values()), measured
+    assert all(np.isfinite(json.loads(metadata["lora_lab_losses"])))
+    assert up_size(tensors) > 0
+
+
+def test_state_in_ram_with_an_8bit_optimizer_is_refused_before_running(
+    comfy_server: ComfyServer, dataset: str
+):
+    graph = Graph()
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    data = load_dataset_node(comfy_server, graph, dataset)
+    trained = train_node(
+        graph,
+        checkpoint,
+        data,
+        steps=2,
+        optimizer="AdamW8bit",
+        allow_8bit_fallback=True,
+        optimizer_state_on_cpu=True,
+    )
+    graph.node("SaveCheckpoint", lora=trained[0], filename="tests/options_refused", if_exists="error")
+    with pytest.raises(PromptRejected) as rejected:
+        comfy_server.run(graph.to_api())
+    assert "optimizer_state_on_cpu cannot be used with AdamW8bit" in json.dumps(rejected.value.node_errors)
