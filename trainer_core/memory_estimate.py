@@ -58,14 +58,15 @@ class MemoryEstimate:
         return self.base_weights + self.adapter + self.optimizer_state + self.activations + self.overhead
 
     def describe(self) -> str:
-        def gib(value: int) -> str:
-            return f"{value / GIB:.1f}"
-
         return (
-            f"estimated GPU memory {gib(self.total)} GiB: base weights {gib(self.base_weights)}, "
-            f"LoRA + gradients {gib(self.adapter)}, optimizer state {gib(self.optimizer_state)}, "
-            f"activations ~{gib(self.activations)}, CUDA overhead {gib(self.overhead)}"
+            f"estimated GPU memory {_size(self.total)}: base weights {_size(self.base_weights)}, "
+            f"LoRA + gradients {_size(self.adapter)}, optimizer state {_size(self.optimizer_state)}, "
+            f"activations ~{_size(self.activations)}, CUDA overhead {_size(self.overhead)}"
         )
+
+
+def _size(value: int) -> str:
+    return f"{value / GIB:.1f} GiB" if value >= GIB else f"{value / 2**20:.0f} MiB"
 
 
 def adapter_parameter_count(layer_shapes: Iterable[tuple[int, int]], rank: int, adapter: str = "lora") -> int:

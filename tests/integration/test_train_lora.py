@@ -6,6 +6,7 @@ One module-scoped training run feeds most tests, so the suite trains once.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 
@@ -97,7 +98,9 @@ def run(comfy_server: ComfyServer):
     # ComfyUI's own LoraModelLoader takes TrainLoRA's LoRA output as it is.
     stock_loader = train.node("LoraModelLoader", model=checkpoint[0], lora=trained[0], strength_model=1.0)
     stock_loader_image, _ = sample(train, stock_loader[0], checkpoint, "lora_model_loader")
+    train_log_start = server.log_offset()
     train_result = server.run(train.to_api(), timeout=900).raise_for_error()
+    train_log = server.log_text(since=train_log_start)
     lora_name = "tests/rings.safetensors"
 
     after = Graph()
@@ -118,7 +121,7 @@ def run(comfy_server: ComfyServer):
     return dict(
         server=server, before=(before_result, before_image, before_latent), train=train_result, saved=saved,
         curve=curve, in_memory=in_memory_image, stock_loader=stock_loader_image, after=after_result, after_image=after_image, cells=cells,
-        after_log=after_log, lora_path=server.models_dir / "loras" / lora_name, dataset_dir=dataset_dir,
+        after_log=after_log, train_log=train_log, lora_path=server.models_dir / "loras" / lora_name, dataset_dir=dataset_dir,
     )
 
 
@@ -179,6 +182,14 @@ def test_training_reports_progress_each_step(run):
     progress = [p for p in run["train"].progress if p.max == STEPS]
     assert [p.value for p in progress][-1] == STEPS
     assert len({p.value for p in progress}) >= STEPS // 2
+
+
+def test_the_memory_estimate_is_shown_before_the_first_step(run):
+    (line,) = [text for text in run["train_log"].splitlines() if "estimated GPU memory" in text]
+    base = re.search(r"base weights (\d+) MiB", line)
+    adapter = re.search(r"LoRA \+ gradients (\d+) MiB", line)
+    assert base and 10 <= int(base.group(1)) <= 300, line  # the tiny UNet: about 52 MiB
+    assert adapter and "this run trains on the CPU" in line, line
 
 
 def test_loss_curve_is_an_image(run):
