@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.core.test_training_core import HashTextEncoder, SyntheticData, tiny_models
-from trainer_core.adapters import inject_lora
+from trainer_core.adapters import inject_adapter
 from trainer_core.checkpoints import CheckpointPolicy
 from trainer_core.config import LoRAConfig, TrainingConfig
 from trainer_core.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
@@ -49,7 +49,7 @@ def train_recording(steps: int, ema_decay: float, checkpoints: CheckpointPolicy 
 def initial_adapter() -> dict[str, torch.Tensor]:
     """The adapter before step 1: the same seeded injection on a fresh copy of the model."""
     unet = copy.deepcopy(tiny_models()[0])
-    inject_lora(unet, LORA, seed=0)
+    inject_adapter(unet, LORA, seed=0)
     return lora_values(unet)
 
 
