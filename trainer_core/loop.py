@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from .activations import is_inplace_autograd_error, keep_saved_activations
 from .adapter_types import export_layer
 from .adapters import InjectedAdapter, autograd_safe_weights, inject_adapter
 from .checkpoints import CheckpointPolicy, load_training_state, restore_random_state, save_training_state
@@ -135,20 +136,6 @@ def _gradient_checkpointing(network: torch.nn.Module, enabled: bool) -> Iterator
     finally:
         for block in wrapped:
             del block.forward
-
-
-def _clone_if_activation(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.clone() if tensor.grad_fn is not None else tensor
-
-
-def _keep_saved_activations() -> contextlib.AbstractContextManager[Any]:
-    """Save copies of activations for the backward pass, so a network that updates its activations in
-    place (ComfyUI's Flux blocks do ``img += ...``) can still be trained. Weights are not copied."""
-    return torch.autograd.graph.saved_tensors_hooks(_clone_if_activation, lambda tensor: tensor)
-
-
-def _is_inplace_autograd_error(error: RuntimeError) -> bool:
-    return "modified by an inplace operation" in str(error)
 
 
 def _batches(data: TrainingData, batch_size: int, seed: int) -> Iterator[list[int]]:
@@ -354,11 +341,11 @@ class _TrainingRun:
                     try:
                         loss = self._forward_backward(batch)
                     except RuntimeError as error:
-                        if self.step > 0 or not _is_inplace_autograd_error(error):
+                        if self.step > 0 or not is_inplace_autograd_error(error):
                             raise
                         # Found out on the first step: the network writes activations in place.
                         log.info("the network modifies activations in place: keeping copies for the backward pass")
-                        in_place_safe.enter_context(_keep_saved_activations())
+                        in_place_safe.enter_context(keep_saved_activations())
                         loss = self._forward_backward(batch)
                     self._apply_gradients()
                     self.step += 1

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .activations import keep_saved_activations
 from .adapters import AdapterError, InjectedAdapter, autograd_safe_weights, inject_adapter
 from .checkpoints import ResumeError
 from .config import LoRAConfig
@@ -62,13 +63,16 @@ def with_clip_skip(encoder: TextEncoder, clip_skip: int) -> TextEncoder:
 class LiveText:
     """Captions encoded on every step, gradients flowing into the text encoder's LoRA.
 
-    Has ``TextCache.get``'s signature, so the loop reads text the same way in both modes."""
+    Has ``TextCache.get``'s signature, so the loop reads text the same way in both modes. The encoder's
+    activations are saved as copies (ComfyUI's CLIP layers add to theirs in place); only the text
+    encoder's, so the denoiser's activation memory is not doubled."""
 
     def __init__(self, encoder: TextEncoder):
         self.encoder = encoder
 
     def get(self, captions: Sequence[str]) -> list[TextEmbedding]:
-        return self.encoder.encode(list(captions))
+        with keep_saved_activations():
+            return self.encoder.encode(list(captions))
 
 
 @contextlib.contextmanager
