@@ -80,7 +80,8 @@ class TrainingConfig:
     learning_rate: float = _help("Learning rate of the LoRA weights (1e-4 is the guides' default).", 1e-4)
     text_encoder_lr: float = _help(
         "Learning rate of a LoRA in the text encoder(s) (CLIP attention and MLP layers). 0 = the text encoder is"
-        " not trained: UNet only (the default). kohya's usual value is about half the UNet's, e.g. 5e-5.",
+        " not trained: UNet only (the default). kohya's usual value is about half the UNet's, e.g. 5e-5. With"
+        " Prodigy it scales Prodigy's own step size like learning_rate does: use about 0.5-1.0 there.",
         0.0,
     )
     clip_skip: int = _help(
