@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from train import MemoryPeak, prepare, seconds_per_step  # noqa: E402
+from train import MemoryPeak, prepare, run_variants, seconds_per_step  # noqa: E402
 
 VARIANTS = {
     "as_loaded": {},
@@ -99,15 +98,9 @@ def main() -> int:
     if args.variant:
         print("RESULT " + json.dumps(run(args, VARIANTS[args.variant])))
         return 0
-    results = {}
-    for name in VARIANTS:
-        command = [sys.executable, __file__, "--variant", name] + sys.argv[1:]
-        completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-        lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-        if completed.returncode != 0 or not lines:
-            print(f"{name} failed:\n{completed.stderr[-3000:]}", file=sys.stderr)
-            return 1
-        results[name] = json.loads(lines[-1][len("RESULT ") :])
+    results = run_variants(__file__, VARIANTS)
+    if results is None:
+        return 1
     reference = results["as_loaded"]
     print(
         f"tiny SD1.5, {args.size}x{args.size}, rank {args.rank}, batch {args.batch}, fp32 compute, "

@@ -204,6 +204,22 @@ LABELS = {
 }
 
 
+def run_variants(script: str, names, labels=None) -> dict | None:
+    """Each variant in its own process (``script --variant NAME`` + this run's arguments), so peak
+    memory and warm caches do not leak between them; their ``RESULT {json}`` lines, or None after
+    printing the failure."""
+    results = {}
+    for name in names:
+        command = [sys.executable, script, "--variant", name] + sys.argv[1:]
+        completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+        lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+        if completed.returncode != 0 or not lines:
+            print(f"{(labels or {}).get(name, name)} failed:\n{completed.stderr[-3000:]}", file=sys.stderr)
+            return None
+        results[name] = json.loads(lines[-1][len("RESULT ") :])
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=60)
@@ -218,15 +234,9 @@ def main() -> int:
     if args.variant:
         print("RESULT " + json.dumps(VARIANTS[args.variant](args)))
         return 0
-    results = {}
-    for name in VARIANTS:
-        command = [sys.executable, __file__, "--variant", name] + sys.argv[1:]
-        completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-        lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-        if completed.returncode != 0 or not lines:
-            print(f"{LABELS[name]} failed:\n{completed.stderr[-3000:]}", file=sys.stderr)
-            return 1
-        results[name] = json.loads(lines[-1][len("RESULT ") :])
+    results = run_variants(__file__, VARIANTS, LABELS)
+    if results is None:
+        return 1
     reference = results["comfy_native"]
     print(f"tiny SD1.5, {args.size}x{args.size}, rank {args.rank}, batch {args.batch}, fp32, "
           f"{args.steps} timed steps after {args.warmup} warm-up, CPU")
