@@ -1,6 +1,6 @@
 // LoRA Lab's canvas extension: TrainLoRA's "preset" fills the node's fields from the guides'
-// settings (served by the pack at /lora_lab/presets). The fields stay editable: a preset only
-// writes them once, when it is chosen.
+// settings (served by the pack at /lora_lab/presets), and picking Prodigy sets its learning rate
+// of 1.0. The fields stay editable: these only write them once, when the choice is made.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -43,6 +43,15 @@ export async function applyPreset(node, name) {
   return applied;
 }
 
+// Prodigy finds its own step size and wants learning rate 1.0; the others want about 1e-4. Picking an
+// optimizer moves a learning rate that is clearly for the other kind (a user's own value in range stays).
+function followOptimizer(node, optimizer) {
+  const lr = node.widgets?.find((w) => w.name === "learning_rate");
+  if (!lr) return;
+  if (optimizer === "Prodigy" && lr.value < 0.1) setWidget(node, "learning_rate", 1.0);
+  else if (optimizer !== "Prodigy" && lr.value >= 0.1) setWidget(node, "learning_rate", 1e-4);
+}
+
 app.registerExtension({
   name: "LoRALab.TrainPresets",
   async beforeRegisterNodeDef(nodeType, nodeData) {
@@ -57,6 +66,15 @@ app.registerExtension({
         widget.callback = function (value) {
           const out = original?.apply(this, arguments);
           if (value !== "custom") applyPreset(node, value);
+          return out;
+        };
+      }
+      const optimizer = node.widgets?.find((w) => w.name === "optimizer");
+      if (optimizer) {
+        const original = optimizer.callback;
+        optimizer.callback = function (value) {
+          const out = original?.apply(this, arguments);
+          followOptimizer(node, value);
           return out;
         };
       }

@@ -299,3 +299,20 @@ def test_choosing_a_preset_fills_the_fields_which_stay_editable(page, comfy_serv
     assert trainer["inputs"]["rank"] == 12 and trainer["inputs"]["preset"] == "SDXL · style"
     assert trainer["inputs"]["learning_rate"] == expected["learning_rate"]
     assert trainer["inputs"]["lr_scheduler"] == "cosine"
+
+
+def test_picking_prodigy_sets_its_learning_rate_and_back(page):
+    """Prodigy wants learning rate 1.0 (it finds its own step size); AdamW's 1e-4 would make every
+    step 10,000 times too small. Picking it in the canvas moves the rate; picking AdamW moves it back."""
+    _load(page, load_ui("train_then_test_sd15"), "prodigy_check")
+    pick = """(name) => {
+        const trainer = app.graph._nodes.find(n => n.type === 'TrainLoRA');
+        const widget = trainer.widgets.find(w => w.name === 'optimizer');
+        widget.value = name;
+        widget.callback?.(name);
+        return trainer.widgets.find(w => w.name === 'learning_rate').value;
+    }"""
+    assert page.evaluate(pick, "Prodigy") == 1.0
+    assert page.evaluate(pick, "AdamW") == 1e-4
+    assert page.evaluate(SET_WIDGETS_JS, {"TrainLoRA": {"learning_rate": 3e-4}}) == []
+    assert page.evaluate(pick, "Lion") == 3e-4  # a user's own rate for an Adam-like optimizer stays
