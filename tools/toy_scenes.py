@@ -63,6 +63,27 @@ def all_captions(shapes: tuple[str, ...] = TOY_SHAPES) -> list[str]:
     ]
 
 
+# Made-up leading words mixed into some pretraining captions ("qavo, a red circle on ..."), so the
+# toy keeps drawing the rest of a prompt that starts with a word it does not know, as a LoRA's
+# trigger word does. Drawn from syllables; a held-out word (HELD_OUT_PREFIX, the trigger the demo
+# and tests use) is never among them, so the pretraining check measures generalisation.
+PREFIX_SYLLABLES = ("ka", "zo", "ri", "mu", "te", "xa", "lo", "vi", "qu", "ne", "bo", "sh", "wy", "fe", "ug")
+HELD_OUT_PREFIX = "sks"
+
+
+def prefix_words(count: int, seed: int) -> list[str]:
+    """``count`` distinct made-up words of 2-3 syllables (seeded), none equal to HELD_OUT_PREFIX."""
+    rng = np.random.default_rng(seed)
+    words: list[str] = []
+    while len(words) < count:
+        word = "".join(
+            PREFIX_SYLLABLES[i] for i in rng.integers(len(PREFIX_SYLLABLES), size=int(rng.integers(2, 4)))
+        )
+        if word not in words and word != HELD_OUT_PREFIX:
+            words.append(word)
+    return words
+
+
 def random_scene(rng: np.random.Generator, shapes: tuple[str, ...] = TOY_SHAPES) -> Scene:
     names = list(TOY_COLOURS)
     colour, background = (names[i] for i in rng.choice(len(names), size=2, replace=False))

@@ -32,21 +32,25 @@ class PretrainRecipe:
     latent_noise: float = 0.1  # added to the encoder's output before decoding, in its units
     latent_penalty: float = 1e-3  # keeps each latent channel centred and small
     scenes: int = 6000  # encoded once for the UNet phase (50 per caption)
-    unet_steps: int = 1500
+    unet_steps: int = 2400
     unet_batch: int = 32
     unet_lr: float = 5e-4
     warmup_steps: int = 50
     caption_dropout: float = 0.1  # share of captions replaced by the empty prompt
+    # Share of captions given a made-up leading word ("qavo, a red circle ..."), drawn from
+    # prefixed_variants encodings per caption, so a trigger word does not derail the base.
+    caption_prefix_share: float = 0.3
+    prefixed_variants: int = 3
     # t = 1000·u^power: 1 is uniform; 0.5 gives density ∝ t, more of the high-noise steps where
     # a picture's colours and layout are decided (what the toy learns last).
-    timestep_power: float = 1.0
+    timestep_power: float = 0.6
     ema_decay: float = 0.995
     eval_samples: int = 24
     eval_steps: int = 20
     eval_cfg: float = 5.0
 
 
-# The second stage of the shipped toy: continues a first stage's UNet (``--init-from``), keeps its VAE.
+# Continuing an earlier run's UNet (``--init-from``), keeping its VAE.
 CONTINUE_RECIPE = replace(PretrainRecipe(), unet_steps=1500, unet_lr=3e-4, timestep_power=0.5)
 
 QUICK_RECIPE = replace(
@@ -57,6 +61,7 @@ QUICK_RECIPE = replace(
     scenes=256,
     unet_steps=30,
     unet_batch=8,
+    prefixed_variants=1,
     warmup_steps=5,
     eval_samples=4,
     eval_steps=6,
@@ -169,6 +174,7 @@ def train_unet(
     caption_ids: torch.Tensor,
     contexts: torch.Tensor,
     empty_id: int,
+    variant_ids: torch.Tensor,
     sigmas: torch.Tensor,
     recipe: PretrainRecipe,
     generator: torch.Generator,
@@ -186,6 +192,10 @@ def train_unet(
         index = torch.randint(0, len(latents), (recipe.unet_batch,), generator=generator)
         clean = latents[index]
         ids = caption_ids[index].clone()
+        if variant_ids.shape[1]:
+            prefixed = torch.rand(len(ids), generator=generator) < recipe.caption_prefix_share
+            which = torch.randint(0, variant_ids.shape[1], (len(ids),), generator=generator)
+            ids = torch.where(prefixed, variant_ids[ids, which], ids)
         ids[torch.rand(len(ids), generator=generator) < recipe.caption_dropout] = empty_id
         uniform = torch.rand(len(ids), generator=generator)
         timesteps = (uniform**recipe.timestep_power * len(sigmas)).long().clamp(max=len(sigmas) - 1)

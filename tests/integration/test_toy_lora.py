@@ -31,8 +31,8 @@ PROMPT_TEMPLATE = "{trigger}, a green ring on a red background"  # the shipped s
 STRENGTHS = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # the sweep's baseline column, then 0.4 → 1.0
 SEEDS = (0, 1, 2, 3)
 # Thresholds on the mean ring score over the seeds, per strength column. Measured here (ComfyUI
-# 0.3.75, torch 2.14.1 CPU): 0.007 / 0.16 / 0.25 / 0.33 / 0.40 / 0.46 / 0.48 / 0.48 at
-# 0 / 0.4 / 0.5 / ... / 1.0.
+# 0.3.75, torch 2.14.1 CPU, the one-run toy of 2026-11-24): 0.016 / 0.10 / 0.18 / 0.25 / 0.30 /
+# 0.33 / 0.36 / 0.39 at 0 / 0.4 / 0.5 / ... / 1.0.
 BASE_AT_MOST = 0.05  # strength 0 is the toy itself: a filled shape
 VISIBLE_FROM_0_4 = 0.08  # the ring shows at 0.4 already
 FULL_AT_LEAST = 0.25  # and clearly at 1.0
