@@ -40,10 +40,11 @@ def run(args, options: dict) -> dict:
     checkpoint, folder = prepare(args)
     import comfy.sd
     from lora_lab.nodes import bridge
-    from lora_lab.trainer_core.config import LoRAConfig, TrainingConfig
-    from lora_lab.trainer_core.dataset import DatasetOptions, load_dataset
-    from lora_lab.trainer_core.loop import train_lora
-    from lora_lab.trainer_core.memory import stored_weight_bytes
+    from lora_lab.trainer_core.adapters.config import LoRAConfig
+    from lora_lab.trainer_core.data.dataset import DatasetOptions, load_dataset
+    from lora_lab.trainer_core.training.config import TrainingConfig
+    from lora_lab.trainer_core.training.loop import train_lora
+    from lora_lab.trainer_core.training.memory import stored_weight_bytes
 
     options = dict(options)
     base_weights = options.pop("base_weights", "as loaded")

@@ -80,9 +80,10 @@ def run_lora_lab(args) -> dict:
     checkpoint, folder = prepare(args)
     import comfy.sd
     from lora_lab.nodes import bridge
-    from lora_lab.trainer_core.config import LoRAConfig, TrainingConfig
-    from lora_lab.trainer_core.dataset import DatasetOptions, load_dataset
-    from lora_lab.trainer_core.loop import train_lora
+    from lora_lab.trainer_core.adapters.config import LoRAConfig
+    from lora_lab.trainer_core.data.dataset import DatasetOptions, load_dataset
+    from lora_lab.trainer_core.training.config import TrainingConfig
+    from lora_lab.trainer_core.training.loop import train_lora
 
     with torch.inference_mode():  # as ComfyUI runs every node
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=True, output_clip=True)
@@ -155,7 +156,7 @@ def run_peft_floor(args) -> dict:
 
     checkpoint, folder = prepare(args)
     import comfy.sd
-    from lora_lab.trainer_core.adapters import find_target_modules
+    from lora_lab.trainer_core.adapters.inject import find_target_modules
     from PIL import Image
 
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=True, output_clip=True)

@@ -4,7 +4,7 @@ Captioner models live one folder each under ``<ComfyUI>/models/captioners/`` (re
 ``folder_paths`` as "captioners", so ``extra_model_paths.yaml`` can add more places): a WD14 tagger
 (``model.onnx`` + ``selected_tags.csv``) or a transformers image-to-text model (BLIP, GIT,
 Florence-2: ``config.json``, weights, processor files). Nothing is downloaded. All the work is
-``trainer_core.captioners``; this node resolves the folders, picks device and dtype, forwards
+``trainer_core.captioning``; this node resolves the folders, picks device and dtype, forwards
 progress and Cancel, and frees memory after.
 """
 
@@ -19,7 +19,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ..trainer_core.captioners import (
+from ..trainer_core.captioning import (
     CAPTION_MODES,
     CAPTION_STYLES,
     STYLE_HELP,
@@ -34,7 +34,7 @@ from ..trainer_core.captioners import (
     needs_describer,
     needs_tagger,
 )
-from ..trainer_core.config import default_of, help_text
+from ..trainer_core.fields import default_of, help_text
 from .types import Dataset
 
 CAPTIONER_FOLDER = "captioners"

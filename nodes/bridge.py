@@ -18,9 +18,8 @@ import comfy.sd
 import comfy.utils
 import torch
 
-from ..trainer_core.config import PredictionType
-from ..trainer_core.memory import base_weight_dtype, low_precision_copy, needs_low_precision_copy
-from ..trainer_core.protocols import TextEmbedding
+from ..trainer_core.models.protocols import PredictionType, TextEmbedding
+from ..trainer_core.training.memory import base_weight_dtype, low_precision_copy, needs_low_precision_copy
 
 
 class UnsupportedModelError(ValueError):
@@ -156,7 +155,7 @@ def clip_key_namer(clip: Any) -> Any:
     encoder with LoRA names (SD1.5), ``lora_te1_`` / ``lora_te2_`` when it has several (SDXL's CLIP-L / CLIP-G)."""
     import comfy.lora
 
-    from ..trainer_core.text_encoder import find_text_encoder_targets
+    from ..trainer_core.training.text_encoder import find_text_encoder_targets
 
     key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
     numbered = any(key.startswith("lora_te2_") for key in key_map)

@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..trainer_core.export import LoRAWeights
-from ..trainer_core.grids import error_tile
+from ..trainer_core.adapters.export import LoRAWeights
+from ..trainer_core.pictures.grids import error_tile
 from . import bridge
 
 log = logging.getLogger(__name__)

@@ -1,12 +1,12 @@
 """LoadDataset: a folder of images and captions becomes a checked DATASET, a report and a contact sheet.
 
-The DATASET value is a ``trainer_core.dataset.Dataset`` whose ``caption_options`` field carries this
+The DATASET value is a ``trainer_core.data.dataset.Dataset`` whose ``caption_options`` field carries this
 node's caption settings (trigger word, shuffling, dropout, blacklist...): TrainLoRA calls
 ``dataset.caption_for(item, rng)`` for each step's caption and ``dataset.caption_options.is_random``
 to know whether text embeddings can be cached. ``dataset.content_hash`` identifies the pixels and
 captions for latent caches. Images are decoded only when the trainer asks (``dataset.load_image``).
 
-All the work is ``trainer_core.dataset_report.load_checked_dataset``; this node turns widgets into
+All the work is ``trainer_core.data.dataset_report.load_checked_dataset``; this node turns widgets into
 options, resolves the folder (relative paths live in ComfyUI's input directory) and wraps the results.
 """
 
@@ -19,13 +19,13 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ..trainer_core.captions import CaptionOptions, split_tags
-from ..trainer_core.config import default_of, help_text
-from ..trainer_core.contact_sheet import render_contact_sheet
-from ..trainer_core.dataset import ON_BAD_FILE_CHOICES, DatasetError, DatasetOptions
-from ..trainer_core.dataset_folder import folder_fingerprint
-from ..trainer_core.dataset_report import ReportOptions, load_checked_dataset
-from ..trainer_core.image_files import parse_color
+from ..trainer_core.data.captions import CaptionOptions, split_tags
+from ..trainer_core.data.dataset import ON_BAD_FILE_CHOICES, DatasetError, DatasetOptions
+from ..trainer_core.data.dataset_folder import folder_fingerprint
+from ..trainer_core.data.dataset_report import ReportOptions, load_checked_dataset
+from ..trainer_core.data.image_files import parse_color
+from ..trainer_core.fields import default_of, help_text
+from ..trainer_core.pictures.contact_sheet import render_contact_sheet
 from .types import Dataset
 
 _FOLDER_HELP = (

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..trainer_core.config import default_of, help_text
-from ..trainer_core.optimizer_settings import parse_betas, used_by_text
-from ..trainer_core.optimizers import OptimizerConfig
+from ..trainer_core.fields import default_of, help_text
+from ..trainer_core.training.optimizer_settings import parse_betas, used_by_text
+from ..trainer_core.training.optimizers import OptimizerConfig
 from .types import OptimizerSettings
 
 # What the core's help text says in terms of its own config, said for the canvas.

@@ -7,7 +7,7 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..trainer_core.export import LoRAWeights, sanitize_filename, save_lora, unique_path
+from ..trainer_core.adapters.export import LoRAWeights, sanitize_filename, save_lora, unique_path
 from .types import LoraModel
 
 IF_EXISTS = ["add number", "overwrite", "error"]

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..trainer_core.grids import labelled_grid
-from ..trainer_core.sweep import (
+from ..trainer_core.pictures.grids import labelled_grid
+from ..trainer_core.pictures.sweep import (
     GUIDE_STACK_STRENGTHS,
     parse_lora_lines,
     parse_prompts,

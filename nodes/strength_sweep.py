@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..trainer_core.export import LoRAWeights, tensor_data_hash
-from ..trainer_core.grids import labelled_grid
-from ..trainer_core.sweep import (
+from ..trainer_core.adapters.export import LoRAWeights, tensor_data_hash
+from ..trainer_core.pictures.grids import labelled_grid
+from ..trainer_core.pictures.sweep import (
     DEFAULT_STRENGTHS,
     SweepError,
     parse_prompts,

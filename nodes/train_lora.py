@@ -12,51 +12,46 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..trainer_core.adapters import find_target_modules
-from ..trainer_core.checkpoints import CheckpointPolicy
-from ..trainer_core.config import (
-    ADAPTER_CHOICES,
-    MIXED_PRECISION_CHOICES,
-    LoRAConfig,
-    TrainingConfig,
-    default_of,
-    help_text,
-)
-from ..trainer_core.export import (
+from ..trainer_core.adapters.config import ADAPTER_CHOICES, LoRAConfig
+from ..trainer_core.adapters.export import (
     LoRAWeights,
     default_text_key_name,
     sanitize_filename,
     save_lora,
     unique_path,
 )
-from ..trainer_core.loop import (
+from ..trainer_core.adapters.inject import find_target_modules
+from ..trainer_core.fields import default_of, help_text
+from ..trainer_core.pictures.plots import loss_curve_image
+from ..trainer_core.training.checkpoints import CheckpointPolicy
+from ..trainer_core.training.config import MIXED_PRECISION_CHOICES, TrainingConfig
+from ..trainer_core.training.loop import (
     NonFiniteLossError,
     StepReport,
     resolve_precision,
     samples_per_epoch,
     train_lora,
 )
-from ..trainer_core.losses import LOSS_TYPES, TIMESTEP_SAMPLING
-from ..trainer_core.memory import (
+from ..trainer_core.training.losses import LOSS_TYPES, TIMESTEP_SAMPLING
+from ..trainer_core.training.memory import (
     BASE_WEIGHT_CHOICES,
     BASE_WEIGHTS_HELP,
     check_state_on_cpu,
     stored_weight_bytes,
 )
-from ..trainer_core.memory_estimate import (
+from ..trainer_core.training.memory_estimate import (
     adapter_parameter_count,
     estimate_training_memory,
     layer_shapes,
     memory_advice,
     tensor_bytes,
 )
-from ..trainer_core.metadata import training_metadata
-from ..trainer_core.optimizer_settings import for_optimizer
-from ..trainer_core.optimizers import OPTIMIZER_CHOICES, OptimizerConfig, check_optimizer_available
-from ..trainer_core.plots import loss_curve_image
-from ..trainer_core.presets import CUSTOM, PRESET_CHOICES
-from ..trainer_core.schedulers import SCHEDULER_CHOICES, SchedulerConfig
-from ..trainer_core.text_encoder import find_text_encoder_targets
+from ..trainer_core.training.metadata import training_metadata
+from ..trainer_core.training.optimizer_settings import for_optimizer
+from ..trainer_core.training.optimizers import OPTIMIZER_CHOICES, OptimizerConfig, check_optimizer_available
+from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES
+from ..trainer_core.training.schedulers import SCHEDULER_CHOICES, SchedulerConfig
+from ..trainer_core.training.text_encoder import find_text_encoder_targets
 from . import bridge
 from .types import Dataset, LoraModel, OptimizerSettings
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..trainer_core.presets import presets_for_web
+from ..trainer_core.training.presets import presets_for_web
 
 _registered = False
 

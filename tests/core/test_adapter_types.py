@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from tests.core.test_training_core import HashTextEncoder, SyntheticData, tiny_models
-from trainer_core.adapter_types import network_metadata
-from trainer_core.adapters import inject_adapter
-from trainer_core.config import ADAPTER_CHOICES, LoRAConfig, TrainingConfig
-from trainer_core.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
-from trainer_core.loop import TrainingError, extract_weights, train_lora
+from trainer_core.adapters.adapter_types import network_metadata
+from trainer_core.adapters.config import ADAPTER_CHOICES, LoRAConfig
+from trainer_core.adapters.inject import inject_adapter
+from trainer_core.models.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
+from trainer_core.training.config import TrainingConfig
+from trainer_core.training.loop import TrainingError, extract_weights, train_lora
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
 
@@ -183,7 +184,7 @@ def test_unknown_adapter_type_and_dropout_without_support_are_refused_by_name():
 
 
 def test_resuming_with_another_adapter_type_is_refused(tmp_path):
-    from trainer_core.checkpoints import CheckpointPolicy
+    from trainer_core.training.checkpoints import CheckpointPolicy
 
     unet, vae, alphas = tiny_models()
 

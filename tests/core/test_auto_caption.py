@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tools.tiny_captioners import build_tiny_tagger
-from trainer_core.captioners import (
+from trainer_core.captioning import (
     BACKUP_FOLDER_NAME,
     AutoCaptionOptions,
     CaptionFileError,
@@ -22,8 +22,8 @@ from trainer_core.captioners import (
     merge_caption,
     sidecars,
 )
-from trainer_core.captions import CaptionOptions
-from trainer_core.dataset import Dataset, DatasetError, DatasetOptions, load_dataset
+from trainer_core.data.captions import CaptionOptions
+from trainer_core.data.dataset import Dataset, DatasetError, DatasetOptions, load_dataset
 
 OPTIONS = DatasetOptions(resolution=64, bucket_step=64)
 RED_CAPTION = "my_cat, red_background"

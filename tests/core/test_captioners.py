@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tools.tiny_captioners import EXPECTED_SCORES, build_tiny_blip, build_tiny_tagger, build_tiny_vit_gpt2
-from trainer_core.captioners import (
+from trainer_core.captioning import (
     CaptionerModelError,
     TaggerOptions,
     VisionLanguageOptions,
@@ -394,7 +394,7 @@ def test_captioners_never_import_comfyui() -> None:
     code = (
         "import sys\n"
         f"for name in {blocked!r}: sys.modules[name] = None\n"
-        "import trainer_core.captioners, trainer_core.captioners.wd14, trainer_core.captioners.vision_language\n"
+        "import trainer_core.captioning, trainer_core.captioning.wd14, trainer_core.captioning.vision_language\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], check=True)
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from trainer_core.captions import (
+from trainer_core.data.captions import (
     CaptionError,
     CaptionOptions,
     process_caption,

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from trainer_core.buckets import make_buckets
-from trainer_core.captions import CaptionOptions, read_caption_file
-from trainer_core.dataset import Dataset, DatasetError, DatasetOptions, load_dataset
-from trainer_core.dataset_folder import folder_fingerprint
+from trainer_core.data.buckets import make_buckets
+from trainer_core.data.captions import CaptionOptions, read_caption_file
+from trainer_core.data.dataset import Dataset, DatasetError, DatasetOptions, load_dataset
+from trainer_core.data.dataset_folder import folder_fingerprint
 
 SMALL = DatasetOptions(resolution=64, bucket_step=8)
 
@@ -417,8 +417,8 @@ def test_dataset_modules_never_import_comfyui() -> None:
     code = (
         "import sys\n"
         f"for name in {blocked!r}: sys.modules[name] = None\n"
-        "import trainer_core.dataset, trainer_core.captions, trainer_core.buckets, trainer_core.image_files\n"
-        "import trainer_core.dataset_folder, trainer_core.dataset_report, trainer_core.contact_sheet\n"
+        "import trainer_core.data.dataset, trainer_core.data.captions, trainer_core.data.buckets, trainer_core.data.image_files\n"
+        "import trainer_core.data.dataset_folder, trainer_core.data.dataset_report, trainer_core.pictures.contact_sheet\n"
     )
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer_core.captions import CaptionOptions
-from trainer_core.contact_sheet import render_contact_sheet
-from trainer_core.dataset import DatasetError, DatasetOptions, load_dataset
-from trainer_core.dataset_report import ReportOptions, inspect_dataset, load_checked_dataset
+from trainer_core.data.captions import CaptionOptions
+from trainer_core.data.dataset import DatasetError, DatasetOptions, load_dataset
+from trainer_core.data.dataset_report import ReportOptions, inspect_dataset, load_checked_dataset
+from trainer_core.pictures.contact_sheet import render_contact_sheet
 
 OPTIONS = DatasetOptions(resolution=64, bucket_step=8)
 
@@ -192,7 +192,7 @@ def test_thousands_of_small_images_take_seconds(tmp_path: Path) -> None:
 
 
 def test_near_duplicate_groups_do_not_chain_small_steps_into_one_group() -> None:
-    from trainer_core.image_fingerprints import ImageFingerprint, near_duplicate_groups
+    from trainer_core.data.image_fingerprints import ImageFingerprint, near_duplicate_groups
 
     # a~b and b~c are 3 bits apart, a and c 6: c is not a near duplicate of a.
     prints = [

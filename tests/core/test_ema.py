@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from tests.core.test_training_core import HashTextEncoder, SyntheticData, tiny_models
-from trainer_core.adapters import inject_adapter
-from trainer_core.checkpoints import CheckpointPolicy
-from trainer_core.config import LoRAConfig, TrainingConfig
-from trainer_core.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
-from trainer_core.export import default_key_name, load_lora
-from trainer_core.loop import train_lora
+from trainer_core.adapters.config import LoRAConfig
+from trainer_core.adapters.export import default_key_name, load_lora
+from trainer_core.adapters.inject import inject_adapter
+from trainer_core.models.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
+from trainer_core.training.checkpoints import CheckpointPolicy
+from trainer_core.training.config import TrainingConfig
+from trainer_core.training.loop import train_lora
 
 LORA = LoRAConfig(rank=4, alpha=4)
 SUFFIXES = {"lora_A": "lora_down", "lora_B": "lora_up"}

@@ -7,8 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer_core import export
-from trainer_core.export import LoRAWeights, load_lora, sanitize_filename, save_lora, unique_path
+from trainer_core.adapters import export
+from trainer_core.adapters.export import (
+    LoRAWeights,
+    load_lora,
+    sanitize_filename,
+    save_lora,
+    unique_path,
+)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer_core.losses import (
+from trainer_core.training.losses import (
     add_noise,
     diffusion_loss,
     min_snr_weight,

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainer_core.adapters import find_target_modules, inject_adapter
-from trainer_core.config import LoRAConfig
-from trainer_core.memory_estimate import (
+from trainer_core.adapters.config import LoRAConfig
+from trainer_core.adapters.inject import find_target_modules, inject_adapter
+from trainer_core.training.memory_estimate import (
     GIB,
     adapter_parameter_count,
     estimate_training_memory,

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-import trainer_core.loop
+import trainer_core.training.loop
 from tests.core.test_training_core import HashTextEncoder, SyntheticData, tiny_models
-from trainer_core.config import LoRAConfig, TrainingConfig
-from trainer_core.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
-from trainer_core.loop import train_lora
-from trainer_core.memory import (
+from trainer_core.adapters.config import LoRAConfig
+from trainer_core.models.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
+from trainer_core.training.config import TrainingConfig
+from trainer_core.training.loop import train_lora
+from trainer_core.training.memory import (
     OptimizerPlacement,
     base_weight_dtype,
     check_state_on_cpu,
@@ -26,7 +27,7 @@ from trainer_core.memory import (
     optimizer_state_device,
     stored_weight_bytes,
 )
-from trainer_core.optimizers import OptimizerConfig, build_optimizer
+from trainer_core.training.optimizers import OptimizerConfig, build_optimizer
 
 
 def train(unet=None, steps=6, **training):
@@ -82,11 +83,11 @@ def test_the_offloaded_path_keeps_state_on_its_device_apart_from_the_model():
 
 
 def test_the_offloaded_path_trains_exactly_like_the_normal_one_and_resumes(tmp_path, monkeypatch):
-    from trainer_core.checkpoints import CheckpointPolicy
+    from trainer_core.training.checkpoints import CheckpointPolicy
 
     plain = train(steps=6, max_grad_norm=0.5)
     monkeypatch.setattr(
-        trainer_core.loop, "optimizer_state_device", lambda device, on_cpu: torch.device("cpu")
+        trainer_core.training.loop, "optimizer_state_device", lambda device, on_cpu: torch.device("cpu")
     )
     offloaded = train(steps=6, max_grad_norm=0.5, optimizer_state_on_cpu=True)
     # Same fp32 arithmetic on copies: tolerance zero.

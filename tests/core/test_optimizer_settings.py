@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from tests.core.test_training_core import HashTextEncoder, SyntheticData, tiny_models
-from trainer_core.config import LoRAConfig, TrainingConfig
-from trainer_core.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
-from trainer_core.loop import train_lora
-from trainer_core.optimizer_settings import USED_BY, for_optimizer, parse_betas, used_by_text
-from trainer_core.optimizers import (
+from trainer_core.adapters.config import LoRAConfig
+from trainer_core.models.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
+from trainer_core.training.config import TrainingConfig
+from trainer_core.training.loop import train_lora
+from trainer_core.training.optimizer_settings import USED_BY, for_optimizer, parse_betas, used_by_text
+from trainer_core.training.optimizers import (
     OPTIMIZER_CHOICES,
     OptimizerConfig,
     build_optimizer,
@@ -91,7 +92,7 @@ def test_settings_the_chosen_optimizer_does_not_use_are_ignored(caplog):
     settings = OptimizerConfig(
         relative_step=True, d_coef=3.0, momentum=0.9, weight_decay=0.05, betas=(0.8, 0.9)
     )
-    with caplog.at_level("INFO", logger="trainer_core.optimizer_settings"):
+    with caplog.at_level("INFO", logger="trainer_core.training.optimizer_settings"):
         adamw = for_optimizer(settings, "AdamW")
     # relative_step left on would have dropped AdamW's learning rate: it must not reach AdamW.
     assert adamw == OptimizerConfig(weight_decay=0.05, betas=(0.8, 0.9))

@@ -15,7 +15,7 @@ import types
 import pytest
 import torch
 
-from trainer_core.optimizers import (
+from trainer_core.training.optimizers import (
     EIGHT_BIT_OPTIMIZERS,
     OPTIMIZER_CHOICES,
     OptimizerConfig,
@@ -24,7 +24,7 @@ from trainer_core.optimizers import (
     check_optimizer_available,
     effective_learning_rate,
 )
-from trainer_core.schedulers import SchedulerConfig, build_scheduler
+from trainer_core.training.schedulers import SchedulerConfig, build_scheduler
 
 PEAK = 1e-3
 
@@ -243,7 +243,7 @@ def test_prodigy_effective_rate_follows_the_schedule() -> None:
 
 def test_prodigy_with_an_adamw_learning_rate_warns(caplog: pytest.LogCaptureFixture) -> None:
     weight = torch.nn.Parameter(torch.zeros(4))
-    with caplog.at_level(logging.WARNING, logger="trainer_core.optimizers"):
+    with caplog.at_level(logging.WARNING, logger="trainer_core.training.optimizers"):
         build_optimizer([weight], OptimizerConfig(name="Prodigy", learning_rate=1e-4), "cpu")
     assert "expects 1.0" in caplog.text and "d_coef" in caplog.text
 
@@ -341,7 +341,7 @@ def test_8bit_fallback_trains_in_32_bit_with_a_warning(
 ) -> None:
     config = OptimizerConfig(name=name, allow_8bit_fallback=True)
     check_optimizer_available(config, "cpu")
-    with caplog.at_level(logging.WARNING, logger="trainer_core.optimizers"):
+    with caplog.at_level(logging.WARNING, logger="trainer_core.training.optimizers"):
         optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(4))], config, "cpu")
     assert type(optimizer).__name__ == fallback
     assert optimizer.param_groups[0]["lr"] == config.resolved_learning_rate()

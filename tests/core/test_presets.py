@@ -6,10 +6,11 @@ import dataclasses
 
 import pytest
 
-from trainer_core.config import LoRAConfig, TrainingConfig
-from trainer_core.optimizers import OptimizerConfig
-from trainer_core.presets import CUSTOM, NOT_TRAINLORA_FIELDS, PRESET_CHOICES, PRESETS, preset_values
-from trainer_core.schedulers import SchedulerConfig
+from trainer_core.adapters.config import LoRAConfig
+from trainer_core.training.config import TrainingConfig
+from trainer_core.training.optimizers import OptimizerConfig
+from trainer_core.training.presets import CUSTOM, NOT_TRAINLORA_FIELDS, PRESET_CHOICES, PRESETS, preset_values
+from trainer_core.training.schedulers import SchedulerConfig
 
 # TrainLoRA field -> (config class, its field)
 FIELD_HOMES = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer_core.sweep import (
+from trainer_core.pictures.sweep import (
     SweepError,
     parse_lora_lines,
     parse_prompts,

@@ -12,15 +12,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_training_core import HashTextEncoder, SyntheticData, make_inference, tiny_models  # noqa: E402
 
-from trainer_core.checkpoints import CheckpointPolicy, ResumeError
-from trainer_core.config import LoRAConfig, TrainingConfig
-from trainer_core.diffusers_backend import (
+from trainer_core.adapters.config import LoRAConfig
+from trainer_core.models.diffusers_backend import (
     DiffusersLatentCodec,
     DiffusersUNetDenoiser,
     TransformersTextEncoder,
 )
-from trainer_core.loop import train_lora
-from trainer_core.metadata import training_metadata
+from trainer_core.training.checkpoints import CheckpointPolicy, ResumeError
+from trainer_core.training.config import TrainingConfig
+from trainer_core.training.loop import train_lora
+from trainer_core.training.metadata import training_metadata
 
 LAYERS = 3
 LINEARS = ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_out_proj", "mlp_fc1", "mlp_fc2")
@@ -124,9 +125,9 @@ def test_shared_text_encoder_is_left_exactly_as_it_was():
 
 @pytest.mark.parametrize("name", ["constant_with_warmup", "cosine", "linear", "polynomial", "cosine_with_restarts"])
 def test_schedulers_scale_the_text_encoder_group_with_the_unet_group(name):
-    from trainer_core.optimizers import OptimizerConfig, build_optimizer
-    from trainer_core.schedulers import SchedulerConfig, build_scheduler
-    from trainer_core.text_encoder import parameter_groups
+    from trainer_core.training.optimizers import OptimizerConfig, build_optimizer
+    from trainer_core.training.schedulers import SchedulerConfig, build_scheduler
+    from trainer_core.training.text_encoder import parameter_groups
 
     unet_params = [torch.nn.Parameter(torch.zeros(3))]
     text_params = [torch.nn.Parameter(torch.zeros(3))]
@@ -210,7 +211,7 @@ def test_clip_skip_needs_an_encoder_that_can_stop_early_and_a_valid_value():
 
 
 def test_text_encoder_lr_above_zero_needs_a_trainable_text_encoder():
-    from trainer_core.adapters import AdapterError
+    from trainer_core.adapters.inject import AdapterError
 
     unet, vae, alphas = tiny_models()
     with pytest.raises(AdapterError, match="set text_encoder_lr to 0"):

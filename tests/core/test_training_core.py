@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from trainer_core.config import ADAPTER_CHOICES, LoRAConfig, TrainingConfig
-from trainer_core.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
-from trainer_core.loop import NonFiniteLossError, train_lora
+from trainer_core.adapters.config import ADAPTER_CHOICES, LoRAConfig
+from trainer_core.models.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
+from trainer_core.training.config import TrainingConfig
+from trainer_core.training.loop import NonFiniteLossError, train_lora
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,12 @@ def test_core_never_imports_comfyui(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)  # any import of these now fails
     import importlib
 
-    for module in Path(__file__).resolve().parents[2].joinpath("trainer_core").glob("*.py"):
-        importlib.import_module(f"trainer_core.{module.stem}")
+    core = Path(__file__).resolve().parents[2] / "trainer_core"
+    modules = sorted(core.rglob("*.py"))
+    assert len(modules) > 30
+    for module in modules:
+        parts = module.relative_to(core.parent).with_suffix("").parts
+        importlib.import_module(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
 
 
 def test_loss_falls_clearly():
@@ -218,7 +223,7 @@ def test_auto_precision_is_fp32_on_cpu():
 
 
 def test_quantized_model_is_refused_with_a_clear_message():
-    from trainer_core.adapters import AdapterError, check_trainable
+    from trainer_core.adapters.inject import AdapterError, check_trainable
 
     network = torch.nn.Sequential(torch.nn.Linear(4, 4))
     network[0].weight = torch.nn.Parameter(torch.zeros(4, 4, dtype=torch.int8), requires_grad=False)
@@ -228,7 +233,7 @@ def test_quantized_model_is_refused_with_a_clear_message():
 
 
 def test_rank_larger_than_a_layer_is_refused_naming_the_layer():
-    from trainer_core.adapters import AdapterError
+    from trainer_core.adapters.inject import AdapterError
 
     unet, vae, alphas = tiny_models()
     with pytest.raises(AdapterError) as caught:
@@ -241,7 +246,7 @@ def test_rank_larger_than_a_layer_is_refused_naming_the_layer():
 
 
 def run_with(tmp_path, steps, unet, vae, alphas, every=0, resume=None, on_step=None, keep_last=0, **training):
-    from trainer_core.checkpoints import CheckpointPolicy
+    from trainer_core.training.checkpoints import CheckpointPolicy
 
     return train_lora(
         DiffusersUNetDenoiser(unet, alphas), HashTextEncoder(), DiffusersLatentCodec(vae, 1.0), SyntheticData(),
@@ -268,7 +273,7 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path, ema_decay):
 
 
 def test_checkpoints_are_loadable_loras_and_only_the_last_k_are_kept(tmp_path):
-    from trainer_core.export import load_lora
+    from trainer_core.adapters.export import load_lora
 
     unet, vae, alphas = tiny_models()
     result = run_with(tmp_path, 6, unet, vae, alphas, every=2, keep_last=2)
@@ -297,7 +302,7 @@ def test_cancel_writes_a_resumable_checkpoint_at_the_last_finished_step(tmp_path
 
 
 def test_a_broken_or_mismatched_resume_state_is_refused_clearly(tmp_path):
-    from trainer_core.checkpoints import ResumeError
+    from trainer_core.training.checkpoints import ResumeError
 
     unet, vae, alphas = tiny_models()
     broken = tmp_path / "broken.lora_lab_state"
@@ -312,7 +317,7 @@ def test_a_broken_or_mismatched_resume_state_is_refused_clearly(tmp_path):
 def test_the_lora_file_loads_in_diffusers_and_gives_the_train_time_output(tmp_path):
     from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
 
-    from trainer_core.export import load_lora, save_lora
+    from trainer_core.adapters.export import load_lora, save_lora
 
     unet, vae, alphas = tiny_models()
     denoiser = DiffusersUNetDenoiser(unet, alphas)

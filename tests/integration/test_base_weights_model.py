@@ -62,9 +62,10 @@ def test_training_sees_the_chosen_precision_and_the_shared_model_is_untouched(
     pack, family, layer, choice, dtype
 ):
     from lora_lab.nodes import bridge
-    from lora_lab.trainer_core.config import LoRAConfig, TrainingConfig
-    from lora_lab.trainer_core.loop import train_lora
-    from lora_lab.trainer_core.memory import stored_weight_bytes
+    from lora_lab.trainer_core.adapters.config import LoRAConfig
+    from lora_lab.trainer_core.training.config import TrainingConfig
+    from lora_lab.trainer_core.training.loop import train_lora
+    from lora_lab.trainer_core.training.memory import stored_weight_bytes
 
     model = tiny_model_patcher(family)
     original = model.model.diffusion_model

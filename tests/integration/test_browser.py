@@ -278,7 +278,7 @@ def test_choosing_a_preset_fills_the_fields_which_stay_editable(page, comfy_serv
     """In the canvas, picking "SDXL · style" on Train LoRA writes the preset's values into its fields
     and the wired Load Dataset's resolution; a field edited afterwards keeps the user's value, and
     the queued graph carries what the fields say."""
-    from trainer_core.presets import preset_values
+    from trainer_core.training.presets import preset_values
 
     _load(page, load_ui("train_then_test_sd15"), "preset_check")
     before = page.evaluate(PICK_PRESET_JS, "custom")

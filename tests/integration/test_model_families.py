@@ -83,8 +83,9 @@ def test_family_trains_leaves_model_alone_and_loads_back_identically(pack, famil
     import comfy.model_management
     import comfy.sd
     from lora_lab.nodes import bridge
-    from lora_lab.trainer_core.config import LoRAConfig, TrainingConfig
-    from lora_lab.trainer_core.loop import train_lora
+    from lora_lab.trainer_core.adapters.config import LoRAConfig
+    from lora_lab.trainer_core.training.config import TrainingConfig
+    from lora_lab.trainer_core.training.loop import train_lora
 
     patcher = tiny_model_patcher(family)
     network = patcher.model.diffusion_model
@@ -144,7 +145,7 @@ def test_sdxl_text_encoder_lora_keys_are_kohyas_te1_and_te2_and_comfyui_loads_ev
     import comfy.sd
     import comfy.sdxl_clip
     from lora_lab.nodes import bridge
-    from lora_lab.trainer_core.text_encoder import find_text_encoder_targets
+    from lora_lab.trainer_core.training.text_encoder import find_text_encoder_targets
 
     clip = comfy.sd.CLIP(no_init=True)
     clip.cond_stage_model = comfy.sdxl_clip.SDXLClipModel(device="meta", dtype=torch.float16)
@@ -196,8 +197,9 @@ def tiny_sdxl_clip(seed: int = 0):
 def test_sdxl_text_encoder_lora_trains_through_both_encoders_and_loads_back_identically(pack, caplog):
     import comfy.sd
     from lora_lab.nodes import bridge
-    from lora_lab.trainer_core.config import LoRAConfig, TrainingConfig
-    from lora_lab.trainer_core.loop import train_lora
+    from lora_lab.trainer_core.adapters.config import LoRAConfig
+    from lora_lab.trainer_core.training.config import TrainingConfig
+    from lora_lab.trainer_core.training.loop import train_lora
 
     clip = tiny_sdxl_clip()
     network = clip.cond_stage_model

@@ -47,7 +47,7 @@ def captioners(node: type, tmp_path: Path) -> Iterator[Path]:
 
 
 def make_dataset(folder: Path):  # type: ignore[no-untyped-def]
-    from lora_lab.trainer_core.dataset import DatasetOptions, load_dataset
+    from lora_lab.trainer_core.data.dataset import DatasetOptions, load_dataset
 
     folder.mkdir(parents=True)
     for name, colour in (("red", (255, 0, 0)), ("green", (0, 255, 0)), ("blue", (0, 0, 255))):
@@ -151,7 +151,7 @@ def test_cancel_stops_before_anything_is_written(node: type, captioners: Path, t
 
 
 def test_a_broken_model_folder_is_named_when_run(node: type, captioners: Path, tmp_path: Path) -> None:
-    from lora_lab.trainer_core.captioners import CaptionerModelError
+    from lora_lab.trainer_core.captioning import CaptionerModelError
 
     (captioners / "tiny_tagger" / "selected_tags.csv").unlink()
     with pytest.raises(CaptionerModelError, match=r"tiny_tagger has no selected_tags\.csv"):

@@ -71,9 +71,9 @@ def run(node: type, **inputs):  # type: ignore[no-untyped-def]
 
 
 def test_schema_names_and_tooltips(node: type) -> None:
-    from lora_lab.trainer_core.captions import CaptionOptions
-    from lora_lab.trainer_core.config import help_text
-    from lora_lab.trainer_core.dataset import DatasetOptions
+    from lora_lab.trainer_core.data.captions import CaptionOptions
+    from lora_lab.trainer_core.data.dataset import DatasetOptions
+    from lora_lab.trainer_core.fields import help_text
 
     schema = node.define_schema()
     assert (schema.node_id, schema.display_name, schema.category) == (
@@ -131,7 +131,7 @@ def test_execute_gives_dataset_report_and_contact_sheet(node: type, comfy_dirs: 
 
 
 def test_errors_stop_the_node_unless_told_otherwise(node: type, comfy_dirs: Path) -> None:
-    from lora_lab.trainer_core.dataset import DatasetError
+    from lora_lab.trainer_core.data.dataset import DatasetError
 
     make_dataset(comfy_dirs / "uncaptioned", captions=False)
     with pytest.raises(DatasetError, match="no trigger word") as error:
@@ -142,7 +142,7 @@ def test_errors_stop_the_node_unless_told_otherwise(node: type, comfy_dirs: Path
 
 
 def test_bad_option_combinations_are_reported_as_dataset_errors(node: type, comfy_dirs: Path) -> None:
-    from lora_lab.trainer_core.dataset import DatasetError
+    from lora_lab.trainer_core.data.dataset import DatasetError
 
     make_dataset(comfy_dirs / "cats")
     with pytest.raises(DatasetError, match="tag_dropout_rate"):

@@ -34,7 +34,7 @@ def _acceptable(entry, value) -> bool:
 
 def test_every_preset_value_is_a_valid_widget_value():
     load_pack()
-    from lora_lab.trainer_core.presets import NOT_TRAINLORA_FIELDS, PRESET_CHOICES, PRESETS
+    from lora_lab.trainer_core.training.presets import NOT_TRAINLORA_FIELDS, PRESET_CHOICES, PRESETS
 
     inputs = _inputs("TrainLoRA")
     assert list(inputs["preset"].options) == list(PRESET_CHOICES)

@@ -13,8 +13,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .dataset import Dataset
-from .dataset_report import DatasetReport
+from ..data.dataset import Dataset
+from ..data.dataset_report import DatasetReport
 
 RED = (220, 40, 40)
 ORANGE = (240, 150, 20)

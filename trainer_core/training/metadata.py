@@ -7,8 +7,9 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from .adapter_types import network_metadata
-from .config import LoRAConfig, TrainingConfig
+from ..adapters.adapter_types import network_metadata
+from ..adapters.config import LoRAConfig
+from .config import TrainingConfig
 
 
 def training_metadata(

@@ -1,7 +1,7 @@
 """The training loop: encode once, then optimise a LoRA on the denoiser's own loss.
 
 The loop knows nothing of where the model comes from. It takes a ``Denoiser``, a ``TextEncoder`` and
-a ``LatentCodec`` (see ``protocols.py``), a dataset (``trainer_core.dataset.Dataset``), and reports
+a ``LatentCodec`` (see ``trainer_core.models.protocols``), a dataset (``trainer_core.data.dataset.Dataset``), and reports
 each optimizer step to ``on_step``; if ``on_step`` raises (ComfyUI's Cancel does), training stops
 there and the network is restored all the same.
 """
@@ -20,18 +20,19 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..adapters.adapter_types import export_layer
+from ..adapters.config import LoRAConfig
+from ..adapters.export import KeyNamer, LoRAWeights, default_key_name, default_text_key_name, save_lora
+from ..adapters.inject import InjectedAdapter, autograd_safe_weights, inject_adapter
+from ..models.protocols import Denoiser, LatentCodec, TextEncoder
 from .activations import is_inplace_autograd_error, keep_saved_activations
-from .adapter_types import export_layer
-from .adapters import InjectedAdapter, autograd_safe_weights, inject_adapter
 from .checkpoints import CheckpointPolicy, load_training_state, restore_random_state, save_training_state
-from .config import MIXED_PRECISION_CHOICES, LoRAConfig, TrainingConfig
+from .config import MIXED_PRECISION_CHOICES, TrainingConfig
 from .ema import AdapterEMA, averaged
 from .encoding import TextCache, concat_text, encode_latents
-from .export import KeyNamer, LoRAWeights, default_key_name, default_text_key_name, save_lora
 from .losses import add_noise, diffusion_loss, sample_noise, sample_sigmas
 from .memory import OptimizerPlacement, check_state_on_cpu, optimizer_state_device
 from .optimizers import OptimizerConfig, build_optimizer, effective_learning_rate
-from .protocols import Denoiser, LatentCodec, TextEncoder
 from .schedulers import SchedulerConfig, build_scheduler
 from .text_encoder import (
     LiveText,
@@ -65,7 +66,7 @@ class _Item(Protocol):
 
 
 class TrainingData(Protocol):
-    """What the loop reads of a dataset (``trainer_core.dataset.Dataset`` provides it)."""
+    """What the loop reads of a dataset (``trainer_core.data.dataset.Dataset`` provides it)."""
 
     @property
     def items(self) -> Sequence[Any]: ...

@@ -1,4 +1,4 @@
-"""Automatic captions for a dataset: WD14 taggers and transformers image-to-text models.
+"""Captioning: automatic captions for a dataset: WD14 taggers and transformers image-to-text models.
 
 The public API (the AutoCaption node uses only this):
 
@@ -9,7 +9,7 @@ The public API (the AutoCaption node uses only this):
 - ``load_wd14_tagger`` / ``load_vision_language_captioner`` for one back-end, ``detect_model_kind``
   to tell a folder's kind, ``CaptionerModelError`` for every model problem a person has to fix.
 
-No ComfyUI import here: the package runs headless too.
+May use: data.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from ..captions import read_caption_file
+from ..data.captions import read_caption_file
 
 BACKUP_FOLDER_NAME = ".caption_backups"
 WriteOutcome = Literal["written", "unchanged", "kept"]

@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from .config import PredictionType
-from .protocols import TextEmbedding
+from .protocols import PredictionType, TextEmbedding
 
 
 def ddpm_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .protocols import LatentCodec, TextEmbedding, TextEncoder
+from ..models.protocols import LatentCodec, TextEmbedding, TextEncoder
 
 
 class _Data(Protocol):

@@ -1,110 +1,57 @@
-"""Training settings as frozen dataclasses.
+"""How a LoRA is trained (``TrainingConfig``), as a frozen dataclass.
 
-Every field carries its help text in ``metadata["help"]``; the nodes reuse it as the tooltip so the
+Every field carries its help text (``trainer_core.fields``); the nodes reuse it as the tooltip so the
 canvas and the headless runner describe a setting the same way. Defaults follow the guides in
-``ANCHORS.md`` (rank 16, alpha 16, learning rate 1e-4, min-SNR gamma 5).
+``ANCHORS.md`` (learning rate 1e-4, min-SNR gamma 5).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
+
+from ..fields import described
 
 MixedPrecision = Literal["auto", "fp32", "bf16", "fp16"]
-PredictionType = Literal["eps", "v", "flow", "x0"]
-
 MIXED_PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
-ADAPTER_CHOICES: tuple[str, ...] = ("lora", "loha", "lokr", "dora")
-# peft's LoHa and LoKr layers have no dropout on their input (only rank/module dropout, which LyCORIS
-# files do not record), so 'dropout' applies to these two only.
-ADAPTERS_WITH_DROPOUT: tuple[str, ...] = ("lora", "dora")
-
-
-def _help(text: str, default: Any) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
-@dataclass(frozen=True)
-class LoRAConfig:
-    """What is trained: the adapter's type and shape."""
-
-    adapter: str = _help(
-        "Adapter type. lora: the standard low-rank pair, loads everywhere. loha (LyCORIS LoHa, Hadamard product of"
-        " two low-rank pairs) and lokr (LyCORIS LoKr, Kronecker product): more expressive per parameter, popular"
-        " for styles. dora: LoRA with the weight split into direction and magnitude; closer to full fine-tuning,"
-        " slower per step. All four load with ComfyUI's LoraLoader.",
-        "lora",
-    )
-    rank: int = _help("LoRA rank (network dim): how much the LoRA can learn. 8-32 for most subjects.", 16)
-    alpha: float = _help(
-        "LoRA alpha: the LoRA is scaled by alpha / rank. alpha = rank gives scale 1; rank/2 is gentler.", 16.0
-    )
-    dropout: float = _help(
-        "Dropout inside the LoRA layers during training only (0 = off, 0.1 typical). lora and dora only.", 0.0
-    )
-    rslora: bool = _help(
-        "Rank-stabilised LoRA: scale by alpha / sqrt(rank) instead of alpha / rank, so high ranks still learn."
-        " Saved with an adjusted alpha, so every loader applies it correctly.",
-        False,
-    )
-    target: str = _help(
-        "Which layers get a LoRA: 'attention' = attention and feed-forward layers of the transformer blocks"
-        " (kohya's default); 'all_linear' = every linear layer except the embedders.",
-        "attention",
-    )
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"rank must be a whole number of at least 1, got {self.rank!r}")
-        if not self.alpha > 0:
-            raise ValueError(f"alpha must be above 0, got {self.alpha!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be from 0 up to (not including) 1, got {self.dropout!r}")
-        if self.adapter not in ADAPTER_CHOICES:
-            raise ValueError(f"adapter type must be one of {', '.join(ADAPTER_CHOICES)}, not {self.adapter!r}")
-        if self.dropout and self.adapter not in ADAPTERS_WITH_DROPOUT:
-            raise ValueError(
-                f"lora dropout {self.dropout} cannot be used with the {self.adapter} adapter type (its layers have no"
-                " input dropout): set lora dropout to 0, or choose adapter type lora or dora"
-            )
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     """How it is trained."""
 
-    steps: int = _help(
+    steps: int = described(
         "Optimizer steps. 0 = derive from the dataset: images x repeats x epochs / batch size.", 0
     )
-    epochs: int = _help("Used only when steps is 0: how many passes over the dataset (with repeats).", 10)
-    learning_rate: float = _help("Learning rate of the LoRA weights (1e-4 is the guides' default).", 1e-4)
-    text_encoder_lr: float = _help(
+    epochs: int = described("Used only when steps is 0: how many passes over the dataset (with repeats).", 10)
+    learning_rate: float = described("Learning rate of the LoRA weights (1e-4 is the guides' default).", 1e-4)
+    text_encoder_lr: float = described(
         "Learning rate of a LoRA in the text encoder(s) (CLIP attention and MLP layers). 0 = the text encoder is"
         " not trained: UNet only (the default). kohya's usual value is about half the UNet's, e.g. 5e-5. With"
         " Prodigy it scales Prodigy's own step size like learning_rate does: use about 0.5-1.0 there.",
         0.0,
     )
-    clip_skip: int = _help(
+    clip_skip: int = described(
         "Clip skip: captions are encoded with the text encoder's output this many layers from the end, as"
         " CLIPSetLastLayer -N does. 1 = the CLIP as connected (the last layer on SD1.5; SDXL already uses the"
         " penultimate); 2 = the penultimate (many anime models). Generate with the same setting.",
         1,
     )
-    batch_size: int = _help("Images per step. Images of one batch come from one aspect-ratio bucket.", 1)
-    gradient_accumulation: int = _help(
+    batch_size: int = described("Images per step. Images of one batch come from one aspect-ratio bucket.", 1)
+    gradient_accumulation: int = described(
         "Add up gradients over this many batches before each optimizer step (effective batch = batch x this).",
         1,
     )
-    seed: int = _help("Seed for noise, timesteps, shuffling and LoRA initialisation: same seed, same LoRA.", 0)
-    mixed_precision: str = _help(
+    seed: int = described("Seed for noise, timesteps, shuffling and LoRA initialisation: same seed, same LoRA.", 0)
+    mixed_precision: str = described(
         "Compute precision: auto (bf16 on GPUs that have it, else fp16; fp32 on CPU), fp32 (exact, slow on"
         " GPU), bf16 (RTX 30xx and newer), fp16 (with loss scaling).",
         "auto",
     )
-    gradient_checkpointing: bool = _help(
+    gradient_checkpointing: bool = described(
         "Recompute activations in the backward pass: much less memory, about 20% slower.", False
     )
-    optimizer_state_on_cpu: bool = _help(
+    optimizer_state_on_cpu: bool = described(
         "Keep the optimizer's state (and an fp32 copy of the LoRA it updates) in RAM instead of on the GPU:"
         " saves about twice the LoRA's size in GPU memory with Adam-type optimizers (more than the LoRA"
         " itself). Costs two copies of the LoRA between GPU and RAM and an optimizer step on the CPU per"
@@ -112,7 +59,7 @@ class TrainingConfig:
         " Not with the 8-bit optimizers (their state must stay on the GPU).",
         False,
     )
-    ema_decay: float = _help(
+    ema_decay: float = described(
         "Keep an exponential moving average (EMA) of the LoRA's weights and export that instead of the last"
         " step's: smoother, often less overfit. 0 = off; 0.999 typical. The average starts short and grows to"
         " this decay (diffusers' warmup). The EMA (fp32, beside the LoRA) is what the output, the saved file"
@@ -120,28 +67,28 @@ class TrainingConfig:
         " weights. Costs one more copy of the LoRA in memory.",
         0.0,
     )
-    min_snr_gamma: float = _help(
+    min_snr_gamma: float = described(
         "Min-SNR weighting gamma: evens out the loss over noise levels (5 is the guides' value; 0 = off).", 5.0
     )
-    noise_offset: float = _help(
+    noise_offset: float = described(
         "Noise offset: lets the LoRA learn very dark or bright images (0.03-0.1; 0 = off).", 0.0
     )
-    loss_type: str = _help(
+    loss_type: str = described(
         "Loss on the prediction error: mse (standard), l1 (less pulled by outliers), huber (mse near 0, l1 far out).",
         "mse",
     )
-    huber_c: float = _help("Huber loss only: where the loss turns from quadratic to linear (kohya's 0.1).", 0.1)
-    timestep_sampling: str = _help(
+    huber_c: float = described("Huber loss only: where the loss turns from quadratic to linear (kohya's 0.1).", 0.1)
+    timestep_sampling: str = described(
         "How noise levels are drawn: uniform over the model's schedule, or logit_normal (more middle levels; SD3's"
         " and many Flux trainers' choice).",
         "uniform",
     )
-    multires_noise_iterations: int = _help(
+    multires_noise_iterations: int = described(
         "Multires (pyramid) noise: add noise at this many lower resolutions (6-10 typical; 0 = off).", 0
     )
-    multires_noise_discount: float = _help("Multires noise: weight of each lower resolution (0.3 typical).", 0.3)
-    weight_decay: float = _help("AdamW weight decay.", 0.01)
-    max_grad_norm: float = _help("Clip the gradient norm to this value (0 = no clipping).", 1.0)
+    multires_noise_discount: float = described("Multires noise: weight of each lower resolution (0.3 typical).", 0.3)
+    weight_decay: float = described("AdamW weight decay.", 0.01)
+    max_grad_norm: float = described("Clip the gradient norm to this value (0 = no clipping).", 1.0)
 
     def __post_init__(self) -> None:
         for name in ("steps", "epochs", "batch_size", "gradient_accumulation", "seed", "clip_skip"):
@@ -171,18 +118,3 @@ class TrainingConfig:
             return self.steps
         per_step = self.batch_size * self.gradient_accumulation
         return max(1, -(-samples_per_epoch * self.epochs // per_step))
-
-
-def help_text(config_class: type, name: str) -> str:
-    """The help text of one field, for tooltips."""
-    for f in fields(config_class):
-        if f.name == name:
-            return str(f.metadata.get("help", ""))
-    raise KeyError(f"{config_class.__name__} has no field {name!r}")
-
-
-def default_of(config_class: type, name: str) -> Any:
-    for f in fields(config_class):
-        if f.name == name:
-            return f.default
-    raise KeyError(f"{config_class.__name__} has no field {name!r}")

@@ -25,10 +25,10 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from ..buckets import Size
-from ..captions import normalize_tag, split_tags
-from ..dataset import Dataset, DatasetError, DatasetItem
-from ..image_files import ImageFileError, decode_rgb
+from ..data.buckets import Size
+from ..data.captions import normalize_tag, split_tags
+from ..data.dataset import Dataset, DatasetError, DatasetItem
+from ..data.image_files import ImageFileError, decode_rgb
 from .base import Captioner
 from .sidecars import SidecarWriter
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import PredictionType
+from ..models.protocols import PredictionType
 
 
 def add_noise(latents: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, prediction: PredictionType) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from .config import _help
+from ..fields import described
 from .optimizers import effective_learning_rate, import_optional
 
 log = logging.getLogger(__name__)
@@ -39,23 +39,23 @@ MIN_LR_SCHEDULERS: tuple[str, ...] = ("cosine", "polynomial")
 class SchedulerConfig:
     """How the learning rate changes over training."""
 
-    name: str = _help(
+    name: str = described(
         "Learning-rate schedule. constant: the same rate throughout (warmup ignored). constant_with_warmup:"
         " rises over the warmup, then stays. cosine: rises, then falls along a half cosine to 0 at the end."
         " cosine_with_restarts: the cosine fall repeated num_cycles times. linear: falls in a straight line"
         " to 0. polynomial: falls along (1 - progress)^power.",
         "constant_with_warmup",
     )
-    warmup: float = _help(
+    warmup: float = described(
         "Warmup: the rate rises linearly from 0 over the first steps. A number of steps (1 or more), or a"
         " fraction of training below 1 (0.05 = the first 5% of steps; the guides use 5-10%). 0 = none.",
         0.05,
     )
-    num_cycles: int = _help("cosine_with_restarts only: how many times the cosine falls and restarts.", 1)
-    power: float = _help(
+    num_cycles: int = described("cosine_with_restarts only: how many times the cosine falls and restarts.", 1)
+    power: float = described(
         "polynomial only: the curve's exponent (1 = a straight line, 2 = falls fast early, 0.5 = late).", 1.0
     )
-    min_lr_ratio: float = _help(
+    min_lr_ratio: float = described(
         "cosine and polynomial only: the rate at the end, as a fraction of the peak (0 = fall to zero).", 0.0
     )
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch.optim.optimizer import ParamsT
 
-from .config import _help
+from ..fields import described
 
 log = logging.getLogger(__name__)
 
@@ -62,64 +62,64 @@ class OptimizerUnavailableError(RuntimeError):
 class OptimizerConfig:
     """Which optimizer updates the LoRA weights, and its settings."""
 
-    name: str = _help(
+    name: str = described(
         "Optimizer. AdamW: the safe default. AdamW8bit / PagedAdamW8bit / Lion8bit: bitsandbytes 8-bit"
         " state, about a quarter of AdamW's optimizer memory (CUDA GPUs). Prodigy: finds its own step"
         " size (keep learning rate 1.0). Adafactor: low memory, fixed or relative step. Lion: sign"
         " updates, wants a 3-10x smaller learning rate. SGD: plain gradient descent.",
         "AdamW",
     )
-    learning_rate: float | None = _help(
+    learning_rate: float | None = described(
         "Learning rate. None = the optimizer's usual value: 1e-4 (AdamW, 8-bit, Adafactor, SGD),"
         " 1.0 (Prodigy), 3e-5 (Lion). Must stay None for Adafactor with relative_step, which sets its own.",
         None,
     )
-    weight_decay: float = _help(
+    weight_decay: float = described(
         "Weight decay: pulls weights toward zero each step (0.01 is the guides' value; 0 = off).", 0.01
     )
-    betas: tuple[float, float] | None = _help(
+    betas: tuple[float, float] | None = described(
         "Momentum coefficients (beta1, beta2) of AdamW, the 8-bit optimizers, Prodigy and Lion. None ="
         " the optimizer's own: (0.9, 0.999), or (0.9, 0.99) for Lion. Adafactor and SGD ignore them.",
         None,
     )
-    eps: float = _help(
+    eps: float = described(
         "Small number added to the denominator of AdamW, the 8-bit Adams and Prodigy for numerical"
         " safety. Adafactor, Lion and SGD do not use it.",
         1e-8,
     )
-    momentum: float = _help("SGD only: momentum (0 = plain gradient descent, 0.9 typical).", 0.0)
-    d_coef: float = _help(
+    momentum: float = described("SGD only: momentum (0 = plain gradient descent, 0.9 typical).", 0.0)
+    d_coef: float = described(
         "Prodigy only: scales the step size Prodigy estimates (above 1 = larger steps, 0.5 = smaller)."
         " Change this rather than the learning rate.",
         1.0,
     )
-    safeguard_warmup: bool = _help(
+    safeguard_warmup: bool = described(
         "Prodigy only: keep a learning-rate warmup from making Prodigy overestimate its step size."
         " Prodigy's authors recommend it for diffusion models.",
         True,
     )
-    use_bias_correction: bool = _help(
+    use_bias_correction: bool = described(
         "Prodigy only: Adam-style bias correction, smaller steps early in training. Prodigy's authors"
         " recommend it for diffusion models.",
         True,
     )
-    decouple: bool = _help(
+    decouple: bool = described(
         "Prodigy only: AdamW-style decoupled weight decay (on) or L2 regularisation in the gradient (off).",
         True,
     )
-    relative_step: bool = _help(
+    relative_step: bool = described(
         "Adafactor only: Adafactor sets its own learning rate from the step count (then leave learning"
         " rate empty; schedulers do not apply). Off = the learning rate and scheduler you choose.",
         False,
     )
-    scale_parameter: bool = _help(
+    scale_parameter: bool = described(
         "Adafactor only: multiply the learning rate by each weight's root-mean-square size.", False
     )
-    warmup_init: bool = _help(
+    warmup_init: bool = described(
         "Adafactor with relative_step only: start from a tiny learning rate and grow it (its own warmup).",
         False,
     )
-    allow_8bit_fallback: bool = _help(
+    allow_8bit_fallback: bool = described(
         "If an 8-bit optimizer cannot run here (no bitsandbytes, or no support for this device), train"
         " with its 32-bit version (AdamW, or Lion for Lion8bit) and log a warning instead of stopping."
         " Needs more memory.",

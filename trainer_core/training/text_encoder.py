@@ -5,7 +5,7 @@ injects a LoRA (the same rank, alpha and dropout as the UNet's) into the attenti
 every CLIP text encoder it finds (kohya's targets: ``CLIPAttention``'s q/k/v/out projections and
 ``CLIPMLP``'s fc1/fc2), encodes the captions of every step with gradients flowing into it, and trains
 those weights in their own optimizer param group. The text encoder is shared like the UNet: the
-adapter is taken off afterwards exactly as ``adapters.py`` does for the UNet.
+adapter is taken off afterwards exactly as ``adapters.inject`` does for the UNet.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapters.config import LoRAConfig
+from ..adapters.inject import AdapterError, InjectedAdapter, autograd_safe_weights, inject_adapter
+from ..models.protocols import TextEmbedding, TextEncoder
 from .activations import keep_saved_activations
-from .adapters import AdapterError, InjectedAdapter, autograd_safe_weights, inject_adapter
 from .checkpoints import ResumeError
-from .config import LoRAConfig
-from .protocols import TextEmbedding, TextEncoder
 
 # The blocks kohya puts text-encoder LoRA layers in (ComfyUI's and transformers' CLIP share these names).
 _CLIP_BLOCK = re.compile(r"^CLIP(Sdpa|Flash)?(Attention2?|MLP)$")

@@ -1,17 +1,18 @@
 """The small interfaces the training loop needs from a model.
 
 A front end (ComfyUI's bridge in ``nodes/bridge.py``, or the diffusers back end in
-``trainer_core.diffusers_backend``) adapts its objects to these. The loop never sees anything else.
+``trainer_core.models.diffusers_backend``) adapts its objects to these. The loop never sees anything else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
-from .config import PredictionType
+# What a network predicts: the noise, v, the flow (noise minus data) or the clean image.
+PredictionType = Literal["eps", "v", "flow", "x0"]
 
 # Text-encoder output for one or more captions, batch first: e.g. {"cross_attn": [B,77,768],
 # "pooled_output": [B,1280]}. Only the denoiser that made it needs to understand the keys.

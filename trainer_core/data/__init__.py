@@ -1,0 +1,9 @@
+"""Data: a dataset folder as training sees it, and its report.
+
+Scanning folders for images (``dataset_folder``, ``image_files``), captions' text (sidecar ``.txt``
+files, trigger word, shuffling, dropout, tags: ``captions``), repeats and aspect-ratio buckets
+(``dataset``, ``buckets``), and the checks and report a person reads before training
+(``dataset_report``, ``report_text``, ``image_fingerprints``).
+
+May use: no other room.
+"""

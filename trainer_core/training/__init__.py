@@ -1,0 +1,13 @@
+"""Training: the loop and everything it turns.
+
+``loop`` (encode once, then optimise; resume, checkpoints, cancel), ``losses`` (noise, noise levels,
+targets in the model's prediction space, min-SNR), ``optimizers``, ``optimizer_settings``,
+``schedulers``, ``ema``, ``memory`` and ``memory_estimate`` (memory options and the estimate before
+the first step), ``checkpoints``, ``text_encoder`` (a LoRA in CLIP), ``encoding`` (latents and caption
+embeddings, cached), ``activations``, ``metadata`` (the ``ss_*`` keys kohya writes), ``presets``, and
+``config`` (``TrainingConfig``).
+
+The loop reads a dataset through its ``TrainingData`` protocol, so this room does not import ``data``.
+
+May use: models, adapters.
+"""
