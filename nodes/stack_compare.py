@@ -14,16 +14,22 @@ from ..trainer_core.pictures.sweep import (
     plan_grid,
     stack_strengths,
 )
-from .grid_render import Cell, Sampling, check_fit, render_cells, sampling_inputs, save_grid
-from .strength_sweep import NO_FILE, load_lora_file
-from .types import LoraModel
+from .grid_render import (
+    Cell,
+    Sampling,
+    check_fit,
+    load_lora_file,
+    lora_inputs,
+    render_cells,
+    resolve_new_lora,
+    sampling_inputs,
+    save_grid,
+)
 
 
 class CompareLoRAStack(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        import folder_paths
-
         return io.Schema(
             node_id="CompareLoRAStack",
             display_name="Compare LoRA Stack",
@@ -34,12 +40,12 @@ class CompareLoRAStack(io.ComfyNode):
                 "own LoRA loader and KSampler, chained in order like LoraLoader nodes."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The base model (without LoRAs)."),
-                io.Clip.Input("clip", tooltip="Its text encoder."),
-                io.Vae.Input("vae", tooltip="Its VAE."),
-                LoraModel.Input("lora", optional=True, tooltip="The new LoRA (from Train LoRA or Save LoRA)."),
-                io.Combo.Input("lora_name", options=[NO_FILE] + folder_paths.get_filename_list("loras"), default=NO_FILE,
-                               tooltip="The new LoRA as a file, when the lora input is not connected."),
+                *lora_inputs(
+                    model="The base model (without LoRAs).",
+                    vae="Its VAE.",
+                    lora="The new LoRA (from Train LoRA or Save LoRA).",
+                    lora_name="The new LoRA as a file, when the lora input is not connected.",
+                ),
                 io.Float.Input("lora_strength", default=1.0, min=-5.0, max=5.0, step=0.05,
                                tooltip="The new LoRA's strength in its own column."),
                 io.String.Input("other_loras", multiline=True, default="",
@@ -66,12 +72,8 @@ class CompareLoRAStack(io.ComfyNode):
     def execute(cls, model, clip, vae, lora_name: str, lora_strength: float, other_loras: str, stack_strengths: str,
                 prompts: str, negative: str, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 width: int, height: int, lora=None) -> io.NodeOutput:
-        if lora is None:
-            if lora_name == NO_FILE:
-                raise ValueError("lora: connect the new LoRA or pick it in lora_name")
-            lora, new_name = load_lora_file(lora_name), lora_name
-        else:
-            new_name = getattr(lora, "metadata", {}).get("ss_output_name") or "new LoRA"
+        lora, new_name = resolve_new_lora(lora, lora_name, unnamed="new LoRA",
+                                          missing="lora: connect the new LoRA or pick it in lora_name")
         others = parse_lora_lines(other_loras)
         loras = {new_name: lora}
         for name, _ in others:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..trainer_core.adapters.export import LoRAWeights, tensor_data_hash
+from ..trainer_core.adapters.export import tensor_data_hash
 from ..trainer_core.pictures.grids import labelled_grid
 from ..trainer_core.pictures.sweep import (
     DEFAULT_STRENGTHS,
@@ -18,34 +18,19 @@ from ..trainer_core.pictures.sweep import (
     plan_grid,
     strength_label,
 )
-from .grid_render import Cell, Sampling, check_fit, render_cells, sampling_inputs, save_grid
-from .types import LoraModel
+from .grid_render import (
+    Cell,
+    Sampling,
+    check_fit,
+    load_lora_file,
+    lora_inputs,
+    render_cells,
+    resolve_new_lora,
+    sampling_inputs,
+    save_grid,
+)
 
-NO_FILE = "[none: use the lora input]"
 CLIP_MODES = ["same as model", "fixed"]
-
-
-def load_lora_file(name: str) -> LoRAWeights:
-    """A LoRA from models/loras, with its metadata; a clear error for what is not a LoRA file."""
-    path = folder_paths.get_full_path("loras", name)
-    if path is None:
-        raise FileNotFoundError(f"lora_name: {name} is not in models/loras (refresh the page if you just added it)")
-    if not path.lower().endswith(".safetensors"):
-        raise ValueError(
-            f"lora_name: {name} is not a .safetensors file. LoRA Lab reads only safetensors (a .ckpt/.pt file can run "
-            "code when loaded): convert it, or use the stock LoraLoader."
-        )
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise ValueError(f"lora_name: {name} cannot be read as safetensors ({error}); the file is broken or truncated: "
-                         "save or download it again") from error
-    return LoRAWeights(tensors, metadata)
 
 
 class TestLoRAStrengthSweep(io.ComfyNode):
@@ -62,12 +47,12 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                 "LoraLoader + KSampler give."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The base model (without the LoRA)."),
-                io.Clip.Input("clip", tooltip="Its text encoder."),
-                io.Vae.Input("vae", tooltip="Its VAE, to decode the images."),
-                LoraModel.Input("lora", optional=True, tooltip="The LoRA from Train LoRA or Save LoRA. Leave empty to pick a file."),
-                io.Combo.Input("lora_name", options=[NO_FILE] + folder_paths.get_filename_list("loras"), default=NO_FILE,
-                               tooltip="A LoRA file from models/loras, used when the lora input is not connected."),
+                *lora_inputs(
+                    model="The base model (without the LoRA).",
+                    vae="Its VAE, to decode the images.",
+                    lora="The LoRA from Train LoRA or Save LoRA. Leave empty to pick a file.",
+                    lora_name="A LoRA file from models/loras, used when the lora input is not connected.",
+                ),
                 io.String.Input("prompts", multiline=True, default="{trigger}, a photo",
                                 tooltip="One prompt per line: one grid row each. {trigger} becomes the LoRA's trigger word."),
                 io.String.Input("negative", multiline=True, default="", tooltip="Negative prompt for every cell."),
@@ -117,13 +102,9 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                 include_baseline: bool, clip_strength_mode: str, clip_strength: float, seed: int, steps: int,
                 cfg: float, sampler_name: str, scheduler: str, width: int, height: int, checkpoints: str = "",
                 batch_prompts: bool = False, lora=None) -> io.NodeOutput:
-        if lora is None:
-            if lora_name == NO_FILE:
-                raise ValueError("lora: connect a LoRA (from Train LoRA or Save LoRA) or pick a file in lora_name")
-            lora = load_lora_file(lora_name)
-            display_name = lora_name
-        else:
-            display_name = getattr(lora, "metadata", {}).get("ss_output_name") or "trained LoRA"
+        lora, display_name = resolve_new_lora(
+            lora, lora_name, unnamed="trained LoRA",
+            missing="lora: connect a LoRA (from Train LoRA or Save LoRA) or pick a file in lora_name")
         metadata = dict(getattr(lora, "metadata", {}))
         trigger = metadata.get("ss_trigger_word", "")
         prompt_list = parse_prompts(prompts, trigger)
