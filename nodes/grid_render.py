@@ -23,7 +23,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..trainer_core.adapters.export import LoRAWeights
-from ..trainer_core.pictures.grids import error_tile
+from ..trainer_core.pictures.grids import error_tile, labelled_grid
 from . import bridge
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,30 @@ def _render_batched(model, clip, vae, cells, positions, negative, sampling: Samp
     for (r, c), image in zip(positions, images, strict=True):
         out[r][c] = image
     return True
+
+
+def grid_outputs(*, grid: str, report: str) -> list:
+    """The three outputs every grid node gives: the grid, its cells as a batch, and a report."""
+    from comfy_api.latest import io
+
+    return [
+        io.Image.Output("grid", display_name="grid", tooltip=grid),
+        io.Image.Output("images", display_name="images", tooltip="Every cell as a batch, row by row."),
+        io.String.Output("report", display_name="report", tooltip=report),
+    ]
+
+
+def finish_grid(cls, rows: list[list[np.ndarray]], column_labels: list[str], row_labels: list[str], header: list[str],
+                notes: list[str], prefix: str, info: dict):
+    """The node's result for ``grid_outputs``: the labelled grid (saved under ``prefix`` and shown on the
+    node), every cell as a batch, and the notes as the report."""
+    from comfy_api.latest import io
+
+    grid = labelled_grid(rows, column_labels, row_labels, header)
+    images = torch.from_numpy(np.stack([cell for row in rows for cell in row]))
+    saved = save_grid(cls, grid, prefix, info)
+    report = "\n".join(notes)
+    return io.NodeOutput(torch.from_numpy(grid)[None], images, report, ui={"images": [saved], "text": [report]})
 
 
 def save_grid(cls, grid: np.ndarray, prefix: str, info: dict) -> dict:
