@@ -1,8 +1,11 @@
-"""Rendering grid cells through ComfyUI's own LoRA loading and sampler.
+"""Rendering grid cells through ComfyUI's own LoRA loading and sampler, and the inputs the grid nodes share.
 
 A cell is a list of LoRAs with strengths (applied in order, as chained LoraLoader nodes would) and a
 prompt. Cells that share their LoRAs share one patched model; each prompt is encoded once per CLIP
 patch; every image comes from ComfyUI's ``common_ksampler`` with the same seed.
+
+The grid nodes take the LoRA they test the same way: a connected ``LORA_MODEL`` or, when nothing is
+connected, a file picked in ``lora_name`` (``lora_inputs`` declares that, ``resolve_new_lora`` chooses).
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..trainer_core.adapters.export import LoRAWeights
-from ..trainer_core.pictures.grids import error_tile
+from ..trainer_core.pictures.grids import error_tile, labelled_grid
 from . import bridge
 
 log = logging.getLogger(__name__)
+
+NO_FILE = "[none: use the lora input]"
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,59 @@ def sampling_inputs() -> list:
         io.Int.Input("width", default=512, min=16, max=8192, step=8, tooltip="Image width of each cell."),
         io.Int.Input("height", default=512, min=16, max=8192, step=8, tooltip="Image height of each cell."),
     ]
+
+
+def lora_inputs(*, model: str, vae: str, lora: str, lora_name: str) -> list:
+    """model, clip, vae, the optional lora socket and the lora_name file picker, in that order; each node
+    words its own tooltips (saved workflows keep widget values by position, so the order stays)."""
+    from comfy_api.latest import io
+
+    from .types import LoraModel
+
+    return [
+        io.Model.Input("model", tooltip=model),
+        io.Clip.Input("clip", tooltip="Its text encoder."),
+        io.Vae.Input("vae", tooltip=vae),
+        LoraModel.Input("lora", optional=True, tooltip=lora),
+        io.Combo.Input("lora_name", options=[NO_FILE] + folder_paths.get_filename_list("loras"), default=NO_FILE,
+                       tooltip=lora_name),
+    ]
+
+
+def resolve_new_lora(lora: LoRAWeights | None, lora_name: str, *, missing: str,
+                     unnamed: str) -> tuple[LoRAWeights, str]:
+    """The connected LoRA, else the file picked in lora_name, with the name the grid shows for it.
+
+    ``missing`` is the node's message when neither is given; ``unnamed`` names a connected LoRA whose
+    metadata has no ``ss_output_name``."""
+    if lora is None:
+        if lora_name == NO_FILE:
+            raise ValueError(missing)
+        return load_lora_file(lora_name), lora_name
+    return lora, getattr(lora, "metadata", {}).get("ss_output_name") or unnamed
+
+
+def load_lora_file(name: str) -> LoRAWeights:
+    """A LoRA from models/loras, with its metadata; a clear error for what is not a LoRA file."""
+    path = folder_paths.get_full_path("loras", name)
+    if path is None:
+        raise FileNotFoundError(f"lora_name: {name} is not in models/loras (refresh the page if you just added it)")
+    if not path.lower().endswith(".safetensors"):
+        raise ValueError(
+            f"lora_name: {name} is not a .safetensors file. LoRA Lab reads only safetensors (a .ckpt/.pt file can run "
+            "code when loaded): convert it, or use the stock LoraLoader."
+        )
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ValueError(f"lora_name: {name} cannot be read as safetensors ({error}); the file is broken or truncated: "
+                         "save or download it again") from error
+    return LoRAWeights(tensors, metadata)
 
 
 def check_fit(model, clip, loras: dict[str, LoRAWeights]) -> tuple[dict[str, str], list[str]]:
@@ -130,6 +188,30 @@ def _render_batched(model, clip, vae, cells, positions, negative, sampling: Samp
     for (r, c), image in zip(positions, images, strict=True):
         out[r][c] = image
     return True
+
+
+def grid_outputs(*, grid: str, report: str) -> list:
+    """The three outputs every grid node gives: the grid, its cells as a batch, and a report."""
+    from comfy_api.latest import io
+
+    return [
+        io.Image.Output("grid", display_name="grid", tooltip=grid),
+        io.Image.Output("images", display_name="images", tooltip="Every cell as a batch, row by row."),
+        io.String.Output("report", display_name="report", tooltip=report),
+    ]
+
+
+def finish_grid(cls, rows: list[list[np.ndarray]], column_labels: list[str], row_labels: list[str], header: list[str],
+                notes: list[str], prefix: str, info: dict):
+    """The node's result for ``grid_outputs``: the labelled grid (saved under ``prefix`` and shown on the
+    node), every cell as a batch, and the notes as the report."""
+    from comfy_api.latest import io
+
+    grid = labelled_grid(rows, column_labels, row_labels, header)
+    images = torch.from_numpy(np.stack([cell for row in rows for cell in row]))
+    saved = save_grid(cls, grid, prefix, info)
+    report = "\n".join(notes)
+    return io.NodeOutput(torch.from_numpy(grid)[None], images, report, ui={"images": [saved], "text": [report]})
 
 
 def save_grid(cls, grid: np.ndarray, prefix: str, info: dict) -> dict:

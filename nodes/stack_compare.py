@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
 from comfy_api.latest import io
 
-from ..trainer_core.pictures.grids import labelled_grid
 from ..trainer_core.pictures.sweep import (
     GUIDE_STACK_STRENGTHS,
     parse_lora_lines,
@@ -14,16 +11,12 @@ from ..trainer_core.pictures.sweep import (
     plan_grid,
     stack_strengths,
 )
-from .grid_render import Cell, Sampling, check_fit, render_cells, sampling_inputs, save_grid
-from .strength_sweep import NO_FILE, load_lora_file
-from .types import LoraModel
+from . import grid_render
 
 
 class CompareLoRAStack(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        import folder_paths
-
         return io.Schema(
             node_id="CompareLoRAStack",
             display_name="Compare LoRA Stack",
@@ -34,12 +27,12 @@ class CompareLoRAStack(io.ComfyNode):
                 "own LoRA loader and KSampler, chained in order like LoraLoader nodes."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The base model (without LoRAs)."),
-                io.Clip.Input("clip", tooltip="Its text encoder."),
-                io.Vae.Input("vae", tooltip="Its VAE."),
-                LoraModel.Input("lora", optional=True, tooltip="The new LoRA (from Train LoRA or Save LoRA)."),
-                io.Combo.Input("lora_name", options=[NO_FILE] + folder_paths.get_filename_list("loras"), default=NO_FILE,
-                               tooltip="The new LoRA as a file, when the lora input is not connected."),
+                *grid_render.lora_inputs(
+                    model="The base model (without LoRAs).",
+                    vae="Its VAE.",
+                    lora="The new LoRA (from Train LoRA or Save LoRA).",
+                    lora_name="The new LoRA as a file, when the lora input is not connected.",
+                ),
                 io.Float.Input("lora_strength", default=1.0, min=-5.0, max=5.0, step=0.05,
                                tooltip="The new LoRA's strength in its own column."),
                 io.String.Input("other_loras", multiline=True, default="",
@@ -51,13 +44,10 @@ class CompareLoRAStack(io.ComfyNode):
                 io.String.Input("prompts", multiline=True, default="{trigger}, a photo",
                                 tooltip="One prompt per line: one grid row each. {trigger} becomes the new LoRA's trigger word."),
                 io.String.Input("negative", multiline=True, default="", tooltip="Negative prompt for every cell."),
-                *sampling_inputs(),
+                *grid_render.sampling_inputs(),
             ],
-            outputs=[
-                io.Image.Output("grid", display_name="grid", tooltip="The labelled comparison grid."),
-                io.Image.Output("images", display_name="images", tooltip="Every cell as a batch, row by row."),
-                io.String.Output("report", display_name="report", tooltip="Which LoRAs were applied, and any that do not fit."),
-            ],
+            outputs=grid_render.grid_outputs(grid="The labelled comparison grid.",
+                                             report="Which LoRAs were applied, and any that do not fit."),
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
         )
@@ -66,16 +56,12 @@ class CompareLoRAStack(io.ComfyNode):
     def execute(cls, model, clip, vae, lora_name: str, lora_strength: float, other_loras: str, stack_strengths: str,
                 prompts: str, negative: str, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 width: int, height: int, lora=None) -> io.NodeOutput:
-        if lora is None:
-            if lora_name == NO_FILE:
-                raise ValueError("lora: connect the new LoRA or pick it in lora_name")
-            lora, new_name = load_lora_file(lora_name), lora_name
-        else:
-            new_name = getattr(lora, "metadata", {}).get("ss_output_name") or "new LoRA"
+        lora, new_name = grid_render.resolve_new_lora(lora, lora_name, unnamed="new LoRA",
+                                                      missing="lora: connect the new LoRA or pick it in lora_name")
         others = parse_lora_lines(other_loras)
         loras = {new_name: lora}
         for name, _ in others:
-            loras[name] = load_lora_file(name)
+            loras[name] = grid_render.load_lora_file(name)
         trigger = getattr(lora, "metadata", {}).get("ss_trigger_word", "")
         prompt_list = parse_prompts(prompts, trigger)
         in_stack = stack_strengths_for(stack_strengths, [new_name] + [name for name, _ in others])
@@ -87,18 +73,15 @@ class CompareLoRAStack(io.ComfyNode):
         if others:
             columns.append(("stack: " + " + ".join(f"{s:g}" for _, s, _ in in_stack), in_stack))
         plan_grid(prompt_list, [0.0] * len(columns), width, height)
-        cells = [[Cell(stack, prompt) for _, stack in columns] for prompt in prompt_list]
-        problems, notes = check_fit(model, clip, loras)
-        sampling = Sampling(negative, seed, steps, cfg, sampler_name, scheduler, width, height)
-        rows = render_cells(model, clip, vae, loras, cells, sampling, problems)
+        cells = [[grid_render.Cell(stack, prompt) for _, stack in columns] for prompt in prompt_list]
+        problems, notes = grid_render.check_fit(model, clip, loras)
+        sampling = grid_render.Sampling(negative, seed, steps, cfg, sampler_name, scheduler, width, height)
+        rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems)
         header = [f"Stack test, seed {seed}, {sampler_name} / {scheduler}, {steps} steps, cfg {cfg:g}",
                   "stack order: " + ", ".join(f"{name} {s:g}" for name, s, _ in in_stack)]
-        grid = labelled_grid(rows, [label for label, _ in columns], prompt_list, header)
-        images = torch.from_numpy(np.stack([cell for row in rows for cell in row]))
-        saved = save_grid(cls, grid, "lora_lab/stacks/grid", {
-            "columns": [label for label, _ in columns], "prompts": prompt_list, "seed": seed})
-        report = "\n".join(notes)
-        return io.NodeOutput(torch.from_numpy(grid)[None], images, report, ui={"images": [saved], "text": [report]})
+        labels = [label for label, _ in columns]
+        return grid_render.finish_grid(cls, rows, labels, prompt_list, header, notes, "lora_lab/stacks/grid",
+                                       {"columns": labels, "prompts": prompt_list, "seed": seed})
 
 
 def stack_strengths_for(text: str, names: list[str]) -> tuple[tuple[str, float, float], ...]:

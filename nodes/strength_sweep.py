@@ -4,12 +4,9 @@ LoRA loader and sampler, so each cell is what LoraLoader + KSampler give at that
 from __future__ import annotations
 
 import folder_paths
-import numpy as np
-import torch
 from comfy_api.latest import io
 
-from ..trainer_core.adapters.export import LoRAWeights, tensor_data_hash
-from ..trainer_core.pictures.grids import labelled_grid
+from ..trainer_core.adapters.export import tensor_data_hash
 from ..trainer_core.pictures.sweep import (
     DEFAULT_STRENGTHS,
     SweepError,
@@ -18,34 +15,9 @@ from ..trainer_core.pictures.sweep import (
     plan_grid,
     strength_label,
 )
-from .grid_render import Cell, Sampling, check_fit, render_cells, sampling_inputs, save_grid
-from .types import LoraModel
+from . import grid_render
 
-NO_FILE = "[none: use the lora input]"
 CLIP_MODES = ["same as model", "fixed"]
-
-
-def load_lora_file(name: str) -> LoRAWeights:
-    """A LoRA from models/loras, with its metadata; a clear error for what is not a LoRA file."""
-    path = folder_paths.get_full_path("loras", name)
-    if path is None:
-        raise FileNotFoundError(f"lora_name: {name} is not in models/loras (refresh the page if you just added it)")
-    if not path.lower().endswith(".safetensors"):
-        raise ValueError(
-            f"lora_name: {name} is not a .safetensors file. LoRA Lab reads only safetensors (a .ckpt/.pt file can run "
-            "code when loaded): convert it, or use the stock LoraLoader."
-        )
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise ValueError(f"lora_name: {name} cannot be read as safetensors ({error}); the file is broken or truncated: "
-                         "save or download it again") from error
-    return LoRAWeights(tensors, metadata)
 
 
 class TestLoRAStrengthSweep(io.ComfyNode):
@@ -62,12 +34,12 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                 "LoraLoader + KSampler give."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The base model (without the LoRA)."),
-                io.Clip.Input("clip", tooltip="Its text encoder."),
-                io.Vae.Input("vae", tooltip="Its VAE, to decode the images."),
-                LoraModel.Input("lora", optional=True, tooltip="The LoRA from Train LoRA or Save LoRA. Leave empty to pick a file."),
-                io.Combo.Input("lora_name", options=[NO_FILE] + folder_paths.get_filename_list("loras"), default=NO_FILE,
-                               tooltip="A LoRA file from models/loras, used when the lora input is not connected."),
+                *grid_render.lora_inputs(
+                    model="The base model (without the LoRA).",
+                    vae="Its VAE, to decode the images.",
+                    lora="The LoRA from Train LoRA or Save LoRA. Leave empty to pick a file.",
+                    lora_name="A LoRA file from models/loras, used when the lora input is not connected.",
+                ),
                 io.String.Input("prompts", multiline=True, default="{trigger}, a photo",
                                 tooltip="One prompt per line: one grid row each. {trigger} becomes the LoRA's trigger word."),
                 io.String.Input("negative", multiline=True, default="", tooltip="Negative prompt for every cell."),
@@ -80,7 +52,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                                "'fixed': every column uses clip_strength."),
                 io.Float.Input("clip_strength", default=1.0, min=-5.0, max=5.0, step=0.05,
                                tooltip="The CLIP (text encoder) strength when clip_strength_mode is 'fixed'."),
-                *sampling_inputs(),
+                *grid_render.sampling_inputs(),
                 io.Boolean.Input(
                     "batch_prompts", default=False, optional=True,
                     tooltip="Sample all prompts of a column in one batch: faster, but a pixel may differ "
@@ -92,11 +64,8 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                     "such as lora_lab_checkpoints/my_lora_step*. Each adds a row per prompt.",
                 ),
             ],
-            outputs=[
-                io.Image.Output("grid", display_name="grid", tooltip="The labelled grid."),
-                io.Image.Output("images", display_name="images", tooltip="Every cell as a batch, row by row."),
-                io.String.Output("report", display_name="report", tooltip="What was rendered, and any cell that could not be."),
-            ],
+            outputs=grid_render.grid_outputs(grid="The labelled grid.",
+                                             report="What was rendered, and any cell that could not be."),
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
         )
@@ -117,13 +86,9 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                 include_baseline: bool, clip_strength_mode: str, clip_strength: float, seed: int, steps: int,
                 cfg: float, sampler_name: str, scheduler: str, width: int, height: int, checkpoints: str = "",
                 batch_prompts: bool = False, lora=None) -> io.NodeOutput:
-        if lora is None:
-            if lora_name == NO_FILE:
-                raise ValueError("lora: connect a LoRA (from Train LoRA or Save LoRA) or pick a file in lora_name")
-            lora = load_lora_file(lora_name)
-            display_name = lora_name
-        else:
-            display_name = getattr(lora, "metadata", {}).get("ss_output_name") or "trained LoRA"
+        lora, display_name = grid_render.resolve_new_lora(
+            lora, lora_name, unnamed="trained LoRA",
+            missing="lora: connect a LoRA (from Train LoRA or Save LoRA) or pick a file in lora_name")
         metadata = dict(getattr(lora, "metadata", {}))
         trigger = metadata.get("ss_trigger_word", "")
         prompt_list = parse_prompts(prompts, trigger)
@@ -132,7 +97,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
         row_loras = [(display_name, prompt) for prompt in prompt_list]
         row_labels = list(prompt_list)
         for name in resolve_lora_names(checkpoints):  # checkpoint x strength: one row per checkpoint and prompt
-            loras[name] = load_lora_file(name)
+            loras[name] = grid_render.load_lora_file(name)
             step = loras[name].metadata.get("ss_steps", "?")
             row_loras += [(name, prompt) for prompt in prompt_list]
             row_labels += [f"step {step}: {prompt}" for prompt in prompt_list]
@@ -143,24 +108,24 @@ class TestLoRAStrengthSweep(io.ComfyNode):
         def clip_for(strength: float) -> float:
             return strength if clip_strength_mode == CLIP_MODES[0] else clip_strength
 
-        cells = [[Cell(((name, s, clip_for(s)),), prompt) for s in strength_list] for name, prompt in row_loras]
-        problems, notes = check_fit(model, clip, loras)
-        sampling = Sampling(negative, seed, steps, cfg, sampler_name, scheduler, width, height, batch_prompts)
-        rows = render_cells(model, clip, vae, loras, cells, sampling, problems)
+        cells = [[grid_render.Cell(((name, s, clip_for(s)),), prompt) for s in strength_list]
+                 for name, prompt in row_loras]
+        problems, notes = grid_render.check_fit(model, clip, loras)
+        sampling = grid_render.Sampling(negative, seed, steps, cfg, sampler_name, scheduler, width, height,
+                                        batch_prompts)
+        rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems)
         header = [
             f"LoRA: {display_name}   steps: {metadata.get('ss_steps', '?')}   trigger: {trigger or '-'}   seed: {seed}",
             f"{sampler_name} / {scheduler}, {steps} steps, cfg {cfg:g}, {width}x{height}"
             + ("" if clip_strength_mode == CLIP_MODES[0] else f", clip strength {clip_strength:g}"),
         ]
-        grid = labelled_grid(rows, [strength_label(s) for s in strength_list], row_labels, header)
-        images = torch.from_numpy(np.stack([cell for row in rows for cell in row]))
-        saved = save_grid(cls, grid, "lora_lab/sweeps/grid", {
+        info = {
             "lora": display_name, "lora_hash": metadata.get("sshs_model_hash") or tensor_data_hash(lora),
             "steps": metadata.get("ss_steps", ""), "seed": seed, "strengths": strength_list, "prompts": prompt_list,
             "checkpoints": list(loras)[1:],
-        })
-        report = "\n".join(notes)
-        return io.NodeOutput(torch.from_numpy(grid)[None], images, report, ui={"images": [saved], "text": [report]})
+        }
+        column_labels = [strength_label(s) for s in strength_list]
+        return grid_render.finish_grid(cls, rows, column_labels, row_labels, header, notes, "lora_lab/sweeps/grid", info)
 
 
 def resolve_lora_names(text: str) -> list[str]:

@@ -4,7 +4,7 @@ file; train-then-test, queued with the Run button on the tiny model, shows its s
 
 Screenshots are written to .out/browser/; with LORA_LAB_UPDATE_SCREENSHOTS=1 also to docs/images/
 (the README's pictures). Without chromium or playwright the tests skip, except under CI (or
-LORA_LAB_REQUIRE_BROWSER=1), where tools/setup_env.sh installs both and a skip would hide a failure.
+LORA_LAB_REQUIRE_BROWSER=1), where tools/run_tests.sh installs both and a skip would hide a failure.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ BROWSER_LORA = "tests/browser_lora"  # its own file, so the run is not answered 
 
 def _browser_missing() -> str | None:
     if not CHROMIUM.is_file():
-        return f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or run tools/setup_env.sh)"
+        return f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or run tools/setup_browser.sh)"
     if importlib.util.find_spec("playwright") is None:
         return (
             "playwright is not installed: pip install playwright (the 'test' extra; no 'playwright install')"
