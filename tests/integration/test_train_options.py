@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.integration.test_train_lora import CKPT, load_dataset_node, pixels, sample, train_node
+from tests.helpers.training import (
+    CKPT,
+    checkpoint_and_dataset,
+    make_ring_dataset,
+    train_node,
+)
+from tests.integration.test_train_lora import pixels, sample
 from tools.comfy_server import ComfyServer, PromptRejected
 from tools.graph import Graph
-from tools.synthetic_dataset import make_shapes_dataset
 
 DATASET = "options_rings"
 
 
 @pytest.fixture(scope="module")
 def dataset(comfy_server: ComfyServer) -> str:
-    folder = comfy_server.input_dir / DATASET
-    shutil.rmtree(folder, ignore_errors=True)
-    make_shapes_dataset(folder, count=4, size=64, shape="ring", trigger_word="sks")
+    make_ring_dataset(comfy_server, DATASET, count=4)
     return DATASET
 
 
@@ -40,8 +42,7 @@ def up_size(tensors: dict) -> float:
 def test_settings_node_and_ema_change_what_train_lora_learns(comfy_server: ComfyServer, dataset: str):
     server = comfy_server
     graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    data = load_dataset_node(server, graph, dataset)
+    checkpoint, data = checkpoint_and_dataset(server, graph, dataset)
     settings = graph.node(
         "LoraLabOptimizerSettings",
         **{**server.widget_defaults("LoraLabOptimizerSettings"), "relative_step": True},
@@ -53,7 +54,7 @@ def test_settings_node_and_ema_change_what_train_lora_learns(comfy_server: Comfy
         "ema": dict(steps=6, ema_decay=0.9),
     }
     for name, options in runs.items():
-        trained = train_node(graph, checkpoint, data, run_name=f"tests_options_{name}", **options)
+        trained = train_node(server, graph, checkpoint, data, run_name=f"tests_options_{name}", **options)
         graph.node("SaveCheckpoint", lora=trained[0], filename=f"tests/options_{name}", if_exists="overwrite")
     server.run(graph.to_api(), timeout=600).raise_for_error()
     lora = {name: saved(server, f"options_{name}") for name in runs}
@@ -80,9 +81,9 @@ def test_fp8_base_weights_and_state_in_ram_train_and_leave_the_model_bit_identic
 
     before = sample_original("base_weights_before")
     graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    data = load_dataset_node(server, graph, dataset)
+    checkpoint, data = checkpoint_and_dataset(server, graph, dataset)
     trained = train_node(
+        server,
         graph,
         checkpoint,
         data,
@@ -109,9 +110,9 @@ def test_state_in_ram_with_an_8bit_optimizer_is_refused_before_running(
     comfy_server: ComfyServer, dataset: str
 ):
     graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    data = load_dataset_node(comfy_server, graph, dataset)
+    checkpoint, data = checkpoint_and_dataset(comfy_server, graph, dataset)
     trained = train_node(
+        comfy_server,
         graph,
         checkpoint,
         data,
