@@ -198,12 +198,13 @@ class TrainLoRA(io.ComfyNode):
             raise ValueError(problem)
         if trigger_word.strip():
             dataset = dataset.with_caption_options(replace(dataset.caption_options, trigger_word=trigger_word.strip()))
+        optimizer_choice = optimizer_config(settings, optimizer)
         run = _Run(
             lora=LoRAConfig(adapter=adapter_type, rank=rank, alpha=alpha, dropout=settings["lora_dropout"],
                             target=settings["target_layers"], rslora=settings["rslora"]),
             training=_training_config(settings, steps=steps, epochs=epochs, learning_rate=learning_rate,
-                                      batch_size=batch_size, seed=seed),
-            optimizer=optimizer_config(settings, optimizer),
+                                      batch_size=batch_size, seed=seed, weight_decay=optimizer_choice.weight_decay),
+            optimizer=optimizer_choice,
             scheduler=SchedulerConfig(name=lr_scheduler, warmup=settings["lr_warmup"]),
             checkpoints=CheckpointPolicy(checkpoint_folder(), sanitize_filename(run_name),
                                          every=settings["save_every"], keep_last=settings["keep_last"]),
@@ -240,12 +241,11 @@ class TrainLoRA(io.ComfyNode):
 
 
 def _training_config(settings: dict[str, Any], **widgets: Any) -> TrainingConfig:
-    """TrainingConfig from Train LoRA's own widgets and the settings nodes' values of its other fields."""
+    """TrainingConfig from Train LoRA's own values (``widgets``) and the settings nodes' values of its other fields."""
     names = ("text_encoder_lr", "clip_skip", "gradient_accumulation", "mixed_precision", "gradient_checkpointing",
              "min_snr_gamma", "noise_offset", "loss_type", "timestep_sampling", "multires_noise_iterations",
              "ema_decay", "optimizer_state_on_cpu")
-    return TrainingConfig(**widgets, **{name: settings[name] for name in names},
-                          weight_decay=settings["weight_decay"])
+    return TrainingConfig(**widgets, **{name: settings[name] for name in names})
 
 
 def _resume_state(run: _Run, run_name: str) -> Path | None:
