@@ -270,11 +270,16 @@ PICK_PRESET_JS = """async (name) => {
     await new Promise(resolve => setTimeout(resolve, 1000));
     const values = (node) => Object.fromEntries((node.widgets || []).map(w => [w.name, w.value]));
     const dataset = app.graph._nodes.find(n => n.type === 'LoadDataset');
-    // Train LoRA's fields wherever they live: its own widgets and those of the settings nodes wired in.
-    const wired = trainer.inputs.filter(i => i.name.endsWith('_settings') && i.link != null)
-        .map(i => app.graph.getNodeById((app.graph.links[i.link] ?? app.graph.links.get?.(i.link)).origin_id));
+    // Train LoRA's fields wherever they live: its own widgets, those of the settings nodes wired in, and
+    // the defaults an unconnected settings input stands for.
+    const linked = trainer.inputs.filter(i => i.name.endsWith('_settings') && i.link != null);
+    const wired = linked.map(
+        i => app.graph.getNodeById((app.graph.links[i.link] ?? app.graph.links.get?.(i.link)).origin_id));
+    const hosts = (await (await fetch('/lora_lab/presets')).json()).settings_hosts;
+    const unwired = Object.fromEntries(Object.entries(hosts)
+        .filter(([, host]) => !linked.some(i => i.name === host.socket)).map(([name, host]) => [name, host.default]));
     const settings = Object.fromEntries(wired.map(n => [n.type, values(n)]));
-    return {trainer: Object.assign({}, ...wired.map(values), values(trainer)), dataset: values(dataset), settings};
+    return {trainer: Object.assign(unwired, ...wired.map(values), values(trainer)), dataset: values(dataset), settings};
 }"""
 
 
