@@ -13,12 +13,24 @@ from .save_checkpoint import SaveCheckpoint
 from .stack_compare import CompareLoRAStack
 from .strength_sweep import TestLoRAStrengthSweep
 from .train_lora import TrainLoRA
+from .train_settings import (
+    LoRALabAdapterSettings,
+    LoRALabLossSettings,
+    LoRALabMemorySettings,
+    LoRALabSampleSettings,
+    LoRALabTextEncoderSettings,
+)
 
 NODE_CLASSES = [
     LoadDataset,
     AutoCaption,
     TrainLoRA,
     LoRALabOptimizerSettings,
+    LoRALabLossSettings,
+    LoRALabMemorySettings,
+    LoRALabAdapterSettings,
+    LoRALabSampleSettings,
+    LoRALabTextEncoderSettings,
     SaveCheckpoint,
     TestLoRAStrengthSweep,
     CompareLoRAStack,

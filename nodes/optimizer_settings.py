@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from comfy_api.latest import io
 
 from ..trainer_core.fields import default_of, help_text
-from ..trainer_core.training.optimizer_settings import parse_betas, used_by_text
+from ..trainer_core.training.config import TrainingConfig
+from ..trainer_core.training.optimizer_settings import USED_BY, for_optimizer, parse_betas, used_by_text
 from ..trainer_core.training.optimizers import OptimizerConfig
+from ..trainer_core.training.schedulers import SchedulerConfig
+from .train_settings import SettingsNode, settings_schema
 from .types import OptimizerSettings
 
 # What the core's help text says in terms of its own config, said for the canvas.
@@ -25,19 +30,19 @@ def _default(name: str):
     return default_of(OptimizerConfig, name)
 
 
-class LoRALabOptimizerSettings(io.ComfyNode):
+class LoRALabOptimizerSettings(SettingsNode):
+    SOCKET = "optimizer_settings"
+    SOCKET_TYPE = OptimizerSettings
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="LoraLabOptimizerSettings",
-            display_name="LoRA Lab Optimizer Settings",
-            category="LoRA Lab/Training",
-            description=(
-                "The optimizer's finer settings, for Train LoRA's optimizer_settings input. Train LoRA's "
-                "optimizer input still picks the optimizer; settings it does not use are ignored (each "
-                "tooltip says which optimizers use it). Defaults are the guides' values."
-            ),
-            inputs=[
+        return settings_schema(
+            cls,
+            "LoraLabOptimizerSettings",
+            "LoRA Lab Optimizer Settings",
+            "The optimizer's finer settings, its warmup and EMA. Train LoRA's optimizer input still picks the "
+            "optimizer; settings it does not use are ignored (each tooltip says which optimizers use it).",
+            [
                 io.Float.Input(
                     "weight_decay",
                     default=_default("weight_decay"),
@@ -99,12 +104,28 @@ class LoRALabOptimizerSettings(io.ComfyNode):
                 io.Boolean.Input(
                     "warmup_init", default=_default("warmup_init"), tooltip=_tooltip("warmup_init")
                 ),
-            ],
-            outputs=[
-                OptimizerSettings.Output(
-                    "optimizer_settings",
-                    display_name="optimizer_settings",
-                    tooltip="Connect to Train LoRA's optimizer_settings input.",
+                # Appended (not by theme) so UI workflows saved before them keep their widget positions.
+                io.Float.Input(
+                    "lr_warmup",
+                    default=default_of(SchedulerConfig, "warmup"),
+                    min=0.0,
+                    max=100000.0,
+                    step=0.01,
+                    tooltip=help_text(SchedulerConfig, "warmup"),
+                ),
+                io.Boolean.Input(
+                    "allow_8bit_fallback",
+                    default=_default("allow_8bit_fallback"),
+                    tooltip=help_text(OptimizerConfig, "allow_8bit_fallback"),
+                ),
+                io.Float.Input(
+                    "ema_decay",
+                    default=default_of(TrainingConfig, "ema_decay"),
+                    min=0.0,
+                    max=0.99999,
+                    step=0.001,
+                    round=0.00001,
+                    tooltip=help_text(TrainingConfig, "ema_decay"),
                 ),
             ],
         )
@@ -120,32 +141,9 @@ class LoRALabOptimizerSettings(io.ComfyNode):
             return str(error)
         return True
 
-    @classmethod
-    def execute(
-        cls,
-        weight_decay: float,
-        betas: str,
-        eps: float,
-        momentum: float,
-        d_coef: float,
-        safeguard_warmup: bool,
-        use_bias_correction: bool,
-        decouple: bool,
-        relative_step: bool,
-        scale_parameter: bool,
-        warmup_init: bool,
-    ) -> io.NodeOutput:
-        settings = OptimizerConfig(
-            weight_decay=weight_decay,
-            betas=parse_betas(betas),
-            eps=eps,
-            momentum=momentum,
-            d_coef=d_coef,
-            safeguard_warmup=safeguard_warmup,
-            use_bias_correction=use_bias_correction,
-            decouple=decouple,
-            relative_step=relative_step,
-            scale_parameter=scale_parameter,
-            warmup_init=warmup_init,
-        )
-        return io.NodeOutput(settings)
+
+def optimizer_config(values: dict[str, Any], optimizer: str) -> OptimizerConfig:
+    """The config of ``optimizer`` from the optimizer settings node's values (see ``for_optimizer``)."""
+    settings = {name: values[name] for name in USED_BY if name != "betas"}
+    chosen = OptimizerConfig(**settings, betas=parse_betas(values["betas"]))
+    return for_optimizer(chosen, optimizer, values["allow_8bit_fallback"])

@@ -11,5 +11,11 @@ from comfy_api.latest import io
 
 Dataset = io.Custom("LORALAB_DATASET")
 LoraModel = io.Custom("LORA_MODEL")
-# A trainer_core.training.optimizers.OptimizerConfig whose name, learning rate and 8-bit fallback TrainLoRA sets.
+# The optimizer settings node's NodeSettings (its widget values); TrainLoRA builds the OptimizerConfig.
 OptimizerSettings = io.Custom("LORALAB_OPTIMIZER_SETTINGS")
+# nodes.train_settings.NodeSettings: a settings node's widget values, for the Train LoRA input of that name.
+LossSettings = io.Custom("LORALAB_LOSS_SETTINGS")
+MemorySettings = io.Custom("LORALAB_MEMORY_SETTINGS")
+AdapterSettings = io.Custom("LORALAB_ADAPTER_SETTINGS")
+SampleSettings = io.Custom("LORALAB_SAMPLE_SETTINGS")
+TextEncoderSettings = io.Custom("LORALAB_TEXT_ENCODER_SETTINGS")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from ..trainer_core.training.presets import presets_for_web
+from .train_lora import SETTINGS_NODES
+from .train_settings import settings_hosts
 
 _registered = False
 
 
 def register_routes() -> None:
-    """``GET /lora_lab/presets``: TrainLoRA's preset table. Registered once, before ComfyUI adds
-    its routes to the web app (custom nodes load first)."""
+    """``GET /lora_lab/presets``: ``presets``, TrainLoRA's preset table, and ``settings_hosts``, which settings
+    node (and Train LoRA input) hosts each field that is not on Train LoRA itself, read from the node schemas.
+    Registered once, before ComfyUI adds its routes to the web app (custom nodes load first)."""
     global _registered
     if _registered:
         return
@@ -24,6 +27,6 @@ def register_routes() -> None:
 
     @instance.routes.get("/lora_lab/presets")
     async def presets(request: web.Request) -> web.Response:
-        return web.json_response(presets_for_web())
+        return web.json_response({"presets": presets_for_web(), "settings_hosts": settings_hosts(SETTINGS_NODES)})
 
     _registered = True

@@ -114,6 +114,7 @@ class ComfyServer:
         self._stopping = threading.Event()
         self._events: dict[str, list[tuple[float, str, dict[str, Any]]]] = {}
         self._defaults: dict[str, dict[str, Any]] = {}
+        self._all_object_info: dict[str, Any] | None = None
         self._events_changed = threading.Condition()
         self._submitted_at: dict[str, float] = {}
 
@@ -315,6 +316,15 @@ class ComfyServer:
         if node_class not in self._defaults:
             self._defaults[node_class] = default_inputs(self.object_info(node_class)[node_class])
         return dict(self._defaults[node_class])
+
+    def train_lora(self, graph: Any, /, **inputs: Any) -> Any:
+        """Add TrainLoRA to ``graph`` from one flat set of inputs: the ones it moved to a settings node go
+        to that node, added and wired in (``tools.train_graph.add_train_lora``)."""
+        from tools.train_graph import add_train_lora
+
+        if self._all_object_info is None:
+            self._all_object_info = self.object_info()
+        return add_train_lora(graph.node, self._all_object_info, **inputs)
 
     def history(self, prompt_id: str) -> dict[str, Any]:
         return self._get_json(f"/history/{prompt_id}").get(prompt_id, {})

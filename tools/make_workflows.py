@@ -11,7 +11,8 @@ Writes ``workflows/<name>.json`` (UI format: drag and drop into the canvas) and
 <ComfyUI>`` puts the toy and its ring dataset in place); the others have values for a real user
 (SD1.5 at 512 px, the guides' training defaults), which the tests override where the tiny test
 model needs it. Every widget input is named in the API files: the values
-not set here are the nodes' defaults at generation time.
+not set here are the nodes' defaults at generation time. A Train LoRA setting that lives on a settings
+node (tools/train_graph.py) brings that node into the workflow when its value is not the default.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from tools.graph import Graph, NodeHandle
 from tools.toy_model import TOY_CKPT
 from tools.toy_scenes import DEMO_CONCEPT, DEMO_DATASET
+from tools.train_graph import add_train_lora
 from tools.workflow_format import api_to_ui, default_inputs, display_name, input_specs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -113,8 +115,9 @@ def _train_then_test(
     flow = WorkflowBuilder(object_info)
     checkpoint = flow.node("CheckpointLoaderSimple", checkpoint_title, ckpt_name=checkpoint_name)
     dataset = flow.node("LoadDataset", "Load Dataset (a folder in ComfyUI/input)", **dataset_inputs)
-    trained = flow.node(
-        "TrainLoRA",
+    trained = add_train_lora(
+        flow.node,
+        object_info,
         model=checkpoint[0],
         clip=checkpoint[1],
         vae=checkpoint[2],

@@ -1,21 +1,43 @@
-// LoRA Lab's canvas extension: TrainLoRA's "preset" fills the node's fields from the guides'
-// settings (served by the pack at /lora_lab/presets), and picking Prodigy sets its learning rate
-// of 1.0. The fields stay editable: these only write them once, when the choice is made.
+// LoRA Lab's canvas extension: TrainLoRA's "preset" fills the fields from the guides' settings
+// (served by the pack at /lora_lab/presets), on TrainLoRA or on the settings node that hosts each
+// field (wired into the matching TrainLoRA input; added beside TrainLoRA when none is wired and the
+// value is not that node's default), and picking Prodigy sets its learning rate of 1.0. The fields
+// stay editable: these only write them once, when the choice is made.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 let presetsPromise = null;
 function loadPresets() {
-  presetsPromise ??= api.fetchApi("/lora_lab/presets").then((r) => (r.ok ? r.json() : {}));
+  presetsPromise ??= api
+    .fetchApi("/lora_lab/presets")
+    .then((r) => (r.ok ? r.json() : {}))
+    .then((table) => ({ presets: table.presets ?? {}, hosts: table.settings_hosts ?? {} }));
   return presetsPromise;
 }
 
-function datasetSource(node) {
-  const input = node.inputs?.find((i) => i.name === "dataset");
+// The node of type `type` wired into `node`'s input `name`, or null.
+function wiredSource(node, name, type) {
+  const input = node.inputs?.find((i) => i.name === name);
   if (input?.link == null) return null;
   const link = node.graph?.links?.[input.link] ?? node.graph?.links?.get?.(input.link);
   const source = link && node.graph.getNodeById(link.origin_id);
-  return source?.comfyClass === "LoadDataset" || source?.type === "LoadDataset" ? source : null;
+  return source?.comfyClass === type || source?.type === type ? source : null;
+}
+
+// The settings node that hosts a field ({node, socket, default}): the one wired into TrainLoRA's
+// socket; else, when `create`, a new one placed to the left of TrainLoRA and connected.
+function settingsNode(node, host, create) {
+  const wired = wiredSource(node, host.socket, host.node);
+  if (wired || !create) return wired;
+  const graph = node.graph ?? app.graph;
+  const created = LiteGraph.createNode(host.node);
+  if (!created) return null;
+  graph.add(created);
+  const socket = node.inputs.findIndex((i) => i.name === host.socket);
+  const taken = node.inputs.filter((i) => i.name.endsWith("_settings") && i.link != null).length;
+  created.pos = [node.pos[0] - created.size[0] - 40, node.pos[1] + taken * (created.size[1] + 20)];
+  created.connect(0, node, socket);
+  return created;
 }
 
 function setWidget(node, name, value) {
@@ -27,16 +49,20 @@ function setWidget(node, name, value) {
 }
 
 export async function applyPreset(node, name) {
-  const presets = await loadPresets();
+  const { presets, hosts } = await loadPresets();
   const preset = presets[name];
   if (!preset) return [];
   const applied = [];
   for (const [field, value] of Object.entries(preset.values)) {
     if (field === "dataset_resolution") {
-      const dataset = datasetSource(node);
+      const dataset = wiredSource(node, "dataset", "LoadDataset");
       if (dataset && setWidget(dataset, "resolution", value)) applied.push("resolution");
     } else if (setWidget(node, field, value)) {
       applied.push(field);
+    } else if (hosts[field]) {
+      const host = hosts[field];
+      const settings = settingsNode(node, host, value !== host.default);
+      if (settings && setWidget(settings, field, value)) applied.push(field);
     }
   }
   node.setDirtyCanvas?.(true, true);

@@ -8,22 +8,19 @@ the training model, the train-time picture); one graph after it loads each file 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.integration.test_train_lora import (
+from tests.helpers.training import (
     CKPT,
-    PROMPT,
-    latents,
-    load_dataset_node,
-    pixels,
-    sample,
+    checkpoint_and_dataset,
+    make_ring_dataset,
     train_node,
 )
+from tests.integration.test_train_lora import PROMPT, latents, pixels, sample
 from tools.comfy_server import ComfyServer, PromptRejected
 from tools.graph import Graph
 from tools.synthetic_dataset import make_shapes_dataset
@@ -42,17 +39,14 @@ EXPECTED_SUFFIXES = {
 @pytest.fixture(scope="module")
 def runs(comfy_server: ComfyServer):
     server = comfy_server
-    dataset_dir = server.input_dir / "adapter_rings"
-    shutil.rmtree(dataset_dir, ignore_errors=True)
-    make_shapes_dataset(dataset_dir, count=6, size=64, shape="ring", trigger_word="sks")
+    make_ring_dataset(server, "adapter_rings", count=6)
 
     train = Graph()
-    checkpoint = train.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    dataset = load_dataset_node(server, train, "adapter_rings")
+    checkpoint, dataset = checkpoint_and_dataset(server, train, "adapter_rings")
     nodes = {}
     for adapter in ADAPTERS:
         # rank 8 keeps LoKr's second factor low-rank on 320-wide layers (factors 16 x 20)
-        trained = train_node(train, checkpoint, dataset, adapter_type=adapter, steps=STEPS, learning_rate=2e-3, seed=SEED,
+        trained = train_node(server, train, checkpoint, dataset, adapter_type=adapter, steps=STEPS, learning_rate=2e-3, seed=SEED,
                              run_name=f"tests_{adapter}", sample_every=STEPS, sample_prompts=PROMPT, sample_steps=8,
                              sample_cfg=3.0)
         train.node("SaveCheckpoint", lora=trained[0], filename=f"tests/adapter_{adapter}", if_exists="overwrite")
@@ -139,9 +133,8 @@ def test_settings_an_adapter_type_cannot_take_are_refused_before_running(comfy_s
     if not (comfy_server.input_dir / "adapter_refused").is_dir():
         make_shapes_dataset(comfy_server.input_dir / "adapter_refused", count=2, size=64)
     graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    dataset = load_dataset_node(comfy_server, graph, "adapter_refused")
-    trained = train_node(graph, checkpoint, dataset, steps=2, **options)
+    checkpoint, dataset = checkpoint_and_dataset(comfy_server, graph, "adapter_refused")
+    trained = train_node(comfy_server, graph, checkpoint, dataset, steps=2, **options)
     graph.node("SaveCheckpoint", lora=trained[0], filename="tests/adapter_refused", if_exists="error")
     with pytest.raises(PromptRejected) as rejected:
         comfy_server.run(graph.to_api())

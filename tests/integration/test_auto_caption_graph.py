@@ -113,7 +113,7 @@ def test_the_captioned_dataset_trains(server: ComfyServer) -> None:
         model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], dataset=node[0], steps=2, rank=4,
         alpha=4.0, mixed_precision="fp32", run_name="tests_auto_caption", save_every=0,
     )  # fmt: skip
-    trained = graph.node("TrainLoRA", **inputs)
+    trained = server.train_lora(graph, **inputs)
     graph.node("PreviewImage", images=trained[2])
     result = server.run(graph.to_api(), timeout=600).raise_for_error()
     assert trained.id in result.node_seconds

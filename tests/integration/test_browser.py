@@ -270,7 +270,16 @@ PICK_PRESET_JS = """async (name) => {
     await new Promise(resolve => setTimeout(resolve, 1000));
     const values = (node) => Object.fromEntries((node.widgets || []).map(w => [w.name, w.value]));
     const dataset = app.graph._nodes.find(n => n.type === 'LoadDataset');
-    return {trainer: values(trainer), dataset: values(dataset)};
+    // Train LoRA's fields wherever they live: its own widgets, those of the settings nodes wired in, and
+    // the defaults an unconnected settings input stands for.
+    const linked = trainer.inputs.filter(i => i.name.endsWith('_settings') && i.link != null);
+    const wired = linked.map(
+        i => app.graph.getNodeById((app.graph.links[i.link] ?? app.graph.links.get?.(i.link)).origin_id));
+    const hosts = (await (await fetch('/lora_lab/presets')).json()).settings_hosts;
+    const unwired = Object.fromEntries(Object.entries(hosts)
+        .filter(([, host]) => !linked.some(i => i.name === host.socket)).map(([name, host]) => [name, host.default]));
+    const settings = Object.fromEntries(wired.map(n => [n.type, values(n)]));
+    return {trainer: Object.assign(unwired, ...wired.map(values), values(trainer)), dataset: values(dataset), settings};
 }"""
 
 
@@ -299,6 +308,37 @@ def test_choosing_a_preset_fills_the_fields_which_stay_editable(page, comfy_serv
     assert trainer["inputs"]["rank"] == 12 and trainer["inputs"]["preset"] == "SDXL · style"
     assert trainer["inputs"]["learning_rate"] == expected["learning_rate"]
     assert trainer["inputs"]["lr_scheduler"] == "cosine"
+
+
+def test_an_sdxl_preset_wires_memory_settings_into_the_shipped_workflow(page, comfy_server: ComfyServer):
+    """The shipped workflow has no Memory Settings node (its values are the defaults there). Picking an
+    SDXL preset adds one, wired into Train LoRA's memory_settings, with gradient checkpointing on and bf16;
+    a field on a settings node already wired in (the toy's Adapter Settings) is set there; the queued
+    prompt carries them."""
+    from trainer_core.training.presets import preset_values
+
+    _load(page, load_ui("train_then_test"), "sdxl_preset_check")
+    before = page.evaluate(PICK_PRESET_JS, "custom")
+    assert "LoraLabMemorySettings" not in before["settings"]
+    assert before["settings"]["LoraLabAdapterSettings"]["target_layers"] == "all_linear"
+
+    expected = preset_values("SDXL · character")
+    after = page.evaluate(PICK_PRESET_JS, "SDXL · character")
+    memory = after["settings"]["LoraLabMemorySettings"]
+    assert memory["gradient_checkpointing"] is True and memory["mixed_precision"] == "bf16"
+    assert after["settings"]["LoraLabAdapterSettings"]["target_layers"] == expected["target_layers"] == "attention"
+    for field, value in expected.items():
+        if field != "dataset_resolution":
+            assert after["trainer"][field] == value, field
+
+    queued = page.evaluate("async () => (await app.graphToPrompt()).output")
+    (trainer,) = [node for node in queued.values() if node["class_type"] == "TrainLoRA"]
+    source = queued[trainer["inputs"]["memory_settings"][0]]
+    assert source["class_type"] == "LoraLabMemorySettings"
+    assert source["inputs"]["gradient_checkpointing"] is True and source["inputs"]["mixed_precision"] == "bf16"
+    adapter = queued[trainer["inputs"]["adapter_settings"][0]]
+    assert adapter["inputs"]["target_layers"] == "attention"
+    assert [node for node in page.evaluate(CANVAS_NODES_JS) if node["has_errors"]] == []
 
 
 def test_picking_prodigy_sets_its_learning_rate_and_back(page):

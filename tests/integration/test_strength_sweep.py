@@ -4,7 +4,6 @@ KSampler, clear errors for files that are not LoRAs or do not fit the model."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -12,11 +11,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from tests.helpers.training import CKPT, checkpoint_and_dataset, make_ring_dataset
 from tools.comfy_server import ComfyServer, PromptRejected
 from tools.graph import Graph
-from tools.synthetic_dataset import make_shapes_dataset
 
-CKPT = "tiny_sd15.safetensors"
 PROMPTS = ["{trigger}, a yellow ring on a blue background", "a yellow ring"]
 SAMPLING = dict(seed=5, steps=4, cfg=3.0, sampler_name="euler", scheduler="normal")
 def sweep_node(server, graph, checkpoint, **inputs):
@@ -50,14 +48,9 @@ def read(server, result, node):
 @pytest.fixture(scope="module")
 def trained_and_swept(comfy_server: ComfyServer):
     server = comfy_server
-    folder = server.input_dir / "sweep_rings"
-    shutil.rmtree(folder, ignore_errors=True)
-    make_shapes_dataset(folder, count=6, size=64, shape="ring", trigger_word="sks")
+    make_ring_dataset(server, "sweep_rings", count=6)
     graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    dataset_inputs = server.widget_defaults("LoadDataset")
-    dataset_inputs.update(folder="sweep_rings", resolution=64, bucket_step=64)
-    dataset = graph.node("LoadDataset", **dataset_inputs)
+    checkpoint, dataset = checkpoint_and_dataset(server, graph, "sweep_rings")
     train_inputs = server.widget_defaults("TrainLoRA")
     train_inputs.update(model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], dataset=dataset[0],
                         trigger_word="sks", rank=4, alpha=4.0, learning_rate=1e-3, steps=40)

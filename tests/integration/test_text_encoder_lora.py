@@ -4,25 +4,20 @@ TrainLoRA's own MODEL + CLIP outputs give, and the incoming CLIP is left as it w
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.integration.test_train_lora import (
+from tests.helpers.training import (
     CKPT,
-    PROMPT,
-    latents,
-    load_dataset_node,
-    pixels,
-    sample,
+    checkpoint_and_dataset,
+    make_ring_dataset,
     train_node,
 )
+from tests.integration.test_train_lora import PROMPT, latents, pixels, sample
 from tools.comfy_server import ComfyServer
 from tools.graph import Graph
-from tools.synthetic_dataset import make_shapes_dataset
 
 STEPS = 12
 TEXT_ENCODER_LR = 1e-3
@@ -39,9 +34,7 @@ def passthrough(graph: Graph, checkpoint, lora_name: str):
 @pytest.fixture(scope="module")
 def te_run(comfy_server: ComfyServer):
     server = comfy_server
-    dataset_dir = server.input_dir / "te_rings"
-    shutil.rmtree(dataset_dir, ignore_errors=True)
-    make_shapes_dataset(dataset_dir, count=4, size=64, shape="ring", trigger_word="sks")
+    make_ring_dataset(server, "te_rings", count=4)
 
     before = Graph()
     checkpoint = before.node("CheckpointLoaderSimple", ckpt_name=CKPT)
@@ -49,10 +42,9 @@ def te_run(comfy_server: ComfyServer):
     before_result = server.run(before.to_api()).raise_for_error()
 
     train = Graph()
-    checkpoint = train.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    dataset = load_dataset_node(server, train, "te_rings")
+    checkpoint, dataset = checkpoint_and_dataset(server, train, "te_rings")
     # A sample image at the last step, with sample() below's prompt, seed (42) and sampler settings.
-    trained = train_node(train, checkpoint, dataset, steps=STEPS, text_encoder_lr=TEXT_ENCODER_LR, seed=42,
+    trained = train_node(server, train, checkpoint, dataset, steps=STEPS, text_encoder_lr=TEXT_ENCODER_LR, seed=42,
                          run_name="tests_te", sample_every=STEPS, sample_prompts=PROMPT, sample_steps=8, sample_cfg=3.0)
     train.node("SaveCheckpoint", lora=trained[0], filename="tests/te", if_exists="overwrite")
     samples = train.node("SaveImage", images=trained[3], filename_prefix="te_samples")
@@ -133,9 +125,8 @@ def test_incoming_clip_and_model_are_left_as_they_were(te_run):
 def test_clip_skip_2_is_recorded_and_clip_with_lora_stops_at_the_penultimate_layer(comfy_server: ComfyServer, te_run):
     server = comfy_server
     graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    dataset = load_dataset_node(server, graph, "te_rings")
-    trained = train_node(graph, checkpoint, dataset, steps=2, clip_skip=2, seed=6, run_name="tests_clip_skip")
+    checkpoint, dataset = checkpoint_and_dataset(server, graph, "te_rings")
+    trained = train_node(server, graph, checkpoint, dataset, steps=2, clip_skip=2, seed=6, run_name="tests_clip_skip")
     graph.node("SaveCheckpoint", lora=trained[0], filename="tests/clip_skip", if_exists="overwrite")
     from_node, _ = sample(graph, trained[1], checkpoint, "clip_skip_node", clip=trained[4], batch=1)
     penultimate = graph.node("CLIPSetLastLayer", clip=checkpoint[1], stop_at_clip_layer=-2)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 
 import numpy as np
@@ -17,36 +16,18 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from tests.helpers.training import (
+    CKPT,
+    STEPS,
+    checkpoint_and_dataset,
+    make_ring_dataset,
+    train_node,
+)
 from tools.comfy_server import ComfyServer, PromptRejected, RunResult
 from tools.graph import Graph
-from tools.synthetic_dataset import make_shapes_dataset
 
-CKPT = "tiny_sd15.safetensors"
 PROMPT = "sks, a yellow ring on a blue background"
-STEPS = 150
 SEEDS_PER_CELL = 4
-
-
-def load_dataset_node(server: ComfyServer, graph: Graph, folder: str, **options):
-    inputs = server.widget_defaults("LoadDataset")
-    inputs.update(folder=folder, resolution=64, bucket_step=64, trigger_word="")
-    inputs.update(options)
-    return graph.node("LoadDataset", **inputs)
-
-
-def train_node(graph: Graph, checkpoint, dataset, **options):
-    inputs = dict(optimizer="AdamW", lr_scheduler="constant_with_warmup", lr_warmup=0.05, allow_8bit_fallback=False,
-        model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], dataset=dataset[0], trigger_word="sks",
-        preset="custom", adapter_type="lora", rank=8, alpha=8.0, learning_rate=1e-3, text_encoder_lr=0.0, clip_skip=1,
-        steps=STEPS, epochs=10, batch_size=1, gradient_accumulation=1,
-        seed=0, mixed_precision="fp32", gradient_checkpointing=False, min_snr_gamma=5.0, noise_offset=0.0,
-        loss_type="mse", timestep_sampling="uniform", multires_noise_iterations=0, sample_every=0,
-        sample_prompts="{trigger}", sample_steps=20, sample_cfg=7.0,
-        target_layers="attention", lora_dropout=0.0, rslora=False, run_name="tests_rings", save_every=0, keep_last=0,
-        resume=False, unload_other_models=True,
-    )
-    inputs.update(options)
-    return graph.node("TrainLoRA", **inputs)
 
 
 def sample(graph: Graph, model, checkpoint, prefix: str, clip=None, seed: int = 42, batch: int = SEEDS_PER_CELL):
@@ -79,9 +60,7 @@ def latents(server: ComfyServer, result: RunResult, node) -> torch.Tensor:
 def run(comfy_server: ComfyServer):
     """Baseline sample → train + save → samples after training, each its own prompt."""
     server = comfy_server
-    dataset_dir = server.input_dir / "rings"
-    shutil.rmtree(dataset_dir, ignore_errors=True)
-    make_shapes_dataset(dataset_dir, count=8, size=64, shape="ring", trigger_word="sks")
+    dataset_dir = make_ring_dataset(server, "rings", count=8)
 
     before = Graph()
     checkpoint = before.node("CheckpointLoaderSimple", ckpt_name=CKPT)
@@ -89,9 +68,8 @@ def run(comfy_server: ComfyServer):
     before_result = server.run(before.to_api()).raise_for_error()
 
     train = Graph()
-    checkpoint = train.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    dataset = load_dataset_node(server, train, "rings")
-    trained = train_node(train, checkpoint, dataset)
+    checkpoint, dataset = checkpoint_and_dataset(server, train, "rings")
+    trained = train_node(server, train, checkpoint, dataset)
     saved = train.node("SaveCheckpoint", lora=trained[0], filename="tests/rings", if_exists="overwrite")
     curve = train.node("SaveImage", images=trained[2], filename_prefix="loss_curve")
     in_memory_image, _ = sample(train, trained[1], checkpoint, "in_memory")
@@ -201,9 +179,8 @@ def test_loss_curve_is_an_image(run):
 def test_cancel_stops_training_within_a_step_and_the_next_job_runs(comfy_server: ComfyServer, run):
     server = comfy_server
     graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    dataset = load_dataset_node(server, graph, "rings")
-    trained = train_node(graph, checkpoint, dataset, steps=5000, seed=7, run_name="tests_cancelled")
+    checkpoint, dataset = checkpoint_and_dataset(server, graph, "rings")
+    trained = train_node(server, graph, checkpoint, dataset, steps=5000, seed=7, run_name="tests_cancelled")
     graph.node("SaveCheckpoint", lora=trained[0], filename="tests/cancelled", if_exists="error")
     prompt_id = server.submit(graph.to_api())
     deadline = time.monotonic() + 120
@@ -234,9 +211,8 @@ def test_cancel_stops_training_within_a_step_and_the_next_job_runs(comfy_server:
 def test_bad_training_settings_give_a_clear_error_and_the_server_goes_on(comfy_server, run, options, field, words):
     server = comfy_server
     graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    dataset = load_dataset_node(server, graph, "rings")
-    trained = train_node(graph, checkpoint, dataset, **{**options, "steps": options.get("steps", 3)})
+    checkpoint, dataset = checkpoint_and_dataset(server, graph, "rings")
+    trained = train_node(server, graph, checkpoint, dataset, **{**options, "steps": options.get("steps", 3)})
     graph.node("SaveCheckpoint", lora=trained[0], filename=f"tests/bad_{field}", if_exists="error")
     message = ""
     try:
@@ -264,9 +240,8 @@ def test_save_every_and_resume_continue_a_run_in_the_canvas(comfy_server: ComfyS
 
     def train(steps: int, resume: bool, filename: str):
         graph = Graph()
-        checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-        dataset = load_dataset_node(server, graph, "rings")
-        trained = train_node(graph, checkpoint, dataset, steps=steps, run_name="tests_resume", save_every=3,
+        checkpoint, dataset = checkpoint_and_dataset(server, graph, "rings")
+        trained = train_node(server, graph, checkpoint, dataset, steps=steps, run_name="tests_resume", save_every=3,
                              resume=resume, seed=3)
         graph.node("SaveCheckpoint", lora=trained[0], filename=filename, if_exists="overwrite")
         return server.run(graph.to_api())
@@ -289,9 +264,8 @@ def test_an_8bit_optimizer_without_bitsandbytes_is_refused_before_running(comfy_
     if importlib.util.find_spec("bitsandbytes") is not None:
         pytest.skip("bitsandbytes is installed here: the 8-bit optimizer may run")
     graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    dataset = load_dataset_node(comfy_server, graph, "rings")
-    trained = train_node(graph, checkpoint, dataset, steps=2, optimizer="AdamW8bit")
+    checkpoint, dataset = checkpoint_and_dataset(comfy_server, graph, "rings")
+    trained = train_node(comfy_server, graph, checkpoint, dataset, steps=2, optimizer="AdamW8bit")
     graph.node("SaveCheckpoint", lora=trained[0], filename="tests/eight_bit", if_exists="error")
     with pytest.raises(PromptRejected) as rejected:
         comfy_server.run(graph.to_api())
@@ -304,9 +278,8 @@ def test_sample_images_during_training_show_the_lora_of_that_step_and_change_not
 
     def train(sample_every: int, name: str):
         graph = Graph()
-        checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-        dataset = load_dataset_node(server, graph, "rings")
-        trained = train_node(graph, checkpoint, dataset, steps=10, seed=11, run_name=f"tests_{name}",
+        checkpoint, dataset = checkpoint_and_dataset(server, graph, "rings")
+        trained = train_node(server, graph, checkpoint, dataset, steps=10, seed=11, run_name=f"tests_{name}",
                              sample_every=sample_every, sample_prompts="{trigger}, a ring", sample_steps=4,
                              sample_cfg=3.0)
         graph.node("SaveCheckpoint", lora=trained[0], filename=f"tests/{name}", if_exists="overwrite")

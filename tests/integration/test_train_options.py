@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.integration.test_train_lora import CKPT, load_dataset_node, pixels, sample, train_node
+from tests.helpers.training import (
+    CKPT,
+    checkpoint_and_dataset,
+    make_ring_dataset,
+    train_node,
+)
+from tests.integration.test_train_lora import pixels, sample
 from tools.comfy_server import ComfyServer, PromptRejected
 from tools.graph import Graph
-from tools.synthetic_dataset import make_shapes_dataset
 
 DATASET = "options_rings"
 
 
 @pytest.fixture(scope="module")
 def dataset(comfy_server: ComfyServer) -> str:
-    folder = comfy_server.input_dir / DATASET
-    shutil.rmtree(folder, ignore_errors=True)
-    make_shapes_dataset(folder, count=4, size=64, shape="ring", trigger_word="sks")
+    make_ring_dataset(comfy_server, DATASET, count=4)
     return DATASET
 
 
@@ -40,8 +42,7 @@ def up_size(tensors: dict) -> float:
 def test_settings_node_and_ema_change_what_train_lora_learns(comfy_server: ComfyServer, dataset: str):
     server = comfy_server
     graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    data = load_dataset_node(server, graph, dataset)
+    checkpoint, data = checkpoint_and_dataset(server, graph, dataset)
     settings = graph.node(
         "LoraLabOptimizerSettings",
         **{**server.widget_defaults("LoraLabOptimizerSettings"), "relative_step": True},
@@ -53,7 +54,7 @@ def test_settings_node_and_ema_change_what_train_lora_learns(comfy_server: Comfy
         "ema": dict(steps=6, ema_decay=0.9),
     }
     for name, options in runs.items():
-        trained = train_node(graph, checkpoint, data, run_name=f"tests_options_{name}", **options)
+        trained = train_node(server, graph, checkpoint, data, run_name=f"tests_options_{name}", **options)
         graph.node("SaveCheckpoint", lora=trained[0], filename=f"tests/options_{name}", if_exists="overwrite")
     server.run(graph.to_api(), timeout=600).raise_for_error()
     lora = {name: saved(server, f"options_{name}") for name in runs}
@@ -80,9 +81,9 @@ def test_fp8_base_weights_and_state_in_ram_train_and_leave_the_model_bit_identic
 
     before = sample_original("base_weights_before")
     graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    data = load_dataset_node(server, graph, dataset)
+    checkpoint, data = checkpoint_and_dataset(server, graph, dataset)
     trained = train_node(
+        server,
         graph,
         checkpoint,
         data,
@@ -109,9 +110,9 @@ def test_state_in_ram_with_an_8bit_optimizer_is_refused_before_running(
     comfy_server: ComfyServer, dataset: str
 ):
     graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    data = load_dataset_node(comfy_server, graph, dataset)
+    checkpoint, data = checkpoint_and_dataset(comfy_server, graph, dataset)
     trained = train_node(
+        comfy_server,
         graph,
         checkpoint,
         data,
@@ -124,3 +125,43 @@ def test_state_in_ram_with_an_8bit_optimizer_is_refused_before_running(
     with pytest.raises(PromptRejected) as rejected:
         comfy_server.run(graph.to_api())
     assert "optimizer_state_on_cpu cannot be used with AdamW8bit" in json.dumps(rejected.value.node_errors)
+
+
+def test_settings_nodes_values_reach_training(comfy_server: ComfyServer, dataset: str):
+    """Values set on the loss, memory, adapter and text-encoder settings nodes are what trained."""
+    server = comfy_server
+    graph = Graph()
+    checkpoint, data = checkpoint_and_dataset(server, graph, dataset)
+    trained = train_node(
+        server, graph, checkpoint, data, steps=2, run_name="tests_settings_nodes", noise_offset=0.05,
+        min_snr_gamma=0.0, timestep_sampling="logit_normal", gradient_accumulation=2, target_layers="all_linear",
+        rslora=True, clip_skip=2,
+    )
+    graph.node("SaveCheckpoint", lora=trained[0], filename="tests/options_settings_nodes", if_exists="overwrite")
+    api = graph.to_api()
+    wired = {api[link[0]]["class_type"] for name, link in api[trained.id]["inputs"].items() if name.endswith("_settings")}
+    assert wired == {"LoraLabLossSettings", "LoraLabMemorySettings", "LoraLabAdapterSettings",
+                     "LoraLabTextEncoderSettings"}
+    server.run(api, timeout=600).raise_for_error()
+    config = json.loads(saved(server, "options_settings_nodes")[1]["lora_lab_config"])
+    assert config["training"]["noise_offset"] == 0.05 and config["training"]["min_snr_gamma"] == 0.0
+    assert config["training"]["timestep_sampling"] == "logit_normal"
+    assert config["training"]["gradient_accumulation"] == 2 and config["training"]["clip_skip"] == 2
+    assert config["lora"]["target"] == "all_linear" and config["lora"]["rslora"] is True
+
+
+def test_an_api_graph_giving_train_lora_a_moved_input_hears_where_it_went(comfy_server: ComfyServer, dataset: str):
+    server = comfy_server
+    graph = Graph()
+    checkpoint, data = checkpoint_and_dataset(server, graph, dataset)
+    trained = train_node(server, graph, checkpoint, data, steps=2, run_name="tests_moved")
+    trained.set(noise_offset=0.1, gradient_checkpointing=True)  # as a graph written before the settings nodes
+    graph.node("SaveCheckpoint", lora=trained[0], filename="tests/options_moved", if_exists="overwrite")
+    result = server.run(graph.to_api(), timeout=300)
+    assert not result.ok
+    assert (
+        "TrainLoRA: 'noise_offset' moved to the LoRA Lab Loss Settings node: add that node, set noise_offset there "
+        "and connect it to Train LoRA's loss_settings input." in result.error
+    ), result.error
+    assert "'gradient_checkpointing' moved to the LoRA Lab Memory Settings node" in result.error
+    assert not (server.models_dir / "loras" / "tests" / "options_moved.safetensors").exists()

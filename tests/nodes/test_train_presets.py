@@ -1,5 +1,6 @@
-"""TrainLoRA's presets name only its own fields, with values its widgets accept, so filling the
-fields from a preset in the canvas never gives a node that fails validation."""
+"""TrainLoRA's presets name only fields of Train LoRA or of the settings node that hosts them, with values
+their widgets accept, so filling the fields from a preset in the canvas never gives a node that fails
+validation; /lora_lab/presets says which settings node hosts each field."""
 
 from __future__ import annotations
 
@@ -34,15 +35,40 @@ def _acceptable(entry, value) -> bool:
 
 def test_every_preset_value_is_a_valid_widget_value():
     load_pack()
+    from lora_lab.nodes.train_lora import SETTINGS_NODES
+    from lora_lab.nodes.train_settings import settings_hosts
     from lora_lab.trainer_core.training.presets import NOT_TRAINLORA_FIELDS, PRESET_CHOICES, PRESETS
 
     inputs = _inputs("TrainLoRA")
     assert list(inputs["preset"].options) == list(PRESET_CHOICES)
     dataset_inputs = _inputs("LoadDataset")
+    hosts = settings_hosts(SETTINGS_NODES)
     for name, preset in PRESETS.items():
         for field, value in preset["values"].items():
             if field in NOT_TRAINLORA_FIELDS:
                 assert _acceptable(dataset_inputs["resolution"], value), (name, field, value)
                 continue
-            assert field in inputs, f"preset {name!r} sets {field}, which TrainLoRA does not have"
-            assert _acceptable(inputs[field], value), f"preset {name!r}: {field}={value!r} is out of range"
+            if field in inputs:
+                entry = inputs[field]
+            else:
+                assert field in hosts, f"preset {name!r} sets {field}, which neither TrainLoRA nor a settings node has"
+                host = hosts[field]
+                assert host["socket"] in inputs, f"{host['node']} is not wired into TrainLoRA's {host['socket']}"
+                (node,) = [n for n in SETTINGS_NODES if n.GET_SCHEMA().node_id == host["node"]]
+                entry = {e.id: e for e in node.GET_SCHEMA().inputs}[field]
+            assert _acceptable(entry, value), f"preset {name!r}: {field}={value!r} is out of range"
+
+
+def test_settings_hosts_name_each_moved_field_once_with_its_node_default():
+    load_pack()
+    from lora_lab.nodes.train_lora import SETTINGS_NODES
+    from lora_lab.nodes.train_settings import settings_hosts
+
+    hosts = settings_hosts(SETTINGS_NODES)
+    train_inputs = _inputs("TrainLoRA")
+    assert not set(hosts) & set(train_inputs), "a field is both on TrainLoRA and on a settings node"
+    assert hosts["gradient_checkpointing"] == {
+        "node": "LoraLabMemorySettings", "socket": "memory_settings", "default": False,
+    }
+    assert hosts["noise_offset"]["node"] == "LoraLabLossSettings"
+    assert hosts["lr_warmup"]["socket"] == "optimizer_settings"

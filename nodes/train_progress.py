@@ -1,0 +1,139 @@
+"""What Train LoRA shows while it trains: the progress bar and loss text, sample images through
+ComfyUI's own sampler, and the memory estimate before the first step."""
+
+from __future__ import annotations
+
+import time
+
+import comfy.utils
+import torch
+
+from ..trainer_core.adapters.config import LoRAConfig
+from ..trainer_core.adapters.inject import find_target_modules
+from ..trainer_core.training.config import TrainingConfig
+from ..trainer_core.training.loop import StepReport, resolve_precision
+from ..trainer_core.training.memory_estimate import (
+    adapter_parameter_count,
+    estimate_training_memory,
+    layer_shapes,
+    memory_advice,
+    tensor_bytes,
+)
+from ..trainer_core.training.text_encoder import find_text_encoder_targets
+from . import bridge
+
+
+class CanvasProgress:
+    """Forwards each step to ComfyUI's progress bar (which also raises on Cancel) and shows the loss."""
+
+    def __init__(self, total: int, node_id: str | None, samples: SampleImages | None = None):
+        self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
+        self.node_id = node_id
+        self.last_text = 0.0
+        self.samples = samples
+
+    def __call__(self, report: StepReport) -> None:
+        import comfy.model_management
+
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        preview = None
+        if self.samples is not None and self.samples.due(report):
+            preview = ("JPEG", self.samples(report), 512)
+        self.bar.update_absolute(report.step, report.total, preview=preview)
+        now = time.monotonic()
+        if self.node_id is not None and (now - self.last_text > 0.5 or report.step == report.total):
+            self.last_text = now
+            send_text(f"step {report.step}/{report.total}  loss {report.loss:.4f}", self.node_id)
+
+
+class SampleImages:
+    """Every N steps, images of the sample prompts through ComfyUI's own sampler, with the LoRA as it is
+    at that step (the adapter is live in the training model), shown as the node's preview."""
+
+    def __init__(self, every: int, prompts: list[str], patcher, clip, vae, seed: int, steps: int, cfg: float,
+                 size: int, networks: list[torch.nn.Module]):
+        self.every, self.prompts, self.patcher, self.vae = every, prompts, patcher, vae
+        self.seed, self.steps, self.cfg, self.size, self.networks = seed, steps, cfg, size, networks
+        self.clip = clip
+        self.images: list[torch.Tensor] = []
+        self.steps_sampled: list[int] = []
+
+    def due(self, report: StepReport) -> bool:
+        return bool(self.every and self.prompts) and (report.step % self.every == 0 or report.step == report.total)
+
+    def __call__(self, report: StepReport):
+        """Returns a PIL preview of this step's images."""
+        from PIL import Image
+
+        was_training = [network.training for network in self.networks]
+        for network in self.networks:
+            network.eval()  # no LoRA dropout in the pictures
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leave training's random streams alone
+                negative = bridge.encode_prompt(self.clip, "")
+                batch = []
+                for prompt in self.prompts:
+                    samples = bridge.ksample(self.patcher, bridge.encode_prompt(self.clip, prompt), negative,
+                                             self.seed, self.steps, self.cfg, "euler", "normal", self.size, self.size)
+                    batch.append(bridge.decode(self.vae, samples)[0].float().cpu())
+        finally:
+            for network, mode in zip(self.networks, was_training, strict=True):
+                network.train(mode)
+        self.images += batch
+        self.steps_sampled.append(report.step)
+        strip = torch.cat(batch, dim=1).clamp(0, 1)
+        return Image.fromarray((strip.numpy() * 255).round().astype("uint8"))
+
+    def output(self) -> torch.Tensor:
+        if not self.images:
+            return torch.zeros(1, 64, 64, 3)
+        return torch.stack(self.images)
+
+
+def show_memory_estimate(denoiser, text_network, lora_config: LoRAConfig, training: TrainingConfig,
+                          optimizer: str, resolution: int, node_id: str | None) -> None:
+    """Before the first step: the GPU memory this run needs, on the node and in the console; stop
+    at once when even the exact parts cannot fit on the card."""
+    import comfy.model_management
+
+    network = denoiser.network
+    device = comfy.model_management.get_torch_device()
+    shapes = layer_shapes(network, find_target_modules(network, lora_config.target))
+    base_bytes = tensor_bytes(network)  # the low-precision copy when base_weights asks for one
+    if text_network is not None:  # trained too: on the device, with its own LoRA
+        shapes += layer_shapes(text_network, find_text_encoder_targets(text_network))
+        base_bytes += tensor_bytes(text_network)
+    estimate = estimate_training_memory(
+        base_weight_bytes=base_bytes,
+        adapter_parameters=adapter_parameter_count(shapes, lora_config.rank, lora_config.adapter),
+        optimizer=optimizer, family=bridge.model_family(denoiser.patcher), batch_size=training.batch_size,
+        optimizer_state_on_cpu=training.optimizer_state_on_cpu, ema=training.ema_decay > 0,
+        width=resolution, height=resolution, precision=resolve_precision(training.mixed_precision, device),
+        gradient_checkpointing=training.gradient_checkpointing,
+    )
+    text = estimate.describe()
+    if device.type == "cuda":
+        card = comfy.model_management.get_total_memory(device)
+        verdict, advice = memory_advice(estimate, card, gradient_checkpointing=training.gradient_checkpointing,
+                                        optimizer=optimizer, batch_size=training.batch_size)
+        if verdict == "no":
+            raise MemoryError(advice)
+        if advice:
+            text = f"Warning: {advice}"
+    else:
+        text += f" (this run trains on the {device.type.upper()})"
+    print(f"[LoRA Lab] TrainLoRA: {text}", flush=True)
+    send_text(text, node_id)
+
+
+def send_text(text: str, node_id: str | None) -> None:
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+
+        send = getattr(PromptServer.instance, "send_progress_text", None)
+        if send is not None:
+            send(text, node_id)
+    except (ImportError, AttributeError):
+        pass

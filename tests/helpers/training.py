@@ -1,0 +1,55 @@
+"""Training graphs for the integration tests, written once: yellow rings captioned "sks, ..." in the
+server's input folder, the tiny SD1.5 checkpoint with a Load Dataset over them, and Train LoRA from one
+flat set of inputs (each input it moved to a settings node goes to that node: tools/train_graph.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tools.comfy_server import ComfyServer
+from tools.graph import Graph, NodeHandle
+from tools.synthetic_dataset import make_shapes_dataset
+
+CKPT = "tiny_sd15.safetensors"
+STEPS = 150  # train_node's default
+
+
+def make_ring_dataset(server: ComfyServer, folder: str, count: int) -> Path:
+    """``count`` 64 px yellow rings captioned "sks, ...", made afresh in the server's input folder."""
+    path = server.input_dir / folder
+    shutil.rmtree(path, ignore_errors=True)
+    make_shapes_dataset(path, count=count, size=64, shape="ring", trigger_word="sks")
+    return path
+
+
+def load_dataset_node(server: ComfyServer, graph: Graph, folder: str, **options) -> NodeHandle:
+    """Load Dataset over ``folder`` at 64 px, trigger word from the captions."""
+    inputs = server.widget_defaults("LoadDataset")
+    inputs.update(folder=folder, resolution=64, bucket_step=64, trigger_word="")
+    inputs.update(options)
+    return graph.node("LoadDataset", **inputs)
+
+
+def checkpoint_and_dataset(
+    server: ComfyServer, graph: Graph, folder: str, **dataset_options
+) -> tuple[NodeHandle, NodeHandle]:
+    """The tiny checkpoint's loader and a Load Dataset over ``folder`` (see ``load_dataset_node``)."""
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    return checkpoint, load_dataset_node(server, graph, folder, **dataset_options)
+
+
+def train_node(server: ComfyServer, graph: Graph, checkpoint, dataset, **options) -> NodeHandle:
+    """Train LoRA on the tiny checkpoint: the tests' settings (every one named), changed by ``options``."""
+    inputs = dict(optimizer="AdamW", lr_scheduler="constant_with_warmup", lr_warmup=0.05, allow_8bit_fallback=False,
+        model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2], dataset=dataset[0], trigger_word="sks",
+        preset="custom", adapter_type="lora", rank=8, alpha=8.0, learning_rate=1e-3, text_encoder_lr=0.0, clip_skip=1,
+        steps=STEPS, epochs=10, batch_size=1, gradient_accumulation=1,
+        seed=0, mixed_precision="fp32", gradient_checkpointing=False, min_snr_gamma=5.0, noise_offset=0.0,
+        loss_type="mse", timestep_sampling="uniform", multires_noise_iterations=0, sample_every=0,
+        sample_prompts="{trigger}", sample_steps=20, sample_cfg=7.0,
+        target_layers="attention", lora_dropout=0.0, rslora=False, run_name="tests_rings", save_every=0, keep_last=0,
+        resume=False, unload_other_models=True,
+    )
+    inputs.update(options)
+    return server.train_lora(graph, **inputs)
