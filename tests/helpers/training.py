@@ -4,10 +4,11 @@ flat set of inputs (each input it moved to a settings node goes to that node: to
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
-from tools.comfy_server import ComfyServer
+from tools.comfy_server import ComfyServer, PromptRejected
 from tools.graph import Graph, NodeHandle
 from tools.synthetic_dataset import make_shapes_dataset
 
@@ -53,3 +54,25 @@ def train_node(server: ComfyServer, graph: Graph, checkpoint, dataset, **options
     )
     inputs.update(options)
     return server.train_lora(graph, **inputs)
+
+
+def refusal_message(server: ComfyServer, graph: Graph, trainer: NodeHandle) -> str:
+    """Why ``graph`` was refused before Train LoRA trained a step, for a person to read.
+
+    A setting wrong on its own is refused by ComfyUI's validation (nothing runs). A combination of
+    values on two nodes (adapter type on Train LoRA, dropout on Adapter Settings) can only be seen by
+    Train LoRA's run, since ComfyUI validates a node without the values of the nodes linked into it:
+    that is refused in the run's first lines, before a step. Either way nothing trains and nothing
+    after Train LoRA runs; anything else fails here."""
+    try:
+        result = server.run(graph.to_api())
+    except PromptRejected as rejected:
+        return json.dumps(rejected.node_errors)
+    assert result.status == "error", f"the graph ran ({result.status}): it should have been refused"
+    assert result.error is not None and result.error.startswith(f"{trainer.id} (TrainLoRA)"), result.error
+    assert not [event for event in result.progress if event.node == trainer.id], "Train LoRA trained a step"
+    after = {node_id for node_id, node in graph.nodes.items()
+             if any(isinstance(value, list) and value[:1] == [trainer.id] for value in node["inputs"].values())}
+    ran = after & (set(result.outputs) | set(result.node_seconds))
+    assert not ran, f"nodes after Train LoRA ran: {sorted(ran)}"
+    return result.error
