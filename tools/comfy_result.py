@@ -1,4 +1,5 @@
-"""What one prompt did: ComfyUI's websocket events and /history entry folded into a RunResult."""
+"""What one prompt did: ComfyUI's websocket events and /history entry folded into a RunResult, and the
+errors that say why a prompt did not run (``PromptRejected``: the graph did not validate)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,22 @@ from typing import Any
 
 class ComfyServerError(RuntimeError):
     """The server could not be started, died, did not answer as expected, or a prompt failed."""
+
+
+class PromptRejected(ComfyServerError):
+    """POST /prompt answered 400: the graph did not validate. ``node_errors`` says which node and why."""
+
+    def __init__(self, error: dict[str, Any], node_errors: dict[str, Any]):
+        self.error = error
+        self.node_errors = node_errors
+        lines = [f"prompt rejected: {error.get('message', error)} {error.get('details', '')}".rstrip()]
+        for node_id, node_error in node_errors.items():
+            for reason in node_error.get("errors", []):
+                lines.append(
+                    f"  node {node_id} ({node_error.get('class_type')}): {reason.get('message')}"
+                    f" {reason.get('details', '')}".rstrip()
+                )
+        super().__init__("\n".join(lines))
 
 
 @dataclass
@@ -53,7 +70,44 @@ def summarise_prompt(
     into a RunResult. A node's time runs from its ``executing`` event to the next event that
     ends it (its ``executed``, the next node, or the end of the prompt)."""
     start = submitted_at
+    timeline = _read_events(events, start)
+    error_details, interrupted = timeline.error_details, timeline.interrupted
 
+    # History holds the same messages, so errors are reported even if the websocket missed them.
+    status_block = history.get("status", {})
+    for kind, data in status_block.get("messages", []):
+        if kind == "execution_error" and error_details is None:
+            error_details = data
+        elif kind == "execution_interrupted":
+            interrupted = True
+
+    return RunResult(
+        prompt_id=prompt_id,
+        status=_status(status_block, error_details, interrupted),
+        outputs=history.get("outputs", {}),
+        node_seconds=timeline.node_seconds,
+        cached_nodes=timeline.cached,
+        progress=timeline.progress,
+        seconds=timeline.end - start,
+        error=_error_text(error_details, interrupted),
+        error_details=error_details,
+        history=history,
+    )
+
+
+@dataclass
+class _Timeline:
+    """What a prompt's websocket events say, before its /history entry is read."""
+
+    node_seconds: dict[str, float]
+    progress: list[ProgressEvent]
+    cached: list[str]
+    error_details: dict[str, Any] | None
+    interrupted: bool
+    end: float  # the time of the last event (``start`` when there is none)
+
+
+def _read_events(events: list[tuple[float, str, dict[str, Any]]], start: float) -> _Timeline:
     node_seconds: dict[str, float] = {}
     progress: list[ProgressEvent] = []
     cached: list[str] = []
@@ -85,42 +139,25 @@ def summarise_prompt(
             error_details = data
         elif kind == "execution_interrupted":
             interrupted = True
+    return _Timeline(node_seconds, progress, cached, error_details, interrupted, end)
 
-    # History holds the same messages, so errors are reported even if the websocket missed them.
-    status_block = history.get("status", {})
-    for kind, data in status_block.get("messages", []):
-        if kind == "execution_error" and error_details is None:
-            error_details = data
-        elif kind == "execution_interrupted":
-            interrupted = True
 
+def _status(status_block: dict[str, Any], error_details: dict[str, Any] | None, interrupted: bool) -> str:
     if interrupted:
-        status = "interrupted"
-    elif error_details is not None or status_block.get("status_str") == "error":
-        status = "error"
-    elif status_block.get("completed") or status_block.get("status_str") == "success":
-        status = "success"
-    else:
-        status = "unknown"
+        return "interrupted"
+    if error_details is not None or status_block.get("status_str") == "error":
+        return "error"
+    if status_block.get("completed") or status_block.get("status_str") == "success":
+        return "success"
+    return "unknown"
 
-    error = None
+
+def _error_text(error_details: dict[str, Any] | None, interrupted: bool) -> str | None:
     if error_details is not None:
-        error = (
+        return (
             f"{error_details.get('node_id')} ({error_details.get('node_type')}): "
             f"{error_details.get('exception_type')}: {str(error_details.get('exception_message', '')).strip()}"
         )
-    elif interrupted:
-        error = "interrupted"
-
-    return RunResult(
-        prompt_id=prompt_id,
-        status=status,
-        outputs=history.get("outputs", {}),
-        node_seconds=node_seconds,
-        cached_nodes=cached,
-        progress=progress,
-        seconds=end - start,
-        error=error,
-        error_details=error_details,
-        history=history,
-    )
+    if interrupted:
+        return "interrupted"
+    return None

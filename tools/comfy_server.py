@@ -11,54 +11,62 @@ nodes under ``base_dir`` (this pack is linked into ``custom_nodes/lora_lab``) an
 combined stdout/stderr to a log file that tests can read (``log_text()``).
 
 Needs only ``requests`` and ``websocket-client`` in the calling process; ComfyUI itself runs in
-a child process with the given interpreter.
+a child process with the given interpreter. Its parts: ``comfy_process`` (the child process),
+``comfy_events`` (the websocket listener), ``comfy_log`` (reading the log), ``comfy_result`` (what a
+prompt did, and the errors).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import requests
-import websocket
 
 try:
-    from tools.comfy_result import ComfyServerError, ProgressEvent, RunResult, summarise_prompt
+    from tools.comfy_events import PromptEvents
+    from tools.comfy_log import log_end, pack_import_problems, read_log
+    from tools.comfy_process import (
+        LOOPBACK,
+        PACK_LINK_NAME,
+        child_environment,
+        prepare_base_dir,
+        server_command,
+        stop_process,
+    )
+    from tools.comfy_result import (
+        ComfyServerError,
+        ProgressEvent,
+        PromptRejected,
+        RunResult,
+        summarise_prompt,
+    )
 except ImportError:  # run as a script from tools/
-    from comfy_result import ComfyServerError, ProgressEvent, RunResult, summarise_prompt  # type: ignore[no-redef]
+    from comfy_events import PromptEvents  # type: ignore[no-redef]
+    from comfy_log import log_end, pack_import_problems, read_log  # type: ignore[no-redef]
+    from comfy_process import (  # type: ignore[no-redef]
+        LOOPBACK,
+        PACK_LINK_NAME,
+        child_environment,
+        prepare_base_dir,
+        server_command,
+        stop_process,
+    )
+    from comfy_result import (  # type: ignore[no-redef]
+        ComfyServerError,
+        ProgressEvent,
+        PromptRejected,
+        RunResult,
+        summarise_prompt,
+    )
 
 __all__ = ["ComfyServer", "ComfyServerError", "ProgressEvent", "PromptRejected", "RunResult", "free_port"]
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PACK_LINK_NAME = "lora_lab"
-BASE_SUBFOLDERS = ("models/checkpoints", "models/loras", "input", "output", "custom_nodes")
-LOOPBACK = "127.0.0.1"
-
-
-class PromptRejected(ComfyServerError):
-    """POST /prompt answered 400: the graph did not validate. ``node_errors`` says which node and why."""
-
-    def __init__(self, error: dict[str, Any], node_errors: dict[str, Any]):
-        self.error = error
-        self.node_errors = node_errors
-        lines = [f"prompt rejected: {error.get('message', error)} {error.get('details', '')}".rstrip()]
-        for node_id, node_error in node_errors.items():
-            for reason in node_error.get("errors", []):
-                lines.append(
-                    f"  node {node_id} ({node_error.get('class_type')}): {reason.get('message')}"
-                    f" {reason.get('details', '')}".rstrip()
-                )
-        super().__init__("\n".join(lines))
 
 
 def _default_comfy_root() -> Path:
@@ -109,13 +117,9 @@ class ComfyServer:
         self._log_file: Any = None
         self._session = requests.Session()
         self._session.trust_env = False  # loopback only: never through a proxy from the environment
-        self._socket: websocket.WebSocket | None = None
-        self._listener: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._events: dict[str, list[tuple[float, str, dict[str, Any]]]] = {}
+        self._events = PromptEvents()  # the websocket's events, by prompt
         self._defaults: dict[str, dict[str, Any]] = {}
         self._all_object_info: dict[str, Any] | None = None
-        self._events_changed = threading.Condition()
         self._submitted_at: dict[str, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -133,34 +137,10 @@ class ComfyServer:
         return self.base_dir / "output"
 
     def prepare_base_dir(self) -> None:
-        for sub in BASE_SUBFOLDERS:
-            (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
-        if self.link_pack:
-            link = self.base_dir / "custom_nodes" / PACK_LINK_NAME
-            if link.is_symlink() and link.resolve() != REPO_ROOT:
-                link.unlink()
-            if not link.exists():
-                link.symlink_to(REPO_ROOT, target_is_directory=True)
+        prepare_base_dir(self.base_dir, self.link_pack)
 
     def command(self) -> list[str]:
-        return [
-            self.python,
-            "main.py",
-            "--cpu",
-            "--listen",
-            LOOPBACK,
-            "--port",
-            str(self.port),
-            "--base-directory",
-            str(self.base_dir),
-            "--disable-api-nodes",
-            # ComfyUI's default database lives in its own checkout, shared by every server
-            # started from it; one per base directory keeps servers apart. (":memory:" works
-            # too but logs SQLite cross-thread errors.)
-            "--database-url",
-            f"sqlite:///{self.base_dir / 'comfyui.db'}",
-            *self.extra_args,
-        ]
+        return server_command(self.python, self.port, self.base_dir, self.extra_args)
 
     def start(self, timeout: float = 180.0) -> ComfyServer:
         if self._process is not None:
@@ -173,18 +153,7 @@ class ComfyServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # Truncated: checks such as "no missing-key warning in the log" must see this run only.
         self._log_file = open(self.log_path, "wb")
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            # Nothing may be fetched at test time; fail instead of downloading.
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "DO_NOT_TRACK": "1",
-            **self.extra_env,
-        }
-        # The caller's PYTHONPATH (pytest adds the repo root) would shadow ComfyUI's own
-        # top-level modules such as `nodes` and `utils` with this pack's folders.
-        env.pop("PYTHONPATH", None)
+        env = child_environment(self.extra_env)
         self._process = subprocess.Popen(
             self.command(),
             cwd=self.comfy_root,
@@ -196,7 +165,7 @@ class ComfyServer:
         )
         try:
             self._wait_until_ready(timeout)
-            self._connect_websocket()
+            self._events.connect(f"ws://{LOOPBACK}:{self.port}/ws?clientId={self.client_id}", f"comfy-ws-{self.port}")
         except BaseException:
             self.stop()
             raise
@@ -221,24 +190,9 @@ class ComfyServer:
         )
 
     def stop(self, timeout: float = 15.0) -> None:
-        self._stopping.set()
-        if self._socket is not None:
-            try:
-                self._socket.close()
-            except Exception:  # noqa: BLE001 - the server may already be gone; closing is best effort.
-                pass
-            self._socket = None
-        if self._listener is not None:
-            self._listener.join(timeout=5)
-            self._listener = None
+        self._events.close()
         if self._process is not None:
-            if self._process.poll() is None:
-                self._process.send_signal(signal.SIGTERM)
-                try:
-                    self._process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    self._process.kill()
-                    self._process.wait(timeout=timeout)
+            stop_process(self._process, timeout)
             self._process = None
         if self._log_file is not None:
             self._log_file.close()
@@ -261,15 +215,11 @@ class ComfyServer:
 
     def log_text(self, since: int = 0) -> str:
         """The server's combined stdout/stderr; ``since`` is a byte offset from ``log_offset()``."""
-        if not self.log_path.exists():
-            return ""
-        with open(self.log_path, "rb") as handle:
-            handle.seek(since)
-            return handle.read().decode("utf-8", errors="replace")
+        return read_log(self.log_path, since)
 
     def log_offset(self) -> int:
         """Mark the log's current end, to read only what one prompt logged: ``log_text(since=mark)``."""
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
+        return log_end(self.log_path)
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
@@ -293,21 +243,7 @@ class ComfyServer:
     def custom_node_import_problems(self) -> str:
         """What ComfyUI logged about this pack failing to import or register (with the traceback
         of an import error; ComfyUI logs none for an error inside ``comfy_entrypoint``)."""
-        pack_path = str(self.base_dir / "custom_nodes" / PACK_LINK_NAME)
-        lines = self.log_text().splitlines()
-        found: list[str] = []
-        traceback_start = None
-        for index, line in enumerate(lines):
-            if line.startswith("Traceback (most recent call last)"):
-                traceback_start = index
-            is_timing = re.match(r"\s*[\d.]+ seconds: ", line) is not None and "IMPORT FAILED" not in line
-            in_traceback = line.startswith("  File ")  # shown with its whole traceback below
-            if pack_path in line and not is_timing and not in_traceback:
-                if line.startswith("Cannot import") and traceback_start is not None:
-                    found.extend(lines[traceback_start : index + 1])
-                else:
-                    found.append(line)
-        return "\n".join(found)
+        return pack_import_problems(self.log_text(), str(self.base_dir / "custom_nodes" / PACK_LINK_NAME))
 
     def widget_defaults(self, node_class: str) -> dict[str, Any]:
         """Every widget input of ``node_class`` that has a default, with it (API graphs must name them all)."""
@@ -409,31 +345,31 @@ class ComfyServer:
         """Block until the prompt is done; return what it produced and how long each node took."""
         waiting_since = time.monotonic()
         deadline = waiting_since + timeout
-        with self._events_changed:
-            while not self._is_done(prompt_id):
+        with self._events.changed:
+            while not self._events.is_done(prompt_id):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ComfyServerError(
                         f"prompt {prompt_id} not done after {timeout:.0f} s "
-                        f"(last event: {self._last_event(prompt_id)}). Log tail:\n{self.log_tail()}"
+                        f"(last event: {self._events.last(prompt_id)}). Log tail:\n{self.log_tail()}"
                     )
                 if not self.running:
                     raise ComfyServerError(
                         f"ComfyUI died while running prompt {prompt_id}. Log tail:\n{self.log_tail()}"
                     )
-                listening = self._listener is not None and self._listener.is_alive()
+                listening = self._events.listening
                 # Without websocket events (socket gone, or the prompt was queued by another
                 # client), /history is the only way to know it finished.
                 if not listening or (
-                    not self._events.get(prompt_id) and time.monotonic() - waiting_since > 2
+                    not self._events.by_prompt.get(prompt_id) and time.monotonic() - waiting_since > 2
                 ):
-                    self._events_changed.release()
+                    self._events.changed.release()
                     try:
                         if self.history(prompt_id):
                             break
                     finally:
-                        self._events_changed.acquire()
-                self._events_changed.wait(timeout=min(remaining, 0.5 if listening else 0.2))
+                        self._events.changed.acquire()
+                self._events.changed.wait(timeout=min(remaining, 0.5 if listening else 0.2))
         history = self._read_history(prompt_id, deadline)
         return self._summarise(prompt_id, history)
 
@@ -444,38 +380,17 @@ class ComfyServer:
 
     def events(self, prompt_id: str) -> list[tuple[float, str, dict[str, Any]]]:
         """The websocket events of a prompt so far: (seconds since submit, type, data)."""
-        with self._events_changed:
-            events = list(self._events.get(prompt_id, []))
+        events = self._events.of(prompt_id)
         start = self._submitted_at.get(prompt_id, events[0][0] if events else 0.0)
         return [(moment - start, kind, data) for moment, kind, data in events]
 
     def progress_value(self, prompt_id: str, node: str | None = None) -> int:
         """The latest progress value the prompt reported (for one node if given); 0 before any."""
-        with self._events_changed:
-            values = [
-                data.get("value", 0)
-                for _, kind, data in self._events.get(prompt_id, [])
-                if kind == "progress" and (node is None or str(data.get("node")) == node)
-            ]
-        return values[-1] if values else 0
+        return self._events.progress_value(prompt_id, node)
 
     def wait_for_event(self, prompt_id: str, kind: str, timeout: float = 60.0) -> dict[str, Any]:
         """Block until the prompt has sent an event of this type (e.g. "progress"); return its data."""
-        deadline = time.monotonic() + timeout
-        with self._events_changed:
-            while True:
-                for _, event_kind, data in self._events.get(prompt_id, []):
-                    if event_kind == kind:
-                        return data
-                if self._is_done(prompt_id):
-                    raise ComfyServerError(f"prompt {prompt_id} finished without a {kind!r} event")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ComfyServerError(
-                        f"no {kind!r} event from prompt {prompt_id} within {timeout:.0f} s "
-                        f"(last event: {self._last_event(prompt_id)})"
-                    )
-                self._events_changed.wait(timeout=min(remaining, 1.0))
+        return self._events.wait_for(prompt_id, kind, timeout)
 
     def _read_history(self, prompt_id: str, deadline: float) -> dict[str, Any]:
         # ComfyUI records history before it announces the end, but be tolerant of a short lag.
@@ -485,59 +400,7 @@ class ComfyServer:
                 return history
             time.sleep(0.05)
 
-    def _is_done(self, prompt_id: str) -> bool:
-        return any(
-            kind == "executing" and data.get("node") is None
-            for _, kind, data in self._events.get(prompt_id, [])
-        )
-
-    def _last_event(self, prompt_id: str) -> str:
-        events = self._events.get(prompt_id)
-        if not events:
-            return "none"
-        _, kind, data = events[-1]
-        return f"{kind} {json.dumps(data)[:200]}"
-
     def _summarise(self, prompt_id: str, history: dict[str, Any]) -> RunResult:
-        with self._events_changed:
-            events = list(self._events.get(prompt_id, []))
+        events = self._events.of(prompt_id)
         submitted_at = self._submitted_at.get(prompt_id, events[0][0] if events else time.monotonic())
         return summarise_prompt(prompt_id, events, submitted_at, history)
-
-    # -- websocket -------------------------------------------------------------------------
-
-    def _connect_websocket(self) -> None:
-        # Connected before any submit, so no event of a fast prompt is missed.
-        self._socket = websocket.create_connection(
-            f"ws://{LOOPBACK}:{self.port}/ws?clientId={self.client_id}", timeout=10
-        )
-        self._socket.settimeout(0.5)
-        self._stopping.clear()
-        self._listener = threading.Thread(target=self._listen, name=f"comfy-ws-{self.port}", daemon=True)
-        self._listener.start()
-
-    def _listen(self) -> None:
-        sock = self._socket
-        while sock is not None and not self._stopping.is_set():
-            try:
-                message = sock.recv()
-            except websocket.WebSocketTimeoutException:
-                continue
-            except (websocket.WebSocketException, OSError):
-                break
-            moment = time.monotonic()
-            if not isinstance(message, str):
-                continue  # binary frames are preview images
-            try:
-                payload = json.loads(message)
-            except json.JSONDecodeError:
-                continue
-            data = payload.get("data") or {}
-            prompt_id = data.get("prompt_id")
-            if prompt_id is None:
-                continue
-            with self._events_changed:
-                self._events.setdefault(prompt_id, []).append((moment, payload.get("type", ""), data))
-                self._events_changed.notify_all()
-        with self._events_changed:
-            self._events_changed.notify_all()

@@ -5,25 +5,49 @@
     api = ui_to_api(ui, object_info)             # what the frontend's graphToPrompt() would send
 
 API nodes may carry ``"_meta": {"title": ...}`` (as the frontend's "Export (API)" writes); it
-becomes the UI node's title. The widget rules are the frontend's (1.27-1.32): one value per widget
-input in ``input_order`` (required, then optional); an INT with ``control_after_generate`` (or named
-``seed``/``noise_seed`` unless that flag is explicitly false) is followed by a control value
-("fixed", "increment", "decrement", "randomize"), a COMBO with the flag by a control and a filter
-value. Control values are saved in the UI file, never sent.
+becomes the UI node's title. The widget rules (which inputs are widgets, and the control values
+saved after some) are read from the node definitions in ``node_inputs``.
 """
 
 from __future__ import annotations
 
 import copy
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
-# Flags that add widgets or values these rules do not model (upload buttons, remote lists).
-UNSUPPORTED_FLAGS = ("image_upload", "video_upload", "file_upload", "audio_upload", "remote")
-OPTIONAL_SOCKET_SHAPE = 7  # the frontend draws optional inputs as hollow dots
+try:
+    from tools.node_inputs import (
+        OPTIONAL_SOCKET_SHAPE,
+        WorkflowFormatError,
+        default_inputs,
+        display_name,
+        input_specs,
+        is_link,
+        node_info,
+        widget_specs,
+    )
+except ImportError:  # run as a script from tools/
+    from node_inputs import (  # type: ignore[no-redef]
+        OPTIONAL_SOCKET_SHAPE,
+        WorkflowFormatError,
+        default_inputs,
+        display_name,
+        input_specs,
+        is_link,
+        node_info,
+        widget_specs,
+    )
+
+__all__ = [
+    "WorkflowFormatError",
+    "api_to_ui",
+    "default_inputs",
+    "display_name",
+    "estimate_size",
+    "input_specs",
+    "ui_to_api",
+    "widget_specs",
+]
 
 # Layout, in canvas pixels. The frontend draws a node's title bar above its ``pos``.
 TITLE_HEIGHT = 30
@@ -34,102 +58,13 @@ COLUMN_GAP = 60
 ROW_GAP = 60 + TITLE_HEIGHT
 
 
-class WorkflowFormatError(ValueError):
-    """A workflow does not fit the node definitions it is converted with."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    type: str  # "COMBO" for both V1 (list) and V3 combos
-    options: dict[str, Any]
-    optional: bool
-    choices: tuple[Any, ...] | None  # a combo's values
-
-    @property
-    def is_widget(self) -> bool:
-        return self.type in WIDGET_TYPES and not self.options.get("forceInput", False)
-
-    @property
-    def control_values(self) -> int:
-        """How many saved-only values follow this widget's own value (0, 1 or 2)."""
-        flag = self.options.get("control_after_generate")
-        if self.type == "INT" and (flag or (flag is None and self.name in ("seed", "noise_seed"))):
-            return 1
-        if self.type == "COMBO" and flag:
-            return 2
-        return 0
-
-    @property
-    def is_multiline(self) -> bool:
-        return self.type == "STRING" and bool(self.options.get("multiline"))
-
-
-def input_specs(node_info: dict[str, Any]) -> list[InputSpec]:
-    """A node's inputs in the frontend's order (``input_order``: required, then optional)."""
-    specs = []
-    order = node_info.get("input_order") or {
-        section: list(node_info["input"].get(section, {})) for section in ("required", "optional")
-    }
-    for section in ("required", "optional"):
-        for name in order.get(section, []):
-            raw = node_info["input"][section][name]
-            kind, options = raw[0], (raw[1] if len(raw) > 1 and isinstance(raw[1], dict) else {})
-            if isinstance(kind, list):
-                specs.append(InputSpec(name, "COMBO", options, section == "optional", tuple(kind)))
-            elif kind == "COMBO":
-                specs.append(
-                    InputSpec(
-                        name, "COMBO", options, section == "optional", tuple(options.get("options", ()))
-                    )
-                )
-            else:
-                specs.append(InputSpec(name, kind, options, section == "optional", None))
-            unsupported = [flag for flag in UNSUPPORTED_FLAGS if options.get(flag)]
-            if unsupported:
-                raise WorkflowFormatError(
-                    f"{node_info.get('name')}.{name}: inputs with {unsupported} add widgets these rules do not model"
-                )
-    return specs
-
-
-def widget_specs(node_info: dict[str, Any]) -> list[InputSpec]:
-    return [spec for spec in input_specs(node_info) if spec.is_widget]
-
-
-def default_inputs(node_info: dict[str, Any]) -> dict[str, Any]:
-    """Every widget input that has a default, with that default."""
-    return {
-        spec.name: spec.options["default"] for spec in widget_specs(node_info) if "default" in spec.options
-    }
-
-
-def display_name(node_info: dict[str, Any]) -> str:
-    return node_info.get("display_name") or node_info["name"]
-
-
-def _is_link(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and isinstance(value[1], int)
-    )
-
-
-def _node_info(object_info: dict[str, Any], class_type: str, node_id: Any) -> dict[str, Any]:
-    if class_type not in object_info:
-        raise WorkflowFormatError(f"node {node_id}: type {class_type!r} is not registered in this ComfyUI")
-    return object_info[class_type]
-
-
 # -- API -> UI ---------------------------------------------------------------------------------
 
 
 def _execution_order(api: dict[str, Any]) -> list[str]:
     """Node ids sorted so that every node comes after its sources (ties by numeric id)."""
     sources = {
-        node_id: {value[0] for value in node["inputs"].values() if _is_link(value)}
+        node_id: {value[0] for value in node["inputs"].values() if is_link(value)}
         for node_id, node in api.items()
     }
     done: list[str] = []
@@ -151,7 +86,7 @@ def _columns(api: dict[str, Any], order: list[str]) -> dict[str, int]:
     """Each node's column: one more than its furthest source, so links run left to right."""
     column: dict[str, int] = {}
     for node_id in order:
-        linked = [column[value[0]] + 1 for value in api[node_id]["inputs"].values() if _is_link(value)]
+        linked = [column[value[0]] + 1 for value in api[node_id]["inputs"].values() if is_link(value)]
         column[node_id] = max(linked, default=0)
     return column
 
@@ -181,104 +116,24 @@ def api_to_ui(
     nodes in left-to-right columns by link depth. ``sizes`` sets some nodes' sizes (e.g. image
     previews); the others are estimated from their sockets and widgets."""
     order = _execution_order(api)
-    column_of = _columns(api, order)
     sizes = {
         node_id: list(
             (sizes or {}).get(node_id)
-            or estimate_size(_node_info(object_info, api[node_id]["class_type"], node_id))
+            or estimate_size(node_info(object_info, api[node_id]["class_type"], node_id))
         )
         for node_id in api
     }
-
-    # Positions: columns as wide as their widest node; nodes stacked in id order within a column.
-    column_ids: dict[int, list[str]] = {}
-    for node_id in sorted(api, key=_id_key):
-        column_ids.setdefault(column_of[node_id], []).append(node_id)
-    positions: dict[str, list[int]] = {}
-    x = 0
-    for column in sorted(column_ids):
-        y = 0
-        for node_id in column_ids[column]:
-            positions[node_id] = [x, y]
-            y += sizes[node_id][1] + ROW_GAP
-        x += max(sizes[node_id][0] for node_id in column_ids[column]) + COLUMN_GAP
-
-    links: list[list[Any]] = []
-    nodes: list[dict[str, Any]] = []
-    outputs_links: dict[tuple[str, int], list[int]] = {}
-    input_links: dict[tuple[str, str], int] = {}
-    for node_id in order:  # link ids follow execution order, like a canvas built by hand
-        node = api[node_id]
-        info = _node_info(object_info, node["class_type"], node_id)
-        specs = {spec.name: spec for spec in input_specs(info)}
-        for name, value in node["inputs"].items():
-            if not _is_link(value):
-                continue
-            source_id, slot = value
-            if source_id not in api:
-                raise WorkflowFormatError(f"node {node_id}.{name}: links to missing node {source_id}")
-            source_info = _node_info(object_info, api[source_id]["class_type"], source_id)
-            if slot >= len(source_info["output"]):
-                raise WorkflowFormatError(f"node {node_id}.{name}: node {source_id} has no output {slot}")
-            if name not in specs:
-                raise WorkflowFormatError(f"node {node_id} ({node['class_type']}): no input named {name!r}")
-            link_id = len(links) + 1
-            links.append([link_id, int(source_id), slot, int(node_id), None, source_info["output"][slot]])
-            outputs_links.setdefault((source_id, slot), []).append(link_id)
-            input_links[(node_id, name)] = link_id
+    positions = _positions(api, _columns(api, order), sizes)
+    links, outputs_links, input_links = _links(api, order, object_info)
 
     link_by_id = {link[0]: link for link in links}
+    nodes: list[dict[str, Any]] = []
     for rank, node_id in enumerate(order):
         node = api[node_id]
         info = object_info[node["class_type"]]
-        specs = input_specs(info)
-        unknown = set(node["inputs"]) - {spec.name for spec in specs}
-        if unknown:
-            raise WorkflowFormatError(
-                f"node {node_id} ({node['class_type']}): no inputs named {sorted(unknown)}"
-            )
-        ui_inputs: list[dict[str, Any]] = []
-        # The frontend lists socket inputs first, then one input per widget (to convert it to a socket).
-        for spec in [s for s in specs if not s.is_widget] + [s for s in specs if s.is_widget]:
-            entry: dict[str, Any] = {"localized_name": spec.name, "name": spec.name, "type": spec.type}
-            if spec.optional and not spec.is_widget:
-                entry["shape"] = OPTIONAL_SOCKET_SHAPE
-            if spec.is_widget:
-                entry["widget"] = {"name": spec.name}
-            link_id = input_links.get((node_id, spec.name))
-            entry["link"] = link_id
-            if link_id is not None:
-                link_by_id[link_id][4] = len(ui_inputs)
-            elif not spec.is_widget and not spec.optional:
-                raise WorkflowFormatError(
-                    f"node {node_id} ({node['class_type']}): required input {spec.name!r} is not linked"
-                )
-            ui_inputs.append(entry)
-
-        widgets_values: list[Any] = []
-        for spec in widget_specs(info):
-            if spec.name in node["inputs"] and not _is_link(node["inputs"][spec.name]):
-                value = node["inputs"][spec.name]
-            elif "default" in spec.options or (node_id, spec.name) in input_links:
-                value = spec.options.get("default")  # a linked widget keeps a value, unused
-            else:
-                raise WorkflowFormatError(
-                    f"node {node_id} ({node['class_type']}): widget {spec.name!r} has no value"
-                )
-            if isinstance(value, dict) and "__value__" in value:
-                value = value["__value__"]
-            widgets_values.append(value)
-            if spec.control_values:
-                widgets_values.append("fixed")
-            if spec.control_values == 2:
-                widgets_values.append("")  # the combo's filter text
-
-        ui_outputs = [
-            {"localized_name": name, "name": name, "type": kind, "links": outputs_links.get((node_id, slot))}
-            for slot, (name, kind) in enumerate(
-                zip(info.get("output_name", info["output"]), info["output"], strict=True)
-            )
-        ]
+        ui_inputs = _ui_inputs(node_id, node, info, input_links, link_by_id)
+        widgets_values = _widgets_values(node_id, node, info, input_links)
+        ui_outputs = _ui_outputs(node_id, info, outputs_links)
         ui_node: dict[str, Any] = {"id": int(node_id), "type": node["class_type"]}
         title = node.get("_meta", {}).get("title")
         if title and title != display_name(info):
@@ -300,11 +155,6 @@ def api_to_ui(
         nodes.append(ui_node)
 
     nodes.sort(key=lambda ui_node: ui_node["id"])
-    right = max(pos[0] + sizes[node_id][0] for node_id, pos in positions.items())
-    bottom = max(pos[1] + sizes[node_id][1] for node_id, pos in positions.items())
-    # The first view shows the whole graph in a 1920x1080 window, clear of the menus and side bar
-    # (screen = (canvas + offset) * scale); below a scale of ~0.6 the canvas hides widget text.
-    scale = round(min(1.0, 1760 / right, 880 / (bottom + TITLE_HEIGHT)), 2)
     return {
         "id": workflow_id or str(uuid.uuid4()),
         "revision": 0,
@@ -314,9 +164,132 @@ def api_to_ui(
         "links": links,
         "groups": [],
         "config": {},
-        "extra": {"ds": {"scale": scale, "offset": [round(90 / scale), round(130 / scale) + TITLE_HEIGHT]}},
+        "extra": {"ds": _first_view(positions, sizes)},
         "version": 0.4,
     }
+
+
+def _positions(api: dict[str, Any], column_of: dict[str, int], sizes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Columns as wide as their widest node; nodes stacked in id order within a column."""
+    column_ids: dict[int, list[str]] = {}
+    for node_id in sorted(api, key=_id_key):
+        column_ids.setdefault(column_of[node_id], []).append(node_id)
+    positions: dict[str, list[int]] = {}
+    x = 0
+    for column in sorted(column_ids):
+        y = 0
+        for node_id in column_ids[column]:
+            positions[node_id] = [x, y]
+            y += sizes[node_id][1] + ROW_GAP
+        x += max(sizes[node_id][0] for node_id in column_ids[column]) + COLUMN_GAP
+    return positions
+
+
+def _links(
+    api: dict[str, Any], order: list[str], object_info: dict[str, Any]
+) -> tuple[list[list[Any]], dict[tuple[str, int], list[int]], dict[tuple[str, str], int]]:
+    """The UI links (target slots filled in later), each output's link ids and each linked input's."""
+    links: list[list[Any]] = []
+    outputs_links: dict[tuple[str, int], list[int]] = {}
+    input_links: dict[tuple[str, str], int] = {}
+    for node_id in order:  # link ids follow execution order, like a canvas built by hand
+        node = api[node_id]
+        info = node_info(object_info, node["class_type"], node_id)
+        specs = {spec.name: spec for spec in input_specs(info)}
+        for name, value in node["inputs"].items():
+            if not is_link(value):
+                continue
+            source_id, slot = value
+            if source_id not in api:
+                raise WorkflowFormatError(f"node {node_id}.{name}: links to missing node {source_id}")
+            source_info = node_info(object_info, api[source_id]["class_type"], source_id)
+            if slot >= len(source_info["output"]):
+                raise WorkflowFormatError(f"node {node_id}.{name}: node {source_id} has no output {slot}")
+            if name not in specs:
+                raise WorkflowFormatError(f"node {node_id} ({node['class_type']}): no input named {name!r}")
+            link_id = len(links) + 1
+            links.append([link_id, int(source_id), slot, int(node_id), None, source_info["output"][slot]])
+            outputs_links.setdefault((source_id, slot), []).append(link_id)
+            input_links[(node_id, name)] = link_id
+    return links, outputs_links, input_links
+
+
+def _ui_inputs(
+    node_id: str,
+    node: dict[str, Any],
+    info: dict[str, Any],
+    input_links: dict[tuple[str, str], int],
+    link_by_id: dict[int, list[Any]],
+) -> list[dict[str, Any]]:
+    """The node's UI inputs; each link into the node gets its target slot here."""
+    specs = input_specs(info)
+    unknown = set(node["inputs"]) - {spec.name for spec in specs}
+    if unknown:
+        raise WorkflowFormatError(
+            f"node {node_id} ({node['class_type']}): no inputs named {sorted(unknown)}"
+        )
+    ui_inputs: list[dict[str, Any]] = []
+    # The frontend lists socket inputs first, then one input per widget (to convert it to a socket).
+    for spec in [s for s in specs if not s.is_widget] + [s for s in specs if s.is_widget]:
+        entry: dict[str, Any] = {"localized_name": spec.name, "name": spec.name, "type": spec.type}
+        if spec.optional and not spec.is_widget:
+            entry["shape"] = OPTIONAL_SOCKET_SHAPE
+        if spec.is_widget:
+            entry["widget"] = {"name": spec.name}
+        link_id = input_links.get((node_id, spec.name))
+        entry["link"] = link_id
+        if link_id is not None:
+            link_by_id[link_id][4] = len(ui_inputs)
+        elif not spec.is_widget and not spec.optional:
+            raise WorkflowFormatError(
+                f"node {node_id} ({node['class_type']}): required input {spec.name!r} is not linked"
+            )
+        ui_inputs.append(entry)
+    return ui_inputs
+
+
+def _widgets_values(
+    node_id: str, node: dict[str, Any], info: dict[str, Any], input_links: dict[tuple[str, str], int]
+) -> list[Any]:
+    widgets_values: list[Any] = []
+    for spec in widget_specs(info):
+        if spec.name in node["inputs"] and not is_link(node["inputs"][spec.name]):
+            value = node["inputs"][spec.name]
+        elif "default" in spec.options or (node_id, spec.name) in input_links:
+            value = spec.options.get("default")  # a linked widget keeps a value, unused
+        else:
+            raise WorkflowFormatError(
+                f"node {node_id} ({node['class_type']}): widget {spec.name!r} has no value"
+            )
+        if isinstance(value, dict) and "__value__" in value:
+            value = value["__value__"]
+        widgets_values.append(value)
+        if spec.control_values:
+            widgets_values.append("fixed")
+        if spec.control_values == 2:
+            widgets_values.append("")  # the combo's filter text
+    return widgets_values
+
+
+def _ui_outputs(
+    node_id: str, info: dict[str, Any], outputs_links: dict[tuple[str, int], list[int]]
+) -> list[dict[str, Any]]:
+    return [
+        {"localized_name": name, "name": name, "type": kind, "links": outputs_links.get((node_id, slot))}
+        for slot, (name, kind) in enumerate(
+            zip(info.get("output_name", info["output"]), info["output"], strict=True)
+        )
+    ]
+
+
+def _first_view(positions: dict[str, list[int]], sizes: dict[str, list[int]]) -> dict[str, Any]:
+    """The canvas's first view: scale and offset that show the whole graph."""
+    right = max(pos[0] + sizes[node_id][0] for node_id, pos in positions.items())
+    bottom = max(pos[1] + sizes[node_id][1] for node_id, pos in positions.items())
+    # The first view shows the whole graph in a 1920x1080 window, clear of the menus and side bar
+    # (screen = (canvas + offset) * scale); below a scale of ~0.6 the canvas hides widget text.
+    scale = round(min(1.0, 1760 / right, 880 / (bottom + TITLE_HEIGHT)), 2)
+    return {"scale": scale, "offset": [round(90 / scale), round(130 / scale) + TITLE_HEIGHT]}
 
 
 # -- UI -> API ---------------------------------------------------------------------------------
@@ -336,7 +309,7 @@ def ui_to_api(ui: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]
             continue
         if node.get("mode", 0) == BYPASSED:
             raise WorkflowFormatError(f"node {node['id']}: bypassed nodes are not supported here")
-        info = _node_info(object_info, node["type"], node["id"])
+        info = node_info(object_info, node["type"], node["id"])
         values = list(node.get("widgets_values") or [])
         inputs: dict[str, Any] = {}
         position = 0

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import trainer_core.training.loop
+import trainer_core.training.run
 from tests.core.test_training_core import HashTextEncoder, SyntheticData, tiny_models
 from trainer_core.adapters.config import LoRAConfig
 from trainer_core.models.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
@@ -87,7 +87,7 @@ def test_the_offloaded_path_trains_exactly_like_the_normal_one_and_resumes(tmp_p
 
     plain = train(steps=6, max_grad_norm=0.5)
     monkeypatch.setattr(
-        trainer_core.training.loop, "optimizer_state_device", lambda device, on_cpu: torch.device("cpu")
+        trainer_core.training.run, "optimizer_state_device", lambda device, on_cpu: torch.device("cpu")
     )
     offloaded = train(steps=6, max_grad_norm=0.5, optimizer_state_on_cpu=True)
     # Same fp32 arithmetic on copies: tolerance zero.

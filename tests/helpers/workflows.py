@@ -148,79 +148,93 @@ def ui_problems(ui: dict[str, Any], object_info: dict[str, Any]) -> list[str]:
         if info is None:
             problems.append(f"{where}: type not registered in this ComfyUI")
             continue
-        values = list(node.get("widgets_values") or [])
-        position = 0
-        for name in _widget_names(info):
-            if position >= len(values):
-                problems.append(f"{where}: no value for widget {name!r}")
-                break
-            problem = _value_problem(node["type"], name, values[position], info)
-            if problem:
-                problems.append(f"{where}: {problem}")
-            kind, options, _ = _spec(info, name)  # type: ignore[misc]
-            controls = _control_count(name, kind, options)
-            if controls and (position + 1 >= len(values) or values[position + 1] not in CONTROL_VALUES):
-                problems.append(f"{where}: {name} needs a control value, one of {sorted(CONTROL_VALUES)}")
-            position += 1 + controls
-        if position != len(values):
-            problems.append(f"{where}: {len(values)} widget values for widgets that take {position}")
+        problems += [f"{where}: {problem}" for problem in _widget_problems(node, info)]
+        problems += [f"{where}: {problem}" for problem in _socket_problems(node, info, links)]
 
-        inputs = node.get("inputs") or []
-        connected = set()
-        for slot, entry in enumerate(inputs):
-            spec = _spec(info, entry["name"])
-            if spec is None:
-                problems.append(f"{where}: input {entry['name']!r} is not one of the node's inputs")
-                continue
-            if entry.get("link") is None:
-                continue
-            link = links.get(entry["link"])
-            if link is None or link[3] != node["id"] or link[4] != slot:
-                problems.append(
-                    f"{where}: input {entry['name']!r} names link {entry['link']}, which does not end here"
-                )
-                continue
-            connected.add(entry["name"])
-        for name in info["input"].get("required", {}):
-            kind, options, _ = _spec(info, name)  # type: ignore[misc]
-            is_socket = kind not in WIDGET_TYPES or options.get("forceInput")
-            if is_socket and name not in connected:
-                problems.append(f"{where}: required input {name!r} is not connected")
-        for slot, entry in enumerate(node.get("outputs") or []):
-            if slot >= len(info["output"]) or entry["type"] != info["output"][slot]:
-                problems.append(
-                    f"{where}: output {slot} is {entry['type']!r}, the node gives {info['output'][slot : slot + 1]}"
-                )
+    for link in ui["links"]:
+        problems += [f"link {link[0]}: {problem}" for problem in _link_problems(link, nodes, object_info)]
+    return problems
 
-    for link_id, source, source_slot, target, target_slot, kind in ui["links"]:
-        where = f"link {link_id}"
-        if source not in nodes or target not in nodes:
-            problems.append(f"{where}: from node {source} to node {target}, one of which is missing")
+
+def _widget_problems(node: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    """A node's widget values against its widgets: one value each, fitting it, control values after."""
+    problems = []
+    values = list(node.get("widgets_values") or [])
+    position = 0
+    for name in _widget_names(info):
+        if position >= len(values):
+            problems.append(f"no value for widget {name!r}")
+            break
+        problem = _value_problem(node["type"], name, values[position], info)
+        if problem:
+            problems.append(problem)
+        kind, options, _ = _spec(info, name)  # type: ignore[misc]
+        controls = _control_count(name, kind, options)
+        if controls and (position + 1 >= len(values) or values[position + 1] not in CONTROL_VALUES):
+            problems.append(f"{name} needs a control value, one of {sorted(CONTROL_VALUES)}")
+        position += 1 + controls
+    if position != len(values):
+        problems.append(f"{len(values)} widget values for widgets that take {position}")
+    return problems
+
+
+def _socket_problems(node: dict[str, Any], info: dict[str, Any], links: dict[int, list[Any]]) -> list[str]:
+    """A node's inputs and outputs: known names, links that end here, required sockets connected."""
+    problems = []
+    inputs = node.get("inputs") or []
+    connected = set()
+    for slot, entry in enumerate(inputs):
+        spec = _spec(info, entry["name"])
+        if spec is None:
+            problems.append(f"input {entry['name']!r} is not one of the node's inputs")
             continue
-        source_info, target_info = (
-            object_info.get(nodes[source]["type"]),
-            object_info.get(nodes[target]["type"]),
-        )
-        if source_info is None or target_info is None:
-            continue  # reported with the node
-        if source_slot >= len(source_info["output"]):
-            problems.append(f"{where}: node {source} has no output {source_slot}")
+        if entry.get("link") is None:
             continue
-        output_type = source_info["output"][source_slot]
-        if kind != output_type:
-            problems.append(f"{where}: typed {kind!r}, the output gives {output_type!r}")
-        if link_id not in (nodes[source]["outputs"][source_slot].get("links") or []):
-            problems.append(f"{where}: node {source}'s output {source_slot} does not list it")
-        target_inputs = nodes[target].get("inputs") or []
-        if target_slot >= len(target_inputs):
-            problems.append(f"{where}: node {target} has no input slot {target_slot}")
+        link = links.get(entry["link"])
+        if link is None or link[3] != node["id"] or link[4] != slot:
+            problems.append(f"input {entry['name']!r} names link {entry['link']}, which does not end here")
             continue
-        name = target_inputs[target_slot]["name"]
-        spec = _spec(target_info, name)
-        if spec is not None and not _types_match(output_type, spec[0]):
+        connected.add(entry["name"])
+    for name in info["input"].get("required", {}):
+        kind, options, _ = _spec(info, name)  # type: ignore[misc]
+        is_socket = kind not in WIDGET_TYPES or options.get("forceInput")
+        if is_socket and name not in connected:
+            problems.append(f"required input {name!r} is not connected")
+    for slot, entry in enumerate(node.get("outputs") or []):
+        if slot >= len(info["output"]) or entry["type"] != info["output"][slot]:
             problems.append(
-                f"{where}: {output_type} into {nodes[target]['type']}.{name}, which takes {spec[0]}"
+                f"output {slot} is {entry['type']!r}, the node gives {info['output'][slot : slot + 1]}"
             )
+    return problems
+
+
+def _link_problems(link: list[Any], nodes: dict[int, dict[str, Any]], object_info: dict[str, Any]) -> list[str]:
+    """One link: both ends there, typed as its output, listed by it, into an input that takes it."""
+    link_id, source, source_slot, target, target_slot, kind = link
+    problems = []
+    if source not in nodes or target not in nodes:
+        return [f"from node {source} to node {target}, one of which is missing"]
+    source_info, target_info = (
+        object_info.get(nodes[source]["type"]),
+        object_info.get(nodes[target]["type"]),
+    )
+    if source_info is None or target_info is None:
+        return []  # reported with the node
+    if source_slot >= len(source_info["output"]):
+        return [f"node {source} has no output {source_slot}"]
+    output_type = source_info["output"][source_slot]
+    if kind != output_type:
+        problems.append(f"typed {kind!r}, the output gives {output_type!r}")
+    if link_id not in (nodes[source]["outputs"][source_slot].get("links") or []):
+        problems.append(f"node {source}'s output {source_slot} does not list it")
+    target_inputs = nodes[target].get("inputs") or []
+    if target_slot >= len(target_inputs):
+        problems.append(f"node {target} has no input slot {target_slot}")
+        return problems
+    name = target_inputs[target_slot]["name"]
+    spec = _spec(target_info, name)
+    if spec is not None and not _types_match(output_type, spec[0]):
+        problems.append(f"{output_type} into {nodes[target]['type']}.{name}, which takes {spec[0]}")
     return problems
 
 

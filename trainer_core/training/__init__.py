@@ -1,11 +1,15 @@
 """Training: the loop and everything it turns.
 
-``loop`` (encode once, then optimise; resume, checkpoints, cancel), ``losses`` (noise, noise levels,
-targets in the model's prediction space, min-SNR), ``optimizers``, ``optimizer_settings``,
-``schedulers``, ``ema``, ``memory`` and ``memory_estimate`` (memory options and the estimate before
-the first step), ``checkpoints``, ``text_encoder`` (a LoRA in CLIP), ``encoding`` (latents and caption
-embeddings, cached), ``activations``, ``metadata`` (the ``ss_*`` keys kohya writes), ``presets``, and
-``config`` (``TrainingConfig``).
+``loop`` (encode once, then optimise; resume, checkpoints, cancel) with its parts ``run`` (a run's
+optimizer, scheduler, moving average and random streams), ``step`` (one optimizer step),
+``bookkeeping`` (export, checkpoints, the resume state), ``epochs`` (batches from the dataset) and
+``results`` (step reports, the result, errors); ``losses`` (noise, noise levels, targets in the
+model's prediction space, min-SNR), ``optimizers`` (with ``optimizer_packages``: the optional
+packages some of them need), ``optimizer_settings``, ``schedulers``, ``ema``, ``memory`` and
+``memory_estimate`` (memory options and the estimate before the first step), ``checkpoints``,
+``text_encoder`` (a LoRA in CLIP), ``encoding`` (latents and caption embeddings, cached),
+``activations``, ``metadata`` (the ``ss_*`` keys kohya writes), ``presets``, and ``config``
+(``TrainingConfig``).
 
 The loop reads a dataset through its ``TrainingData`` protocol, so this room does not import ``data``.
 

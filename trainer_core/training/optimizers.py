@@ -1,19 +1,16 @@
 """Optimizers for LoRA training: one config, one builder, and the learning rate worth showing.
 
 The optimizers are the ones the guides teach (AdamW, the bitsandbytes 8-bit family, Prodigy,
-Adafactor, Lion, SGD). Packages that not every install has (bitsandbytes, prodigyopt,
-transformers, lion-pytorch) are imported only when chosen; a missing one raises an
-``ImportError`` that names the pip command. The 8-bit optimizers are tried on the training device
-before use, so a machine where bitsandbytes cannot run says so before the first step instead of
-failing inside it; ``allow_8bit_fallback`` trades that error for 32-bit training with a warning.
+Adafactor, Lion, SGD). Those whose package not every install has are imported only when chosen
+(``optimizer_packages``: a missing one names the pip command, and the 8-bit ones are tried on the
+training device before use); ``allow_8bit_fallback`` trades an 8-bit optimizer that cannot run for
+32-bit training with a warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +18,13 @@ import torch
 from torch.optim.optimizer import ParamsT
 
 from ..fields import described
+from .optimizer_packages import (
+    OptimizerUnavailableError,
+    bitsandbytes_optimizer_class,
+    fallback_name,
+    import_optional,
+    lion_class,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +50,6 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {"Prodigy": 1.0, "Lion": 3e-5, "Lion8
 DEFAULT_LEARNING_RATE = 1e-4
 DEFAULT_BETAS: dict[str, tuple[float, float]] = {"Lion": (0.9, 0.99), "Lion8bit": (0.9, 0.99)}
 ADAM_BETAS = (0.9, 0.999)
-
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-
-# bitsandbytes keeps tensors smaller than 4096 elements in 32-bit state, so the probe must be at
-# least that large to exercise the 8-bit kernels.
-_PROBE_ELEMENTS = 4096
-
-
-class OptimizerUnavailableError(RuntimeError):
-    """The optimizer's package is installed but cannot run on the training device."""
 
 
 @dataclass(frozen=True)
@@ -216,17 +210,17 @@ def check_optimizer_available(config: OptimizerConfig, device: torch.device | st
     device = torch.device(device)
     if config.name in EIGHT_BIT_OPTIMIZERS:
         try:
-            _bitsandbytes_optimizer_class(config.name, device)
+            bitsandbytes_optimizer_class(config.name, device)
         except (ImportError, OptimizerUnavailableError):
             if not config.allow_8bit_fallback:
                 raise
-            check_optimizer_available(dataclasses.replace(config, name=_fallback_name(config.name)), device)
+            check_optimizer_available(dataclasses.replace(config, name=fallback_name(config.name)), device)
     elif config.name == "Prodigy":
         import_optional("prodigyopt", "pip install prodigyopt", "the Prodigy optimizer")
     elif config.name == "Adafactor":
         import_optional("transformers.optimization", "pip install transformers", "the Adafactor optimizer")
     elif config.name == "Lion":
-        _lion_class(device)
+        lion_class(device)
 
 
 def effective_learning_rate(optimizer: torch.optim.Optimizer, group: int = 0) -> float:
@@ -248,17 +242,6 @@ def effective_learning_rate(optimizer: torch.optim.Optimizer, group: int = 0) ->
             state = {"step": 1, "RMS": rms}
         return float(get_lr(param_group, state))
     return float(param_group["lr"])
-
-
-def import_optional(module: str, pip_command: str, needed_for: str) -> Any:
-    """Import ``module``, or raise an ``ImportError`` that says what needs it and how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ImportError(
-            f"{needed_for} needs the Python package {module.split('.')[0]!r}, which is not installed:"
-            f" run `{pip_command}` in ComfyUI's Python environment, then restart ComfyUI."
-        ) from error
 
 
 def _fixed_learning_rate(config: OptimizerConfig) -> float:
@@ -308,7 +291,7 @@ def _build_adafactor(params: list[Any], config: OptimizerConfig) -> torch.optim.
 
 
 def _build_lion(params: list[Any], config: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
-    optimizer: torch.optim.Optimizer = _lion_class(device)(
+    optimizer: torch.optim.Optimizer = lion_class(device)(
         params,
         lr=_fixed_learning_rate(config),
         betas=config.resolved_betas(),
@@ -317,29 +300,13 @@ def _build_lion(params: list[Any], config: OptimizerConfig, device: torch.device
     return optimizer
 
 
-def _lion_class(device: torch.device) -> OptimizerFactory:
-    """lion-pytorch's Lion (pure torch, any device), else bitsandbytes' 32-bit Lion where it runs."""
-    try:
-        module = importlib.import_module("lion_pytorch")
-        lion: OptimizerFactory = module.Lion
-        return lion
-    except ImportError as lion_error:
-        try:
-            return _bitsandbytes_optimizer_class("Lion", device)
-        except (ImportError, OptimizerUnavailableError):
-            raise ImportError(
-                "the Lion optimizer needs the Python package 'lion-pytorch', which is not installed: run"
-                " `pip install lion-pytorch` in ComfyUI's Python environment, then restart ComfyUI."
-            ) from lion_error
-
-
 def _build_8bit(params: list[Any], config: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
     try:
-        optimizer_class = _bitsandbytes_optimizer_class(config.name, device)
+        optimizer_class = bitsandbytes_optimizer_class(config.name, device)
     except (ImportError, OptimizerUnavailableError) as error:
         if not config.allow_8bit_fallback:
             raise
-        fallback = _fallback_name(config.name)
+        fallback = fallback_name(config.name)
         log.warning(
             "%s cannot run here, so training uses 32-bit %s instead (allow_8bit_fallback is on); its optimizer"
             " state takes about 4x the memory. Reason: %s",
@@ -362,43 +329,3 @@ def _build_8bit(params: list[Any], config: OptimizerConfig, device: torch.device
         weight_decay=config.weight_decay,
     )
     return adam
-
-
-def _fallback_name(name: str) -> str:
-    return "Lion" if name == "Lion8bit" else "AdamW"
-
-
-def _bitsandbytes_optimizer_class(name: str, device: torch.device) -> OptimizerFactory:
-    """bitsandbytes' optimizer ``name``, after one step on a probe tensor on ``device`` proved it runs there."""
-    fix = (
-        f"Fix: train on a CUDA GPU with `pip install bitsandbytes`, or choose {_fallback_name(name)} instead"
-        f" of {name}, or turn on allow_8bit_fallback to train with 32-bit {_fallback_name(name)} here."
-    )
-    no_cuda = "" if torch.cuda.is_available() else " This machine has no CUDA GPU."
-    try:
-        bitsandbytes = importlib.import_module("bitsandbytes")
-    except ImportError as error:
-        raise ImportError(
-            f"{name} needs the Python package 'bitsandbytes', which is not installed.{no_cuda} {fix}"
-        ) from error
-    except Exception as error:  # old bitsandbytes builds raise RuntimeError at import without CUDA
-        raise OptimizerUnavailableError(
-            f"{name}: bitsandbytes is installed but does not load ({type(error).__name__}: {error}).{no_cuda} {fix}"
-        ) from error
-    version = getattr(bitsandbytes, "__version__", "?")
-    optimizer_class = getattr(getattr(bitsandbytes, "optim", None), name, None)
-    if optimizer_class is None:
-        raise OptimizerUnavailableError(
-            f"the installed bitsandbytes {version} has no {name} optimizer. {fix}"
-        )
-    try:
-        probe = torch.zeros(_PROBE_ELEMENTS, device=device, requires_grad=True)
-        probe.grad = torch.ones_like(probe)
-        optimizer_class([probe], lr=1e-3).step()
-    except Exception as error:  # whatever the backend raises, the user's fix is the same
-        raise OptimizerUnavailableError(
-            f"{name} cannot run on {device.type} with the installed bitsandbytes {version}"
-            f" ({type(error).__name__}: {error}).{no_cuda} {fix}"
-        ) from error
-    checked: OptimizerFactory = optimizer_class
-    return checked

@@ -16,7 +16,8 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..fields import described
-from .optimizers import effective_learning_rate, import_optional
+from .optimizer_packages import import_optional
+from .optimizers import effective_learning_rate
 
 log = logging.getLogger(__name__)
 

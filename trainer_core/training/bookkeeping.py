@@ -1,0 +1,113 @@
+"""What a run keeps and restores: the LoRA it exports (under kohya / LyCORIS keys, the moving average
+when EMA is on), the checkpoints it writes, and the resume state (``state_dict`` / ``load_state``) that
+makes N steps + resume + N steps equal 2N steps straight."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..adapters.adapter_types import export_layer
+from ..adapters.export import KeyNamer, LoRAWeights, save_lora
+from ..adapters.inject import InjectedAdapter
+from .checkpoints import CheckpointPolicy, restore_random_state, save_training_state
+from .ema import AdapterEMA, averaged
+from .results import TrainingError
+from .run import TrainingRun
+from .text_encoder import restore_text_encoder_state, text_encoder_state
+
+
+def extract_weights(adapter: InjectedAdapter, key_namer: KeyNamer) -> dict[str, torch.Tensor]:
+    """The adapter's tensors under kohya / LyCORIS keys (fp32 on the CPU), scale recorded as ``.alpha``."""
+    out: dict[str, torch.Tensor] = {}
+    for name, layer in adapter.layers():
+        stem = key_namer(name)
+        for suffix, tensor in export_layer(layer, adapter.config).items():
+            out[f"{stem}.{suffix}"] = tensor
+    return out
+
+
+def export_weights(run: TrainingRun) -> LoRAWeights:
+    """The LoRA to export: the moving average when EMA is on, else the weights of the last step."""
+    with averaged(run.ema):
+        tensors = extract_weights(run.adapter, run.key_namer)
+        if run.text_adapter is not None:
+            tensors.update(extract_weights(run.text_adapter, run.text_key_namer))
+        return LoRAWeights(tensors, run.metadata)
+
+
+def save_checkpoint(run: TrainingRun, policy: CheckpointPolicy) -> Path:
+    """A LoRA file LoraLoader can load, and the state to resume from (both written atomically)."""
+    weights = export_weights(run)
+    weights.metadata.update({"ss_steps": str(run.step), "lora_lab_checkpoint_step": str(run.step)})
+    path = policy.lora_path(run.step)
+    save_lora(weights, path, overwrite=True)
+    save_training_state(policy.state_path, state_dict(run))
+    run.saved_checkpoints.append(path)
+    if policy.keep_last > 0:
+        while len(run.saved_checkpoints) > policy.keep_last:
+            run.saved_checkpoints.pop(0).unlink(missing_ok=True)
+    return path
+
+
+def state_dict(run: TrainingRun) -> dict[str, Any]:
+    return {
+        "step": run.step,
+        "total_steps": run.total_steps,
+        "adapter": {name: p.detach().cpu().clone() for name, p in run.adapter_parameters().items()},
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "caption_rng": run.caption_rng.getstate(),
+        "noise_rng": run.noise_rng.get_state(),
+        "global_rng": torch.get_rng_state(),
+        "losses": list(run.losses),
+        "learning_rates": list(run.learning_rates),
+        "rank": run.adapter.config.rank,
+        "adapter_type": run.adapter.config.adapter,
+        "targets": list(run.adapter.targets),
+        **text_encoder_state(run.text_adapter),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+    }
+
+
+def load_state(run: TrainingRun, state: dict[str, Any], source: Path | None) -> None:
+    where = f" ({source})" if source is not None else ""
+    adapter_type = state.get("adapter_type", "lora")  # states written before adapter types were LoRA
+    if adapter_type != run.adapter.config.adapter:
+        raise TrainingError(
+            f"the resume state{where} trained a {adapter_type} adapter, this run a {run.adapter.config.adapter}:"
+            f" set adapter type to {adapter_type} to resume, or start a new run"
+        )
+    if state.get("rank") != run.adapter.config.rank or state.get("targets") != list(run.adapter.targets):
+        raise TrainingError(
+            f"the resume state{where} was trained with rank {state.get('rank')} on other layers; resume with the "
+            "same rank, target layers and base model, or start a new run"
+        )
+    restore_text_encoder_state(run.text_adapter, state, where)
+    if state["step"] >= run.total_steps:
+        raise TrainingError(
+            f"the resume state{where} is at step {state['step']}, and this run has {run.total_steps} steps: "
+            "raise steps to continue training"
+        )
+    with torch.no_grad():
+        for name, param in run.adapter_parameters().items():
+            param.copy_(state["adapter"][name].to(param.device, param.dtype))
+    run.placement.parameters_from_model()
+    if run.ema is not None and state.get("ema"):
+        run.ema.load_state_dict(state["ema"])
+    elif run.ema is not None:  # the run had no EMA so far: average from here on
+        run.ema = AdapterEMA(run.ema_parameters(), run.ema.decay, run.placement.device)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.caption_rng.setstate(restore_random_state(state["caption_rng"]))
+    run.noise_rng.set_state(state["noise_rng"])
+    run.global_rng_state = state["global_rng"]
+    run.step = int(state["step"])
+    run.losses = list(state["losses"])
+    run.learning_rates = list(state["learning_rates"])
+    for _ in range(run.step * run.training.gradient_accumulation):
+        next(run.batches)

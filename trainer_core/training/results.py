@@ -1,0 +1,43 @@
+"""What training hands back: a report per optimizer step, the result of a run, and the errors a user
+must act on (``NonFiniteLossError`` carries the last good LoRA)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..adapters.export import LoRAWeights
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a reason the user must act on."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite; ``weights`` holds the last good LoRA."""
+
+    def __init__(self, message: str, weights: LoRAWeights, step: int):
+        super().__init__(message)
+        self.weights = weights
+        self.step = step
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step: int
+    total: int
+    loss: float
+    learning_rate: float
+
+
+@dataclass
+class TrainingResult:
+    weights: LoRAWeights
+    checkpoints: list[Path] = field(default_factory=list)
+    total_steps: int = 0
+    mixed_precision: str = "fp32"
+    losses: list[float] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    encode_seconds: float = 0.0

@@ -1,0 +1,102 @@
+"""The state of one training run: the adapter's optimizer, scheduler, loss scaler and moving average,
+its random streams, its batches and its step counter.
+
+``step`` moves a run forward by one optimizer step, ``bookkeeping`` exports, checkpoints and resumes
+it; ``loop`` drives both.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..adapters.export import KeyNamer, default_text_key_name
+from ..adapters.inject import InjectedAdapter
+from ..models.protocols import Denoiser
+from .config import TrainingConfig
+from .ema import AdapterEMA
+from .encoding import TextCache
+from .epochs import CaptionFunction, TrainingData, batches
+from .memory import OptimizerPlacement, check_state_on_cpu, optimizer_state_device
+from .optimizers import OptimizerConfig, build_optimizer
+from .schedulers import SchedulerConfig, build_scheduler
+from .text_encoder import LiveText, parameter_groups
+
+
+class TrainingRun:
+    """The optimisation of one adapter: its optimizer, random streams and step counter."""
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        adapter: InjectedAdapter,
+        latents: list[torch.Tensor],
+        texts: TextCache | LiveText,
+        data: TrainingData,
+        fixed_captions: list[str],
+        caption: CaptionFunction,
+        randomised: bool,
+        training: TrainingConfig,
+        total_steps: int,
+        key_namer: KeyNamer,
+        metadata: dict[str, str],
+        optimizer: OptimizerConfig,
+        scheduler: SchedulerConfig,
+        text_adapter: InjectedAdapter | None = None,
+        text_key_namer: KeyNamer = default_text_key_name,
+    ):
+        self.denoiser = denoiser
+        self.adapter = adapter
+        self.latents = latents
+        self.texts = texts
+        self.data = data
+        self.fixed_captions = fixed_captions
+        self.caption = caption
+        self.randomised = randomised
+        self.training = training
+        self.total_steps = total_steps
+        self.key_namer = key_namer
+        self.metadata = metadata
+        self.text_adapter = text_adapter
+        self.text_key_namer = text_key_namer
+        unet_params = adapter.parameters()
+        text_params = text_adapter.parameters() if text_adapter is not None else []
+        check_state_on_cpu(optimizer.name, training.optimizer_state_on_cpu)
+        state_device = optimizer_state_device(denoiser.device, training.optimizer_state_on_cpu)
+        self.placement = OptimizerPlacement(unet_params + text_params, state_device)
+        self.params = self.placement.params  # what the optimizer updates: the LoRA's, or copies in RAM
+        optimizer = replace(
+            optimizer,
+            learning_rate=None if optimizer.relative_step else training.learning_rate,
+            weight_decay=training.weight_decay,
+        )
+        optimized = self.params[: len(unet_params)], self.params[len(unet_params) :]
+        groups = parameter_groups(optimized[0], optimized[1] if text_adapter is not None else None,
+                                  training.text_encoder_lr, set_rate=not optimizer.relative_step)
+        self.optimizer = build_optimizer(groups, optimizer, state_device or denoiser.device)
+        self.ema = None
+        if training.ema_decay > 0:
+            self.ema = AdapterEMA(self.ema_parameters(), training.ema_decay, state_device)
+        self.scheduler = build_scheduler(self.optimizer, scheduler, total_steps)
+        self.scaler = torch.amp.GradScaler(denoiser.device.type, enabled=training.mixed_precision == "fp16")
+        self.caption_rng = random.Random(training.seed)
+        self.noise_rng = torch.Generator().manual_seed(training.seed)
+        self.batches = batches(data, training.batch_size, training.seed + 1)
+        self.step = 0
+        self.losses: list[float] = []
+        self.learning_rates: list[float] = []
+        self.global_rng_state: torch.Tensor | None = None  # dropout's stream, restored on resume
+        self.saved_checkpoints: list[Path] = []
+
+    def adapter_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return self.adapter.named_parameters()
+
+    def ema_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Everything exported: the UNet's adapter and, when trained, the text encoder's."""
+        parameters = dict(self.adapter_parameters())
+        if self.text_adapter is not None:
+            parameters.update({f"text_encoder.{k}": v for k, v in self.text_adapter.named_parameters().items()})
+        return parameters

@@ -1,0 +1,104 @@
+"""One optimizer step of a run: the forward and backward passes (mixed precision, gradient
+checkpointing, the NaN guard) over ``gradient_accumulation`` batches, then applying the gradients
+(clipping, loss scaling, the optimizer's placement, the scheduler and the moving average)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from .bookkeeping import export_weights
+from .encoding import concat_text
+from .losses import add_noise, diffusion_loss, sample_noise, sample_sigmas
+from .results import NonFiniteLossError
+from .run import TrainingRun
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' becomes bf16 on GPUs that have it, fp16 (with loss scaling) on other GPUs, fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(network: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Recompute each top-level block in the backward pass (blocks are the children of ModuleLists)."""
+    import torch.utils.checkpoint as checkpoint
+
+    wrapped: list[torch.nn.Module] = []
+    if enabled:
+        for child in network.children():
+            if isinstance(child, torch.nn.ModuleList):
+                for block in child:
+                    original = block.forward
+
+                    def forward(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                        return checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
+
+                    block.forward = forward  # type: ignore[method-assign]
+                    wrapped.append(block)
+    try:
+        yield
+    finally:
+        for block in wrapped:
+            del block.forward
+
+
+def forward_backward(run: TrainingRun, batch: list[list[int]]) -> float:
+    """Gradients of one optimizer step (over ``gradient_accumulation`` batches); returns its loss."""
+    denoiser, training = run.denoiser, run.training
+    device = denoiser.device
+    run.optimizer.zero_grad(set_to_none=True)
+    step_loss = 0.0
+    for indices in batch:
+        x0 = torch.stack([run.latents[i] for i in indices]).to(device)
+        if run.randomised:
+            captions = [run.caption(run.data.items[i], run.caption_rng) for i in indices]
+        else:
+            captions = [run.fixed_captions[i] for i in indices]
+        text = {k: v.to(device) for k, v in concat_text(run.texts.get(captions)).items()}
+        noise = sample_noise(x0, run.noise_rng, training.noise_offset, training.multires_noise_iterations,
+                             training.multires_noise_discount)
+        sigma = sample_sigmas(denoiser.training_sigmas, x0.shape[0], run.noise_rng,
+                              training.timestep_sampling).to(device)
+        noisy = add_noise(x0, noise, sigma, denoiser.prediction)
+        with _autocast(device, training.mixed_precision):
+            estimate = denoiser.denoise(noisy, sigma, text)
+        loss = diffusion_loss(estimate, x0, sigma, denoiser.prediction, training.min_snr_gamma,
+                              training.loss_type, training.huber_c)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the loss became {loss.item()} at step {run.step + 1}: training stopped. The LoRA keeps the "
+                "weights of the last good step. Lower the learning rate, or use bf16/fp32 instead of fp16.",
+                export_weights(run),
+                run.step,
+            )
+        run.scaler.scale(loss / training.gradient_accumulation).backward()
+        step_loss += loss.item() / training.gradient_accumulation
+    return step_loss
+
+
+def apply_gradients(run: TrainingRun) -> None:
+    run.placement.gradients_to_optimizer()
+    if run.training.max_grad_norm > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.params, run.training.max_grad_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.placement.parameters_to_model()
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update()
