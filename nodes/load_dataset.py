@@ -189,8 +189,8 @@ class LoadDataset(io.ComfyNode):
                 parse_color(background)
             except ValueError as error:
                 return str(error)
-        sizes = (resolution, enable_bucketing, bucket_step, min_bucket_side, max_bucket_side)
-        if all(value is not None for value in sizes):
+        if (resolution is not None and enable_bucketing is not None and bucket_step is not None
+                and min_bucket_side is not None and max_bucket_side is not None):
             try:
                 DatasetOptions(
                     resolution=resolution,

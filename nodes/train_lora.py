@@ -301,7 +301,9 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
 def refuse_moved_inputs(prompt: dict[str, Any] | None, node_id: str | None) -> None:
     """An API graph written before the settings nodes may still give Train LoRA a moved input, which
     ComfyUI drops without a word: stop, and say where each one lives now."""
-    given = (prompt or {}).get(node_id, {}).get("inputs", {})
+    if not prompt or node_id is None:
+        return
+    given = prompt.get(node_id, {}).get("inputs", {})
     message = moved_inputs_message(SETTINGS_NODES, given)
     if message is not None:
         raise ValueError(message)

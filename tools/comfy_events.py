@@ -14,10 +14,7 @@ from typing import Any
 
 import websocket
 
-try:
-    from tools.comfy_result import ComfyServerError
-except ImportError:  # run as a script from tools/
-    from comfy_result import ComfyServerError  # type: ignore[no-redef]
+from tools.comfy_result import ComfyServerError
 
 Event = tuple[float, str, dict[str, Any]]
 

@@ -29,42 +29,23 @@ from typing import Any
 
 import requests
 
-try:
-    from tools.comfy_events import PromptEvents
-    from tools.comfy_log import log_end, pack_import_problems, read_log
-    from tools.comfy_process import (
-        LOOPBACK,
-        PACK_LINK_NAME,
-        child_environment,
-        prepare_base_dir,
-        server_command,
-        stop_process,
-    )
-    from tools.comfy_result import (
-        ComfyServerError,
-        ProgressEvent,
-        PromptRejected,
-        RunResult,
-        summarise_prompt,
-    )
-except ImportError:  # run as a script from tools/
-    from comfy_events import PromptEvents  # type: ignore[no-redef]
-    from comfy_log import log_end, pack_import_problems, read_log  # type: ignore[no-redef]
-    from comfy_process import (  # type: ignore[no-redef]
-        LOOPBACK,
-        PACK_LINK_NAME,
-        child_environment,
-        prepare_base_dir,
-        server_command,
-        stop_process,
-    )
-    from comfy_result import (  # type: ignore[no-redef]
-        ComfyServerError,
-        ProgressEvent,
-        PromptRejected,
-        RunResult,
-        summarise_prompt,
-    )
+from tools.comfy_events import PromptEvents
+from tools.comfy_log import log_end, pack_import_problems, read_log
+from tools.comfy_process import (
+    LOOPBACK,
+    PACK_LINK_NAME,
+    child_environment,
+    prepare_base_dir,
+    server_command,
+    stop_process,
+)
+from tools.comfy_result import (
+    ComfyServerError,
+    ProgressEvent,
+    PromptRejected,
+    RunResult,
+    summarise_prompt,
+)
 
 __all__ = ["ComfyServer", "ComfyServerError", "ProgressEvent", "PromptRejected", "RunResult", "free_port"]
 

@@ -15,28 +15,16 @@ import copy
 import uuid
 from typing import Any
 
-try:
-    from tools.node_inputs import (
-        OPTIONAL_SOCKET_SHAPE,
-        WorkflowFormatError,
-        default_inputs,
-        display_name,
-        input_specs,
-        is_link,
-        node_info,
-        widget_specs,
-    )
-except ImportError:  # run as a script from tools/
-    from node_inputs import (  # type: ignore[no-redef]
-        OPTIONAL_SOCKET_SHAPE,
-        WorkflowFormatError,
-        default_inputs,
-        display_name,
-        input_specs,
-        is_link,
-        node_info,
-        widget_specs,
-    )
+from tools.node_inputs import (
+    OPTIONAL_SOCKET_SHAPE,
+    WorkflowFormatError,
+    default_inputs,
+    display_name,
+    input_specs,
+    is_link,
+    node_info,
+    widget_specs,
+)
 
 __all__ = [
     "WorkflowFormatError",

@@ -88,7 +88,8 @@ class TransformersTextEncoder:
         output = self.model(tokens["input_ids"].to(device), output_hidden_states=self.clip_skip > 1)
         if self.clip_skip > 1:
             text_model = getattr(self.model, "text_model", self.model)  # transformers 5 has no .text_model
-            hidden = text_model.final_layer_norm(output.hidden_states[-self.clip_skip])
+            final_layer_norm: Any = text_model.final_layer_norm  # a module; getattr hides its type
+            hidden = final_layer_norm(output.hidden_states[-self.clip_skip])
         else:
             hidden = output.last_hidden_state
         return [{"cross_attn": h[None]} for h in hidden]
@@ -106,6 +107,7 @@ class DiffusersLatentCodec:
         device = next(self.vae.parameters()).device
         pixels = images.permute(0, 3, 1, 2).to(device) * 2 - 1
         with torch.no_grad():
-            encoded = self.vae.encode(pixels)
+            encode: Any = self.vae.encode  # AutoencoderKL or AutoencoderTiny
+            encoded = encode(pixels)
         latent = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
         return latent * self.scaling_factor
