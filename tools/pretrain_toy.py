@@ -32,38 +32,42 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tools.tiny_models import TAESD_SD1_SCALE, TINY_SD15_UNET_CONFIG  # noqa: E402
+from tools.tiny_models import TINY_SD15_UNET_CONFIG  # noqa: E402
 from tools.toy_model import (  # noqa: E402
-    TEXT_ENCODER_GENERATOR,
     TOY_DIR,
     build_text_encoder_state,
     file_sha256,
     text_encoder_checksum,
     text_encoder_layout,
 )
+from tools.toy_run_files import (  # noqa: E402
+    RECIPE_NAME,
+    WEIGHTS_NAME,
+    checkpoint_state,
+    environment,
+    load_previous_stage,
+    recipe_report,
+    save_sample_grid,
+    save_weights,
+)
 from tools.toy_scenes import (  # noqa: E402
     CAPTION_TEMPLATE,
     HELD_OUT_PREFIX,
-    SIDE_RANGE,
-    TOY_COLOURS,
-    TOY_SHAPES,
     all_captions,
     picture_colours,
     prefix_words,
@@ -72,10 +76,13 @@ from tools.toy_scenes import (  # noqa: E402
 from tools.toy_training import (  # noqa: E402
     CONTINUE_RECIPE,
     QUICK_RECIPE,
+    EncodedCaptions,
+    EncodedScenes,
+    Evaluation,
     Log,
     PretrainRecipe,
-    draw_batch,
     encode_captions,
+    encode_scenes,
     mean_pairwise_cosine,
     reset_parameters_,
     sample,
@@ -84,10 +91,6 @@ from tools.toy_training import (  # noqa: E402
     train_unet,
     zero_output_layers_,
 )
-
-WEIGHTS_NAME = "toy_sd15_unet_vae.safetensors"
-RECIPE_NAME = "toy_sd15_recipe.json"
-RECIPE_VERSION = 1
 
 
 def import_comfy() -> Any:
@@ -115,21 +118,11 @@ def evaluation_prompts(count: int, seed: int) -> list[tuple[str, str, str]]:
     return [(s.shape, s.colour, s.background) for s in (random_scene(rng) for _ in range(count))]
 
 
-def load_previous_stage(weights: Path, unet: torch.nn.Module, vae: Any) -> dict[str, Any]:
-    """Load a first stage's UNet and VAE (vae_scale/vae_shift included); return its recipe."""
-    from safetensors.torch import load_file
-
-    recipe_path = weights.with_name(RECIPE_NAME)
-    if not recipe_path.is_file():
-        raise FileNotFoundError(
-            f"{recipe_path} is missing: --init-from needs the recipe written next to the weights"
-        )
-    state = load_file(str(weights))
-    for module, prefix in ((unet, "model.diffusion_model."), (vae, "first_stage_model.")):
-        module.load_state_dict(
-            {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
-        )
-    return json.loads(recipe_path.read_text())
+@contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    mark = time.monotonic()
+    yield
+    timings[name] = time.monotonic() - mark
 
 
 def pretrain(
@@ -138,13 +131,67 @@ def pretrain(
     """Pretrain from scratch, or (``init_from``: an earlier output's weights) keep its VAE and
     continue its UNet."""
     comfy = import_comfy()
-    from safetensors.torch import save_file
-
     timings: dict[str, float] = {}
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
-    mark = time.monotonic()
 
+    with timed(timings, "text_encoder_and_captions_s"):
+        text_encoder, checksum, unet, vae = build_models(comfy, recipe)
+        text, model_sampling, sigmas = encode_through_comfyui(
+            comfy, recipe, text_encoder, unet, vae, work_dir
+        )
+    log(
+        f"{len(text.captions)} captions, {len(text.prefixed)} with a made-up leading word, + empty encoded; mean pairwise cosine {mean_pairwise_cosine(text.contexts):.4f}"
+    )
+
+    with timed(timings, "autoencoder_s"):
+        previous: dict[str, Any] | None = None
+        if init_from is None:
+            autoencoder_losses = train_autoencoder(vae, recipe, rng, log)
+        else:
+            previous = load_previous_stage(init_from, unet, vae)
+            autoencoder_losses = []
+            log(f"continuing the UNet and keeping the VAE of {init_from}")
+
+    with timed(timings, "encode_scenes_s"):
+        scenes = encode_scenes(vae, recipe, rng, text.captions, set_scale_and_shift=previous is None)
+    channel_std = [round(float(v), 3) for v in scenes.latents.std(dim=(0, 2, 3))]
+    log(
+        f"vae: raw latent mean {scenes.raw_mean:.3f} std {scenes.raw_std:.3f}; probe mse {scenes.probe_mse:.5f}; "
+        f"{len(scenes.latents)} scenes encoded; UNet latent channel std {channel_std}"
+    )
+
+    with timed(timings, "unet_s"):
+        unet_losses = unet_stage(unet, scenes, text, sigmas, recipe, log)
+
+    with timed(timings, "evaluation_s"):
+        evaluation = evaluate(comfy, unet, vae, model_sampling, text, recipe)
+    log(
+        f"samples: {evaluation.passed}/{len(text.prompts)} with the prompt's colour at the centre and background at the "
+        f"border; {evaluation.passed_with_held_out_prefix}/{len(text.prompts)} with the held-out leading word '{HELD_OUT_PREFIX}, '"
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_sample_grid(evaluation.images, out_dir / "toy_sd15_samples.png")
+    weights = save_weights(unet, vae, checksum, out_dir / WEIGHTS_NAME)
+    timings["total_s"] = log.elapsed()
+    report = recipe_report(
+        recipe, text, scenes, vae, checksum, channel_std, (autoencoder_losses, unet_losses), evaluation
+    )
+    report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    report["environment"] = environment()
+    report["weights_sha256"] = file_sha256(weights)
+    if previous is not None and init_from is not None:
+        report["continued_from"] = {"weights_sha256": file_sha256(init_from), "recipe": previous}
+    (out_dir / RECIPE_NAME).write_text(json.dumps(report, indent=1) + "\n")
+    log(f"wrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB) and {out_dir / RECIPE_NAME}")
+    return report
+
+
+def build_models(
+    comfy: Any, recipe: PretrainRecipe
+) -> tuple[dict[str, torch.Tensor], str, torch.nn.Module, Any]:
+    """The frozen random text encoder, and a fresh UNet and VAE drawn from torch's seeded generator."""
     text_encoder = build_text_encoder_state(recipe.text_encoder_seed)
     checksum = text_encoder_checksum(text_encoder)
     unet = comfy.ldm.modules.diffusionmodules.openaimodel.UNetModel(
@@ -155,10 +202,52 @@ def pretrain(
     vae = comfy.taesd.taesd.TAESD(latent_channels=4)
     reset_parameters_(vae)
     vae = vae.to(memory_format=torch.channels_last)
+    return text_encoder, checksum, unet, vae
 
-    # Through ComfyUI's own loader, so captions are encoded by the very CLIP object a graph gets.
+
+def encode_through_comfyui(
+    comfy: Any,
+    recipe: PretrainRecipe,
+    text_encoder: dict[str, torch.Tensor],
+    unet: torch.nn.Module,
+    vae: Any,
+    work_dir: Path,
+) -> tuple[EncodedCaptions, Any, torch.Tensor]:
+    """Encode every caption through ComfyUI's own loader, so they are encoded by the very CLIP object a
+    graph gets; also return ComfyUI's SD15 ``model_sampling`` and its sigmas."""
     bootstrap = work_dir / "bootstrap.safetensors"
-    work_dir.mkdir(parents=True, exist_ok=True)
+    model, clip = load_through_comfyui(comfy, text_encoder, unet, vae, bootstrap)
+    model_sampling = model.get_model_object("model_sampling")
+    sigmas = model_sampling.sigmas.float().clone()
+    captions = all_captions()
+    prefixed, variant_ids = prefixed_captions(captions, recipe)
+    prompts = evaluation_prompts(recipe.eval_samples, recipe.seed + 3)
+    prompt_texts = [CAPTION_TEMPLATE.format(shape=s, colour=c, background=b) for s, c, b in prompts]
+    held_out = encode_captions(clip, [f"{HELD_OUT_PREFIX}, {text}" for text in prompt_texts])
+    contexts = encode_captions(clip, captions + prefixed + [""])
+    del model, clip
+    bootstrap.unlink()
+    text = EncodedCaptions(
+        captions=captions,
+        prefixed=prefixed,
+        variant_ids=variant_ids,
+        contexts=contexts,
+        empty_id=len(contexts) - 1,
+        prompts=prompts,
+        prompt_texts=prompt_texts,
+        held_out=held_out,
+    )
+    return text, model_sampling, sigmas
+
+
+def load_through_comfyui(
+    comfy: Any, text_encoder: dict[str, torch.Tensor], unet: torch.nn.Module, vae: Any, bootstrap: Path
+) -> tuple[Any, Any]:
+    """Save the three parts as one checkpoint and load it as ComfyUI does; check it is seen as SD15
+    with our text encoder's layout."""
+    from safetensors.torch import save_file
+
+    bootstrap.parent.mkdir(parents=True, exist_ok=True)
     save_file(dict(text_encoder, **checkpoint_state(unet, vae)), str(bootstrap))
     model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(bootstrap), output_vae=False)
     detected = type(model.model.model_config).__name__
@@ -170,9 +259,12 @@ def pretrain(
         raise RuntimeError(
             f"text encoder layout differs from ComfyUI's: {sorted(loaded_keys ^ expected_keys)[:5]}"
         )
-    model_sampling = model.get_model_object("model_sampling")
-    sigmas = model_sampling.sigmas.float().clone()
-    captions = all_captions()
+    return model, clip
+
+
+def prefixed_captions(captions: list[str], recipe: PretrainRecipe) -> tuple[list[str], torch.Tensor]:
+    """Each caption behind ``prefixed_variants`` different made-up words, and where each variant's
+    encoding will sit in the contexts (after the plain captions)."""
     words = prefix_words(4 * len(captions), recipe.seed + 4)
     word_rng = np.random.default_rng(recipe.seed + 5)
     prefixed = [
@@ -181,185 +273,73 @@ def pretrain(
         for i in word_rng.choice(len(words), size=recipe.prefixed_variants, replace=False)
     ]
     variant_ids = (len(captions) + torch.arange(len(prefixed))).view(len(captions), recipe.prefixed_variants)
-    prompts = evaluation_prompts(recipe.eval_samples, recipe.seed + 3)
-    prompt_texts = [CAPTION_TEMPLATE.format(shape=s, colour=c, background=b) for s, c, b in prompts]
-    held_out = encode_captions(clip, [f"{HELD_OUT_PREFIX}, {text}" for text in prompt_texts])
-    contexts = encode_captions(clip, captions + prefixed + [""])
-    empty_id = len(contexts) - 1
-    del model, clip
-    bootstrap.unlink()
-    timings["text_encoder_and_captions_s"] = time.monotonic() - mark
-    log(
-        f"{len(captions)} captions, {len(prefixed)} with a made-up leading word, + empty encoded; mean pairwise cosine {mean_pairwise_cosine(contexts):.4f}"
-    )
+    return prefixed, variant_ids
 
-    mark = time.monotonic()
-    previous: dict[str, Any] | None = None
-    if init_from is None:
-        autoencoder_losses = train_autoencoder(vae, recipe, rng, log)
-    else:
-        previous = load_previous_stage(init_from, unet, vae)
-        autoencoder_losses = []
-        log(f"continuing the UNet and keeping the VAE of {init_from}")
-    timings["autoencoder_s"] = time.monotonic() - mark
 
-    mark = time.monotonic()
-    with torch.no_grad():
-        for parameter in vae.parameters():
-            parameter.copy_(parameter.half().float())  # what ComfyUI will load from the fp16 file
-        probe, _ = draw_batch(rng, 512)
-        raw = torch.cat([vae.taesd_encoder(chunk) for chunk in probe.split(64)])
-        mean, std = float(raw.mean()), float(raw.std())
-        if previous is None:
-            # ComfyUI: latent = encoder(x)/vae_scale + vae_shift; the UNet sees 0.18215·latent.
-            vae.vae_scale.fill_(TAESD_SD1_SCALE * std)
-            vae.vae_shift.fill_(-mean / (TAESD_SD1_SCALE * std))
-        reconstruction = F.mse_loss(vae.taesd_decoder(raw[:256]), probe[:256]).item()
-        scenes_rng = np.random.default_rng(recipe.seed + 1)
-        latent_batches, caption_batches = [], []
-        caption_index = {caption: i for i, caption in enumerate(captions)}
-        for start in range(0, recipe.scenes, 64):
-            images, scenes = draw_batch(scenes_rng, min(64, recipe.scenes - start))
-            encoded = vae.taesd_encoder(images.contiguous(memory_format=torch.channels_last))
-            latent_batches.append(TAESD_SD1_SCALE * (encoded / vae.vae_scale + vae.vae_shift))
-            caption_batches.append(torch.tensor([caption_index[s.caption] for s in scenes]))
-        latents = torch.cat(latent_batches).contiguous()
-        caption_ids = torch.cat(caption_batches)
-    timings["encode_scenes_s"] = time.monotonic() - mark
-    channel_std = [round(float(v), 3) for v in latents.std(dim=(0, 2, 3))]
-    log(
-        f"vae: raw latent mean {mean:.3f} std {std:.3f}; probe mse {reconstruction:.5f}; {len(latents)} scenes "
-        f"encoded; UNet latent channel std {channel_std}"
-    )
-
-    mark = time.monotonic()
+def unet_stage(
+    unet: torch.nn.Module,
+    scenes: EncodedScenes,
+    text: EncodedCaptions,
+    sigmas: torch.Tensor,
+    recipe: PretrainRecipe,
+    log: Log,
+) -> list[float]:
+    """Train the UNet, then keep its EMA weights as fp16 will store them; return the logged losses."""
     generator = torch.Generator().manual_seed(recipe.seed + 2)
-    ema, unet_losses = train_unet(
-        unet, latents, caption_ids, contexts, empty_id, variant_ids, sigmas, recipe, generator, log
+    ema, losses = train_unet(
+        unet,
+        scenes.latents,
+        scenes.caption_ids,
+        text.contexts,
+        text.empty_id,
+        text.variant_ids,
+        sigmas,
+        recipe,
+        generator,
+        log,
     )
     with torch.no_grad():
         for parameter, average in zip((p for p in unet.parameters() if p.requires_grad), ema, strict=True):
             parameter.copy_(average.half().float())
-    timings["unet_s"] = time.monotonic() - mark
+    return losses
 
-    mark = time.monotonic()
-    caption_index = {caption: i for i, caption in enumerate(captions)}
-    cond = torch.cat([contexts[[caption_index[text] for text in prompt_texts]], held_out])
-    uncond = contexts[[empty_id] * len(cond)]
+
+def evaluate(
+    comfy: Any,
+    unet: torch.nn.Module,
+    vae: Any,
+    model_sampling: Any,
+    text: EncodedCaptions,
+    recipe: PretrainRecipe,
+) -> Evaluation:
+    """Sample each evaluation prompt, plain and behind the held-out word, and score centre and border."""
+    caption_index = {caption: i for i, caption in enumerate(text.captions)}
+    cond = torch.cat([text.contexts[[caption_index[prompt] for prompt in text.prompt_texts]], text.held_out])
+    uncond = text.contexts[[text.empty_id] * len(cond)]
     eval_sigmas = comfy.samplers.calculate_sigmas(model_sampling, "normal", recipe.eval_steps).float()
     unet.eval()
-    seeds = list(range(len(prompts))) * 2
-    all_images = sample(unet, vae, model_sampling, eval_sigmas, cond, uncond, recipe.eval_cfg, seeds)
-    images = all_images[: len(prompts)]
-    results = []
-    for index, image in enumerate(all_images):
-        shape, colour, background = prompts[index % len(prompts)]
+    count = len(text.prompts)
+    seeds = list(range(count)) * 2
+    images = sample(unet, vae, model_sampling, eval_sigmas, cond, uncond, recipe.eval_cfg, seeds)
+    samples = []
+    for index, image in enumerate(images):
+        _, colour, background = text.prompts[index % count]
         seen = picture_colours(image)
-        text = prompt_texts[index % len(prompts)]
-        results.append(
+        prompt = text.prompt_texts[index % count]
+        samples.append(
             {
-                "prompt": text if index < len(prompts) else f"{HELD_OUT_PREFIX}, {text}",
+                "prompt": prompt if index < count else f"{HELD_OUT_PREFIX}, {prompt}",
                 "centre": seen.centre,
                 "border": seen.border,
                 "ok": seen.centre == colour and seen.border == background,
             }
         )
-    passed = sum(r["ok"] for r in results[: len(prompts)])
-    passed_prefixed = sum(r["ok"] for r in results[len(prompts) :])
-    timings["evaluation_s"] = time.monotonic() - mark
-    log(
-        f"samples: {passed}/{len(prompts)} with the prompt's colour at the centre and background at the "
-        f"border; {passed_prefixed}/{len(prompts)} with the held-out leading word '{HELD_OUT_PREFIX}, '"
+    return Evaluation(
+        images=images,
+        samples=samples,
+        passed=sum(s["ok"] for s in samples[:count]),
+        passed_with_held_out_prefix=sum(s["ok"] for s in samples[count:]),
     )
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(
-        np.concatenate(
-            [
-                np.concatenate(list(row), axis=1)
-                for row in all_images.reshape(-1, min(8, len(all_images)), 64, 64, 3)
-            ],
-            axis=0,
-        )
-    ).save(out_dir / "toy_sd15_samples.png")
-    weights = out_dir / WEIGHTS_NAME
-    partial = weights.with_name(f".{weights.name}.partial")
-    save_file(
-        checkpoint_state(unet, vae),
-        str(partial),
-        metadata={
-            "lora_lab.toy_model": json.dumps(
-                {"recipe_version": RECIPE_VERSION, "text_encoder_sha256": checksum}
-            )
-        },
-    )
-    os.replace(partial, weights)
-    timings["total_s"] = log.elapsed()
-    report = {
-        "recipe_version": RECIPE_VERSION,
-        "recipe": asdict(recipe),
-        "scenes": {
-            "shapes": list(TOY_SHAPES),
-            "colours": TOY_COLOURS,
-            "caption_template": CAPTION_TEMPLATE,
-            "side_range": list(SIDE_RANGE),
-            "captions": len(captions),
-            "prefixed_captions": len(prefixed),
-            "prefix_words_example": sorted({p.split(",")[0] for p in prefixed})[:8],
-        },
-        "text_encoder": {
-            "seed": recipe.text_encoder_seed,
-            "generator": TEXT_ENCODER_GENERATOR,
-            "sha256": checksum,
-            "caption_mean_pairwise_cosine": mean_pairwise_cosine(contexts),
-        },
-        "vae": {
-            "raw_latent_mean": mean,
-            "raw_latent_std": std,
-            "vae_scale": vae.vae_scale.item(),
-            "vae_shift": vae.vae_shift.item(),
-            "probe_mse": reconstruction,
-            "unet_latent_channel_std": channel_std,
-        },
-        "losses": {
-            "autoencoder_mse_every_20_steps": autoencoder_losses,
-            "unet_eps_mse_every_25_steps": unet_losses,
-        },
-        "evaluation": {
-            "sampler": "euler",
-            "scheduler": "normal",
-            "steps": recipe.eval_steps,
-            "cfg": recipe.eval_cfg,
-            "passed": passed,
-            "passed_with_held_out_prefix": passed_prefixed,
-            "held_out_prefix": f"{HELD_OUT_PREFIX}, ",
-            "samples": results,
-        },
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "environment": {
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(),
-        },
-        "weights_sha256": file_sha256(weights),
-    }
-    if previous is not None and init_from is not None:
-        report["continued_from"] = {"weights_sha256": file_sha256(init_from), "recipe": previous}
-    (out_dir / RECIPE_NAME).write_text(json.dumps(report, indent=1) + "\n")
-    log(f"wrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB) and {out_dir / RECIPE_NAME}")
-    return report
-
-
-def checkpoint_state(unet: torch.nn.Module, vae: Any) -> dict[str, torch.Tensor]:
-    """UNet and VAE under SD1.5 checkpoint keys, fp16 (the two VAE scalars stay fp32, exact)."""
-    state = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
-    state.update({f"first_stage_model.{k}": v for k, v in vae.state_dict().items()})
-    return {
-        k: v.detach().float().clone() if v.ndim == 0 else v.detach().to(torch.float16).contiguous()
-        for k, v in state.items()
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The toy's training pieces: recipe, the autoencoder and UNet loops, and a sampler for checking them.
+"""The toy's training pieces: recipe, the autoencoder and UNet loops, the scenes encoded for the UNet,
+and a sampler for checking them.
 
 Used by tools/pretrain_toy.py, which runs the phases and writes the results. Nothing here imports
 ComfyUI: the modules it trains are ComfyUI's own (built by the caller), the noise schedule comes in
@@ -68,6 +69,41 @@ QUICK_RECIPE = replace(
 )
 
 
+@dataclass
+class EncodedCaptions:
+    """Phase 1's text side: every caption the UNet trains on and every evaluation prompt, encoded once."""
+
+    captions: list[str]
+    prefixed: list[str]  # each caption behind a made-up leading word
+    variant_ids: torch.Tensor  # [caption, variant] -> row of ``contexts`` of its prefixed encodings
+    contexts: torch.Tensor  # captions, then prefixed, then the empty prompt
+    empty_id: int
+    prompts: list[tuple[str, str, str]]  # (shape, colour, background) of each evaluation prompt
+    prompt_texts: list[str]
+    held_out: torch.Tensor  # the evaluation prompts behind the held-out leading word
+
+
+@dataclass
+class EncodedScenes:
+    """Phase 2's output for the UNet: scenes as the latents it sees, and the VAE statistics measured."""
+
+    latents: torch.Tensor
+    caption_ids: torch.Tensor
+    raw_mean: float
+    raw_std: float
+    probe_mse: float
+
+
+@dataclass
+class Evaluation:
+    """Phase 4: the sampled pictures and, per picture, whether the prompt's colours came out."""
+
+    images: np.ndarray
+    samples: list[dict[str, Any]]
+    passed: int
+    passed_with_held_out_prefix: int
+
+
 class Log:
     def __init__(self) -> None:
         self.start = time.monotonic()
@@ -128,13 +164,35 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class LossProgress:
+    """A training loop's losses, averaged over every ``every`` steps (and the last), each mean logged
+    with the pace so far and the time left; the thread count is re-chosen at each log line."""
+
+    def __init__(self, name: str, measure: str, digits: int, every: int, total: int, log: Log) -> None:
+        self.name, self.measure, self.digits = name, measure, digits
+        self.every, self.total, self.log = every, total, log
+        self.means: list[float] = []
+        self.window: list[float] = []
+        self.tick = time.monotonic()
+
+    def add(self, step: int, loss: float) -> None:
+        self.window.append(loss)
+        if (step + 1) % self.every == 0 or step + 1 == self.total:
+            adapt_threads()
+            self.means.append(float(np.mean(self.window)))
+            self.window = []
+            rate = (time.monotonic() - self.tick) / (step + 1)
+            self.log(
+                f"{self.name} {step + 1}/{self.total} {self.measure} {self.means[-1]:.{self.digits}f} "
+                f"({rate:.2f} s/step, {rate * (self.total - step - 1) / 60:.1f} min left)"
+            )
+
+
 def train_autoencoder(vae: Any, recipe: PretrainRecipe, rng: np.random.Generator, log: Log) -> list[float]:
     parameters = list(vae.taesd_encoder.parameters()) + list(vae.taesd_decoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=recipe.autoencoder_lr, weight_decay=0.0)
     total = recipe.autoencoder_crop_steps + recipe.autoencoder_full_steps
-    losses: list[float] = []
-    window: list[float] = []
-    tick = time.monotonic()
+    progress = LossProgress("autoencoder", "mse", 5, every=20, total=total, log=log)
     for step in range(total):
         for group in optimizer.param_groups:
             group["lr"] = recipe.autoencoder_lr * cosine_lr(step, total, recipe.warmup_steps)
@@ -155,17 +213,8 @@ def train_autoencoder(vae: Any, recipe: PretrainRecipe, rng: np.random.Generator
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
-        window.append(reconstruction.item())
-        if (step + 1) % 20 == 0 or step + 1 == total:
-            adapt_threads()
-            losses.append(float(np.mean(window)))
-            window = []
-            rate = (time.monotonic() - tick) / (step + 1)
-            log(
-                f"autoencoder {step + 1}/{total} mse {losses[-1]:.5f} ({rate:.2f} s/step, "
-                f"{rate * (total - step - 1) / 60:.1f} min left)"
-            )
-    return losses
+        progress.add(step, reconstruction.item())
+    return progress.means
 
 
 def train_unet(
@@ -183,9 +232,7 @@ def train_unet(
     parameters = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=recipe.unet_lr, weight_decay=0.01)
     ema = [p.detach().clone() for p in parameters]
-    losses: list[float] = []
-    window: list[float] = []
-    tick = time.monotonic()
+    progress = LossProgress("unet", "loss", 4, every=25, total=recipe.unet_steps, log=log)
     for step in range(recipe.unet_steps):
         for group in optimizer.param_groups:
             group["lr"] = recipe.unet_lr * cosine_lr(step, recipe.unet_steps, recipe.warmup_steps)
@@ -213,17 +260,42 @@ def train_unet(
         with torch.no_grad():
             for average, parameter in zip(ema, parameters, strict=True):
                 average.mul_(decay).add_(parameter.detach(), alpha=1 - decay)
-        window.append(loss.item())
-        if (step + 1) % 25 == 0 or step + 1 == recipe.unet_steps:
-            adapt_threads()
-            losses.append(float(np.mean(window)))
-            window = []
-            rate = (time.monotonic() - tick) / (step + 1)
-            log(
-                f"unet {step + 1}/{recipe.unet_steps} loss {losses[-1]:.4f} ({rate:.2f} s/step, "
-                f"{rate * (recipe.unet_steps - step - 1) / 60:.1f} min left)"
-            )
-    return ema, losses
+        progress.add(step, loss.item())
+    return ema, progress.means
+
+
+@torch.no_grad()
+def encode_scenes(
+    vae: Any, recipe: PretrainRecipe, rng: np.random.Generator, captions: list[str], set_scale_and_shift: bool
+) -> EncodedScenes:
+    """Round the VAE to what ComfyUI will load from the fp16 file, measure its encoder (and, for a new
+    VAE, set ``vae_scale``/``vae_shift`` so the UNet sees unit-variance latents), then encode the
+    UNet's scenes once."""
+    for parameter in vae.parameters():
+        parameter.copy_(parameter.half().float())
+    probe, _ = draw_batch(rng, 512)
+    raw = torch.cat([vae.taesd_encoder(chunk) for chunk in probe.split(64)])
+    mean, std = float(raw.mean()), float(raw.std())
+    if set_scale_and_shift:
+        # ComfyUI: latent = encoder(x)/vae_scale + vae_shift; the UNet sees 0.18215·latent.
+        vae.vae_scale.fill_(TAESD_SD1_SCALE * std)
+        vae.vae_shift.fill_(-mean / (TAESD_SD1_SCALE * std))
+    reconstruction = F.mse_loss(vae.taesd_decoder(raw[:256]), probe[:256]).item()
+    scenes_rng = np.random.default_rng(recipe.seed + 1)
+    latent_batches, caption_batches = [], []
+    caption_index = {caption: i for i, caption in enumerate(captions)}
+    for start in range(0, recipe.scenes, 64):
+        images, scenes = draw_batch(scenes_rng, min(64, recipe.scenes - start))
+        encoded = vae.taesd_encoder(images.contiguous(memory_format=torch.channels_last))
+        latent_batches.append(TAESD_SD1_SCALE * (encoded / vae.vae_scale + vae.vae_shift))
+        caption_batches.append(torch.tensor([caption_index[s.caption] for s in scenes]))
+    return EncodedScenes(
+        latents=torch.cat(latent_batches).contiguous(),
+        caption_ids=torch.cat(caption_batches),
+        raw_mean=mean,
+        raw_std=std,
+        probe_mse=reconstruction,
+    )
 
 
 @torch.no_grad()
