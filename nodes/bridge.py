@@ -9,6 +9,7 @@ model's own latent scaling). Also: kohya key names for the model's layers, and C
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -326,13 +327,47 @@ def encode_prompt(clip: Any, text: str) -> list:
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
+def empty_latent(patcher: Any, width: int, height: int, batch: int = 1, vae: Any = None) -> torch.Tensor:
+    """The zeros the model family's own empty-latent node gives (``EmptyLatentImage``, ``EmptySD3LatentImage``,
+    ``EmptyFlux2LatentImage``, ``EmptyHunyuanLatentVideo`` with length 1, ...) for one image of
+    ``width`` x ``height``: the channels and axes of the MODEL's latent format, one frame for video models.
+
+    The spatial downscale is the format's ``spacial_downscale_ratio`` where ComfyUI's formats say it, else
+    the connected VAE's (ComfyUI 0.3.75's formats do not say it; Flux.2's VAE says 16), else 8."""
+    latent_format = patcher.get_model_object("latent_format")
+    channels = latent_format.latent_channels
+    dimensions = latent_format.latent_dimensions
+    if dimensions not in (2, 3):
+        raise UnsupportedModelError(
+            f"LoRA Lab renders images, and the MODEL ({model_family(patcher)}) has a latent with {dimensions} "
+            "axes, not an image or video latent: connect an image model's MODEL"
+        )
+    downscale = _spatial_downscale(latent_format, channels, vae, model_family(patcher))
+    frames = [1] if dimensions == 3 else []
+    shape = [batch, channels, *frames, height // downscale, width // downscale]
+    return torch.zeros(shape, device=comfy.model_management.intermediate_device())
+
+
+def _spatial_downscale(latent_format: Any, channels: int, vae: Any, family: str) -> int:
+    ratio = getattr(latent_format, "spacial_downscale_ratio", None)
+    if ratio:
+        return int(ratio)
+    if vae is not None and getattr(vae, "latent_channels", None) == channels:
+        return int(vae.spacial_compression_encode())
+    logging.getLogger(__name__).warning(
+        "[LoRA Lab] %s's latent format does not say how far it scales images down and no VAE with its %d channels "
+        "is connected: assuming 8x, as EmptyLatentImage does", family, channels)
+    return 8
+
+
 def ksample(model: Any, positive: list, negative: list, seed: int, steps: int, cfg: float, sampler_name: str,
-            scheduler: str, width: int, height: int) -> torch.Tensor:
-    """What ``EmptyLatentImage`` + ``KSampler`` give (one image), through ComfyUI's own ``common_ksampler``."""
+            scheduler: str, width: int, height: int, vae: Any = None) -> torch.Tensor:
+    """What the family's empty-latent node + ``KSampler`` give (one image), through ComfyUI's own
+    ``common_ksampler``."""
     import importlib
 
     comfy_nodes = importlib.import_module("nodes")  # ComfyUI's nodes.py, the module KSampler lives in
-    latent = {"samples": torch.zeros([1, 4, height // 8, width // 8], device=comfy.model_management.intermediate_device())}
+    latent = {"samples": empty_latent(model, width, height, 1, vae)}
     (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent)
     return out["samples"]
 
@@ -363,14 +398,14 @@ def batch_conditioning(conditionings: list[list]) -> list | None:
 
 
 def ksample_batch(model: Any, positive: list, negative: list, count: int, seed: int, steps: int, cfg: float,
-                  sampler_name: str, scheduler: str, width: int, height: int) -> torch.Tensor:
+                  sampler_name: str, scheduler: str, width: int, height: int, vae: Any = None) -> torch.Tensor:
     """``count`` images in one sampler call, each with the noise a single-image KSampler run at ``seed``
     would draw (``batch_index`` 0 for all)."""
     import importlib
 
     comfy_nodes = importlib.import_module("nodes")
     latent = {
-        "samples": torch.zeros([count, 4, height // 8, width // 8], device=comfy.model_management.intermediate_device()),
+        "samples": empty_latent(model, width, height, count, vae),
         "batch_index": [0] * count,
     }
     (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent)

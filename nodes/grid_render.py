@@ -166,7 +166,7 @@ def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[li
                     encoded[prompt] = bridge.encode_prompt(patched_clip, prompt)
                 samples = bridge.ksample(patched_model, encoded[prompt], negative, sampling.seed, sampling.steps,
                                          sampling.cfg, sampling.sampler_name, sampling.scheduler, sampling.width,
-                                         sampling.height)
+                                         sampling.height, vae)
                 out[r][c] = bridge.decode(vae, samples)[0].float().cpu().numpy()
             except torch.cuda.OutOfMemoryError as error:  # one cell too big: say so in it, render the others
                 log.warning("grid cell %s: %s", (r, c), error)
@@ -183,7 +183,7 @@ def _render_batched(model, clip, vae, cells, positions, negative, sampling: Samp
         return False
     samples = bridge.ksample_batch(model, positive, negative, len(positions), sampling.seed, sampling.steps,
                                    sampling.cfg, sampling.sampler_name, sampling.scheduler, sampling.width,
-                                   sampling.height)
+                                   sampling.height, vae)
     images = bridge.decode(vae, samples).float().cpu().numpy()
     for (r, c), image in zip(positions, images, strict=True):
         out[r][c] = image
