@@ -388,10 +388,8 @@ def encode_prompt(clip: Any, text: str) -> list:
 def empty_latent(patcher: Any, width: int, height: int, batch: int = 1, vae: Any = None) -> torch.Tensor:
     """The zeros the model family's own empty-latent node gives (``EmptyLatentImage``, ``EmptySD3LatentImage``,
     ``EmptyFlux2LatentImage``, ``EmptyHunyuanLatentVideo`` with length 1, ...) for one image of
-    ``width`` x ``height``: the channels and axes of the MODEL's latent format, one frame for video models.
-
-    The spatial downscale is the format's ``spacial_downscale_ratio`` where ComfyUI's formats say it, else
-    the connected VAE's (ComfyUI 0.3.75's formats do not say it; Flux.2's VAE says 16), else 8."""
+    ``width`` x ``height``: the channels and axes of the MODEL's latent format, one frame for video models,
+    and ``latent_downscale`` (ComfyUI 0.3.75's formats do not say it; Flux.2's VAE says 16)."""
     latent_format = patcher.get_model_object("latent_format")
     channels = latent_format.latent_channels
     dimensions = latent_format.latent_dimensions
@@ -400,13 +398,18 @@ def empty_latent(patcher: Any, width: int, height: int, batch: int = 1, vae: Any
             f"LoRA Lab renders images, and the MODEL ({model_family(patcher)}) has a latent with {dimensions} "
             "axes, not an image or video latent: connect an image model's MODEL"
         )
-    downscale = _spatial_downscale(latent_format, channels, vae, model_family(patcher))
+    downscale = latent_downscale(patcher, vae)
     frames = [1] if dimensions == 3 else []
     shape = [batch, channels, *frames, height // downscale, width // downscale]
     return torch.zeros(shape, device=comfy.model_management.intermediate_device())
 
 
-def _spatial_downscale(latent_format: Any, channels: int, vae: Any, family: str) -> int:
+def latent_downscale(patcher: Any, vae: Any = None) -> int:
+    """How many pixels one latent cell of the MODEL spans along each side (8; 16 for Flux.2): the latent
+    format's ``spacial_downscale_ratio`` where it says, else the VAE's when its latent channels are the
+    model's, else 8 with a warning."""
+    latent_format = patcher.get_model_object("latent_format")
+    channels = latent_format.latent_channels
     ratio = getattr(latent_format, "spacial_downscale_ratio", None)
     if ratio:
         return int(ratio)
@@ -414,7 +417,7 @@ def _spatial_downscale(latent_format: Any, channels: int, vae: Any, family: str)
         return int(vae.spacial_compression_encode())
     logging.getLogger(__name__).warning(
         "[LoRA Lab] %s's latent format does not say how far it scales images down and no VAE with its %d channels "
-        "is connected: assuming 8x, as EmptyLatentImage does", family, channels)
+        "is connected: assuming 8x, as EmptyLatentImage does", model_family(patcher), channels)
     return 8
 
 

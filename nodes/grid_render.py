@@ -135,8 +135,21 @@ def check_fit(model, clip, loras: dict[str, LoRAWeights]) -> tuple[dict[str, str
     return problems, notes
 
 
+def check_cell_size(model, vae, width: int, height: int) -> None:
+    """Refuse a cell size the model cannot make (Flux.2 draws in steps of 16 px): every cell, and every
+    error tile beside it, must be the size asked."""
+    step = bridge.latent_downscale(model, vae)
+    if width % step or height % step:
+        fits = f"{width // step * step or step}x{height // step * step or step}"
+        raise ValueError(
+            f"width/height: this MODEL ({bridge.model_family(model)}) makes images in steps of {step} px, and "
+            f"{width}x{height} is not a multiple of {step}: use {fits} or the next step up"
+        )
+
+
 def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[list[Cell]], sampling: Sampling,
                  problems: dict[str, str]) -> list[list[np.ndarray]]:
+    check_cell_size(model, vae, sampling.width, sampling.height)
     out: list[list[np.ndarray | None]] = [[None] * len(row) for row in cells]
     groups: dict[tuple, list[tuple[int, int]]] = {}
     for r, row in enumerate(cells):

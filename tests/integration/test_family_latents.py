@@ -116,3 +116,12 @@ def test_sweep_cells_render_flux2_at_the_size_asked(bridge):
             rows = grid_render.render_cells(family_patcher("flux2"), FakeClip("flux2"), family_vae("flux2"), {},
                                             cells, sampling, {})
         assert [image.shape for image in rows[0]] == [(HEIGHT, WIDTH, 3)] * 2
+
+
+def test_a_sweep_size_flux2_cannot_make_is_refused_with_the_sizes_it_can(bridge):
+    from lora_lab.nodes import grid_render
+
+    sampling = grid_render.Sampling("", 0, 2, 1.0, "euler", "simple", 520, 512)
+    with pytest.raises(ValueError, match=r"\(Flux2\) makes images in steps of 16 px, and 520x512 .* use 512x512"):
+        grid_render.render_cells(family_patcher("flux2"), FakeClip("flux2"), family_vae("flux2"), {},
+                                 [[grid_render.Cell((), "a red square")]], sampling, {})
