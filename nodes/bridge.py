@@ -9,6 +9,7 @@ model's own latent scaling). Also: kohya key names for the model's layers, and C
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,64 @@ def prediction_type(model_sampling: Any) -> PredictionType:
 def model_family(patcher: Any) -> str:
     """A short name for the base model's architecture, for messages and metadata."""
     return type(patcher.model).__name__
+
+
+# ComfyUI model classes (``comfy.model_base``) that LoRA Lab's tests train end to end; BaseModel is SD1.5.
+TESTED_FAMILIES = ("BaseModel", "SDXL", "Flux")
+
+# ComfyUI model classes that are not text-to-image diffusion models LoRA Lab can train, and what they are.
+# Subclasses are refused too (matched along the class's ancestry).
+UNTRAINABLE_FAMILIES = {
+    "StableCascade_C": "a Stable Cascade stage (stage C, the prior)",
+    "StableCascade_B": "a Stable Cascade stage (stage B, the decoder)",
+    "StableAudio1": "an audio model (Stable Audio)",
+    "ACEStep": "an audio model (ACE-Step)",
+    "Hunyuan3Dv2": "a 3D model (Hunyuan3D)",
+    "Hunyuan3Dv2_1": "a 3D model (Hunyuan3D 2.1)",
+    "SD_X4Upscaler": "an upscaler (SD x4 upscaler)",
+    "HunyuanVideo15_SR_Distilled": "an upscaler (HunyuanVideo 1.5 super-resolution)",
+}
+
+
+def training_refusal(model: Any) -> str | None:
+    """Why Train LoRA cannot train ``model`` (a ComfyUI ``BaseModel``), naming its class; None when it can try.
+
+    Decided from the class and its latent format alone, before anything is loaded or cloned."""
+    family = type(model).__name__
+    ancestry = [cls.__name__ for cls in type(model).__mro__]
+    kind = next((UNTRAINABLE_FAMILIES[name] for name in ancestry if name in UNTRAINABLE_FAMILIES), None)
+    if kind is None:
+        dimensions = getattr(getattr(model, "latent_format", None), "latent_dimensions", 2)
+        if dimensions not in (2, 3):
+            kind = f"a model whose latent ({dimensions}-D) is not an image or video latent"
+        elif not hasattr(model, "diffusion_model"):
+            kind = "a model without a diffusion network"
+    if kind is None:
+        return None
+    return (
+        f"TrainLoRA: this MODEL is ComfyUI's {family}, {kind}. LoRA Lab trains LoRAs for image models "
+        "(SD1.5, SDXL, Flux and other image or video diffusion models): connect an image model's MODEL, "
+        "or train this one with a trainer made for it."
+    )
+
+
+def check_trainable_family(patcher: Any) -> None:
+    """Train LoRA's first check: refuse a family it cannot train (naming ComfyUI's model class), and say
+    in the console when the family is not one LoRA Lab's tests train."""
+    refusal = training_refusal(patcher.model)
+    if refusal is not None:
+        raise UnsupportedModelError(refusal)
+    note = untested_family_note(patcher.model)
+    if note is not None:
+        print(f"[LoRA Lab] TrainLoRA: {note}", flush=True)
+
+
+def untested_family_note(model: Any) -> str | None:
+    """The console note for a family LoRA Lab's tests do not cover; None for a tested one."""
+    family = type(model).__name__
+    if family in TESTED_FAMILIES:
+        return None
+    return f"{family} is not in LoRA Lab's tested families; training it through the generic path"
 
 
 class ComfyDenoiser:
@@ -326,13 +385,50 @@ def encode_prompt(clip: Any, text: str) -> list:
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
+def empty_latent(patcher: Any, width: int, height: int, batch: int = 1, vae: Any = None) -> torch.Tensor:
+    """The zeros the model family's own empty-latent node gives (``EmptyLatentImage``, ``EmptySD3LatentImage``,
+    ``EmptyFlux2LatentImage``, ``EmptyHunyuanLatentVideo`` with length 1, ...) for one image of
+    ``width`` x ``height``: the channels and axes of the MODEL's latent format, one frame for video models,
+    and ``latent_downscale`` (ComfyUI 0.3.75's formats do not say it; Flux.2's VAE says 16)."""
+    latent_format = patcher.get_model_object("latent_format")
+    channels = latent_format.latent_channels
+    dimensions = latent_format.latent_dimensions
+    if dimensions not in (2, 3):
+        raise UnsupportedModelError(
+            f"LoRA Lab renders images, and the MODEL ({model_family(patcher)}) has a latent with {dimensions} "
+            "axes, not an image or video latent: connect an image model's MODEL"
+        )
+    downscale = latent_downscale(patcher, vae)
+    frames = [1] if dimensions == 3 else []
+    shape = [batch, channels, *frames, height // downscale, width // downscale]
+    return torch.zeros(shape, device=comfy.model_management.intermediate_device())
+
+
+def latent_downscale(patcher: Any, vae: Any = None) -> int:
+    """How many pixels one latent cell of the MODEL spans along each side (8; 16 for Flux.2): the latent
+    format's ``spacial_downscale_ratio`` where it says, else the VAE's when its latent channels are the
+    model's, else 8 with a warning."""
+    latent_format = patcher.get_model_object("latent_format")
+    channels = latent_format.latent_channels
+    ratio = getattr(latent_format, "spacial_downscale_ratio", None)
+    if ratio:
+        return int(ratio)
+    if vae is not None and getattr(vae, "latent_channels", None) == channels:
+        return int(vae.spacial_compression_encode())
+    logging.getLogger(__name__).warning(
+        "[LoRA Lab] %s's latent format does not say how far it scales images down and no VAE with its %d channels "
+        "is connected: assuming 8x, as EmptyLatentImage does", model_family(patcher), channels)
+    return 8
+
+
 def ksample(model: Any, positive: list, negative: list, seed: int, steps: int, cfg: float, sampler_name: str,
-            scheduler: str, width: int, height: int) -> torch.Tensor:
-    """What ``EmptyLatentImage`` + ``KSampler`` give (one image), through ComfyUI's own ``common_ksampler``."""
+            scheduler: str, width: int, height: int, vae: Any = None) -> torch.Tensor:
+    """What the family's empty-latent node + ``KSampler`` give (one image), through ComfyUI's own
+    ``common_ksampler``."""
     import importlib
 
     comfy_nodes = importlib.import_module("nodes")  # ComfyUI's nodes.py, the module KSampler lives in
-    latent = {"samples": torch.zeros([1, 4, height // 8, width // 8], device=comfy.model_management.intermediate_device())}
+    latent = {"samples": empty_latent(model, width, height, 1, vae)}
     (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent)
     return out["samples"]
 
@@ -363,14 +459,14 @@ def batch_conditioning(conditionings: list[list]) -> list | None:
 
 
 def ksample_batch(model: Any, positive: list, negative: list, count: int, seed: int, steps: int, cfg: float,
-                  sampler_name: str, scheduler: str, width: int, height: int) -> torch.Tensor:
+                  sampler_name: str, scheduler: str, width: int, height: int, vae: Any = None) -> torch.Tensor:
     """``count`` images in one sampler call, each with the noise a single-image KSampler run at ``seed``
     would draw (``batch_index`` 0 for all)."""
     import importlib
 
     comfy_nodes = importlib.import_module("nodes")
     latent = {
-        "samples": torch.zeros([count, 4, height // 8, width // 8], device=comfy.model_management.intermediate_device()),
+        "samples": empty_latent(model, width, height, count, vae),
         "batch_index": [0] * count,
     }
     (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent)

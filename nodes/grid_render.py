@@ -135,8 +135,21 @@ def check_fit(model, clip, loras: dict[str, LoRAWeights]) -> tuple[dict[str, str
     return problems, notes
 
 
+def check_cell_size(model, vae, width: int, height: int) -> None:
+    """Refuse a cell size the model cannot make (Flux.2 draws in steps of 16 px): every cell, and every
+    error tile beside it, must be the size asked."""
+    step = bridge.latent_downscale(model, vae)
+    if width % step or height % step:
+        fits = f"{width // step * step or step}x{height // step * step or step}"
+        raise ValueError(
+            f"width/height: this MODEL ({bridge.model_family(model)}) makes images in steps of {step} px, and "
+            f"{width}x{height} is not a multiple of {step}: use {fits} or the next step up"
+        )
+
+
 def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[list[Cell]], sampling: Sampling,
                  problems: dict[str, str]) -> list[list[np.ndarray]]:
+    check_cell_size(model, vae, sampling.width, sampling.height)
     out: list[list[np.ndarray | None]] = [[None] * len(row) for row in cells]
     groups: dict[tuple, list[tuple[int, int]]] = {}
     for r, row in enumerate(cells):
@@ -166,7 +179,7 @@ def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[li
                     encoded[prompt] = bridge.encode_prompt(patched_clip, prompt)
                 samples = bridge.ksample(patched_model, encoded[prompt], negative, sampling.seed, sampling.steps,
                                          sampling.cfg, sampling.sampler_name, sampling.scheduler, sampling.width,
-                                         sampling.height)
+                                         sampling.height, vae)
                 out[r][c] = bridge.decode(vae, samples)[0].float().cpu().numpy()
             except torch.cuda.OutOfMemoryError as error:  # one cell too big: say so in it, render the others
                 log.warning("grid cell %s: %s", (r, c), error)
@@ -183,7 +196,7 @@ def _render_batched(model, clip, vae, cells, positions, negative, sampling: Samp
         return False
     samples = bridge.ksample_batch(model, positive, negative, len(positions), sampling.seed, sampling.steps,
                                    sampling.cfg, sampling.sampler_name, sampling.scheduler, sampling.width,
-                                   sampling.height)
+                                   sampling.height, vae)
     images = bridge.decode(vae, samples).float().cpu().numpy()
     for (r, c), image in zip(positions, images, strict=True):
         out[r][c] = image

@@ -187,6 +187,7 @@ class TrainLoRA(io.ComfyNode):
         adapter_settings: NodeSettings | None = None, sample_settings: NodeSettings | None = None,
         text_encoder_settings: NodeSettings | None = None,
     ) -> io.NodeOutput:
+        bridge.check_trainable_family(model)  # before anything is cloned or loaded
         refuse_moved_inputs(cls.hidden.prompt, cls.hidden.unique_id)
         settings = merged_settings(SETTINGS_NODES, {
             "optimizer_settings": optimizer_settings, "loss_settings": loss_settings,

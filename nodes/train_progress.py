@@ -74,7 +74,8 @@ class SampleImages:
                 batch = []
                 for prompt in self.prompts:
                     samples = bridge.ksample(self.patcher, bridge.encode_prompt(self.clip, prompt), negative,
-                                             self.seed, self.steps, self.cfg, "euler", "normal", self.size, self.size)
+                                             self.seed, self.steps, self.cfg, "euler", "normal", self.size, self.size,
+                                             self.vae)
                     batch.append(bridge.decode(self.vae, samples)[0].float().cpu())
         finally:
             for network, mode in zip(self.networks, was_training, strict=True):
