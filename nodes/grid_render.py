@@ -24,7 +24,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from ..trainer_core.adapters.export import LoRAWeights
 from ..trainer_core.pictures.grids import error_tile, labelled_grid
-from . import bridge
+from . import bridge, sampler
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ def sampling_inputs() -> list:
                      tooltip="The same seed in every cell, so only the LoRAs change."),
         io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps per cell."),
         io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="CFG scale."),
-        io.Combo.Input("sampler_name", options=bridge.sampler_names(), default="euler", tooltip="Sampler."),
-        io.Combo.Input("scheduler", options=bridge.scheduler_names(), default="normal", tooltip="Scheduler."),
+        io.Combo.Input("sampler_name", options=sampler.sampler_names(), default="euler", tooltip="Sampler."),
+        io.Combo.Input("scheduler", options=sampler.scheduler_names(), default="normal", tooltip="Scheduler."),
         io.Int.Input("width", default=512, min=16, max=8192, step=8, tooltip="Image width of each cell."),
         io.Int.Input("height", default=512, min=16, max=8192, step=8, tooltip="Image height of each cell."),
     ]
@@ -138,7 +138,7 @@ def check_fit(model, clip, loras: dict[str, LoRAWeights]) -> tuple[dict[str, str
 def check_cell_size(model, vae, width: int, height: int) -> None:
     """Refuse a cell size the model cannot make (Flux.2 draws in steps of 16 px): every cell, and every
     error tile beside it, must be the size asked."""
-    step = bridge.latent_downscale(model, vae)
+    step = sampler.latent_downscale(model, vae)
     if width % step or height % step:
         fits = f"{width // step * step or step}x{height // step * step or step}"
         raise ValueError(
@@ -166,7 +166,7 @@ def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[li
         for name, strength_model, strength_clip in active:
             patched_model, patched_clip = bridge.apply_lora(patched_model, patched_clip, loras[name], strength_model,
                                                             strength_clip)
-        negative = bridge.encode_prompt(patched_clip, sampling.negative)
+        negative = sampler.encode_prompt(patched_clip, sampling.negative)
         encoded: dict[str, list] = {}
         if sampling.batch_prompts and len(positions) > 1:
             if _render_batched(patched_model, patched_clip, vae, cells, positions, negative, sampling, out):
@@ -176,11 +176,11 @@ def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[li
             prompt = cells[r][c].prompt
             try:
                 if prompt not in encoded:
-                    encoded[prompt] = bridge.encode_prompt(patched_clip, prompt)
-                samples = bridge.ksample(patched_model, encoded[prompt], negative, sampling.seed, sampling.steps,
+                    encoded[prompt] = sampler.encode_prompt(patched_clip, prompt)
+                samples = sampler.ksample(patched_model, encoded[prompt], negative, sampling.seed, sampling.steps,
                                          sampling.cfg, sampling.sampler_name, sampling.scheduler, sampling.width,
                                          sampling.height, vae)
-                out[r][c] = bridge.decode(vae, samples)[0].float().cpu().numpy()
+                out[r][c] = sampler.decode(vae, samples)[0].float().cpu().numpy()
             except torch.cuda.OutOfMemoryError as error:  # one cell too big: say so in it, render the others
                 log.warning("grid cell %s: %s", (r, c), error)
                 out[r][c] = error_tile(sampling.width, sampling.height, "out of memory")
@@ -191,13 +191,13 @@ def _render_batched(model, clip, vae, cells, positions, negative, sampling: Samp
     """All prompts of one LoRA combination in one sampler call. Faster; on CPU the batched matrix
     products round differently, so a pixel can differ by a level from a separate KSampler run."""
     comfy.model_management.throw_exception_if_processing_interrupted()
-    positive = bridge.batch_conditioning([bridge.encode_prompt(clip, cells[r][c].prompt) for r, c in positions])
+    positive = sampler.batch_conditioning([sampler.encode_prompt(clip, cells[r][c].prompt) for r, c in positions])
     if positive is None:
         return False
-    samples = bridge.ksample_batch(model, positive, negative, len(positions), sampling.seed, sampling.steps,
+    samples = sampler.ksample_batch(model, positive, negative, len(positions), sampling.seed, sampling.steps,
                                    sampling.cfg, sampling.sampler_name, sampling.scheduler, sampling.width,
                                    sampling.height, vae)
-    images = bridge.decode(vae, samples).float().cpu().numpy()
+    images = sampler.decode(vae, samples).float().cpu().numpy()
     for (r, c), image in zip(positions, images, strict=True):
         out[r][c] = image
     return True

@@ -34,7 +34,7 @@ from ..trainer_core.training.metadata import training_metadata
 from ..trainer_core.training.optimizers import OPTIMIZER_CHOICES, OptimizerConfig, check_optimizer_available
 from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES
 from ..trainer_core.training.schedulers import SCHEDULER_CHOICES, SchedulerConfig
-from . import bridge
+from . import bridge, families
 from .optimizer_settings import LoRALabOptimizerSettings, optimizer_config
 from .train_progress import CanvasProgress, SampleImages, show_memory_estimate
 from .train_settings import (
@@ -187,7 +187,7 @@ class TrainLoRA(io.ComfyNode):
         adapter_settings: NodeSettings | None = None, sample_settings: NodeSettings | None = None,
         text_encoder_settings: NodeSettings | None = None,
     ) -> io.NodeOutput:
-        bridge.check_trainable_family(model)  # before anything is cloned or loaded
+        families.check_trainable_family(model)  # before anything is cloned or loaded
         refuse_moved_inputs(cls.hidden.prompt, cls.hidden.unique_id)
         settings = merged_settings(SETTINGS_NODES, {
             "optimizer_settings": optimizer_settings, "loss_settings": loss_settings,

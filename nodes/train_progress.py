@@ -20,7 +20,7 @@ from ..trainer_core.training.memory_estimate import (
     tensor_bytes,
 )
 from ..trainer_core.training.text_encoder import find_text_encoder_targets
-from . import bridge
+from . import bridge, sampler
 
 
 class CanvasProgress:
@@ -70,13 +70,13 @@ class SampleImages:
             network.eval()  # no LoRA dropout in the pictures
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leave training's random streams alone
-                negative = bridge.encode_prompt(self.clip, "")
+                negative = sampler.encode_prompt(self.clip, "")
                 batch = []
                 for prompt in self.prompts:
-                    samples = bridge.ksample(self.patcher, bridge.encode_prompt(self.clip, prompt), negative,
+                    samples = sampler.ksample(self.patcher, sampler.encode_prompt(self.clip, prompt), negative,
                                              self.seed, self.steps, self.cfg, "euler", "normal", self.size, self.size,
                                              self.vae)
-                    batch.append(bridge.decode(self.vae, samples)[0].float().cpu())
+                    batch.append(sampler.decode(self.vae, samples)[0].float().cpu())
         finally:
             for network, mode in zip(self.networks, was_training, strict=True):
                 network.train(mode)

@@ -28,71 +28,71 @@ IMAGE_FAMILIES = ["sd15", "sdxl", "sd3", "flux", "flux2"]
 
 
 @pytest.fixture(scope="module")
-def bridge():
+def sampler():
     load_pack()
-    from lora_lab.nodes import bridge
+    from lora_lab.nodes import sampler
 
-    return bridge
+    return sampler
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
-def test_the_empty_latent_is_the_one_the_familys_own_node_makes(bridge, family):
+def test_the_empty_latent_is_the_one_the_familys_own_node_makes(sampler, family):
     expected = family_node_latent(family, WIDTH, HEIGHT)
-    latent = bridge.empty_latent(family_patcher(family), WIDTH, HEIGHT, 1, family_vae(family))
+    latent = sampler.empty_latent(family_patcher(family), WIDTH, HEIGHT, 1, family_vae(family))
     assert latent.shape == expected.shape and latent.dtype == expected.dtype and latent.device == expected.device
     assert not latent.any()
 
 
-def test_flux2_latents_are_16x_smaller_with_128_channels(bridge):
-    latent = bridge.empty_latent(family_patcher("flux2"), 512, 256, 2, family_vae("flux2"))
+def test_flux2_latents_are_16x_smaller_with_128_channels(sampler):
+    latent = sampler.empty_latent(family_patcher("flux2"), 512, 256, 2, family_vae("flux2"))
     assert tuple(latent.shape) == (2, 128, 16, 32)
 
 
-def test_a_format_that_names_its_downscale_is_believed_over_the_vae(bridge):
+def test_a_format_that_names_its_downscale_is_believed_over_the_vae(sampler):
     """Newer ComfyUI formats carry ``spacial_downscale_ratio``: no VAE is needed then."""
     patcher = family_patcher("flux2")
     latent_format = patcher.get_model_object("latent_format")
     latent_format.spacial_downscale_ratio = 16
     try:
-        assert tuple(bridge.empty_latent(patcher, WIDTH, HEIGHT).shape) == (1, 128, HEIGHT // 16, WIDTH // 16)
+        assert tuple(sampler.empty_latent(patcher, WIDTH, HEIGHT).shape) == (1, 128, HEIGHT // 16, WIDTH // 16)
     finally:
         del latent_format.spacial_downscale_ratio
 
 
-def test_without_a_word_on_the_downscale_it_assumes_8x_and_says_so(bridge, caplog):
+def test_without_a_word_on_the_downscale_it_assumes_8x_and_says_so(sampler, caplog):
     with caplog.at_level(logging.WARNING):
-        latent = bridge.empty_latent(family_patcher("sd3"), WIDTH, HEIGHT)
+        latent = sampler.empty_latent(family_patcher("sd3"), WIDTH, HEIGHT)
     assert tuple(latent.shape) == (1, 16, HEIGHT // 8, WIDTH // 8)
     assert "SD3's latent format does not say" in caplog.text and "assuming 8x" in caplog.text
 
 
-def test_a_vae_for_another_family_does_not_set_the_downscale(bridge):
+def test_a_vae_for_another_family_does_not_set_the_downscale(sampler):
     """A 4-channel VAE on a Flux.2 MODEL says nothing about Flux.2's latent: the 8x assumption stands
     (and decoding will say the VAE does not fit), never a latent shaped for the wrong family."""
-    latent = bridge.empty_latent(family_patcher("flux2"), WIDTH, HEIGHT, 1, family_vae("sd15"))
+    latent = sampler.empty_latent(family_patcher("flux2"), WIDTH, HEIGHT, 1, family_vae("sd15"))
     assert tuple(latent.shape) == (1, 128, HEIGHT // 8, WIDTH // 8)
 
 
 @pytest.mark.parametrize("family", IMAGE_FAMILIES)
-def test_a_sampled_image_decodes_at_the_size_asked(bridge, family):
+def test_a_sampled_image_decodes_at_the_size_asked(sampler, family):
     patcher, vae, clip = family_patcher(family), family_vae(family), FakeClip(family)
-    positive, negative = bridge.encode_prompt(clip, "a red square"), bridge.encode_prompt(clip, "")
+    positive, negative = sampler.encode_prompt(clip, "a red square"), sampler.encode_prompt(clip, "")
     with torch.inference_mode():
-        samples = bridge.ksample(patcher, positive, negative, 0, 2, 1.0, "euler", "simple", WIDTH, HEIGHT, vae)
-        image = bridge.decode(vae, samples)
+        samples = sampler.ksample(patcher, positive, negative, 0, 2, 1.0, "euler", "simple", WIDTH, HEIGHT, vae)
+        image = sampler.decode(vae, samples)
     assert tuple(image.shape) == (1, HEIGHT, WIDTH, 3)
 
 
 @pytest.mark.parametrize("family", ["wan21", "hunyuan_video"])
-def test_video_models_sample_one_frame(bridge, family):
+def test_video_models_sample_one_frame(sampler, family):
     patcher, clip = family_patcher(family), FakeClip(family)
-    positive, negative = bridge.encode_prompt(clip, "a red square"), bridge.encode_prompt(clip, "")
+    positive, negative = sampler.encode_prompt(clip, "a red square"), sampler.encode_prompt(clip, "")
     with torch.inference_mode():
-        samples = bridge.ksample(patcher, positive, negative, 0, 2, 1.0, "euler", "simple", WIDTH, HEIGHT)
+        samples = sampler.ksample(patcher, positive, negative, 0, 2, 1.0, "euler", "simple", WIDTH, HEIGHT)
     assert tuple(samples.shape) == (1, 16, 1, HEIGHT // 8, WIDTH // 8)
 
 
-def test_train_loras_sample_images_render_flux2_at_the_size_asked(bridge):
+def test_train_loras_sample_images_render_flux2_at_the_size_asked(sampler):
     from lora_lab.nodes.train_progress import SampleImages
     from lora_lab.trainer_core.training.results import StepReport
 
@@ -106,7 +106,7 @@ def test_train_loras_sample_images_render_flux2_at_the_size_asked(bridge):
     assert tuple(samples.output().shape) == (2, 64, 64, 3)
 
 
-def test_sweep_cells_render_flux2_at_the_size_asked(bridge):
+def test_sweep_cells_render_flux2_at_the_size_asked(sampler):
     from lora_lab.nodes import grid_render
 
     cells = [[grid_render.Cell((), "a red square"), grid_render.Cell((), "a blue circle")]]
@@ -118,7 +118,7 @@ def test_sweep_cells_render_flux2_at_the_size_asked(bridge):
         assert [image.shape for image in rows[0]] == [(HEIGHT, WIDTH, 3)] * 2
 
 
-def test_a_sweep_size_flux2_cannot_make_is_refused_with_the_sizes_it_can(bridge):
+def test_a_sweep_size_flux2_cannot_make_is_refused_with_the_sizes_it_can(sampler):
     from lora_lab.nodes import grid_render
 
     sampling = grid_render.Sampling("", 0, 2, 1.0, "euler", "simple", 520, 512)

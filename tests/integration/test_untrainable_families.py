@@ -63,16 +63,16 @@ def untrainable_patcher(model_class_name: str):
 @pytest.fixture(scope="module")
 def pack():
     load_pack()
-    from lora_lab.nodes import bridge, train_lora
+    from lora_lab.nodes import bridge, families, train_lora
 
-    return bridge, train_lora
+    return bridge, families, train_lora
 
 
 @pytest.mark.parametrize("model_class_name", list(UNTRAINABLE))
 def test_train_lora_refuses_before_anything_runs_and_names_the_model_type(pack, model_class_name, monkeypatch):
     import comfy.model_management
 
-    bridge, train_lora = pack
+    bridge, _, train_lora = pack
     patcher = untrainable_patcher(model_class_name)
     monkeypatch.setattr(patcher, "clone", lambda: pytest.fail("Train LoRA cloned a MODEL it cannot train"))
     loaded_before = list(comfy.model_management.current_loaded_models)
@@ -94,16 +94,16 @@ def test_train_lora_refuses_before_anything_runs_and_names_the_model_type(pack, 
 def test_families_too_costly_to_build_here_are_refused_by_class(pack, model_class_name, kind):
     import comfy.model_base
 
-    bridge, _ = pack
+    _, families, _ = pack
     model = object.__new__(getattr(comfy.model_base, model_class_name))
-    assert f"ComfyUI's {model_class_name}, {kind}" in bridge.training_refusal(model)
+    assert f"ComfyUI's {model_class_name}, {kind}" in families.training_refusal(model)
 
 
 def test_a_model_whose_latent_is_not_an_image_is_refused_even_when_unknown(pack):
     import comfy.latent_formats
     import comfy.model_base
 
-    bridge, _ = pack
+    _, families, _ = pack
 
     class PointCloudModel(comfy.model_base.BaseModel):  # a family LoRA Lab has never heard of
         pass
@@ -111,19 +111,19 @@ def test_a_model_whose_latent_is_not_an_image_is_refused_even_when_unknown(pack)
     model = object.__new__(PointCloudModel)
     model.latent_format = comfy.latent_formats.Hunyuan3Dv2()  # one-dimensional
     assert "ComfyUI's PointCloudModel, a model whose latent (1-D) is not an image or video latent" in (
-        bridge.training_refusal(model))
+        families.training_refusal(model))
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl", "flux"])
 def test_tested_families_train_without_a_note(pack, family, capsys):
-    bridge, _ = pack
-    bridge.check_trainable_family(family_patcher(family))
+    _, families, _ = pack
+    families.check_trainable_family(family_patcher(family))
     assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize("family, model_class_name", [("sd3", "SD3"), ("flux2", "Flux2"), ("wan21", "WAN21")])
 def test_an_untested_family_trains_with_a_note_in_the_console(pack, family, model_class_name, capsys):
-    bridge, _ = pack
-    bridge.check_trainable_family(family_patcher(family))
+    _, families, _ = pack
+    families.check_trainable_family(family_patcher(family))
     assert capsys.readouterr().out == (f"[LoRA Lab] TrainLoRA: {model_class_name} is not in LoRA Lab's tested "
                                        "families; training it through the generic path\n")

@@ -1,0 +1,69 @@
+"""Which model families Train LoRA trains, tests, or refuses: decided from ComfyUI's model class.
+
+``TESTED_FAMILIES`` are the ``comfy.model_base`` classes LoRA Lab's tests train end to end; another
+image or video family trains through the generic path with a console note; ``UNTRAINABLE_FAMILIES``
+(and any model whose latent is not an image or video latent) are refused before anything is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .bridge import UnsupportedModelError
+
+# ComfyUI model classes (``comfy.model_base``) that LoRA Lab's tests train end to end; BaseModel is SD1.5.
+TESTED_FAMILIES = ("BaseModel", "SDXL", "Flux")
+
+# ComfyUI model classes that are not text-to-image diffusion models LoRA Lab can train, and what they are.
+# Subclasses are refused too (matched along the class's ancestry).
+UNTRAINABLE_FAMILIES = {
+    "StableCascade_C": "a Stable Cascade stage (stage C, the prior)",
+    "StableCascade_B": "a Stable Cascade stage (stage B, the decoder)",
+    "StableAudio1": "an audio model (Stable Audio)",
+    "ACEStep": "an audio model (ACE-Step)",
+    "Hunyuan3Dv2": "a 3D model (Hunyuan3D)",
+    "Hunyuan3Dv2_1": "a 3D model (Hunyuan3D 2.1)",
+    "SD_X4Upscaler": "an upscaler (SD x4 upscaler)",
+    "HunyuanVideo15_SR_Distilled": "an upscaler (HunyuanVideo 1.5 super-resolution)",
+}
+
+
+def training_refusal(model: Any) -> str | None:
+    """Why Train LoRA cannot train ``model`` (a ComfyUI ``BaseModel``), naming its class; None when it can try.
+
+    Decided from the class and its latent format alone, before anything is loaded or cloned."""
+    family = type(model).__name__
+    ancestry = [cls.__name__ for cls in type(model).__mro__]
+    kind = next((UNTRAINABLE_FAMILIES[name] for name in ancestry if name in UNTRAINABLE_FAMILIES), None)
+    if kind is None:
+        dimensions = getattr(getattr(model, "latent_format", None), "latent_dimensions", 2)
+        if dimensions not in (2, 3):
+            kind = f"a model whose latent ({dimensions}-D) is not an image or video latent"
+        elif not hasattr(model, "diffusion_model"):
+            kind = "a model without a diffusion network"
+    if kind is None:
+        return None
+    return (
+        f"TrainLoRA: this MODEL is ComfyUI's {family}, {kind}. LoRA Lab trains LoRAs for image models "
+        "(SD1.5, SDXL, Flux and other image or video diffusion models): connect an image model's MODEL, "
+        "or train this one with a trainer made for it."
+    )
+
+
+def check_trainable_family(patcher: Any) -> None:
+    """Train LoRA's first check: refuse a family it cannot train (naming ComfyUI's model class), and say
+    in the console when the family is not one LoRA Lab's tests train."""
+    refusal = training_refusal(patcher.model)
+    if refusal is not None:
+        raise UnsupportedModelError(refusal)
+    note = untested_family_note(patcher.model)
+    if note is not None:
+        print(f"[LoRA Lab] TrainLoRA: {note}", flush=True)
+
+
+def untested_family_note(model: Any) -> str | None:
+    """The console note for a family LoRA Lab's tests do not cover; None for a tested one."""
+    family = type(model).__name__
+    if family in TESTED_FAMILIES:
+        return None
+    return f"{family} is not in LoRA Lab's tested families; training it through the generic path"

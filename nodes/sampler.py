@@ -1,0 +1,128 @@
+"""Sampling and decoding with ComfyUI's own functions, as its nodes do: prompts encoded as
+``CLIPTextEncode`` does, the empty latent the family's own empty-latent node makes, ``common_ksampler``,
+``VAEDecode``. Train LoRA's sample images and every sweep and stack cell are drawn through here, so what
+they show is what a KSampler + LoraLoader graph gives.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import comfy.model_management
+import torch
+
+from .bridge import UnsupportedModelError, model_family
+
+
+def encode_prompt(clip: Any, text: str) -> list:
+    """CONDITIONING exactly as ``CLIPTextEncode`` makes it."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def empty_latent(patcher: Any, width: int, height: int, batch: int = 1, vae: Any = None) -> torch.Tensor:
+    """The zeros the model family's own empty-latent node gives (``EmptyLatentImage``, ``EmptySD3LatentImage``,
+    ``EmptyFlux2LatentImage``, ``EmptyHunyuanLatentVideo`` with length 1, ...) for one image of
+    ``width`` x ``height``: the channels and axes of the MODEL's latent format, one frame for video models,
+    and ``latent_downscale`` (ComfyUI 0.3.75's formats do not say it; Flux.2's VAE says 16)."""
+    latent_format = patcher.get_model_object("latent_format")
+    channels = latent_format.latent_channels
+    dimensions = latent_format.latent_dimensions
+    if dimensions not in (2, 3):
+        raise UnsupportedModelError(
+            f"LoRA Lab renders images, and the MODEL ({model_family(patcher)}) has a latent with {dimensions} "
+            "axes, not an image or video latent: connect an image model's MODEL"
+        )
+    downscale = latent_downscale(patcher, vae)
+    frames = [1] if dimensions == 3 else []
+    shape = [batch, channels, *frames, height // downscale, width // downscale]
+    return torch.zeros(shape, device=comfy.model_management.intermediate_device())
+
+
+def latent_downscale(patcher: Any, vae: Any = None) -> int:
+    """How many pixels one latent cell of the MODEL spans along each side (8; 16 for Flux.2): the latent
+    format's ``spacial_downscale_ratio`` where it says, else the VAE's when its latent channels are the
+    model's, else 8 with a warning."""
+    latent_format = patcher.get_model_object("latent_format")
+    channels = latent_format.latent_channels
+    ratio = getattr(latent_format, "spacial_downscale_ratio", None)
+    if ratio:
+        return int(ratio)
+    if vae is not None and getattr(vae, "latent_channels", None) == channels:
+        return int(vae.spacial_compression_encode())
+    logging.getLogger(__name__).warning(
+        "[LoRA Lab] %s's latent format does not say how far it scales images down and no VAE with its %d channels "
+        "is connected: assuming 8x, as EmptyLatentImage does", model_family(patcher), channels)
+    return 8
+
+
+def ksample(model: Any, positive: list, negative: list, seed: int, steps: int, cfg: float, sampler_name: str,
+            scheduler: str, width: int, height: int, vae: Any = None) -> torch.Tensor:
+    """What the family's empty-latent node + ``KSampler`` give (one image), through ComfyUI's own
+    ``common_ksampler``."""
+    import importlib
+
+    comfy_nodes = importlib.import_module("nodes")  # ComfyUI's nodes.py, the module KSampler lives in
+    latent = {"samples": empty_latent(model, width, height, 1, vae)}
+    (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent)
+    return out["samples"]
+
+
+def batch_conditioning(conditionings: list[list]) -> list | None:
+    """Several prompts' CONDITIONING as one batch (for sampling them together), or None when they cannot
+    be batched (different extra entries). Token sequences of different length are repeated to a common
+    length, as ComfyUI's own batching does."""
+    import math
+
+    if any(len(c) != 1 for c in conditionings):
+        return None
+    conds = [c[0][0] for c in conditionings]
+    extras = [c[0][1] for c in conditionings]
+    if len({tuple(sorted(e)) for e in extras}) != 1:
+        return None
+    length = math.lcm(*(c.shape[1] for c in conds))
+    batched_extras: dict[str, Any] = {}
+    for key in extras[0]:
+        values = [e[key] for e in extras]
+        if torch.is_tensor(values[0]) and all(torch.is_tensor(v) and v.shape[0] == 1 for v in values):
+            batched_extras[key] = torch.cat(values)
+        elif all(v == values[0] for v in values):
+            batched_extras[key] = values[0]
+        else:
+            return None
+    return [[torch.cat([c.repeat(1, length // c.shape[1], 1) for c in conds]), batched_extras]]
+
+
+def ksample_batch(model: Any, positive: list, negative: list, count: int, seed: int, steps: int, cfg: float,
+                  sampler_name: str, scheduler: str, width: int, height: int, vae: Any = None) -> torch.Tensor:
+    """``count`` images in one sampler call, each with the noise a single-image KSampler run at ``seed``
+    would draw (``batch_index`` 0 for all)."""
+    import importlib
+
+    comfy_nodes = importlib.import_module("nodes")
+    latent = {
+        "samples": empty_latent(model, width, height, count, vae),
+        "batch_index": [0] * count,
+    }
+    (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent)
+    return out["samples"]
+
+
+def decode(vae: Any, samples: torch.Tensor) -> torch.Tensor:
+    """``VAEDecode``: [B,H,W,3] in 0..1 (video VAEs' extra frame axis folded into the batch)."""
+    images = vae.decode(samples)
+    if images.ndim == 5:
+        images = images.reshape(-1, *images.shape[-3:])
+    return images
+
+
+def sampler_names() -> list[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def scheduler_names() -> list[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SCHEDULERS)
