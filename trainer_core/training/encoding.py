@@ -20,16 +20,50 @@ class _Data(Protocol):
 
 
 def concat_text(embeddings: Sequence[TextEmbedding]) -> TextEmbedding:
-    """Batch per-caption embeddings; token sequences of different lengths are repeated to a common
-    length the way ComfyUI batches conditioning (repetition leaves attention's result unchanged)."""
+    """Batch per-caption embeddings whose token sequences differ in length.
+
+    Without an attention mask, sequences are repeated to a common length the way ComfyUI's
+    ``CONDCrossAttn`` batches conditioning (repetition leaves cross-attention's result unchanged). With
+    one (keys named ``attention_mask*``, one value per token), the masks are padded with zeros to the
+    longest and every token sequence with zeros after its last token, the mask's zeros marking the
+    padding out, as ComfyUI's encoders do when they pad to a fixed length. Repeating would feed the repeated tokens to models that
+    attend over text and image jointly, where repetition does change the result."""
+    masked = any(key.startswith("attention_mask") for key in embeddings[0])
     out: TextEmbedding = {}
     for key in embeddings[0]:
         tensors = [e[key] for e in embeddings]
-        if tensors[0].ndim == 3 and len({t.shape[1] for t in tensors}) > 1:
-            length = math.lcm(*(t.shape[1] for t in tensors))
-            tensors = [t.repeat(1, length // t.shape[1], 1) for t in tensors]
+        token_axis = _token_axis(key, tensors[0])
+        lengths = {t.shape[token_axis] for t in tensors} if token_axis is not None else set()
+        if token_axis is not None and len(lengths) > 1:
+            if masked:
+                longest = max(lengths)
+                tensors = [_pad_tokens(t, token_axis, longest) for t in tensors]
+            else:
+                length = math.lcm(*lengths)
+                tensors = [_repeat_tokens(t, token_axis, length) for t in tensors]
         out[key] = torch.cat(tensors, dim=0)
     return out
+
+
+def _token_axis(key: str, tensor: torch.Tensor) -> int | None:
+    """The token axis of ``tensor``: a mask's last; the one before the width of a token sequence (3-D,
+    or 4-D for encoders that stack several layers' outputs, as HiDream's Llama)."""
+    if key.startswith("attention_mask"):
+        return tensor.ndim - 1
+    if tensor.ndim in (3, 4):
+        return tensor.ndim - 2
+    return None
+
+
+def _repeat_tokens(tensor: torch.Tensor, axis: int, length: int) -> torch.Tensor:
+    repeats = [1] * tensor.ndim
+    repeats[axis] = length // tensor.shape[axis]
+    return tensor.repeat(*repeats)
+
+
+def _pad_tokens(tensor: torch.Tensor, axis: int, length: int) -> torch.Tensor:
+    pad = [0, 0] * (tensor.ndim - 1 - axis) + [0, length - tensor.shape[axis]]
+    return torch.nn.functional.pad(tensor, pad)
 
 
 def encode_latents(data: _Data, codec: LatentCodec, chunk: int = 8) -> list[torch.Tensor]:
