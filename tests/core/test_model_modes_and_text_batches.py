@@ -1,16 +1,18 @@
 """The loop runs the base network as ComfyUI does (eval mode) with only the adapter in train mode, and
-batches captions of different token lengths the way each kind of conditioning allows."""
+batches captions of different token lengths the way ComfyUI batches each kind of conditioning."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.core.test_training_core import HashTextEncoder, SyntheticData, tiny_models
 from trainer_core.adapters.config import LoRAConfig
 from trainer_core.models.diffusers_backend import DiffusersLatentCodec, DiffusersUNetDenoiser
 from trainer_core.training.config import TrainingConfig
-from trainer_core.training.encoding import concat_text
+from trainer_core.training.encoding import concat_text, text_groups
 from trainer_core.training.loop import train_lora
+from trainer_core.training.step import denoise_in_text_groups
 
 
 def test_base_network_runs_in_eval_mode_while_lora_dropout_is_on_and_every_mode_comes_back():
@@ -47,28 +49,33 @@ def test_base_network_runs_in_eval_mode_while_lora_dropout_is_on_and_every_mode_
     assert {name: m.training for name, m in unet.named_modules()} == modes_before
 
 
-def test_captions_of_different_lengths_with_attention_masks_pad_with_masked_out_zeros():
-    short = {"cross_attn": torch.ones(1, 2, 3), "attention_mask": torch.ones(1, 2), "pooled_output": torch.ones(1, 4)}
-    long = {"cross_attn": 2 * torch.ones(1, 3, 3), "attention_mask": torch.ones(1, 3), "pooled_output": torch.ones(1, 4)}
-    batch = concat_text([short, long])
-    assert batch["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
-    assert batch["cross_attn"].shape == (2, 3, 3)
-    assert torch.equal(batch["cross_attn"][0, 2], torch.zeros(3)) and torch.equal(batch["cross_attn"][1], long["cross_attn"][0])
-    assert batch["pooled_output"].shape == (2, 4)
+def test_captions_whose_attention_masks_differ_in_length_run_in_separate_passes_as_comfyui_runs_them():
+    def caption(n, value=1.0):
+        return {"cross_attn": value * torch.ones(1, n, 3), "attention_mask": torch.ones(1, n), "pooled_output": torch.ones(1, 4)}
+
+    embeddings = [caption(2), caption(3), caption(2, 2.0)]
+    assert text_groups(embeddings) == [[0, 2], [1]]
+    assert text_groups([{"cross_attn": torch.ones(1, n, 3)} for n in (2, 3)]) == [[0, 1]]  # no mask: one batch
+    with pytest.raises(ValueError, match="text_groups"):
+        concat_text(embeddings)
+
+    calls = []
+
+    class Recorder:
+        def denoise(self, noisy, sigma, text):
+            calls.append((noisy.shape[0], text["attention_mask"].shape))
+            return noisy * text["cross_attn"].mean()
+
+    noisy = torch.arange(3.0).reshape(3, 1)
+    estimate = denoise_in_text_groups(Recorder(), noisy, torch.ones(3), embeddings)
+    assert calls == [(2, (2, 2)), (1, (1, 3))]
+    assert estimate.flatten().tolist() == [0.0, 1.0, 2.0 * 1.5]  # each row back in its place
 
 
-def test_several_masked_sequences_and_stacked_layers_pad_each_to_its_own_longest():
-    # HunyuanDiT: CLIP tokens with one mask, mT5 tokens with another; HiDream-like stacked layers [B, L, T, D].
-    def caption(n, m):
-        return {"cross_attn": torch.ones(1, n, 2), "attention_mask": torch.ones(1, n),
-                "conditioning_mt5xl": torch.ones(1, m, 2), "attention_mask_mt5xl": torch.ones(1, m),
-                "stacked": torch.ones(1, 4, n, 2)}
-
-    batch = concat_text([caption(2, 5), caption(3, 4)])
-    assert batch["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
-    assert batch["attention_mask_mt5xl"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
-    assert batch["conditioning_mt5xl"].shape == (2, 5, 2) and batch["stacked"].shape == (2, 4, 3, 2)
-    assert batch["stacked"][0, :, 2].abs().sum() == 0
+def test_stacked_layers_repeat_along_their_token_axis():
+    # HiDream's Llama conditioning stacks layers: [1, layers, tokens, width].
+    batch = concat_text([{"stacked": torch.ones(1, 4, n, 2)} for n in (2, 3)])
+    assert batch["stacked"].shape == (2, 4, 6, 2)
 
 
 def test_unmasked_token_sequences_still_repeat_to_a_common_length_as_comfyui_batches_them():

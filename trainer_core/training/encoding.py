@@ -19,51 +19,44 @@ class _Data(Protocol):
     def load_image(self, item: Any) -> np.ndarray: ...
 
 
-def concat_text(embeddings: Sequence[TextEmbedding]) -> TextEmbedding:
-    """Batch per-caption embeddings whose token sequences differ in length.
+def text_groups(embeddings: Sequence[TextEmbedding]) -> list[list[int]]:
+    """Indices of the captions that batch into one forward pass, as ComfyUI's sampler batches conds.
 
-    Without an attention mask, sequences are repeated to a common length the way ComfyUI's
-    ``CONDCrossAttn`` batches conditioning (repetition leaves cross-attention's result unchanged). With
-    one (keys named ``attention_mask*``, one value per token), the masks are padded with zeros to the
-    longest and every token sequence with zeros after its last token, the mask's zeros marking the
-    padding out, as ComfyUI's encoders do when they pad to a fixed length. Repeating would feed the repeated tokens to models that
-    attend over text and image jointly, where repetition does change the result."""
-    masked = any(key.startswith("attention_mask") for key in embeddings[0])
+    Token sequences without an attention mask batch at any length (``CONDCrossAttn`` repeats them to a
+    common length). An attention mask (keys ``attention_mask*``) is a ``CONDRegular``, which ComfyUI
+    concatenates only at equal shapes: captions whose masks differ in length run in separate passes,
+    as two prompts of different lengths do in ComfyUI. (Padding instead does not work: Lumina 2 and
+    Z-Image pass a padded mask of a batch of 2 straight to attention, which cannot broadcast it.)"""
+    groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+    for index, embedding in enumerate(embeddings):
+        shapes = tuple(tuple(v.shape) for k, v in sorted(embedding.items()) if k.startswith("attention_mask"))
+        groups.setdefault(shapes, []).append(index)
+    return list(groups.values())
+
+
+def concat_text(embeddings: Sequence[TextEmbedding]) -> TextEmbedding:
+    """Batch per-caption embeddings of one ``text_groups`` group; token sequences of different lengths
+    are repeated to a common length the way ComfyUI batches conditioning (repetition leaves attention's
+    result unchanged), including stacked layers ([1, layers, tokens, width], HiDream's Llama)."""
+    if len(text_groups(embeddings)) > 1:
+        raise ValueError("captions whose attention masks differ in length do not batch: split them with text_groups")
     out: TextEmbedding = {}
     for key in embeddings[0]:
         tensors = [e[key] for e in embeddings]
-        token_axis = _token_axis(key, tensors[0])
-        lengths = {t.shape[token_axis] for t in tensors} if token_axis is not None else set()
-        if token_axis is not None and len(lengths) > 1:
-            if masked:
-                longest = max(lengths)
-                tensors = [_pad_tokens(t, token_axis, longest) for t in tensors]
-            else:
+        if tensors[0].ndim in (3, 4):
+            axis = tensors[0].ndim - 2
+            lengths = {t.shape[axis] for t in tensors}
+            if len(lengths) > 1:
                 length = math.lcm(*lengths)
-                tensors = [_repeat_tokens(t, token_axis, length) for t in tensors]
+                tensors = [_repeat_tokens(t, axis, length) for t in tensors]
         out[key] = torch.cat(tensors, dim=0)
     return out
-
-
-def _token_axis(key: str, tensor: torch.Tensor) -> int | None:
-    """The token axis of ``tensor``: a mask's last; the one before the width of a token sequence (3-D,
-    or 4-D for encoders that stack several layers' outputs, as HiDream's Llama)."""
-    if key.startswith("attention_mask"):
-        return tensor.ndim - 1
-    if tensor.ndim in (3, 4):
-        return tensor.ndim - 2
-    return None
 
 
 def _repeat_tokens(tensor: torch.Tensor, axis: int, length: int) -> torch.Tensor:
     repeats = [1] * tensor.ndim
     repeats[axis] = length // tensor.shape[axis]
     return tensor.repeat(*repeats)
-
-
-def _pad_tokens(tensor: torch.Tensor, axis: int, length: int) -> torch.Tensor:
-    pad = [0, 0] * (tensor.ndim - 1 - axis) + [0, length - tensor.shape[axis]]
-    return torch.nn.functional.pad(tensor, pad)
 
 
 def encode_latents(data: _Data, codec: LatentCodec, chunk: int = 8) -> list[torch.Tensor]:
