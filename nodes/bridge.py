@@ -73,7 +73,10 @@ class ComfyDenoiser:
         return torch.device(self.patcher.load_device)
 
     def denoise(self, noisy: torch.Tensor, sigma: torch.Tensor, text: TextEmbedding) -> torch.Tensor:
-        params: dict[str, Any] = dict(text)
+        # CONDITIONING from CLIPTextEncode always has "pooled_output", None where the encoder pools nothing
+        # (T5, Mistral, Qwen); ComfyUI's sampler passes it on, and Flux's encode_adm reads it.
+        params: dict[str, Any] = {"pooled_output": None}
+        params.update(text)
         params.update(
             device=self.device,
             noise=noisy,

@@ -11,8 +11,12 @@ from typing import Any
 
 from .bridge import UnsupportedModelError
 
-# ComfyUI model classes (``comfy.model_base``) that LoRA Lab's tests train end to end; BaseModel is SD1.5.
-TESTED_FAMILIES = ("BaseModel", "SDXL", "Flux")
+# ComfyUI model classes (``comfy.model_base``) that LoRA Lab's tests train: BaseModel is SD1.5 and SD2.x; the
+# others are the family matrix of tests/integration/test_model_families.py (Z-Image is a Lumina2).
+TESTED_FAMILIES = (
+    "BaseModel", "SDXL", "SD3", "Flux", "Flux2", "Chroma", "Lumina2", "QwenImage", "HiDream", "AuraFlow", "PixArt",
+    "HunyuanDiT", "WAN21", "HunyuanVideo",
+)
 
 # ComfyUI model classes that are not text-to-image diffusion models LoRA Lab can train, and what they are.
 # Subclasses are refused too (matched along the class's ancestry).

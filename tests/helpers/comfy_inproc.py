@@ -52,42 +52,28 @@ def load_pack() -> ModuleType:
     return pack
 
 
-SDXL_TINY = dict(
-    model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[0, 1],
-    transformer_depth_output=[0, 0, 1, 1], transformer_depth_middle=-2, num_head_channels=16, num_heads=-1,
-    context_dim=2048, adm_in_channels=2816, in_channels=4, out_channels=4, use_linear_in_transformer=True,
-    use_spatial_transformer=True, legacy=False, num_classes="sequential", image_size=32, use_checkpoint=False,
-    use_temporal_resblock=False, use_temporal_attention=False,
-)
-
-FLUX_TINY = dict(
-    image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=64,
-    mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12], theta=10000, patch_size=2,
-    qkv_bias=True, guidance_embed=True,
-)
-
-
 def tiny_model_patcher(family: str, seed: int = 0):
-    """A ComfyUI ``ModelPatcher`` over a tiny SDXL or Flux model with weights as a loader makes them
-    (inference tensors)."""
+    """A ComfyUI ``ModelPatcher`` over a tiny model of ``family`` (a name in ``tiny_families.FAMILIES``),
+    built with ComfyUI's own ``supported_models`` class, with weights as a loader makes them (inference
+    tensors)."""
     import comfy.model_patcher
     import comfy.supported_models
     import torch
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_families import FAMILIES
+
+    spec = FAMILIES[family]
+    model_class = getattr(comfy.supported_models, spec.model_class)
     torch.manual_seed(seed)
-    if family == "sdxl":
-        config = dict(comfy.supported_models.SDXL.unet_config)
-        config.update(SDXL_TINY)
-        model_config = comfy.supported_models.SDXL(config)
-    elif family == "flux":
-        config = dict(comfy.supported_models.Flux.unet_config)
-        config.update(FLUX_TINY)
-        model_config = comfy.supported_models.Flux(config)
-    else:
-        raise ValueError(family)
+    config = dict(model_class.unet_config)
+    config.update(spec.config)
+    model_config = model_class(config)
     model_config.set_inference_dtype(torch.float32, None)
+    # What get_model() reads from a checkpoint: "spread" = a tensor whose spread marks a v-prediction SD2.
+    state = {k: torch.linspace(-1, 1, 64) if v == "spread" else v for k, v in spec.model_state.items()}
     with torch.inference_mode():
-        model = model_config.get_model({})
+        model = model_config.get_model(state)
         # ComfyUI's ops skip initialisation (a loader fills the weights): fill them here, small and seeded.
         generator = torch.Generator().manual_seed(seed)
         for name, param in model.diffusion_model.named_parameters():
@@ -95,5 +81,8 @@ def tiny_model_patcher(family: str, seed: int = 0):
                 param.copy_(torch.randn(param.shape, generator=generator) * (0.5 / param.shape[1] ** 0.5))
             else:
                 param.copy_(torch.zeros(param.shape) if "bias" in name else torch.ones(param.shape))
+        for name in spec.loaded_buffers:
+            buffer = model.diffusion_model.get_buffer(name)
+            buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.1)
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)

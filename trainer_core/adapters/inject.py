@@ -160,6 +160,24 @@ class InjectedAdapter:
         for name in self.targets:
             yield name, self.network.get_submodule(name)
 
+    @contextlib.contextmanager
+    def training_mode(self) -> Iterator[None]:
+        """The network in eval mode, as ComfyUI runs it, with only the adapter's own layers (where LoRA
+        dropout lives) in train mode; every module's mode comes back after. A base network in train mode
+        takes branches ComfyUI never runs (PixArt's caption dropout, which needs 300 tokens and CUDA)."""
+        modes = {module: module.training for module in self.network.modules()}
+        try:
+            self.network.eval()
+            for _, layer in self.layers():
+                layer.training = True
+                for name, child in layer.named_children():
+                    if name != "base_layer":
+                        child.train()
+            yield
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+
     @property
     def scale(self) -> float:
         return adapter_scale(self.config)

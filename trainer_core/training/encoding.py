@@ -19,17 +19,44 @@ class _Data(Protocol):
     def load_image(self, item: Any) -> np.ndarray: ...
 
 
+def text_groups(embeddings: Sequence[TextEmbedding]) -> list[list[int]]:
+    """Indices of the captions that batch into one forward pass, as ComfyUI's sampler batches conds.
+
+    Token sequences without an attention mask batch at any length (``CONDCrossAttn`` repeats them to a
+    common length). An attention mask (keys ``attention_mask*``) is a ``CONDRegular``, which ComfyUI
+    concatenates only at equal shapes: captions whose masks differ in length run in separate passes,
+    as two prompts of different lengths do in ComfyUI. (Padding instead does not work: Lumina 2 and
+    Z-Image pass a padded mask of a batch of 2 straight to attention, which cannot broadcast it.)"""
+    groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+    for index, embedding in enumerate(embeddings):
+        shapes = tuple(tuple(v.shape) for k, v in sorted(embedding.items()) if k.startswith("attention_mask"))
+        groups.setdefault(shapes, []).append(index)
+    return list(groups.values())
+
+
 def concat_text(embeddings: Sequence[TextEmbedding]) -> TextEmbedding:
-    """Batch per-caption embeddings; token sequences of different lengths are repeated to a common
-    length the way ComfyUI batches conditioning (repetition leaves attention's result unchanged)."""
+    """Batch per-caption embeddings of one ``text_groups`` group; token sequences of different lengths
+    are repeated to a common length the way ComfyUI batches conditioning (repetition leaves attention's
+    result unchanged), including stacked layers ([1, layers, tokens, width], HiDream's Llama)."""
+    if len(text_groups(embeddings)) > 1:
+        raise ValueError("captions whose attention masks differ in length do not batch: split them with text_groups")
     out: TextEmbedding = {}
     for key in embeddings[0]:
         tensors = [e[key] for e in embeddings]
-        if tensors[0].ndim == 3 and len({t.shape[1] for t in tensors}) > 1:
-            length = math.lcm(*(t.shape[1] for t in tensors))
-            tensors = [t.repeat(1, length // t.shape[1], 1) for t in tensors]
+        if tensors[0].ndim in (3, 4):
+            axis = tensors[0].ndim - 2
+            lengths = {t.shape[axis] for t in tensors}
+            if len(lengths) > 1:
+                length = math.lcm(*lengths)
+                tensors = [_repeat_tokens(t, axis, length) for t in tensors]
         out[key] = torch.cat(tensors, dim=0)
     return out
+
+
+def _repeat_tokens(tensor: torch.Tensor, axis: int, length: int) -> torch.Tensor:
+    repeats = [1] * tensor.ndim
+    repeats[axis] = length // tensor.shape[axis]
+    return tensor.repeat(*repeats)
 
 
 def encode_latents(data: _Data, codec: LatentCodec, chunk: int = 8) -> list[torch.Tensor]:

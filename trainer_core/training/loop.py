@@ -154,13 +154,10 @@ def _optimise(
     run: TrainingRun, on_step: Callable[[StepReport], None] | None, checkpoints: CheckpointPolicy | None
 ) -> TrainingResult:
     """Step ``run`` to its last step, reporting each; on cancel or failure, checkpoint what was learned."""
-    network = run.denoiser.network
     device = run.denoiser.device
-    was_training = network.training
-    network.train()
     completed = False
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), contextlib.ExitStack() as in_place_safe:
+        with run.adapter.training_mode(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), contextlib.ExitStack() as in_place_safe:
             if run.global_rng_state is not None:
                 torch.set_rng_state(run.global_rng_state)
             else:
@@ -186,7 +183,6 @@ def _optimise(
                     on_step(StepReport(run.step, run.total_steps, loss, run.learning_rates[-1]))
             completed = True
     finally:
-        network.train(was_training)
         if not completed and checkpoints is not None and run.step > 0:
             # Cancelled or failed: keep what was learned so far, resumable.
             if not run.saved_checkpoints or run.saved_checkpoints[-1] != checkpoints.lora_path(run.step):

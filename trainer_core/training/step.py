@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
+from ..models.protocols import Denoiser, TextEmbedding
 from .bookkeeping import export_weights
-from .encoding import concat_text
+from .encoding import concat_text, text_groups
 from .losses import add_noise, diffusion_loss, sample_noise, sample_sigmas
 from .results import NonFiniteLossError
 from .run import TrainingRun
@@ -69,14 +70,14 @@ def forward_backward(run: TrainingRun, batch: list[list[int]]) -> float:
             captions = [run.caption(run.data.items[i], run.caption_rng) for i in indices]
         else:
             captions = [run.fixed_captions[i] for i in indices]
-        text = {k: v.to(device) for k, v in concat_text(run.texts.get(captions)).items()}
+        embeddings = run.texts.get(captions)
         noise = sample_noise(x0, run.noise_rng, training.noise_offset, training.multires_noise_iterations,
                              training.multires_noise_discount)
         sigma = sample_sigmas(denoiser.training_sigmas, x0.shape[0], run.noise_rng,
                               training.timestep_sampling).to(device)
         noisy = add_noise(x0, noise, sigma, denoiser.prediction)
         with _autocast(device, training.mixed_precision):
-            estimate = denoiser.denoise(noisy, sigma, text)
+            estimate = denoise_in_text_groups(denoiser, noisy, sigma, embeddings)
         loss = diffusion_loss(estimate, x0, sigma, denoiser.prediction, training.min_snr_gamma,
                               training.loss_type, training.huber_c)
         if not torch.isfinite(loss):
@@ -89,6 +90,27 @@ def forward_backward(run: TrainingRun, batch: list[list[int]]) -> float:
         run.scaler.scale(loss / training.gradient_accumulation).backward()
         step_loss += loss.item() / training.gradient_accumulation
     return step_loss
+
+
+def denoise_in_text_groups(
+    denoiser: Denoiser, noisy: torch.Tensor, sigma: torch.Tensor, embeddings: list[TextEmbedding]
+) -> torch.Tensor:
+    """The denoiser's estimate for the batch: one pass where the captions batch as ComfyUI batches them,
+    else one pass per ``text_groups`` group, put back in the batch's order."""
+    groups = text_groups(embeddings)
+    if len(groups) == 1:
+        return denoiser.denoise(noisy, sigma, _batched_text(embeddings, noisy.device))
+    estimates: list[torch.Tensor | None] = [None] * len(embeddings)
+    for group in groups:
+        index = torch.tensor(group, device=noisy.device)
+        text = _batched_text([embeddings[i] for i in group], noisy.device)
+        for position, estimate in zip(group, denoiser.denoise(noisy[index], sigma[index], text), strict=True):
+            estimates[position] = estimate
+    return torch.stack([estimate for estimate in estimates if estimate is not None])
+
+
+def _batched_text(embeddings: list[TextEmbedding], device: torch.device) -> TextEmbedding:
+    return {k: v.to(device) for k, v in concat_text(embeddings).items()}
 
 
 def apply_gradients(run: TrainingRun) -> None:

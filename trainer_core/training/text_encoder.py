@@ -92,8 +92,8 @@ def text_encoder_lora(encoder: TextEncoder, lora: LoRAConfig, seed: int) -> Iter
         # Always a plain LoRA: the text-encoder keys ComfyUI maps are checked for that type.
         adapter = inject_adapter(network, dataclasses.replace(lora, adapter="lora"), seed, targets=targets)
         try:
-            network.train()  # LoRA dropout
-            yield adapter
+            with adapter.training_mode():  # LoRA dropout on; the encoder itself runs as it does for inference
+                yield adapter
         finally:
             adapter.remove()
             for module, mode in was_training.items():
