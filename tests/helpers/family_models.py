@@ -1,8 +1,8 @@
 """Tiny models of several families built from ComfyUI's own model classes, their VAEs, their own
 empty-latent nodes and conditioning shaped like their text encoders', for tests at the MODEL level.
 
-SDXL and Flux come from ``comfy_inproc.tiny_model_patcher``; the rest are configs small enough to build in
-well under a second on a CPU.
+Every family but SD1.5 comes from the family matrix's table (``tiny_families``) through
+``comfy_inproc.tiny_model_patcher``; SD1.5's tiny config is here.
 """
 
 from __future__ import annotations
@@ -11,52 +11,51 @@ import functools
 
 import torch
 from comfy_inproc import tiny_model_patcher
+from tiny_families import FAMILIES
 
-TINY_CONFIGS = {  # ComfyUI's supported_models class and a tiny config of its network
-    "sd15": ("SD15", dict(
-        model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[0, 1],
-        transformer_depth_output=[0, 0, 1, 1], transformer_depth_middle=-2, num_head_channels=16, num_heads=-1,
-        in_channels=4, out_channels=4, use_spatial_transformer=True, legacy=False, image_size=32,
-        use_checkpoint=False, use_temporal_resblock=False)),
-    "sd3": ("SD3", dict(
-        in_channels=16, out_channels=16, patch_size=2, depth=1, input_size=None, adm_in_channels=2048,
-        context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 64}},
-        pos_embed_max_size=32, num_patches=1024)),
-    "flux2": ("Flux2", dict(
-        in_channels=128, out_channels=128, hidden_size=64, num_heads=2, axes_dim=[8, 8, 8, 8], depth=1,
-        depth_single_blocks=1, context_in_dim=64, mlp_ratio=3.0, theta=2000, global_modulation=True,
-        vec_in_dim=None, mlp_silu_act=True, qkv_bias=False, ops_bias=False, default_ref_method="index",
-        ref_index_scale=10.0, patch_size=1, guidance_embed=True)),
-    "wan21": ("WAN21_T2V", dict(
-        image_model="wan2.1", dim=64, out_dim=16, num_heads=2, ffn_dim=128, num_layers=1, patch_size=(1, 2, 2),
-        freq_dim=256, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6, in_dim=16,
-        model_type="t2v", text_dim=4096)),
-    "hunyuan_video": ("HunyuanVideo", dict(
-        image_model="hunyuan_video", in_channels=16, out_channels=16, patch_size=[1, 2, 2], vec_in_dim=768,
-        axes_dim=[8, 12, 12], meanflow=False, context_in_dim=4096, hidden_size=64, mlp_ratio=4.0, num_heads=2,
-        depth=1, depth_single_blocks=1, theta=256, qkv_bias=True, byt5=False, guidance_embed=True,
-        use_cond_type_embedding=False, vision_in_dim=None)),
-}
+# SD1.5 is trained through the canvas, not in the family matrix: its tiny config lives here.
+SD15_TINY = (
+    "SD15",
+    dict(
+        model_channels=32,
+        channel_mult=[1, 2],
+        num_res_blocks=[1, 1],
+        transformer_depth=[0, 1],
+        transformer_depth_output=[0, 0, 1, 1],
+        transformer_depth_middle=-2,
+        num_head_channels=16,
+        num_heads=-1,
+        in_channels=4,
+        out_channels=4,
+        use_spatial_transformer=True,
+        legacy=False,
+        image_size=32,
+        use_checkpoint=False,
+        use_temporal_resblock=False,
+    ),
+)
 
-CONDITIONING = {  # text-encoder outputs shaped like the real encoders' (None: the encoder gives no pooled output)
-    "sd15": ((77, 768), None),
-    "sdxl": ((77, 2048), (1280,)),
-    "sd3": ((77, 4096), (2048,)),
-    "flux": ((16, 4096), (768,)),
-    "flux2": ((16, 64), None),
-    "wan21": ((16, 4096), None),
-    "hunyuan_video": ((16, 4096), (768,)),
-}
+TOKENS = 16  # token count for encoders whose output length follows the caption
+
+
+def conditioning(family: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """(cross_attn shape, pooled shape or None) shaped like the family's real text encoders', from the
+    family matrix's table (``tiny_families.FAMILIES``); SD1.5's CLIP-L is 77 x 768 with no pooled output used."""
+    if family == "sd15":
+        return (77, 768), None
+    text = FAMILIES[family].text
+    cross = tuple(TOKENS if size == "T" else size for size in text["cross_attn"])
+    return cross, text.get("pooled_output")
 
 
 def family_patcher(family: str):
     """A ModelPatcher over ComfyUI's own model class for ``family``, tiny and seeded."""
-    if family in ("sdxl", "flux"):
+    if family in FAMILIES:
         return tiny_model_patcher(family)
     import comfy.model_patcher
     import comfy.supported_models
 
-    class_name, tiny = TINY_CONFIGS[family]
+    class_name, tiny = SD15_TINY
     model_class = getattr(comfy.supported_models, class_name)
     config = dict(model_class.unet_config)
     config.update(tiny)
@@ -84,11 +83,15 @@ def family_vae(family: str):
     if family in ("wan21", "hunyuan_video"):
         return None
     if family == "flux2":
-        vae = comfy.sd.VAE(sd={
-            "decoder.conv_in.weight": torch.zeros(512, 32, 3, 3), "decoder.up.3.upsample.conv.weight": torch.zeros(512, 512, 3, 3),
-            "post_quant_conv.weight": torch.zeros(32, 32, 1, 1), "bn.running_mean": torch.zeros(128),
-            "bn.running_var": torch.ones(128),
-        })
+        vae = comfy.sd.VAE(
+            sd={
+                "decoder.conv_in.weight": torch.zeros(512, 32, 3, 3),
+                "decoder.up.3.upsample.conv.weight": torch.zeros(512, 512, 3, 3),
+                "post_quant_conv.weight": torch.zeros(32, 32, 1, 1),
+                "bn.running_mean": torch.zeros(128),
+                "bn.running_var": torch.ones(128),
+            }
+        )
     else:
         channels = 16 if family in ("sd3", "flux") else 4
         vae = comfy.sd.VAE(sd={"taesd_decoder.1.weight": torch.zeros(64, channels, 3, 3)})
@@ -123,7 +126,7 @@ class FakeClip:
     """Encodes every prompt to seeded noise shaped like ``family``'s real text encoders' output."""
 
     def __init__(self, family: str):
-        self.cross_attn, self.pooled = CONDITIONING[family]
+        self.cross_attn, self.pooled = conditioning(family)
 
     def tokenize(self, text):
         return text
