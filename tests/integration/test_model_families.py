@@ -79,6 +79,31 @@ class FakeCodec:
         return torch.einsum("cd,bdhw->bchw", self.projection, pooled)
 
 
+
+def assert_loads_back_as_trained(bridge, patcher, weights, probe, train_time, base_output, caplog) -> None:
+    """Every key of ``weights`` maps onto the model through ComfyUI's own loader (none is left over), and
+    the load-time output on ``probe`` (x, sigma, text) equals the train-time one, which the LoRA changed."""
+    import comfy.lora
+    import comfy.model_management
+    import comfy.sd
+
+    key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
+    with caplog.at_level(logging.WARNING):
+        patches = comfy.lora.load_lora(weights, key_map)
+    assert "lora key not loaded" not in caplog.text
+    assert len(patches) == sum(k.endswith(".alpha") for k in weights) > 0
+
+    loaded, _ = comfy.sd.load_lora_for_models(patcher, None, weights, 1.0, 0.0)
+    comfy.model_management.load_models_gpu([loaded])
+    try:
+        with torch.no_grad():
+            load_time = bridge.ComfyDenoiser(loaded).denoise(*probe)
+    finally:
+        loaded.unpatch_model()
+    change = (train_time - base_output).abs().max().item()
+    assert change > 1e-4, "the LoRA changed nothing"
+    torch.testing.assert_close(load_time, train_time, rtol=1e-4, atol=1e-5 + 1e-3 * change)
+
 @pytest.fixture(scope="module")
 def pack():
     return load_pack()
@@ -90,9 +115,6 @@ def pack():
      ("sdxl", True, "lokr"), ("flux", False, "dora"), ("flux", False, "lokr")],
 )
 def test_family_trains_leaves_model_alone_and_loads_back_identically(pack, family, rslora, adapter, caplog):
-    import comfy.lora
-    import comfy.model_management
-    import comfy.sd
     from lora_lab.nodes import bridge
     from lora_lab.trainer_core.adapters.config import LoRAConfig
     from lora_lab.trainer_core.training.config import TrainingConfig
@@ -129,24 +151,8 @@ def test_family_trains_leaves_model_alone_and_loads_back_identically(pack, famil
     for name, param in network.named_parameters():
         assert param is before[name][0] and torch.equal(param, before[name][1]), name
 
-    # Every key maps onto the model through ComfyUI's own loader, none is left over.
-    key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
-    with caplog.at_level(logging.WARNING):
-        patches = comfy.lora.load_lora(result.weights, key_map)
-    assert "lora key not loaded" not in caplog.text
-    assert len(patches) == sum(k.endswith(".alpha") for k in result.weights) > 0
-
-    # Load-time (ComfyUI's LoRA patching) equals train-time application.
-    loaded, _ = comfy.sd.load_lora_for_models(patcher, None, result.weights, 1.0, 0.0)
-    comfy.model_management.load_models_gpu([loaded])
-    try:
-        with torch.no_grad():
-            load_time = bridge.ComfyDenoiser(loaded).denoise(probe_x, probe_sigma, probe_text)
-    finally:
-        loaded.unpatch_model()
-    change = (seen["train_time"] - base_output).abs().max().item()
-    assert change > 1e-4, "the LoRA changed nothing"
-    torch.testing.assert_close(load_time, seen["train_time"], rtol=1e-4, atol=1e-5 + 1e-3 * change)
+    assert_loads_back_as_trained(bridge, patcher, result.weights, (probe_x, probe_sigma, probe_text), seen["train_time"],
+                                 base_output, caplog)
 
 
 class FamilyCodec:
@@ -182,9 +188,6 @@ def test_family_matrix_trains_at_batch_2_leaves_model_alone_and_loads_back_ident
     """Each family through Train LoRA's own path: two captions of different token lengths in one batch,
     a loss that falls on that fixed batch, the shared model untouched (parameters and buffers), and a
     file that ComfyUI's LoRA loader takes whole and that gives the train-time output."""
-    import comfy.lora
-    import comfy.model_management
-    import comfy.sd
     from lora_lab.nodes import bridge
     from lora_lab.trainer_core.adapters.config import LoRAConfig
     from lora_lab.trainer_core.training.config import TrainingConfig
@@ -243,22 +246,8 @@ def test_family_matrix_trains_at_batch_2_leaves_model_alone_and_loads_back_ident
     for name, buffer in network.named_buffers():
         assert torch.equal(buffer, buffers[name]), name
 
-    key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
-    with caplog.at_level(logging.WARNING):
-        patches = comfy.lora.load_lora(result.weights, key_map)
-    assert "lora key not loaded" not in caplog.text
-    assert len(patches) == sum(k.endswith(".alpha") for k in result.weights) > 0
-
-    loaded, _ = comfy.sd.load_lora_for_models(patcher, None, result.weights, 1.0, 0.0)
-    comfy.model_management.load_models_gpu([loaded])
-    try:
-        with torch.no_grad():
-            load_time = bridge.ComfyDenoiser(loaded).denoise(probe_x, probe_sigma, probe_text)
-    finally:
-        loaded.unpatch_model()
-    change = (seen["train_time"] - base_output).abs().max().item()
-    assert change > 1e-4, "the LoRA changed nothing"
-    torch.testing.assert_close(load_time, seen["train_time"], rtol=1e-4, atol=1e-5 + 1e-3 * change)
+    assert_loads_back_as_trained(bridge, patcher, result.weights, (probe_x, probe_sigma, probe_text), seen["train_time"],
+                                 base_output, caplog)
 
 
 def test_sdxl_text_encoder_lora_keys_are_kohyas_te1_and_te2_and_comfyui_loads_every_one(pack, caplog):
