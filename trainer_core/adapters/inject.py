@@ -14,6 +14,7 @@ must leave it exactly as it was, so this module:
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,10 +25,26 @@ from torch import nn
 from .adapter_types import PARAMETER_PREFIXES, adapter_scale, peft_config
 from .config import LoRAConfig
 
-# Modules whose children are the attention / feed-forward layers kohya trains by default.
-_TRANSFORMER_BLOCK = re.compile(r"(SpatialTransformer|Transformer2D|TransformerBlock|StreamBlock|JointBlock|DiTBlock)")
-# Embedders and heads are left alone by 'all_linear'.
-_EMBEDDER = re.compile(r"(^|\.)(time_embed|label_emb|time_in|vector_in|guidance_in|time_text_embed|t_embedder|y_embedder|final_layer|norm_out|proj_out_final)(\.|$)")
+# Modules whose children are the attention / feed-forward layers kohya trains by default: the UNet's
+# spatial transformers, the DiT families' double/single/joint blocks, Wan's attention blocks, PixArt's
+# blocks and Cosmos Predict2's ``Block``.
+_TRANSFORMER_BLOCK = re.compile(
+    r"(SpatialTransformer|Transformer2D|TransformerBlock|StreamBlock|JointBlock|DiTBlock|AttentionBlock"
+    r"|PixArtMSBlock|^Block$)"
+)
+# Embedders and heads, left alone by both targets: timestep / guidance / pooled-vector embedders (and the
+# networks that turn them into modulation: PixArt's t_block, Wan's time_projection, Chroma's
+# approximator), text embedders that are MLPs, and the output layer with its modulation. The input
+# projections of the token streams (Flux's img_in / txt_in and their counterparts) are trained by
+# 'all_linear', as Flux's always were.
+_EMBEDDER = re.compile(
+    r"(^|\.)(time_embed|label_emb|time_in|vector_in|guidance_in|time_text_embed|t_embedder|y_embedder"
+    r"|p_embedder|c_embedder|extra_embedder|time_embedding|time_projection|t_block|text_embedding|mlp_t5"
+    r"|distilled_guidance_layer|final_layer|norm_out|proj_out_final)(\.|$)"
+    r"|^(head|proj_out|final_linear|modF|pooler)(\.|$)"
+)
+
+logger = logging.getLogger(__name__)
 
 
 class AdapterError(ValueError):
@@ -48,11 +65,16 @@ def find_target_modules(network: nn.Module, target: str) -> list[str]:
                 continue
             if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
                 continue
-            if any(name.startswith(prefix + ".") for prefix in inside):
+            if any(name.startswith(prefix + ".") for prefix in inside) and not _EMBEDDER.search(name):
                 names.append(name)
         if names:
             return names
-        # An architecture we don't know by name: fall back to every linear layer.
+        # An architecture we don't know by name: fall back to every linear layer, and say so.
+        logger.warning(
+            "LoRA Lab: target 'attention' found no transformer blocks in %s; training every linear layer "
+            "except the embedders instead (as target 'all_linear')",
+            type(network).__name__,
+        )
         target = "all_linear"
     if target == "all_linear":
         for name, module in network.named_modules():
