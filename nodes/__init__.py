@@ -8,29 +8,16 @@ from __future__ import annotations
 
 from .auto_caption import AutoCaption
 from .load_dataset import LoadDataset
-from .optimizer_settings import LoRALabOptimizerSettings
 from .save_checkpoint import SaveCheckpoint
 from .stack_compare import CompareLoRAStack
 from .strength_sweep import TestLoRAStrengthSweep
-from .train_lora import TrainLoRA
-from .train_settings import (
-    LoRALabAdapterSettings,
-    LoRALabLossSettings,
-    LoRALabMemorySettings,
-    LoRALabSampleSettings,
-    LoRALabTextEncoderSettings,
-)
+from .train_lora import SETTINGS_NODES, TrainLoRA
 
 NODE_CLASSES = [
     LoadDataset,
     AutoCaption,
     TrainLoRA,
-    LoRALabOptimizerSettings,
-    LoRALabLossSettings,
-    LoRALabMemorySettings,
-    LoRALabAdapterSettings,
-    LoRALabSampleSettings,
-    LoRALabTextEncoderSettings,
+    *SETTINGS_NODES,  # its settings nodes, in the order of its settings inputs
     SaveCheckpoint,
     TestLoRAStrengthSweep,
     CompareLoRAStack,
