@@ -106,7 +106,7 @@ def _default_comfy_root() -> Path:
     return comfyui_root()
 
 
-def _seeded_init_(module: Any, generator: Any) -> None:
+def seeded_init_(module: Any, generator: Any) -> None:
     """Give every parameter a deterministic value.
 
     ComfyUI's layers skip weight initialisation (real weights are loaded over them), so without
@@ -188,18 +188,18 @@ def _write_tiny_sd15(path: Path, seed: int, comfy_root: Path) -> None:
     unet = openaimodel.UNetModel(
         **TINY_SD15_UNET_CONFIG, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init
     )
-    _seeded_init_(unet, generator)
+    seeded_init_(unet, generator)
     state.update({f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()})
 
     vae = comfy.taesd.taesd.TAESD(latent_channels=4)
-    _seeded_init_(vae, generator)
+    seeded_init_(vae, generator)
     _calibrate_taesd_(vae, generator)
     state.update({f"first_stage_model.{k}": v for k, v in vae.state_dict().items()})
 
     # SD1 checkpoints keep the text encoder as `cond_stage_model.transformer.text_model.*`;
     # ComfyUI maps `cond_stage_model.` onto its `clip_l.` model when it loads them.
     clip = comfy.sd1_clip.SD1ClipModel(device="cpu", dtype=torch.float32).clip_l
-    _seeded_init_(clip, generator)
+    seeded_init_(clip, generator)
     for key, value in clip.state_dict().items():
         if key.endswith("logit_scale"):
             value = torch.tensor(math.log(100.0))  # CLIP's trained value; unused for conditioning
