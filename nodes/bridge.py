@@ -36,9 +36,11 @@ def prediction_type(model_sampling: Any) -> PredictionType:
         return "eps"
     if isinstance(model_sampling, comfy.model_sampling.CONST):
         return "flow"
+    if isinstance(model_sampling, comfy.model_sampling.COSMOS_RFLOW):  # Cosmos Predict2
+        return "flow_cosmos"
     raise UnsupportedModelError(
         f"LoRA Lab cannot train this model: its prediction type ({type(model_sampling).__name__}) is not eps, v, "
-        "flow or x0."
+        "flow, Cosmos rectified flow or x0."
     )
 
 
