@@ -149,6 +149,7 @@ def check_cell_size(model, vae, width: int, height: int) -> None:
 
 def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[list[Cell]], sampling: Sampling,
                  problems: dict[str, str]) -> list[list[np.ndarray]]:
+    bridge.check_vae_fits(vae, model, "vae")
     check_cell_size(model, vae, sampling.width, sampling.height)
     out: list[list[np.ndarray | None]] = [[None] * len(row) for row in cells]
     groups: dict[tuple, list[tuple[int, int]]] = {}

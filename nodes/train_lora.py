@@ -188,6 +188,7 @@ class TrainLoRA(io.ComfyNode):
         text_encoder_settings: NodeSettings | None = None,
     ) -> io.NodeOutput:
         families.check_trainable_family(model)  # before anything is cloned or loaded
+        bridge.check_vae_fits(vae, model, "TrainLoRA: vae")
         refuse_moved_inputs(cls.hidden.prompt, cls.hidden.unique_id)
         settings = merged_settings(SETTINGS_NODES, {
             "optimizer_settings": optimizer_settings, "loss_settings": loss_settings,
