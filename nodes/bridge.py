@@ -196,7 +196,8 @@ _AXES = {2: "image", 3: "video"}
 def vae_mismatch(vae: Any, patcher: Any) -> str | None:
     """Why ``vae`` cannot encode or decode the latents of ``patcher``'s model (another family's VAE: other
     latent channels, or image latents for a video model); None when it fits (or cannot be told)."""
-    channels, axes = getattr(vae, "latent_channels", None), getattr(vae, "latent_dim", None)
+    channels: int | None = getattr(vae, "latent_channels", None)
+    axes: int = getattr(vae, "latent_dim", 2)
     latent_format = patcher.get_model_object("latent_format")
     wanted_channels, wanted_axes = latent_format.latent_channels, latent_format.latent_dimensions
     if channels is None or channels == wanted_channels and (
