@@ -61,6 +61,22 @@ def latent_downscale(patcher: Any, vae: Any = None) -> int:
     return 8
 
 
+def fitted_size(patcher: Any, vae: Any, width: int, height: int, where: str) -> tuple[int, int, str | None]:
+    """The image size nearest ``width`` x ``height`` that the MODEL can make (its latent is 1/``latent_downscale``
+    of the image: Flux.2 draws in steps of 16 px, HunyuanImage 2.1 in steps of 32), and a note, also printed
+    to the console, when that is not the size asked (None when it is). ``where`` names the node and inputs."""
+    step = latent_downscale(patcher, vae)
+    fitted_width, fitted_height = (max(step, (size + step // 2) // step * step) for size in (width, height))
+    if (fitted_width, fitted_height) == (width, height):
+        return width, height, None
+    note = (
+        f"{where}: this MODEL ({model_family(patcher)}) makes images in steps of {step} px, so {width}x{height} is "
+        f"drawn at {fitted_width}x{fitted_height}, the nearest size it can make"
+    )
+    print(f"[LoRA Lab] {note}", flush=True)
+    return fitted_width, fitted_height, note
+
+
 def ksample(model: Any, positive: list, negative: list, seed: int, steps: int, cfg: float, sampler_name: str,
             scheduler: str, width: int, height: int, vae: Any = None) -> torch.Tensor:
     """What the family's empty-latent node + ``KSampler`` give (one image), through ComfyUI's own

@@ -36,7 +36,7 @@ from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES
 from ..trainer_core.training.schedulers import SCHEDULER_CHOICES, SchedulerConfig
 from . import bridge, families
 from .optimizer_settings import LoRALabOptimizerSettings, optimizer_config
-from .train_progress import CanvasProgress, SampleImages, show_memory_estimate
+from .train_progress import CanvasProgress, SampleImages, send_text, show_memory_estimate
 from .train_settings import (
     LoRALabAdapterSettings,
     LoRALabLossSettings,
@@ -281,6 +281,8 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
     samples = SampleImages(settings["sample_every"], [p for p in prompts if p], patcher, training_clip, vae, seed,
                            settings["sample_steps"], settings["sample_cfg"], dataset.resolution,
                            [denoiser.network, clip.cond_stage_model] if train_text else [denoiser.network])
+    if samples.size_note:  # in the console already; on the node too, before the first step
+        send_text(samples.size_note, node_id)
     total = training.resolved_steps(samples_per_epoch(dataset))
     try:
         result = train_lora(

@@ -135,6 +135,8 @@ def family_node_latent(family: str, width: int, height: int) -> torch.Tensor:
 class FakeClip:
     """Encodes every prompt to seeded noise shaped like ``family``'s real text encoders' output."""
 
+    cond_stage_model = torch.nn.Module()  # no text-encoder layers for a LoRA to match
+
     def __init__(self, family: str):
         self.cross_attn, self.pooled = conditioning(family)
 

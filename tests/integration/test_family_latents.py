@@ -138,10 +138,57 @@ def test_sweep_cells_render_flux2_at_the_size_asked(sampler):
         assert [image.shape for image in rows[0]] == [(HEIGHT, WIDTH, 3)] * 2
 
 
-def test_a_sweep_size_flux2_cannot_make_is_refused_with_the_sizes_it_can(sampler):
+def test_a_sweep_size_flux2_cannot_make_is_drawn_at_the_nearest_and_the_report_says_so(sampler, capsys):
+    """ComfyUI's own EmptyFlux2LatentImage cannot make 68x40 either (it steps by 16 and rounds down): the
+    cells are drawn at the nearest size Flux.2 can make, said in the console and in the node's report."""
     from lora_lab.nodes import grid_render
 
-    sampling = grid_render.Sampling("", 0, 2, 1.0, "euler", "simple", 520, 512)
-    with pytest.raises(ValueError, match=r"\(Flux2\) makes images in steps of 16 px, and 520x512 .* use 512x512"):
-        grid_render.render_cells(family_patcher("flux2"), FakeClip("flux2"), family_vae("flux2"), {},
-                                 [[grid_render.Cell((), "a red square")]], sampling, {})
+    asked = grid_render.Sampling("", 0, 2, 1.0, "euler", "simple", 68, 40)
+    sampling, note = grid_render.fit_cell_size(family_patcher("flux2"), family_vae("flux2"), asked)
+    assert (sampling.width, sampling.height) == (64, 48)  # 68 -> 64, 40 -> 48 (not 32, ComfyUI's node's)
+    assert note == ("width/height: this MODEL (Flux2) makes images in steps of 16 px, so 68x40 is drawn at "
+                    "64x48, the nearest size it can make")
+    assert f"[LoRA Lab] {note}" in capsys.readouterr().out
+    with torch.inference_mode():
+        rows = grid_render.render_cells(family_patcher("flux2"), FakeClip("flux2"), family_vae("flux2"), {},
+                                        [[grid_render.Cell((), "a red square")]], sampling, {})
+    assert rows[0][0].shape == (48, 64, 3)
+    unchanged, none = grid_render.fit_cell_size(family_patcher("flux2"), family_vae("flux2"),
+                                                grid_render.Sampling("", 0, 2, 1.0, "euler", "simple", 96, 48))
+    assert (unchanged.width, unchanged.height, none) == (96, 48, None)
+
+
+def test_the_sweep_nodes_report_the_size_they_drew(sampler, capsys, monkeypatch):
+    """Through TestLoRAStrengthSweep's own execute: the report names the size drawn, the grid is that size."""
+    from lora_lab.nodes import grid_render, strength_sweep
+    from lora_lab.trainer_core.adapters.export import LoRAWeights
+
+    monkeypatch.setattr(grid_render, "save_grid", lambda *a: {})
+    inputs = dict(
+        prompts="a red square", negative="", strengths="0", include_baseline=False,
+        clip_strength_mode=strength_sweep.CLIP_MODES[0], clip_strength=1.0, seed=0, steps=1, cfg=1.0,
+        sampler_name="euler", scheduler="simple", width=72, height=40, lora_name=grid_render.NO_FILE,
+        lora=LoRAWeights({}, {"ss_output_name": "empty"}),
+    )
+    with torch.inference_mode():  # as ComfyUI runs every node
+        result = strength_sweep.TestLoRAStrengthSweep.execute(
+            model=family_patcher("flux2"), clip=FakeClip("flux2"), vae=family_vae("flux2"), **inputs)
+    _, images, report = result.result
+    assert tuple(images.shape[1:3]) == (48, 80)  # 40 -> 48 (nearest step of 16), 72 -> 80
+    assert "72x40 is drawn at 80x48" in report and "72x40 is drawn at 80x48" in capsys.readouterr().out
+
+
+def test_train_loras_sample_images_at_a_size_flux2_cannot_make_come_at_the_nearest(sampler, capsys):
+    from lora_lab.nodes.train_progress import SampleImages
+    from lora_lab.trainer_core.training.results import StepReport
+
+    patcher = family_patcher("flux2")
+    samples = SampleImages(every=1, prompts=["a red square"], patcher=patcher, clip=FakeClip("flux2"),
+                           vae=family_vae("flux2"), seed=0, steps=1, cfg=1.0, size=72,
+                           networks=[patcher.model.diffusion_model])
+    assert samples.size_note == ("TrainLoRA: sample images: this MODEL (Flux2) makes images in steps of 16 px, so "
+                                 "72x72 is drawn at 80x80, the nearest size it can make")
+    assert samples.size_note in capsys.readouterr().out
+    with torch.inference_mode():
+        samples(StepReport(step=1, total=1, loss=0.5, learning_rate=1e-4))
+    assert tuple(samples.output().shape) == (1, 80, 80, 3)
