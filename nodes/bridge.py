@@ -215,10 +215,17 @@ def vae_mismatch(vae: Any, patcher: Any) -> str | None:
 
 def check_vae_fits(vae: Any, patcher: Any, where: str) -> None:
     """Refuse another family's VAE before anything is encoded, sampled or decoded; ``where`` names the node
-    and input for the message (e.g. "TrainLoRA: vae")."""
+    and input for the message (e.g. "TrainLoRA: vae"). For a family LoRA Lab's tests do not cover, whose
+    VAE may legitimately differ from its latent format, it is a console warning instead."""
+    from .families import TESTED_FAMILIES  # families imports this module
+
     problem = None if vae is None else vae_mismatch(vae, patcher)
-    if problem is not None:
-        raise ValueError(f"{where}: {problem}")
+    if problem is None:
+        return
+    if model_family(patcher) not in TESTED_FAMILIES:
+        print(f"[LoRA Lab] Warning: {where}: {problem}", flush=True)
+        return
+    raise ValueError(f"{where}: {problem}")
 
 
 class ComfyLatentCodec:

@@ -78,3 +78,19 @@ def test_a_vae_of_the_same_latent_kind_is_accepted_and_renders(nodes):
         rows = grid_render.render_cells(family_patcher("sd3"), FakeClip("sd3"), family_vae("flux"), {},
                                         [[grid_render.Cell((), "a red square")]], sampling, {})
     assert rows[0][0].shape == (48, 64, 3)
+
+
+def test_on_a_family_the_tests_do_not_cover_a_mismatch_is_a_warning_not_a_refusal(nodes, capsys):
+    """An untested family's VAE may legitimately differ from its latent format: say it, do not refuse."""
+    load_pack()
+    from lora_lab.nodes import bridge
+
+    patcher = family_patcher("flux")
+
+    class BrandNewFlux(type(patcher.model)):  # a family LoRA Lab's tests have never trained
+        pass
+
+    patcher.model.__class__ = BrandNewFlux
+    bridge.check_vae_fits(family_vae("sd15"), patcher, "vae")
+    out = capsys.readouterr().out
+    assert out.startswith("[LoRA Lab] Warning: vae: the VAE (an SD1.5 / SDXL VAE") and "BrandNewFlux" in out
