@@ -36,9 +36,11 @@ def prediction_type(model_sampling: Any) -> PredictionType:
         return "eps"
     if isinstance(model_sampling, comfy.model_sampling.CONST):
         return "flow"
+    if isinstance(model_sampling, comfy.model_sampling.COSMOS_RFLOW):  # Cosmos Predict2
+        return "flow_cosmos"
     raise UnsupportedModelError(
         f"LoRA Lab cannot train this model: its prediction type ({type(model_sampling).__name__}) is not eps, v, "
-        "flow or x0."
+        "flow, Cosmos rectified flow or x0."
     )
 
 
@@ -181,6 +183,49 @@ def clip_key_namer(clip: Any) -> Any:
     for target in find_text_encoder_targets(clip.cond_stage_model):
         name(target)  # fail before training, not when saving
     return name
+
+
+# What a VAE is, told by its latents (channels, axes), for messages: ComfyUI's VAE does not know its file.
+_VAE_KINDS = {
+    (4, 2): "an SD1.5 / SDXL VAE", (16, 2): "an SD3 / Flux.1 VAE", (128, 2): "a Flux.2 VAE",
+    (64, 2): "a HunyuanImage 2.1 VAE", (16, 3): "a Wan 2.1 / HunyuanVideo / Qwen-Image VAE", (48, 3): "a Wan 2.2 5B VAE",
+}
+_AXES = {2: "image", 3: "video"}
+
+
+def vae_mismatch(vae: Any, patcher: Any) -> str | None:
+    """Why ``vae`` cannot encode or decode the latents of ``patcher``'s model (another family's VAE: other
+    latent channels, or image latents for a video model); None when it fits (or cannot be told)."""
+    channels: int | None = getattr(vae, "latent_channels", None)
+    axes: int = getattr(vae, "latent_dim", 2)
+    latent_format = patcher.get_model_object("latent_format")
+    wanted_channels, wanted_axes = latent_format.latent_channels, latent_format.latent_dimensions
+    if channels is None or channels == wanted_channels and (
+        axes == wanted_axes or axes not in _AXES or wanted_axes not in _AXES
+    ):
+        return None
+    kind = _VAE_KINDS.get((channels, axes), "a VAE")
+    return (
+        f"the VAE ({kind}: {channels}-channel {_AXES.get(axes, f'{axes}-D')} latents) does not fit the MODEL "
+        f"(ComfyUI's {model_family(patcher)}, which works on {wanted_channels}-channel "
+        f"{_AXES.get(wanted_axes, f'{wanted_axes}-D')} latents). Connect this model's own VAE: the VAE output of "
+        "the checkpoint loader that gives the MODEL, or a Load VAE node with the VAE file made for this model."
+    )
+
+
+def check_vae_fits(vae: Any, patcher: Any, where: str) -> None:
+    """Refuse another family's VAE before anything is encoded, sampled or decoded; ``where`` names the node
+    and input for the message (e.g. "TrainLoRA: vae"). For a family LoRA Lab's tests do not cover, whose
+    VAE may legitimately differ from its latent format, it is a console warning instead."""
+    from .families import TESTED_FAMILIES  # families imports this module
+
+    problem = None if vae is None else vae_mismatch(vae, patcher)
+    if problem is None:
+        return
+    if model_family(patcher) not in TESTED_FAMILIES:
+        print(f"[LoRA Lab] Warning: {where}: {problem}", flush=True)
+        return
+    raise ValueError(f"{where}: {problem}")
 
 
 class ComfyLatentCodec:

@@ -12,10 +12,11 @@ from typing import Any
 from .bridge import UnsupportedModelError
 
 # ComfyUI model classes (``comfy.model_base``) that LoRA Lab's tests train: BaseModel is SD1.5 and SD2.x; the
-# others are the family matrix of tests/integration/test_model_families.py (Z-Image is a Lumina2).
+# others are the family matrix of tests/integration/test_model_families.py (Z-Image is a Lumina2; Wan 2.2's
+# 14B is a WAN21, its 5B a WAN22).
 TESTED_FAMILIES = (
     "BaseModel", "SDXL", "SD3", "Flux", "Flux2", "Chroma", "Lumina2", "QwenImage", "HiDream", "AuraFlow", "PixArt",
-    "HunyuanDiT", "WAN21", "HunyuanVideo",
+    "HunyuanDiT", "WAN21", "WAN22", "HunyuanVideo", "HunyuanImage21", "CosmosPredict2",
 )
 
 # ComfyUI model classes that are not text-to-image diffusion models LoRA Lab can train, and what they are.

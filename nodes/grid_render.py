@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import comfy.model_management
@@ -135,9 +135,18 @@ def check_fit(model, clip, loras: dict[str, LoRAWeights]) -> tuple[dict[str, str
     return problems, notes
 
 
+def fit_cell_size(model, vae, sampling: Sampling) -> tuple[Sampling, str | None]:
+    """``sampling`` at the cell size nearest the one asked that the model can make (Flux.2 draws in steps of
+    16 px), with the note for the node's report when it had to change (said in the console too). Another
+    family's VAE is refused first: it would misjudge the step."""
+    bridge.check_vae_fits(vae, model, "vae")
+    width, height, note = sampler.fitted_size(model, vae, sampling.width, sampling.height, "width/height")
+    return replace(sampling, width=width, height=height), note
+
+
 def check_cell_size(model, vae, width: int, height: int) -> None:
-    """Refuse a cell size the model cannot make (Flux.2 draws in steps of 16 px): every cell, and every
-    error tile beside it, must be the size asked."""
+    """Refuse a cell size the model cannot make (the grid nodes fit it first, ``fit_cell_size``): every cell,
+    and every error tile beside it, must be the size of the others."""
     step = sampler.latent_downscale(model, vae)
     if width % step or height % step:
         fits = f"{width // step * step or step}x{height // step * step or step}"
@@ -149,6 +158,7 @@ def check_cell_size(model, vae, width: int, height: int) -> None:
 
 def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[list[Cell]], sampling: Sampling,
                  problems: dict[str, str]) -> list[list[np.ndarray]]:
+    bridge.check_vae_fits(vae, model, "vae")
     check_cell_size(model, vae, sampling.width, sampling.height)
     out: list[list[np.ndarray | None]] = [[None] * len(row) for row in cells]
     groups: dict[tuple, list[tuple[int, int]]] = {}

@@ -24,7 +24,7 @@ def empty_latent(patcher: Any, width: int, height: int, batch: int = 1, vae: Any
     """The zeros the model family's own empty-latent node gives (``EmptyLatentImage``, ``EmptySD3LatentImage``,
     ``EmptyFlux2LatentImage``, ``EmptyHunyuanLatentVideo`` with length 1, ...) for one image of
     ``width`` x ``height``: the channels and axes of the MODEL's latent format, one frame for video models,
-    and ``latent_downscale`` (ComfyUI 0.3.75's formats do not say it; Flux.2's VAE says 16)."""
+    and ``latent_downscale``."""
     latent_format = patcher.get_model_object("latent_format")
     channels = latent_format.latent_channels
     dimensions = latent_format.latent_dimensions
@@ -39,13 +39,18 @@ def empty_latent(patcher: Any, width: int, height: int, batch: int = 1, vae: Any
     return torch.zeros(shape, device=comfy.model_management.intermediate_device())
 
 
+# Latent formats (by class) that scale images down by more than 8 but do not say so in ComfyUI 0.3.75
+# (newer ComfyUI formats carry ``spacial_downscale_ratio``): what their VAEs and empty-latent nodes use.
+KNOWN_DOWNSCALE = {"Flux2": 16, "Wan22": 16, "HunyuanImage21": 32}
+
+
 def latent_downscale(patcher: Any, vae: Any = None) -> int:
-    """How many pixels one latent cell of the MODEL spans along each side (8; 16 for Flux.2): the latent
-    format's ``spacial_downscale_ratio`` where it says, else the VAE's when its latent channels are the
-    model's, else 8 with a warning."""
+    """How many pixels one latent cell of the MODEL spans along each side (8; 16 for Flux.2 and Wan 2.2 5B,
+    32 for HunyuanImage 2.1): the latent format's ``spacial_downscale_ratio`` where it says, else the one
+    known for its format, else the VAE's when its latent channels are the model's, else 8 with a warning."""
     latent_format = patcher.get_model_object("latent_format")
     channels = latent_format.latent_channels
-    ratio = getattr(latent_format, "spacial_downscale_ratio", None)
+    ratio = getattr(latent_format, "spacial_downscale_ratio", None) or KNOWN_DOWNSCALE.get(type(latent_format).__name__)
     if ratio:
         return int(ratio)
     if vae is not None and getattr(vae, "latent_channels", None) == channels:
@@ -54,6 +59,22 @@ def latent_downscale(patcher: Any, vae: Any = None) -> int:
         "[LoRA Lab] %s's latent format does not say how far it scales images down and no VAE with its %d channels "
         "is connected: assuming 8x, as EmptyLatentImage does", model_family(patcher), channels)
     return 8
+
+
+def fitted_size(patcher: Any, vae: Any, width: int, height: int, where: str) -> tuple[int, int, str | None]:
+    """The image size nearest ``width`` x ``height`` that the MODEL can make (its latent is 1/``latent_downscale``
+    of the image: Flux.2 draws in steps of 16 px, HunyuanImage 2.1 in steps of 32), and a note, also printed
+    to the console, when that is not the size asked (None when it is). ``where`` names the node and inputs."""
+    step = latent_downscale(patcher, vae)
+    fitted_width, fitted_height = (max(step, (size + step // 2) // step * step) for size in (width, height))
+    if (fitted_width, fitted_height) == (width, height):
+        return width, height, None
+    note = (
+        f"{where}: this MODEL ({model_family(patcher)}) makes images in steps of {step} px, so {width}x{height} is "
+        f"drawn at {fitted_width}x{fitted_height}, the nearest size it can make"
+    )
+    print(f"[LoRA Lab] {note}", flush=True)
+    return fitted_width, fitted_height, note
 
 
 def ksample(model: Any, positive: list, negative: list, seed: int, steps: int, cfg: float, sampler_name: str,

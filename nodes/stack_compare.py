@@ -75,7 +75,9 @@ class CompareLoRAStack(io.ComfyNode):
         plan_grid(prompt_list, [0.0] * len(columns), width, height)
         cells = [[grid_render.Cell(stack, prompt) for _, stack in columns] for prompt in prompt_list]
         problems, notes = grid_render.check_fit(model, clip, loras)
-        sampling = grid_render.Sampling(negative, seed, steps, cfg, sampler_name, scheduler, width, height)
+        sampling, size_note = grid_render.fit_cell_size(model, vae, grid_render.Sampling(
+            negative, seed, steps, cfg, sampler_name, scheduler, width, height))
+        notes += [size_note] if size_note else []
         rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems)
         header = [f"Stack test, seed {seed}, {sampler_name} / {scheduler}, {steps} steps, cfg {cfg:g}",
                   "stack order: " + ", ".join(f"{name} {s:g}" for name, s, _ in in_stack)]

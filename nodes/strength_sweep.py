@@ -111,12 +111,13 @@ class TestLoRAStrengthSweep(io.ComfyNode):
         cells = [[grid_render.Cell(((name, s, clip_for(s)),), prompt) for s in strength_list]
                  for name, prompt in row_loras]
         problems, notes = grid_render.check_fit(model, clip, loras)
-        sampling = grid_render.Sampling(negative, seed, steps, cfg, sampler_name, scheduler, width, height,
-                                        batch_prompts)
+        sampling, size_note = grid_render.fit_cell_size(model, vae, grid_render.Sampling(
+            negative, seed, steps, cfg, sampler_name, scheduler, width, height, batch_prompts))
+        notes += [size_note] if size_note else []
         rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems)
         header = [
             f"LoRA: {display_name}   steps: {metadata.get('ss_steps', '?')}   trigger: {trigger or '-'}   seed: {seed}",
-            f"{sampler_name} / {scheduler}, {steps} steps, cfg {cfg:g}, {width}x{height}"
+            f"{sampler_name} / {scheduler}, {steps} steps, cfg {cfg:g}, {sampling.width}x{sampling.height}"
             + ("" if clip_strength_mode == CLIP_MODES[0] else f", clip strength {clip_strength:g}"),
         ]
         info = {

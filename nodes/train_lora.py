@@ -36,7 +36,7 @@ from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES
 from ..trainer_core.training.schedulers import SCHEDULER_CHOICES, SchedulerConfig
 from . import bridge, families
 from .optimizer_settings import LoRALabOptimizerSettings, optimizer_config
-from .train_progress import CanvasProgress, SampleImages, show_memory_estimate
+from .train_progress import CanvasProgress, SampleImages, send_text, show_memory_estimate
 from .train_settings import (
     LoRALabAdapterSettings,
     LoRALabLossSettings,
@@ -188,6 +188,7 @@ class TrainLoRA(io.ComfyNode):
         text_encoder_settings: NodeSettings | None = None,
     ) -> io.NodeOutput:
         families.check_trainable_family(model)  # before anything is cloned or loaded
+        bridge.check_vae_fits(vae, model, "TrainLoRA: vae")
         refuse_moved_inputs(cls.hidden.prompt, cls.hidden.unique_id)
         settings = merged_settings(SETTINGS_NODES, {
             "optimizer_settings": optimizer_settings, "loss_settings": loss_settings,
@@ -280,6 +281,8 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
     samples = SampleImages(settings["sample_every"], [p for p in prompts if p], patcher, training_clip, vae, seed,
                            settings["sample_steps"], settings["sample_cfg"], dataset.resolution,
                            [denoiser.network, clip.cond_stage_model] if train_text else [denoiser.network])
+    if samples.size_note:  # in the console already; on the node too, before the first step
+        send_text(samples.size_note, node_id)
     total = training.resolved_steps(samples_per_epoch(dataset))
     try:
         result = train_lora(

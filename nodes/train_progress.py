@@ -53,7 +53,12 @@ class SampleImages:
     def __init__(self, every: int, prompts: list[str], patcher, clip, vae, seed: int, steps: int, cfg: float,
                  size: int, networks: list[torch.nn.Module]):
         self.every, self.prompts, self.patcher, self.vae = every, prompts, patcher, vae
-        self.seed, self.steps, self.cfg, self.size, self.networks = seed, steps, cfg, size, networks
+        self.seed, self.steps, self.cfg, self.networks = seed, steps, cfg, networks
+        self.size_note: str | None = None  # set when the model cannot draw at ``size``: said before training
+        self.width = self.height = size
+        if every and prompts:
+            self.width, self.height, self.size_note = sampler.fitted_size(patcher, vae, size, size,
+                                                                          "TrainLoRA: sample images")
         self.clip = clip
         self.images: list[torch.Tensor] = []
         self.steps_sampled: list[int] = []
@@ -74,7 +79,7 @@ class SampleImages:
                 batch = []
                 for prompt in self.prompts:
                     samples = sampler.ksample(self.patcher, sampler.encode_prompt(self.clip, prompt), negative,
-                                             self.seed, self.steps, self.cfg, "euler", "normal", self.size, self.size,
+                                             self.seed, self.steps, self.cfg, "euler", "normal", self.width, self.height,
                                              self.vae)
                     batch.append(sampler.decode(self.vae, samples)[0].float().cpu())
         finally:

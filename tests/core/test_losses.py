@@ -39,6 +39,24 @@ def test_prediction_space_error_matches_each_parametrisation():
     torch.testing.assert_close((x0_hat - x0) * factor, -(wrong - (noise - x0)), atol=1e-5, rtol=1e-5)
 
 
+def test_cosmos_rectified_flow_noises_like_eps_and_learns_the_velocity_of_its_flow_path():
+    """Cosmos Predict2: x = x0 + sigma*n (sigma up to 80); the network sees x/(1+sigma) = (1-t)x0 + t*n at
+    t = sigma/(sigma+1) and predicts n - x0, so x0_hat = x/(1+sigma) - t*v_hat."""
+    torch.manual_seed(0)
+    x0, noise, wrong = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    sigma = torch.tensor([0.01, 1.0, 80.0])
+    s = sigma.view(-1, 1, 1, 1)
+    t = s / (s + 1)
+    x = add_noise(x0, noise, sigma, "flow_cosmos")
+    torch.testing.assert_close(x, x0 + s * noise)
+    torch.testing.assert_close(x / (1 + s), (1 - t) * x0 + t * noise)
+    x0_hat = x / (1 + s) - t * wrong
+    factor = prediction_space_factor(sigma, "flow_cosmos").view(-1, 1, 1, 1)
+    torch.testing.assert_close((x0_hat - x0) * factor, -(wrong - (noise - x0)), atol=1e-4, rtol=1e-4)
+    assert diffusion_loss(x0_hat, x0, sigma, "flow_cosmos", 0.0).item() == pytest.approx(
+        (wrong - (noise - x0)).pow(2).mean().item(), rel=1e-4)
+
+
 def test_min_snr_weights_cap_the_easy_low_noise_steps():
     sigma = torch.tensor([0.05, 0.3, 1.0, 5.0])  # SNR 400, 11.1, 1, 0.04
     eps = min_snr_weight(sigma, "eps", 5.0)

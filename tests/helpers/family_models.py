@@ -35,6 +35,8 @@ SD15_TINY = (
     ),
 )
 
+# Families whose latent has a frame axis (image mode = one frame).
+VIDEO_FAMILIES = ("wan21", "wan22_14b", "wan22_5b", "hunyuan_video", "cosmos_predict2")
 TOKENS = 16  # token count for encoders whose output length follows the caption
 
 
@@ -77,10 +79,10 @@ def family_patcher(family: str):
 def family_vae(family: str):
     """The VAE a workflow of ``family`` decodes with: ComfyUI's TAESD layout with the family's latent
     channels, and for Flux.2 its own VAE (the 2x2-packed 128-channel, 16x one, as ComfyUI detects it).
-    None for the video families (their VAEs are too large to build here)."""
+    None for the video families and HunyuanImage 2.1 (their VAEs are too large to build here)."""
     import comfy.sd
 
-    if family in ("wan21", "hunyuan_video"):
+    if family in VIDEO_FAMILIES or family == "hunyuan_image21":
         return None
     if family == "flux2":
         vae = comfy.sd.VAE(
@@ -118,12 +120,22 @@ def family_node_latent(family: str, width: int, height: int) -> torch.Tensor:
     if family == "flux2":
         node = importlib.import_module("comfy_extras.nodes_flux").EmptyFlux2LatentImage
         return node.execute(width=width, height=height, batch_size=1).result[0]["samples"]
-    node = importlib.import_module("comfy_extras.nodes_hunyuan").EmptyHunyuanLatentVideo  # Wan's too
+    if family == "wan22_5b":  # the 5B's own latent node (its VAE input is read only for a start image)
+        node = importlib.import_module("comfy_extras.nodes_wan").Wan22ImageToVideoLatent
+        return node.execute(vae=None, width=width, height=height, length=1, batch_size=1).result[0]["samples"]
+    if family == "hunyuan_image21":
+        node = importlib.import_module("comfy_extras.nodes_hunyuan").EmptyHunyuanImageLatent
+        return node.execute(width=width, height=height, batch_size=1).result[0]["samples"]
+    # Wan 2.1 / 2.2 14B's too; Cosmos Predict2's workflows use EmptySD3LatentImage, which ComfyUI widens to
+    # this (one frame) for its 3-D latent format.
+    node = importlib.import_module("comfy_extras.nodes_hunyuan").EmptyHunyuanLatentVideo
     return node.execute(width=width, height=height, length=1, batch_size=1).result[0]["samples"]
 
 
 class FakeClip:
     """Encodes every prompt to seeded noise shaped like ``family``'s real text encoders' output."""
+
+    cond_stage_model = torch.nn.Module()  # no text-encoder layers for a LoRA to match
 
     def __init__(self, family: str):
         self.cross_attn, self.pooled = conditioning(family)

@@ -21,7 +21,7 @@ class Family:
     config: dict[str, Any]
     text: dict[str, tuple[int, ...]]  # key -> per-caption shape without the batch axis; "T" = token count
     latent: tuple[int, ...]  # latent shape without the batch axis, for 64 px images
-    prediction: str  # what the bridge must report: eps, v, flow
+    prediction: str  # what the bridge must report: eps, v, flow, flow_cosmos
     downscale: int = 8
     fixed_tokens: int | None = None  # the encoder pads every caption to this many tokens
     masked: bool = False  # the encoder also returns an attention mask over its tokens
@@ -112,12 +112,34 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
         patch_spatial=2, patch_temporal=1, concat_padding_mask=True, model_channels=64, num_blocks=1, num_heads=2,
         crossattn_emb_channels=1024, pos_emb_cls="rope3d", pos_emb_learnable=True, pos_emb_interpolation="crop",
         use_adaln_lora=True, adaln_lora_dim=16, rope_enable_fps_modulation=False,
-    ), {"cross_attn": ("T", 1024)}, (16, 1, 8, 8), "flow"),
+    ), {"cross_attn": ("T", 1024)}, (16, 1, 8, 8), "flow_cosmos"),
     Family("wan21", "WAN21_T2V", dict(
         image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=64, ffn_dim=128,
         freq_dim=32, text_dim=4096, out_dim=16, num_heads=2, num_layers=1, window_size=(-1, -1), qk_norm=True,
         cross_attn_norm=True, eps=1e-6,
     ), {"cross_attn": ("T", 4096)}, (16, 1, 8, 8), "flow"),
+    # Wan 2.2 14B T2V (the high- and low-noise experts alike) is Wan 2.1's architecture and latent: ComfyUI
+    # detects it as WAN21_T2V. The config follows the 14B's proportions (ffn = 2.7 x dim, 40 layers -> 2).
+    Family("wan22_14b", "WAN21_T2V", dict(
+        image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=64, ffn_dim=176,
+        freq_dim=32, text_dim=4096, out_dim=16, num_heads=2, num_layers=2, window_size=(-1, -1), qk_norm=True,
+        cross_attn_norm=True, eps=1e-6,
+    ), {"cross_attn": ("T", 4096)}, (16, 1, 8, 8), "flow"),
+    # Wan 2.2 5B TI2V: 48-channel latents at 1/16 of the size (its own VAE); text-to-image = one frame.
+    Family("wan22_5b", "WAN22_T2V", dict(
+        image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=48, dim=64, ffn_dim=128,
+        freq_dim=32, text_dim=4096, out_dim=48, num_heads=2, num_layers=1, window_size=(-1, -1), qk_norm=True,
+        cross_attn_norm=True, eps=1e-6,
+    ), {"cross_attn": ("T", 4096)}, (48, 1, 4, 4), "flow", downscale=16),
+    # HunyuanImage 2.1: HunyuanVideo's network on 2-D 64-channel latents at 1/32 of the size, patch 1,
+    # Qwen2.5-VL's 3584-wide features with their attention mask, no pooled vector; the ByT5 glyph input is
+    # there (byt5_in) and used only for quoted text, which these captions have none of.
+    Family("hunyuan_image21", "HunyuanImage21", dict(
+        image_model="hunyuan_video", in_channels=64, out_channels=64, patch_size=[1, 1], vec_in_dim=None,
+        context_in_dim=3584, hidden_size=64, mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1,
+        axes_dim=[16, 16], theta=256, qkv_bias=True, guidance_embed=False, byt5=True, meanflow=False,
+        use_cond_type_embedding=False, vision_in_dim=None,
+    ), {"cross_attn": ("T", 3584), "attention_mask": ("T",)}, (64, 2, 2), "flow", downscale=32, masked=True),
     Family("hunyuan_video", "HunyuanVideo", dict(
         image_model="hunyuan_video", in_channels=16, out_channels=16, patch_size=[1, 2, 2], vec_in_dim=768,
         context_in_dim=4096, hidden_size=64, mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1,

@@ -17,13 +17,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
 from comfy_inproc import load_pack  # noqa: E402
-from family_models import FakeClip, family_node_latent, family_patcher, family_vae  # noqa: E402
+from family_models import VIDEO_FAMILIES, FakeClip, family_node_latent, family_patcher, family_vae  # noqa: E402
+from tiny_families import FAMILIES  # noqa: E402
 
 pytestmark = pytest.mark.comfy
 
 WIDTH, HEIGHT = 80, 48  # multiples of 16, not square: a swapped axis shows
+WIDE, TALL = 160, 96  # multiples of 32, for HunyuanImage 2.1
 
-ALL_FAMILIES = ["sd15", "sdxl", "sd3", "flux", "flux2", "wan21", "hunyuan_video"]
+ALL_FAMILIES = ["sd15", "sdxl", "sd3", "flux", "flux2", "wan21", "wan22_14b", "wan22_5b", "hunyuan_video",
+                "hunyuan_image21", "cosmos_predict2"]
 IMAGE_FAMILIES = ["sd15", "sdxl", "sd3", "flux", "flux2"]
 
 
@@ -37,10 +40,13 @@ def sampler():
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_the_empty_latent_is_the_one_the_familys_own_node_makes(sampler, family):
-    expected = family_node_latent(family, WIDTH, HEIGHT)
-    latent = sampler.empty_latent(family_patcher(family), WIDTH, HEIGHT, 1, family_vae(family))
-    assert latent.shape == expected.shape and latent.dtype == expected.dtype and latent.device == expected.device
-    assert not latent.any()
+    for width, height in ((WIDTH, HEIGHT), (WIDE, TALL)):
+        expected = family_node_latent(family, width, height)
+        latent = sampler.empty_latent(family_patcher(family), width, height, 1, family_vae(family))
+        assert latent.shape == expected.shape and latent.dtype == expected.dtype and latent.device == expected.device
+        assert not latent.any()
+    downscale = FAMILIES.get(family, FAMILIES["sdxl"]).downscale
+    assert latent.shape[-2:] == (TALL // downscale, WIDE // downscale)
 
 
 def test_flux2_latents_are_16x_smaller_with_128_channels(sampler):
@@ -66,11 +72,14 @@ def test_without_a_word_on_the_downscale_it_assumes_8x_and_says_so(sampler, capl
     assert "SD3's latent format does not say" in caplog.text and "assuming 8x" in caplog.text
 
 
-def test_a_vae_for_another_family_does_not_set_the_downscale(sampler):
-    """A 4-channel VAE on a Flux.2 MODEL says nothing about Flux.2's latent: the 8x assumption stands
-    (and decoding will say the VAE does not fit), never a latent shaped for the wrong family."""
+def test_a_vae_for_another_family_does_not_set_the_downscale(sampler, caplog):
+    """A 4-channel VAE on an SD3 MODEL says nothing about SD3's latent: the 8x assumption stands (and
+    decoding will say the VAE does not fit); on Flux.2, whose format is known to be 16x, that holds."""
+    with caplog.at_level(logging.WARNING):
+        latent = sampler.empty_latent(family_patcher("sd3"), WIDTH, HEIGHT, 1, family_vae("sd15"))
+    assert tuple(latent.shape) == (1, 16, HEIGHT // 8, WIDTH // 8) and "assuming 8x" in caplog.text
     latent = sampler.empty_latent(family_patcher("flux2"), WIDTH, HEIGHT, 1, family_vae("sd15"))
-    assert tuple(latent.shape) == (1, 128, HEIGHT // 8, WIDTH // 8)
+    assert tuple(latent.shape) == (1, 128, HEIGHT // 16, WIDTH // 16)
 
 
 @pytest.mark.parametrize("family", IMAGE_FAMILIES)
@@ -83,13 +92,24 @@ def test_a_sampled_image_decodes_at_the_size_asked(sampler, family):
     assert tuple(image.shape) == (1, HEIGHT, WIDTH, 3)
 
 
-@pytest.mark.parametrize("family", ["wan21", "hunyuan_video"])
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
 def test_video_models_sample_one_frame(sampler, family):
     patcher, clip = family_patcher(family), FakeClip(family)
     positive, negative = sampler.encode_prompt(clip, "a red square"), sampler.encode_prompt(clip, "")
     with torch.inference_mode():
-        samples = sampler.ksample(patcher, positive, negative, 0, 2, 1.0, "euler", "simple", WIDTH, HEIGHT)
-    assert tuple(samples.shape) == (1, 16, 1, HEIGHT // 8, WIDTH // 8)
+        samples = sampler.ksample(patcher, positive, negative, 0, 2, 1.0, "euler", "simple", WIDE, TALL)
+    channels, downscale = FAMILIES[family].latent[0], FAMILIES[family].downscale
+    assert tuple(samples.shape) == (1, channels, 1, TALL // downscale, WIDE // downscale)
+    assert samples.isfinite().all() and samples.any()
+
+
+def test_hunyuan_image_samples_at_a_32nd_of_the_size(sampler):
+    patcher, clip = family_patcher("hunyuan_image21"), FakeClip("hunyuan_image21")
+    positive, negative = sampler.encode_prompt(clip, "a red square"), sampler.encode_prompt(clip, "")
+    with torch.inference_mode():
+        samples = sampler.ksample(patcher, positive, negative, 0, 2, 1.0, "euler", "simple", WIDE, TALL)
+    assert tuple(samples.shape) == (1, 64, TALL // 32, WIDE // 32)
+    assert samples.isfinite().all() and samples.any()
 
 
 def test_train_loras_sample_images_render_flux2_at_the_size_asked(sampler):
@@ -118,10 +138,57 @@ def test_sweep_cells_render_flux2_at_the_size_asked(sampler):
         assert [image.shape for image in rows[0]] == [(HEIGHT, WIDTH, 3)] * 2
 
 
-def test_a_sweep_size_flux2_cannot_make_is_refused_with_the_sizes_it_can(sampler):
+def test_a_sweep_size_flux2_cannot_make_is_drawn_at_the_nearest_and_the_report_says_so(sampler, capsys):
+    """ComfyUI's own EmptyFlux2LatentImage cannot make 68x40 either (it steps by 16 and rounds down): the
+    cells are drawn at the nearest size Flux.2 can make, said in the console and in the node's report."""
     from lora_lab.nodes import grid_render
 
-    sampling = grid_render.Sampling("", 0, 2, 1.0, "euler", "simple", 520, 512)
-    with pytest.raises(ValueError, match=r"\(Flux2\) makes images in steps of 16 px, and 520x512 .* use 512x512"):
-        grid_render.render_cells(family_patcher("flux2"), FakeClip("flux2"), family_vae("flux2"), {},
-                                 [[grid_render.Cell((), "a red square")]], sampling, {})
+    asked = grid_render.Sampling("", 0, 2, 1.0, "euler", "simple", 68, 40)
+    sampling, note = grid_render.fit_cell_size(family_patcher("flux2"), family_vae("flux2"), asked)
+    assert (sampling.width, sampling.height) == (64, 48)  # 68 -> 64, 40 -> 48 (not 32, ComfyUI's node's)
+    assert note == ("width/height: this MODEL (Flux2) makes images in steps of 16 px, so 68x40 is drawn at "
+                    "64x48, the nearest size it can make")
+    assert f"[LoRA Lab] {note}" in capsys.readouterr().out
+    with torch.inference_mode():
+        rows = grid_render.render_cells(family_patcher("flux2"), FakeClip("flux2"), family_vae("flux2"), {},
+                                        [[grid_render.Cell((), "a red square")]], sampling, {})
+    assert rows[0][0].shape == (48, 64, 3)
+    unchanged, none = grid_render.fit_cell_size(family_patcher("flux2"), family_vae("flux2"),
+                                                grid_render.Sampling("", 0, 2, 1.0, "euler", "simple", 96, 48))
+    assert (unchanged.width, unchanged.height, none) == (96, 48, None)
+
+
+def test_the_sweep_nodes_report_the_size_they_drew(sampler, capsys, monkeypatch):
+    """Through TestLoRAStrengthSweep's own execute: the report names the size drawn, the grid is that size."""
+    from lora_lab.nodes import grid_render, strength_sweep
+    from lora_lab.trainer_core.adapters.export import LoRAWeights
+
+    monkeypatch.setattr(grid_render, "save_grid", lambda *a: {})
+    inputs = dict(
+        prompts="a red square", negative="", strengths="0", include_baseline=False,
+        clip_strength_mode=strength_sweep.CLIP_MODES[0], clip_strength=1.0, seed=0, steps=1, cfg=1.0,
+        sampler_name="euler", scheduler="simple", width=72, height=40, lora_name=grid_render.NO_FILE,
+        lora=LoRAWeights({}, {"ss_output_name": "empty"}),
+    )
+    with torch.inference_mode():  # as ComfyUI runs every node
+        result = strength_sweep.TestLoRAStrengthSweep.execute(
+            model=family_patcher("flux2"), clip=FakeClip("flux2"), vae=family_vae("flux2"), **inputs)
+    _, images, report = result.result
+    assert tuple(images.shape[1:3]) == (48, 80)  # 40 -> 48 (nearest step of 16), 72 -> 80
+    assert "72x40 is drawn at 80x48" in report and "72x40 is drawn at 80x48" in capsys.readouterr().out
+
+
+def test_train_loras_sample_images_at_a_size_flux2_cannot_make_come_at_the_nearest(sampler, capsys):
+    from lora_lab.nodes.train_progress import SampleImages
+    from lora_lab.trainer_core.training.results import StepReport
+
+    patcher = family_patcher("flux2")
+    samples = SampleImages(every=1, prompts=["a red square"], patcher=patcher, clip=FakeClip("flux2"),
+                           vae=family_vae("flux2"), seed=0, steps=1, cfg=1.0, size=72,
+                           networks=[patcher.model.diffusion_model])
+    assert samples.size_note == ("TrainLoRA: sample images: this MODEL (Flux2) makes images in steps of 16 px, so "
+                                 "72x72 is drawn at 80x80, the nearest size it can make")
+    assert samples.size_note in capsys.readouterr().out
+    with torch.inference_mode():
+        samples(StepReport(step=1, total=1, loss=0.5, learning_rate=1e-4))
+    assert tuple(samples.output().shape) == (1, 80, 80, 3)

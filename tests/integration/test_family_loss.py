@@ -4,18 +4,19 @@ Checked against the real model's ``model_sampling`` (what ComfyUI's sampler uses
 
 1. noising: ``add_noise`` gives what ComfyUI's ``noise_scaling`` feeds the model;
 2. target: a network whose raw output is the prediction-space target (eps: the noise; v: alpha*noise -
-   sigma*x0; flow: noise - x0; x0: x0) gives x0 back through the bridge's ``denoise`` (ComfyUI's
+   sigma*x0; flow and Cosmos's rectified flow: noise - x0; x0: x0) gives x0 back through the bridge's ``denoise`` (ComfyUI's
    ``calculate_input`` / ``calculate_denoised``), the loss is 0 there, and an error ``d`` in that raw
    output costs exactly mean(d^2): the loss is the raw-output MSE;
 3. noise levels: ``training_sigmas`` span ``sigma_min`` .. ``sigma_max``, and for flow families uniform
    sampling is uniform in the timestep with the family's shift applied (median = ComfyUI's
-   ``percent_to_sigma(0.5)`` = ``sigma(multiplier / 2)``).
-
-Cosmos Predict2 (rectified flow, ``ModelType.FLOW_COSMOS``) is refused by the bridge: that refusal is checked.
+   ``percent_to_sigma(0.5)`` = ``sigma(multiplier / 2)``); Cosmos Predict2's rectified flow
+   (``ModelType.FLOW_COSMOS``) draws from its EDM schedule (sigma 0.002 .. 80, log-spaced), so uniform
+   draws are uniform in log sigma and follow ComfyUI's ``percent_to_sigma``.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -28,7 +29,6 @@ from tiny_families import FAMILIES  # noqa: E402
 
 pytestmark = pytest.mark.comfy
 
-REFUSED = {"cosmos_predict2": "is not eps, v, flow or x0"}
 SIGMA_POSITIONS = (0.0, 0.1, 0.5, 0.9, 1.0)  # fractions of the way along training_sigmas
 MEDIAN_DRAWS = 40_000
 MEDIAN_TOLERANCE = 0.01  # the median of 40k draws is within ~0.005 of the true one (2 standard errors)
@@ -56,12 +56,7 @@ def embedding(family, tokens=6):
 def denoiser_for(pack, family):
     from lora_lab.nodes import bridge
 
-    patcher = tiny_model_patcher(family)
-    if family in REFUSED:
-        with pytest.raises(bridge.UnsupportedModelError, match=REFUSED[family]):
-            bridge.ComfyDenoiser(patcher)
-        pytest.skip(f"{family}: refused by the bridge, as expected")
-    return bridge.ComfyDenoiser(patcher)
+    return bridge.ComfyDenoiser(tiny_model_patcher(family))
 
 
 def chosen_sigmas(denoiser):
@@ -76,7 +71,7 @@ def raw_target(prediction, x0, noise, sigma, sigma_data):
         return noise
     if prediction == "v":  # ComfyUI's V_PREDICTION, sigma_data = 1 for every v family here
         return (sigma_data * noise - s * x0 / sigma_data) * sigma_data / (s**2 + sigma_data**2) ** 0.5
-    if prediction == "flow":
+    if prediction in ("flow", "flow_cosmos"):  # Cosmos: the velocity of the path (1-t)*x0 + t*noise
         return noise - x0
     return x0
 
@@ -151,6 +146,8 @@ def test_training_sigmas_are_the_familys_schedule_with_its_shift(pack, family):
     levels = denoiser.training_sigmas.float()
     assert levels.min().item() == pytest.approx(float(ms.sigma_min), rel=1e-6)
     assert levels.max().item() == pytest.approx(float(ms.sigma_max), rel=1e-6)
+    if denoiser.prediction == "flow_cosmos":
+        assert_cosmos_schedule(denoiser)
     if denoiser.prediction != "flow":
         return
     # Flow: sigma in (0, 1], the timestep the network sees runs up to the family's multiplier.
@@ -174,6 +171,26 @@ def test_training_sigmas_are_the_familys_schedule_with_its_shift(pack, family):
         assert drawn.quantile(q).item() == pytest.approx(
             float(ms.sigma(torch.tensor(q * multiplier))), abs=MEDIAN_TOLERANCE
         ), (family, q)
+
+
+def assert_cosmos_schedule(denoiser):
+    """Cosmos Predict2's own schedule (CosmosT2IPredict2.sampling_settings: sigma 0.002 .. 80), which its
+    network sees as the flow time t = sigma/(sigma+1) in (0, 1); uniform draws are uniform in log sigma, so
+    their quartiles are ComfyUI's percent_to_sigma at 0.75 / 0.5 / 0.25."""
+    ms = denoiser.model_sampling
+    assert float(ms.sigma_min) == pytest.approx(0.002) and float(ms.sigma_max) == pytest.approx(80.0)
+    t = ms.timestep(denoiser.training_sigmas.float())
+    assert 0.0 < t.min().item() < 0.01 and 0.98 < t.max().item() < 1.0
+    drawn = sample_sigmas_for(denoiser)
+    for q in (0.25, 0.5, 0.75):
+        expected = ms.percent_to_sigma(1.0 - q)
+        assert drawn.quantile(q).log().item() == pytest.approx(math.log(expected), abs=0.05), q
+
+
+def sample_sigmas_for(denoiser):
+    from lora_lab.trainer_core.training.losses import sample_sigmas
+
+    return sample_sigmas(denoiser.training_sigmas, MEDIAN_DRAWS, torch.Generator().manual_seed(5), "uniform")
 
 
 @pytest.mark.parametrize(("family", "node", "arguments"), [

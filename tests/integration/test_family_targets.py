@@ -1,6 +1,7 @@
 """Each target choice means what its help text says, on every family of the matrix: 'attention' = the
-attention and feed-forward layers of the transformer blocks, 'all_linear' = every linear layer except the
-embedders.
+attention and feed-forward layers of the transformer blocks (with the modulation inside them), 'all_linear' =
+every linear layer of the network's blocks, also between the transformer blocks; neither trains the input
+projections, the embedders or the output layer (kohya's Flux LoRA trains img_in / txt_in only when asked).
 
 What each layer is comes from ComfyUI's model code (``comfy/ldm/...``); the patterns below name layers
 by what they are, not one by one.
@@ -48,11 +49,11 @@ EMBEDDER = re.compile(
     r"|final_layer|norm_out)(\.|$)"
     r"|^(head|proj_out|final_linear|modF)(\.|$)"
 )
-# The single-layer input projections of the token streams (patch / x embedder, text / caption / context
-# embedder): never in 'attention'; 'all_linear' trains them, as it always has Flux's img_in and txt_in.
+# The input projections of the token streams (patch / x embedder, text / caption / context embedder, with
+# HunyuanVideo's text refiner inside txt_in and HunyuanImage's ByT5 glyph mapper): in neither target.
 INPUT_PROJECTION = re.compile(
     r"^(img_in|txt_in|x_embedder|context_embedder|cap_embedder|caption_projection|init_x_linear"
-    r"|cond_seq_linear|patch_embedding|pos_embed)(\.|$)"
+    r"|cond_seq_linear|patch_embedding|pos_embed|byt5_in)(\.|$)"
 )
 
 
@@ -79,12 +80,37 @@ def test_each_target_means_what_its_help_text_says(inject, family, caplog):
     assert [name for name in attention if not IN_BLOCK.search(name)] == []
     assert [name for name in attention if EMBEDDER.search(name) or INPUT_PROJECTION.search(name)] == []
 
-    assert set(all_linear) == {name for name in linear if not EMBEDDER.search(name)}
+    assert set(all_linear) == {name for name in linear if not (EMBEDDER.search(name) or INPUT_PROJECTION.search(name))}
     assert set(attention) <= set(all_linear)
     # 'attention' is not 'all_linear' in disguise: they are the same set only where every trainable
-    # linear layer sits in a block (PixArt, Wan, HunyuanDiT: their other layers are all embedders).
+    # linear layer sits in a transformer block (Flux, PixArt, Wan...: their other layers are embedders,
+    # input projections or the output layer).
     outside = {name for name in all_linear if not IN_BLOCK.search(name)}
     assert set(attention) != set(all_linear) or not outside
+    input_projections = {name for name in linear if INPUT_PROJECTION.search(name)}
+    assert not input_projections & (set(attention) | set(all_linear))
+
+
+@pytest.mark.parametrize("family", ["flux", "flux_schnell", "hunyuan_video", "hunyuan_image21"])
+def test_on_flux_like_models_both_targets_are_kohyas_default_the_double_and_single_blocks(inject, family):
+    """kohya's Flux LoRA (networks/lora_flux.py) trains every linear layer of the double and single blocks,
+    and img_in / txt_in / time_in / vector_in / guidance_in only when in_dims asks for them."""
+    network = tiny_model_patcher(family).model.diffusion_model
+    in_blocks = {name for name, module in network.named_modules()
+                 if isinstance(module, nn.Linear) and re.match(r"(double|single)_blocks\.\d+\.", name)}
+    assert in_blocks
+    for target in ("attention", "all_linear"):
+        assert set(inject.find_target_modules(network, target)) == in_blocks, target
+
+
+def test_all_linear_adds_the_unets_time_projections_and_flux2s_shared_modulation(inject):
+    sdxl = tiny_model_patcher("sdxl").model.diffusion_model
+    added = set(inject.find_target_modules(sdxl, "all_linear")) - set(inject.find_target_modules(sdxl, "attention"))
+    assert added and all(re.search(r"\.0\.emb_layers\.1$", name) for name in added)
+    flux2 = tiny_model_patcher("flux2").model.diffusion_model
+    added = set(inject.find_target_modules(flux2, "all_linear")) - set(inject.find_target_modules(flux2, "attention"))
+    assert added == {"double_stream_modulation_img.lin", "double_stream_modulation_txt.lin",
+                     "single_stream_modulation.lin"}
 
 
 def test_attention_on_an_unknown_architecture_falls_back_to_all_linear_and_says_so(inject, caplog):

@@ -174,10 +174,7 @@ class CaptionsOfDifferentLengths(Data):
         self.items = tuple(Item("sks shape" + " red" * (3 * i), 1, (64, 64), i) for i in range(2))
 
 
-MATRIX_XFAIL = {
-    "cosmos_predict2": "UnsupportedModelError: LoRA Lab cannot train this model: its prediction type (ModelSampling) "
-                       "is not eps, v, flow or x0 (Cosmos Predict2's rectified-flow sampling, ModelType.FLOW_COSMOS)",
-}
+MATRIX_XFAIL: dict[str, str] = {}  # family -> why it is expected to fail (none today)
 
 
 @pytest.mark.parametrize("family", [

@@ -114,7 +114,8 @@ def test_a_model_whose_latent_is_not_an_image_is_refused_even_when_unknown(pack)
         families.training_refusal(model))
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux", "sd3", "flux2", "wan21"])
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux", "sd3", "flux2", "wan21", "wan22_5b", "hunyuan_image21",
+                                    "cosmos_predict2"])
 def test_tested_families_train_without_a_note(pack, family, capsys):
     _, families, _ = pack
     families.check_trainable_family(family_patcher(family))

@@ -36,8 +36,11 @@ class LoRAConfig:
         False,
     )
     target: str = described(
-        "Which layers get a LoRA: 'attention' = attention and feed-forward layers of the transformer blocks"
-        " (kohya's default); 'all_linear' = every linear layer except the embedders.",
+        "Which layers get a LoRA: 'attention' = the attention and feed-forward layers of the transformer blocks,"
+        " with the modulation layers inside them (kohya's default); 'all_linear' = every linear layer of the"
+        " network's blocks, also those between the transformer blocks (a UNet's time projections, Flux.2's"
+        " shared modulation). Neither trains the input projections (Flux's img_in / txt_in), the time, text"
+        " or pooled-vector embedders, or the output layer: kohya trains those only when asked.",
         "attention",
     )
 

@@ -34,14 +34,21 @@ _TRANSFORMER_BLOCK = re.compile(
 )
 # Embedders and heads, left alone by both targets: timestep / guidance / pooled-vector embedders (and the
 # networks that turn them into modulation: PixArt's t_block, Wan's time_projection, Chroma's
-# approximator), text embedders that are MLPs, and the output layer with its modulation. The input
-# projections of the token streams (Flux's img_in / txt_in and their counterparts) are trained by
-# 'all_linear', as Flux's always were.
+# approximator), text embedders that are MLPs, and the output layer with its modulation.
 _EMBEDDER = re.compile(
     r"(^|\.)(time_embed|label_emb|time_in|vector_in|guidance_in|time_text_embed|t_embedder|y_embedder"
     r"|p_embedder|c_embedder|extra_embedder|time_embedding|time_projection|t_block|text_embedding|mlp_t5"
     r"|distilled_guidance_layer|final_layer|norm_out|proj_out_final)(\.|$)"
     r"|^(head|proj_out|final_linear|modF|pooler)(\.|$)"
+)
+
+# The input projections of the token streams, also left alone by both targets: the patch / image embedder
+# and the text / caption projection (with HunyuanVideo's text refiner and HunyuanImage's glyph mapper,
+# which belong to its text input). kohya's Flux LoRA trains img_in / txt_in only when in_dims asks for them;
+# musubi-tuner and ai-toolkit target the transformer blocks alone.
+_INPUT_PROJECTION = re.compile(
+    r"^(img_in|txt_in|x_embedder|context_embedder|cap_embedder|caption_projection|init_x_linear|cond_seq_linear"
+    r"|patch_embedding|byt5_in)(\.|$)"
 )
 
 logger = logging.getLogger(__name__)
@@ -65,20 +72,22 @@ def find_target_modules(network: nn.Module, target: str) -> list[str]:
                 continue
             if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
                 continue
-            if any(name.startswith(prefix + ".") for prefix in inside) and not _EMBEDDER.search(name):
+            if any(name.startswith(prefix + ".") for prefix in inside) and not (
+                _EMBEDDER.search(name) or _INPUT_PROJECTION.search(name)
+            ):
                 names.append(name)
         if names:
             return names
         # An architecture we don't know by name: fall back to every linear layer, and say so.
         logger.warning(
             "LoRA Lab: target 'attention' found no transformer blocks in %s; training every linear layer "
-            "except the embedders instead (as target 'all_linear')",
+            "except the embedders, input projections and output layer instead (as target 'all_linear')",
             type(network).__name__,
         )
         target = "all_linear"
     if target == "all_linear":
         for name, module in network.named_modules():
-            if isinstance(module, nn.Linear) and not _EMBEDDER.search(name):
+            if isinstance(module, nn.Linear) and not (_EMBEDDER.search(name) or _INPUT_PROJECTION.search(name)):
                 names.append(name)
         if names:
             return names

@@ -11,8 +11,10 @@ from typing import Literal, Protocol
 
 import torch
 
-# What a network predicts: the noise, v, the flow (noise minus data) or the clean image.
-PredictionType = Literal["eps", "v", "flow", "x0"]
+# What a network predicts: the noise, v, the flow (noise minus data) or the clean image. "flow_cosmos" is
+# Cosmos Predict2's rectified flow: the network predicts noise minus data, like "flow", on latents noised as
+# eps models noise them (x0 + sigma*n, sigma up to 80) and scaled to the flow path t = sigma/(sigma+1).
+PredictionType = Literal["eps", "v", "flow", "flow_cosmos", "x0"]
 
 # Text-encoder output for one or more captions, batch first: e.g. {"cross_attn": [B,77,768],
 # "pooled_output": [B,1280]}. Only the denoiser that made it needs to understand the keys.
@@ -28,7 +30,7 @@ class Denoiser(Protocol):
 
     @property
     def prediction(self) -> PredictionType:
-        """What the network predicts: eps, v, flow (noise minus data) or x0."""
+        """What the network predicts: eps, v, flow (noise minus data), flow_cosmos or x0."""
 
     @property
     def training_sigmas(self) -> torch.Tensor:

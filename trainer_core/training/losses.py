@@ -15,7 +15,9 @@ from ..models.protocols import PredictionType
 
 
 def add_noise(latents: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, prediction: PredictionType) -> torch.Tensor:
-    """The noisy latent at ``sigma`` [B]: x0 + sigma*n (eps, v, x0) or sigma*n + (1-sigma)*x0 (flow)."""
+    """The noisy latent at ``sigma`` [B]: x0 + sigma*n (eps, v, x0, flow_cosmos) or sigma*n + (1-sigma)*x0 (flow).
+
+    flow_cosmos's network sees that latent divided by (1 + sigma): (1-t)*x0 + t*n at t = sigma/(sigma+1)."""
     s = sigma.view(-1, *([1] * (latents.ndim - 1)))
     if prediction == "flow":
         return s * noise + (1.0 - s) * latents
@@ -28,16 +30,20 @@ def prediction_space_factor(sigma: torch.Tensor, prediction: PredictionType) -> 
     eps: out = (x_t - x0_hat)/sigma, so eps error = x0 error / sigma.
     v:   v error = x0 error * sqrt(sigma^2 + 1) / sigma.
     flow: out = (x_t - x0_hat)/sigma as well.
+    flow_cosmos: out = (x_t - x0_hat)/t on the flow path at t = sigma/(sigma+1), so the factor is 1/t.
     x0:  the output is x0 itself.
     """
     if prediction in ("eps", "flow"):
         return 1.0 / sigma
+    if prediction == "flow_cosmos":
+        return (sigma + 1.0) / sigma
     if prediction == "v":
         return torch.sqrt(sigma**2 + 1.0) / sigma
     return torch.ones_like(sigma)
 
 
 def signal_to_noise(sigma: torch.Tensor, prediction: PredictionType) -> torch.Tensor:
+    # flow_cosmos: ((1-t)/t)^2 at t = sigma/(sigma+1) is 1/sigma^2, as for eps.
     if prediction == "flow":
         return ((1.0 - sigma) / sigma) ** 2
     return 1.0 / sigma**2
