@@ -34,6 +34,7 @@ from ..trainer_core.training.metadata import training_metadata
 from ..trainer_core.training.optimizers import OPTIMIZER_CHOICES, OptimizerConfig, check_optimizer_available
 from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES
 from ..trainer_core.training.schedulers import SCHEDULER_CHOICES, SchedulerConfig
+from ..trainer_core.training.text_encoder_parts import skipped_text_encoders_note
 from . import bridge, families
 from .optimizer_settings import LoRALabOptimizerSettings, optimizer_config
 from .train_progress import CanvasProgress, SampleImages, show_memory_estimate
@@ -243,7 +244,7 @@ class TrainLoRA(io.ComfyNode):
 
 def _training_config(settings: dict[str, Any], **widgets: Any) -> TrainingConfig:
     """TrainingConfig from Train LoRA's own values (``widgets``) and the settings nodes' values of its other fields."""
-    names = ("text_encoder_lr", "clip_skip", "gradient_accumulation", "mixed_precision", "gradient_checkpointing",
+    names = ("text_encoder_lr", "clip_skip", "train_t5", "gradient_accumulation", "mixed_precision", "gradient_checkpointing",
              "min_snr_gamma", "noise_offset", "loss_type", "timestep_sampling", "multires_noise_iterations",
              "ema_decay", "optimizer_state_on_cpu")
     return TrainingConfig(**widgets, **{name: settings[name] for name in names})
@@ -266,7 +267,11 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
     """Train on a clone of ``model``; returns (result, the clone, the sample images, stored base-weight bytes)."""
     settings, training = run.settings, run.training
     train_text = training.text_encoder_lr > 0
-    text_key_namer = bridge.clip_key_namer(clip) if train_text else default_text_key_name
+    text_key_namer = bridge.clip_key_namer(clip, training.train_t5) if train_text else default_text_key_name
+    if train_text:
+        note = skipped_text_encoders_note(clip.cond_stage_model, training.train_t5)
+        if note:
+            print(f"[LoRA Lab] TrainLoRA: {note}", flush=True)
     training_clip = bridge.clip_with_skip(clip, training.clip_skip)
     patcher = model.clone()
     copied_base = bridge.use_base_weights(patcher, settings["base_weights"])

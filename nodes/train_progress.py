@@ -102,7 +102,7 @@ def show_memory_estimate(denoiser, text_network, lora_config: LoRAConfig, traini
     shapes = layer_shapes(network, find_target_modules(network, lora_config.target))
     base_bytes = tensor_bytes(network)  # the low-precision copy when base_weights asks for one
     if text_network is not None:  # trained too: on the device, with its own LoRA
-        shapes += layer_shapes(text_network, find_text_encoder_targets(text_network))
+        shapes += layer_shapes(text_network, find_text_encoder_targets(text_network, training.train_t5))
         base_bytes += tensor_bytes(text_network)
     estimate = estimate_training_memory(
         base_weight_bytes=base_bytes,

@@ -196,6 +196,8 @@ class LoRALabTextEncoderSettings(SettingsNode):
                            max=10.0, step=1e-5, round=1e-7, tooltip=_train_help("text_encoder_lr")),
             io.Int.Input("clip_skip", default=default_of(TrainingConfig, "clip_skip"), min=1, max=12,
                          tooltip=_train_help("clip_skip")),
+            io.Boolean.Input("train_t5", default=default_of(TrainingConfig, "train_t5"),
+                             tooltip=_train_help("train_t5")),
         ])
 
 
