@@ -32,7 +32,7 @@ from ..trainer_core.training.loop import NonFiniteLossError, samples_per_epoch, 
 from ..trainer_core.training.memory import check_state_on_cpu, stored_weight_bytes
 from ..trainer_core.training.metadata import training_metadata
 from ..trainer_core.training.optimizers import OPTIMIZER_CHOICES, OptimizerConfig, check_optimizer_available
-from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES
+from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES, preset_family_warning
 from ..trainer_core.training.schedulers import SCHEDULER_CHOICES, SchedulerConfig
 from ..trainer_core.training.text_encoder_parts import skipped_text_encoders_note
 from . import bridge, families
@@ -114,11 +114,13 @@ class TrainLoRA(io.ComfyNode):
                 Dataset.Input("dataset", tooltip="Images and captions from Load Dataset (or Auto Caption)."),
                 io.Combo.Input(
                     "preset", options=list(PRESET_CHOICES), default=CUSTOM,
-                    tooltip="Settings from the guides for a goal and model family (quick test; character, style, "
-                    "likeness for SD1.5, SDXL, Flux). Choosing one in the canvas fills the fields below, on the "
-                    "settings nodes wired in (adding one where a value differs from its default) and the "
-                    "resolution of a Load Dataset wired straight in; every field stays editable and what trains "
-                    "is what the fields say. 'custom' changes nothing.",
+                    tooltip="Settings from the guides for a goal and model family (quick test, any model; character, "
+                    "style, likeness for SD1.5, SDXL, Flux; character, style for SD3.5, Flux.2, Chroma, Qwen-Image, "
+                    "Z-Image, Lumina 2, HiDream, Wan in image mode). Choosing one in the canvas fills the fields "
+                    "below, on the settings nodes wired in (adding one where a value differs from its default) and "
+                    "the resolution of a Load Dataset wired straight in; every field stays editable and what trains "
+                    "is what the fields say. The console warns when the preset is for another family than the "
+                    "MODEL's. 'custom' changes nothing.",
                 ),
                 io.String.Input(
                     "trigger_word", default="",
@@ -189,6 +191,9 @@ class TrainLoRA(io.ComfyNode):
         text_encoder_settings: NodeSettings | None = None,
     ) -> io.NodeOutput:
         families.check_trainable_family(model)  # before anything is cloned or loaded
+        preset_warning = preset_family_warning(preset, bridge.model_family(model))
+        if preset_warning:
+            print(f"[LoRA Lab] TrainLoRA: {preset_warning}", flush=True)
         refuse_moved_inputs(cls.hidden.prompt, cls.hidden.unique_id)
         settings = merged_settings(SETTINGS_NODES, {
             "optimizer_settings": optimizer_settings, "loss_settings": loss_settings,

@@ -23,6 +23,7 @@ from ..adapters.inject import AdapterError, InjectedAdapter, autograd_safe_weigh
 from ..models.protocols import TextEmbedding, TextEncoder
 from .activations import keep_saved_activations
 from .checkpoints import ResumeError
+from .config import TrainingConfig
 from .text_encoder_parts import find_text_encoder_targets
 
 
@@ -56,23 +57,22 @@ class LiveText:
 
 
 @contextlib.contextmanager
-def text_encoder_lora(
-    encoder: TextEncoder, lora: LoRAConfig, seed: int, train_t5: bool = False
-) -> Iterator[InjectedAdapter]:
-    """A LoRA in the encoder's CLIP attention and MLP linears (and T5's, with ``train_t5``: see
-    ``text_encoder_parts``) for the duration of the block; the network comes back with its own layers,
-    parameters and train/eval mode. ``encoder`` must be a ``protocols.TrainableTextEncoder``."""
+def text_encoder_lora(encoder: TextEncoder, lora: LoRAConfig, training: TrainingConfig) -> Iterator[InjectedAdapter]:
+    """A LoRA in the encoder's CLIP attention and MLP linears (and T5's, with ``training.train_t5``: see
+    ``text_encoder_parts``), seeded from ``training.seed`` + 1, for the duration of the block; the network
+    comes back with its own layers, parameters and train/eval mode. ``encoder`` must be a
+    ``protocols.TrainableTextEncoder``."""
     network = getattr(encoder, "network", None)
     if not isinstance(network, nn.Module):
         raise AdapterError(
             f"text_encoder_lr is above 0, but this text encoder ({type(encoder).__name__}) cannot be trained: "
             "set text_encoder_lr to 0"
         )
-    targets = find_text_encoder_targets(network, train_t5)
+    targets = find_text_encoder_targets(network, training.train_t5)
     was_training = {module: module.training for module in network.modules()}
     with autograd_safe_weights(network):
         # Always a plain LoRA: the text-encoder keys ComfyUI maps are checked for that type.
-        adapter = inject_adapter(network, dataclasses.replace(lora, adapter="lora"), seed, targets=targets)
+        adapter = inject_adapter(network, dataclasses.replace(lora, adapter="lora"), training.seed + 1, targets=targets)
         try:
             with adapter.training_mode():  # LoRA dropout on; the encoder itself runs as it does for inference
                 yield adapter
