@@ -238,3 +238,30 @@ def test_each_familys_own_text_encoder_is_named_or_refused(pack, model_class, tr
     for path in find_text_encoder_targets(clip.cond_stage_model, train_t5):
         prefixes.setdefault(path.split(".")[0], set()).add(re.match(r"lora_te\d?_", name(path)).group())
     assert prefixes == {encoder: {prefix} for encoder, prefix in expected.items()}
+
+
+class Stop(Exception):
+    pass
+
+
+def test_train_lora_refuses_a_language_model_encoder_or_names_the_skipped_ones_before_touching_the_model(
+        pack, capsys):
+    """Train LoRA's own training step: the text encoders are checked before the MODEL is cloned or loaded."""
+    import types
+
+    import comfy.text_encoders.flux
+    import comfy.text_encoders.qwen_image
+    from lora_lab.nodes import train_lora
+    from lora_lab.trainer_core.adapters.inject import AdapterError
+    from lora_lab.trainer_core.training.config import TrainingConfig
+
+    model = types.SimpleNamespace(clone=lambda: (_ for _ in ()).throw(Stop()))
+    run = types.SimpleNamespace(settings={}, training=TrainingConfig(text_encoder_lr=5e-5))
+    qwen = meta_clip(comfy.text_encoders.qwen_image.QwenImageTEModel(device="meta", dtype=torch.bfloat16))
+    with pytest.raises(AdapterError, match=r"qwen25_7b \(language model"):
+        train_lora._train(run, model, qwen, None, None, 0, "AdamW", None, None)
+    flux = meta_clip(comfy.text_encoders.flux.FluxClipModel(device="meta", dtype=torch.bfloat16))
+    with pytest.raises(Stop):  # past the checks: the MODEL is cloned next
+        train_lora._train(run, model, flux, None, None, 0, "AdamW", None, None)
+    assert ("[LoRA Lab] TrainLoRA: text-encoder LoRA in clip_l; not in t5xxl (T5, 4.8 B parameters): T5 trains only "
+            "with train_t5 on") in capsys.readouterr().out
