@@ -9,11 +9,12 @@ Z-Image, Lumina 2, Flux.2: one language model). Each is a *part*, found by the b
 * **T5** (``T5Attention``, ``T5DenseGatedActDense`` / ``T5DenseActDense``): trained only with
   ``train_t5`` on, as kohya trains Flux's and SD3's T5-XXL only with ``--train_t5xxl``: it is a
   4.7 B-parameter encoder whose gradients every step cost far more than the CLIPs';
-* **anything else** (the language models; HunyuanDiT's BERT): never. No trainer of those families trains them (kohya,
-  musubi-tuner and ai-toolkit all train the diffusion model only), and they are 2-24 B parameters.
+* **anything else** (the language models; HunyuanDiT's BERT): never. No trainer of those families
+  trains them (kohya, musubi-tuner and ai-toolkit train the diffusion model only), and the language
+  models are 2-24 B parameters.
 
-Weights stored in a quantised type (fp8, int8) cannot carry a peft LoRA's gradients here: such a part
-is refused with the fix (load the encoder in fp16/bf16) rather than trained wrongly.
+Weights stored in a quantised type (fp8, int8) are refused with the fix (load the encoder in fp16 or
+bf16): peft would make the LoRA in the weights' own type, which cannot train.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from ..adapters.inject import AdapterError
 
 # The blocks kohya puts text-encoder LoRA layers in (ComfyUI's and transformers' encoders share these names).
 _BLOCKS = {
-    "clip": (re.compile(r"^CLIP(Sdpa|Flash)?(Attention2?|MLP)$"), ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")),
-    "t5": (re.compile(r"^T5(Attention|DenseGatedActDense|DenseActDense)$"), ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")),
+    "clip": (re.compile(r"^CLIP(Sdpa|Flash)?(Attention2?|MLP)$"),
+             ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")),
+    "t5": (re.compile(r"^T5(Attention|DenseGatedActDense|DenseActDense)$"),
+           ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")),
 }
 _TRAINABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 KIND_NAMES = {"clip": "CLIP", "t5": "T5", "llm": "language model", "other": "encoder"}
@@ -38,7 +41,7 @@ KIND_NAMES = {"clip": "CLIP", "t5": "T5", "llm": "language model", "other": "enc
 @dataclass(frozen=True)
 class TextEncoderPart:
     """One text encoder inside a CLIP: its attribute name (``clip_l``, ``t5xxl``, ``qwen25_7b``...), what
-    it is (``clip``, ``t5`` or ``other``), its size and the module paths of its LoRA layers."""
+    it is (``clip``, ``t5``, ``llm`` or ``other``), its size and the module paths of its LoRA layers."""
 
     name: str
     kind: str
