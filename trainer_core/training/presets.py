@@ -86,7 +86,7 @@ _FAMILIES: dict[str, _Family] = {
         "character": {"steps": 2000}, "style": {"noise_offset": 0.0}}),
     # SimpleTuner FLUX2.md: rank 16, 1e-4, 1024 px; steps as Flux.1's.
     "Flux.2": _Family(("Flux2",), _FLUX, overrides={
-        "character": {"steps": 1000}, "style": {"steps": 1500, "rank": 16, "alpha": 16.0, "noise_offset": 0.0}}),
+        "character": {"steps": 1000}, "style": {"steps": 1500, "noise_offset": 0.0}}),
     # ai-toolkit train_lora_chroma_24gb.yaml: rank 16, alpha 16, 1e-4, 2,000 steps, up to 1024 px.
     "Chroma": _Family(("Chroma",), _FLUX, overrides={
         "character": {"steps": 2000}, "style": {"noise_offset": 0.0}}),
