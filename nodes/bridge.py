@@ -152,37 +152,60 @@ def effective_clip_skip(clip: Any, clip_skip: int) -> int:
     return clip_skip
 
 
-def clip_key_namer(clip: Any) -> Any:
+def clip_key_namer(clip: Any, train_t5: bool = False) -> Any:
     """Module path in the CLIP's ``cond_stage_model`` → kohya key stem, from ComfyUI's own LoRA key map
     (``comfy.lora.model_lora_keys_clip``), so LoraLoader finds every key.
 
     Among the names ComfyUI maps to a weight, kohya's are chosen: ``lora_te_`` when the CLIP has one text
-    encoder with LoRA names (SD1.5), ``lora_te1_`` / ``lora_te2_`` when it has several (SDXL's CLIP-L / CLIP-G)."""
+    encoder with LoRA names (SD1.5), ``lora_te1_`` / ``lora_te2_`` when it has several (CLIP-L / CLIP-G), and
+    ``lora_te3_`` for T5-XXL where ComfyUI maps it (SD3, Flux, HiDream: kohya's name for it), else the one
+    ComfyUI maps (Chroma's lone T5: ``lora_te1_``). Refuses, before training, an encoder whose layers
+    ComfyUI's loader has no such name for."""
     import comfy.lora
 
-    from ..trainer_core.training.text_encoder import find_text_encoder_targets
+    from ..trainer_core.training.text_encoder_parts import trained_parts
 
-    key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+    network = clip.cond_stage_model
+    key_map = comfy.lora.model_lora_keys_clip(network, {})
     numbered = any(key.startswith("lora_te2_") for key in key_map)
     names: dict[str, list[str]] = {}
     for lora_key, weight_key in key_map.items():
         if lora_key.startswith("lora_te") and weight_key.endswith(".weight"):
             names.setdefault(weight_key[: -len(".weight")], []).append(lora_key)
+    parts, _ = trained_parts(network, train_t5)
+    t5_targets = {target for part in parts if part.kind == "t5" for target in part.targets}
 
-    def name(module_path: str) -> str:
+    def name(module_path: str) -> str | None:
+        if module_path in t5_targets:
+            prefixes: tuple[str, ...] = ("lora_te3_", "lora_te2_", "lora_te1_")
+        else:
+            prefixes = ("lora_te1_", "lora_te2_") if numbered else ("lora_te_",)
         candidates = names.get(module_path, [])
-        for prefix in (("lora_te1_", "lora_te2_") if numbered else ("lora_te_",)):
+        for prefix in prefixes:
             for candidate in candidates:
                 if candidate.startswith(prefix):
                     return candidate
-        raise UnsupportedModelError(
-            f"ComfyUI's LoRA loader has no kohya name for the text-encoder layer {module_path}, so a LoRA trained "
-            "there would not load: set text_encoder_lr to 0 to train the UNet only"
-        )
+        return None
 
-    for target in find_text_encoder_targets(clip.cond_stage_model):
-        name(target)  # fail before training, not when saving
-    return name
+    for part in parts:  # fail before training, not when saving
+        if any(name(target) is None for target in part.targets):
+            fix = "turn train_t5 off or " if part.kind == "t5" else ""
+            raise UnsupportedModelError(
+                f"ComfyUI's LoRA loader has no kohya name (lora_te*) for the layers of the text encoder "
+                f"{part.describe()}, so a LoRA trained there would not load: {fix}set text_encoder_lr to 0 to "
+                "train the diffusion model only"
+            )
+
+    def checked(module_path: str) -> str:
+        stem = name(module_path)
+        if stem is None:
+            raise UnsupportedModelError(
+                f"ComfyUI's LoRA loader has no kohya name for the text-encoder layer {module_path}: set "
+                "text_encoder_lr to 0 to train the UNet only"
+            )
+        return stem
+
+    return checked
 
 
 # What a VAE is, told by its latents (channels, axes), for messages: ComfyUI's VAE does not know its file.

@@ -32,8 +32,9 @@ from ..trainer_core.training.loop import NonFiniteLossError, samples_per_epoch, 
 from ..trainer_core.training.memory import check_state_on_cpu, stored_weight_bytes
 from ..trainer_core.training.metadata import training_metadata
 from ..trainer_core.training.optimizers import OPTIMIZER_CHOICES, OptimizerConfig, check_optimizer_available
-from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES
+from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES, preset_family_warning
 from ..trainer_core.training.schedulers import SCHEDULER_CHOICES, SchedulerConfig
+from ..trainer_core.training.text_encoder_parts import skipped_text_encoders_note
 from . import bridge, families
 from .optimizer_settings import LoRALabOptimizerSettings, optimizer_config
 from .train_progress import CanvasProgress, SampleImages, send_text, show_memory_estimate
@@ -113,11 +114,13 @@ class TrainLoRA(io.ComfyNode):
                 Dataset.Input("dataset", tooltip="Images and captions from Load Dataset (or Auto Caption)."),
                 io.Combo.Input(
                     "preset", options=list(PRESET_CHOICES), default=CUSTOM,
-                    tooltip="Settings from the guides for a goal and model family (quick test; character, style, "
-                    "likeness for SD1.5, SDXL, Flux). Choosing one in the canvas fills the fields below, on the "
-                    "settings nodes wired in (adding one where a value differs from its default) and the "
-                    "resolution of a Load Dataset wired straight in; every field stays editable and what trains "
-                    "is what the fields say. 'custom' changes nothing.",
+                    tooltip="Settings from the guides for a goal and model family (quick test, any model; character, "
+                    "style, likeness for SD1.5, SDXL, Flux; character, style for SD3.5, Flux.2, Chroma, Qwen-Image, "
+                    "Z-Image, Lumina 2, HiDream, Wan in image mode). Choosing one in the canvas fills the fields "
+                    "below, on the settings nodes wired in (adding one where a value differs from its default) and "
+                    "the resolution of a Load Dataset wired straight in; every field stays editable and what trains "
+                    "is what the fields say. The console warns when the preset is for another family than the "
+                    "MODEL's. 'custom' changes nothing.",
                 ),
                 io.String.Input(
                     "trigger_word", default="",
@@ -189,6 +192,9 @@ class TrainLoRA(io.ComfyNode):
     ) -> io.NodeOutput:
         families.check_trainable_family(model)  # before anything is cloned or loaded
         bridge.check_vae_fits(vae, model, "TrainLoRA: vae")
+        preset_warning = preset_family_warning(preset, bridge.model_family(model))
+        if preset_warning:
+            print(f"[LoRA Lab] TrainLoRA: {preset_warning}", flush=True)
         refuse_moved_inputs(cls.hidden.prompt, cls.hidden.unique_id)
         settings = merged_settings(SETTINGS_NODES, {
             "optimizer_settings": optimizer_settings, "loss_settings": loss_settings,
@@ -244,7 +250,7 @@ class TrainLoRA(io.ComfyNode):
 
 def _training_config(settings: dict[str, Any], **widgets: Any) -> TrainingConfig:
     """TrainingConfig from Train LoRA's own values (``widgets``) and the settings nodes' values of its other fields."""
-    names = ("text_encoder_lr", "clip_skip", "gradient_accumulation", "mixed_precision", "gradient_checkpointing",
+    names = ("text_encoder_lr", "clip_skip", "train_t5", "gradient_accumulation", "mixed_precision", "gradient_checkpointing",
              "min_snr_gamma", "noise_offset", "loss_type", "timestep_sampling", "multires_noise_iterations",
              "ema_decay", "optimizer_state_on_cpu")
     return TrainingConfig(**widgets, **{name: settings[name] for name in names})
@@ -267,7 +273,11 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
     """Train on a clone of ``model``; returns (result, the clone, the sample images, stored base-weight bytes)."""
     settings, training = run.settings, run.training
     train_text = training.text_encoder_lr > 0
-    text_key_namer = bridge.clip_key_namer(clip) if train_text else default_text_key_name
+    text_key_namer = bridge.clip_key_namer(clip, training.train_t5) if train_text else default_text_key_name
+    if train_text:
+        note = skipped_text_encoders_note(clip.cond_stage_model, training.train_t5)
+        if note:
+            print(f"[LoRA Lab] TrainLoRA: {note}", flush=True)
     training_clip = bridge.clip_with_skip(clip, training.clip_skip)
     patcher = model.clone()
     copied_base = bridge.use_base_weights(patcher, settings["base_weights"])

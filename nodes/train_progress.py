@@ -13,9 +13,11 @@ from ..trainer_core.adapters.inject import find_target_modules
 from ..trainer_core.training.config import TrainingConfig
 from ..trainer_core.training.loop import StepReport, resolve_precision
 from ..trainer_core.training.memory_estimate import (
+    MemoryEstimate,
     adapter_parameter_count,
     estimate_training_memory,
     layer_shapes,
+    linear_inputs,
     memory_advice,
     tensor_bytes,
 )
@@ -96,27 +98,34 @@ class SampleImages:
         return torch.stack(self.images)
 
 
+def memory_estimate_for(denoiser, text_network, lora_config: LoRAConfig, training: TrainingConfig, optimizer: str,
+                        resolution: int, device: torch.device) -> MemoryEstimate:
+    """The GPU memory estimate of this run: the diffusion network as it will train (and the text encoder,
+    when ``text_network`` trains too), at ``resolution`` px."""
+    network = denoiser.network
+    shapes = layer_shapes(network, find_target_modules(network, lora_config.target))
+    base_bytes = tensor_bytes(network)  # the low-precision copy when base_weights asks for one
+    if text_network is not None:  # trained too: on the device, with its own LoRA
+        shapes += layer_shapes(text_network, find_text_encoder_targets(text_network, training.train_t5))
+        base_bytes += tensor_bytes(text_network)
+    return estimate_training_memory(
+        base_weight_bytes=base_bytes,
+        adapter_parameters=adapter_parameter_count(shapes, lora_config.rank, lora_config.adapter),
+        optimizer=optimizer, family=bridge.model_family(denoiser.patcher), batch_size=training.batch_size,
+        optimizer_state_on_cpu=training.optimizer_state_on_cpu, ema=training.ema_decay > 0,
+        width=resolution, height=resolution, precision=resolve_precision(training.mixed_precision, device),
+        gradient_checkpointing=training.gradient_checkpointing, network_linear_inputs=linear_inputs(network),
+    )
+
+
 def show_memory_estimate(denoiser, text_network, lora_config: LoRAConfig, training: TrainingConfig,
                           optimizer: str, resolution: int, node_id: str | None) -> None:
     """Before the first step: the GPU memory this run needs, on the node and in the console; stop
     at once when even the exact parts cannot fit on the card."""
     import comfy.model_management
 
-    network = denoiser.network
     device = comfy.model_management.get_torch_device()
-    shapes = layer_shapes(network, find_target_modules(network, lora_config.target))
-    base_bytes = tensor_bytes(network)  # the low-precision copy when base_weights asks for one
-    if text_network is not None:  # trained too: on the device, with its own LoRA
-        shapes += layer_shapes(text_network, find_text_encoder_targets(text_network))
-        base_bytes += tensor_bytes(text_network)
-    estimate = estimate_training_memory(
-        base_weight_bytes=base_bytes,
-        adapter_parameters=adapter_parameter_count(shapes, lora_config.rank, lora_config.adapter),
-        optimizer=optimizer, family=bridge.model_family(denoiser.patcher), batch_size=training.batch_size,
-        optimizer_state_on_cpu=training.optimizer_state_on_cpu, ema=training.ema_decay > 0,
-        width=resolution, height=resolution, precision=resolve_precision(training.mixed_precision, device),
-        gradient_checkpointing=training.gradient_checkpointing,
-    )
+    estimate = memory_estimate_for(denoiser, text_network, lora_config, training, optimizer, resolution, device)
     text = estimate.describe()
     if device.type == "cuda":
         card = comfy.model_management.get_total_memory(device)

@@ -55,6 +55,8 @@ class SettingsNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, **values: Any) -> io.NodeOutput:
+        # An optional input an older graph does not give means its declared default.
+        values = {**declared_defaults(cls), **values}
         return io.NodeOutput(NodeSettings(tuple(sorted(values.items()))))
 
 
@@ -196,6 +198,9 @@ class LoRALabTextEncoderSettings(SettingsNode):
                            max=10.0, step=1e-5, round=1e-7, tooltip=_train_help("text_encoder_lr")),
             io.Int.Input("clip_skip", default=default_of(TrainingConfig, "clip_skip"), min=1, max=12,
                          tooltip=_train_help("clip_skip")),
+            # Optional, so API graphs saved before it still validate (execute fills in its default).
+            io.Boolean.Input("train_t5", default=default_of(TrainingConfig, "train_t5"), optional=True,
+                             tooltip=_train_help("train_t5")),
         ])
 
 

@@ -54,3 +54,44 @@ def test_custom_changes_nothing_and_unknown_names_are_refused():
     assert PRESET_CHOICES[0] == CUSTOM and preset_values(CUSTOM) == {}
     with pytest.raises(ValueError, match="preset must be one of"):
         preset_values("SD2 · anime")
+
+
+FLOW_FAMILIES = ("Flux", "SD3.5", "Flux.2", "Chroma", "Qwen-Image", "Z-Image", "Lumina 2", "HiDream", "Wan (image)")
+
+
+def test_every_preset_says_which_family_it_is_for_and_describes_its_own_values():
+    from trainer_core.training.presets import presets_for_web
+
+    table = presets_for_web()
+    assert table["custom"]["family"] == "any" and table["quick test (any model)"]["model_classes"] == []
+    families = {p["family"] for n, p in PRESETS.items() if p["model_classes"]}
+    assert set(FLOW_FAMILIES) | {"SD1.5", "SDXL"} == families
+    for name, preset in PRESETS.items():
+        if name.startswith("quick"):
+            continue
+        values = preset["values"]
+        assert name.startswith(preset["family"] + " · ") and preset["model_classes"], name
+        for stated in (f"rank {values['rank']},", f"{values['steps']:,} steps", f"{values['dataset_resolution']} px",
+                       values["optimizer"]):
+            assert stated in preset["description"], (name, stated)
+
+
+@pytest.mark.parametrize("family", FLOW_FAMILIES)
+def test_flow_families_train_as_flow_models_at_their_guides_resolution(family):
+    for name in (n for n, p in PRESETS.items() if p["family"] == family):
+        values = preset_values(name)
+        assert values["timestep_sampling"] == "logit_normal" and values["min_snr_gamma"] == 0, name
+        assert values["noise_offset"] == 0 and values["gradient_checkpointing"] and values["mixed_precision"] == "bf16"
+        assert values["dataset_resolution"] == (640 if family == "Wan (image)" else 1024)
+
+
+def test_a_preset_for_another_family_than_the_models_is_warned_about_with_the_ones_that_fit():
+    from trainer_core.training.presets import preset_family_warning
+
+    warning = preset_family_warning("SDXL · character", "Flux")
+    assert warning is not None and "is for SDXL" in warning and "ComfyUI's Flux" in warning
+    assert "Flux · character, Flux · style, Flux · likeness" in warning
+    assert "'quick test (any model)' fits" in preset_family_warning("Flux · style", "AuraFlow")
+    assert preset_family_warning("Z-Image · character", "Lumina2") is None  # Z-Image loads as ComfyUI's Lumina2
+    assert preset_family_warning("quick test (any model)", "AuraFlow") is None
+    assert preset_family_warning(CUSTOM, "Flux") is None

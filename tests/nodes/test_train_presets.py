@@ -72,3 +72,21 @@ def test_settings_hosts_name_each_moved_field_once_with_its_node_default():
     }
     assert hosts["noise_offset"]["node"] == "LoraLabLossSettings"
     assert hosts["lr_warmup"]["socket"] == "optimizer_settings"
+
+
+def test_family_presets_name_the_model_classes_the_matrix_families_load_as():
+    """Each family preset's model classes are ComfyUI's own (comfy.model_base), and every family of the matrix
+    has a family preset except the ones the README lists (they get 'quick test (any model)')."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+    load_pack()
+    import comfy.model_base
+    from comfy_inproc import tiny_model_patcher
+    from lora_lab.trainer_core.training.presets import PRESETS
+    from tiny_families import FAMILIES
+
+    covered = {cls for preset in PRESETS.values() for cls in preset["model_classes"]}
+    for cls in covered:
+        assert isinstance(getattr(comfy.model_base, cls, None), type), f"{cls} is not a ComfyUI model class"
+    matrix = {name: type(tiny_model_patcher(name).model).__name__ for name in FAMILIES}
+    without = sorted(name for name, cls in matrix.items() if cls not in covered)
+    assert without == ["auraflow", "cosmos_predict2", "hunyuan_dit", "hunyuan_video", "pixart_sigma"]

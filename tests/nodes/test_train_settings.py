@@ -109,3 +109,13 @@ def test_settings_nodes_check_their_own_values():
     )
     assert train_settings.LoRALabAdapterSettings.validate_inputs(lora_dropout=0.1) is True
     assert train_settings.LoRALabMemorySettings.validate_inputs(base_weights="as loaded") is True
+
+
+def test_an_api_graph_saved_before_train_t5_still_validates_and_means_train_t5_off():
+    _, train_settings = _pack()
+    node = train_settings.LoRALabTextEncoderSettings
+    (entry,) = [e for e in node.GET_SCHEMA().inputs if e.id == "train_t5"]
+    assert entry.optional  # ComfyUI refuses a graph that lacks a required input
+    given = node.execute(text_encoder_lr=5e-5, clip_skip=1).result[0].as_dict()
+    assert given == {"text_encoder_lr": 5e-5, "clip_skip": 1, "train_t5": False}
+    assert node.execute(text_encoder_lr=5e-5, clip_skip=1, train_t5=True).result[0].as_dict()["train_t5"] is True

@@ -7,7 +7,8 @@ optimizer, scheduler, moving average and random streams), ``step`` (one optimize
 model's prediction space, min-SNR), ``optimizers`` (with ``optimizer_packages``: the optional
 packages some of them need), ``optimizer_settings``, ``schedulers``, ``ema``, ``memory`` and
 ``memory_estimate`` (memory options and the estimate before the first step), ``checkpoints``,
-``text_encoder`` (a LoRA in CLIP), ``encoding`` (latents and caption embeddings, cached),
+``text_encoder`` (a LoRA in the text encoders) with ``text_encoder_parts`` (which of them: CLIP, T5 with
+``train_t5``, never a language model), ``encoding`` (latents and caption embeddings, cached),
 ``activations``, ``metadata`` (the ``ss_*`` keys kohya writes), ``presets``, and ``config``
 (``TrainingConfig``).
 

@@ -26,8 +26,8 @@ class TrainingConfig:
     epochs: int = described("Used only when steps is 0: how many passes over the dataset (with repeats).", 10)
     learning_rate: float = described("Learning rate of the LoRA weights (1e-4 is the guides' default).", 1e-4)
     text_encoder_lr: float = described(
-        "Learning rate of a LoRA in the text encoder(s) (CLIP attention and MLP layers). 0 = the text encoder is"
-        " not trained: UNet only (the default). kohya's usual value is about half the UNet's, e.g. 5e-5. With"
+        "Learning rate of a LoRA in the text encoder(s): the CLIP encoders' attention and MLP layers (T5's too"
+        " with train_t5; language-model encoders are refused). 0 = the text encoder is not trained: UNet only (the default). kohya's usual value is about half the UNet's, e.g. 5e-5. With"
         " Prodigy it scales Prodigy's own step size like learning_rate does: use about 0.5-1.0 there.",
         0.0,
     )
@@ -36,6 +36,14 @@ class TrainingConfig:
         " CLIPSetLastLayer -N does. 1 = the CLIP as connected (the last layer on SD1.5; SDXL already uses the"
         " penultimate); 2 = the penultimate (many anime models). Generate with the same setting.",
         1,
+    )
+    train_t5: bool = described(
+        "With text_encoder_lr above 0, also train a LoRA in the T5-XXL text encoder (SD3, Flux, HiDream, Chroma),"
+        " as kohya's train_t5xxl does. Off (kohya's default): only the CLIP encoders train, T5 keeps its"
+        " weights; a 4.7 B-parameter T5 with gradients needs far more memory. Saved as lora_te3_* (ComfyUI,"
+        " kohya); Chroma's lone T5 as lora_te1_*. Language-model encoders (Qwen-Image, Z-Image, Lumina 2,"
+        " Flux.2, HiDream's Llama) never train.",
+        False,
     )
     batch_size: int = described("Images per step. Images of one batch come from one aspect-ratio bucket.", 1)
     gradient_accumulation: int = described(

@@ -116,7 +116,7 @@ def train_lora(
                 with contextlib.ExitStack() as stack:
                     text_adapter = None
                     if train_text:  # captions are then encoded every step, through the text encoder's LoRA
-                        text_adapter = stack.enter_context(text_encoder_lora(text_encoder, lora, training.seed + 1))
+                        text_adapter = stack.enter_context(text_encoder_lora(text_encoder, lora, training))
                     stack.enter_context(gradient_checkpointing(network, training.gradient_checkpointing))
                     run = TrainingRun(
                         denoiser, adapter, latents, LiveText(text_encoder) if train_text else texts, data,

@@ -9,9 +9,18 @@ Four parts:
   8-bit Adam two 8-bit ones, Prodigy four fp32 tensors, ...), plus an fp32 EMA when on; none of it
   when the state is kept in RAM (``optimizer_state_on_cpu``);
 * **activations**: an approximation. What a network keeps for the backward pass grows with the
-  pixels per step; the per-megapixel figures below are rough readings of what kohya / ai-toolkit
-  users report for each family at fp16/bf16 (±30%), scaled by batch size, by 2 for fp32 compute
-  and by about a third with gradient checkpointing.
+  pixels per step. Per family, in GiB per megapixel per image at fp16/bf16 (then scaled by batch size,
+  by 2 for fp32 compute and by about a third with gradient checkpointing):
+
+  - *reported*: SD1.5 / SD2 (``BaseModel``), SDXL and Flux.1: rough readings of what kohya /
+    ai-toolkit users report (±30%);
+  - *scaled*: every other family with linear layers (the DiTs: SD3, Flux.2, Chroma, Qwen-Image,
+    Lumina 2, Z-Image, HiDream, AuraFlow, PixArt, HunyuanDiT, Wan, HunyuanVideo, ...): Flux.1's figure
+    times the sum of the network's linear layers' input widths over Flux.1's (what backward keeps per
+    token grows with it; these families, like Flux, see one token per 16x16 pixels). Read from the
+    loaded network, so Z-Image and Lumina 2, or Wan 1.3B and 14B, differ. Less sure than reported:
+    ±50%;
+  - *a guess*: a network without linear layers: 12 GiB per megapixel, and the estimate says so.
 
 Plus a fixed allowance for the CUDA context and allocator slack. The total is what TrainLoRA
 shows before the first step, and a run that clearly cannot fit on the card stops there with what
@@ -38,8 +47,11 @@ OPTIMIZER_STATE_BYTES: dict[str, float] = {
     "Adafactor": 1.0,  # factored second moments: about rows + columns per matrix
     "SGD": 4.0,  # a momentum buffer when momentum > 0 (counted always)
 }
-# Activation GiB per megapixel per image at 16-bit compute without gradient checkpointing.
+# Activation GiB per megapixel per image at 16-bit compute without gradient checkpointing, reported by users.
 ACTIVATION_GIB_PER_MEGAPIXEL: dict[str, float] = {"BaseModel": 9.0, "SDXL": 11.0, "Flux": 18.0}
+# Sum of the input widths of Flux.1's linear layers (19 double and 38 single blocks, 3072 wide, and its
+# embedders), measured on ComfyUI's Flux built at its real size (a test checks it): other families scale from it.
+FLUX_LINEAR_INPUTS = 1_771_840
 DEFAULT_ACTIVATION_GIB_PER_MEGAPIXEL = 12.0
 CHECKPOINTING_FACTOR = 0.35
 CUDA_OVERHEAD_BYTES = int(0.6 * GIB)
@@ -52,6 +64,7 @@ class MemoryEstimate:
     optimizer_state: int
     activations: int
     overhead: int
+    activation_basis: str = "reported"  # "reported", "scaled" (from Flux.1 by layer widths) or "guess"
 
     @property
     def total(self) -> int:
@@ -61,8 +74,16 @@ class MemoryEstimate:
         return (
             f"estimated GPU memory {_size(self.total)}: base weights {_size(self.base_weights)}, "
             f"LoRA + gradients {_size(self.adapter)}, optimizer state {_size(self.optimizer_state)}, "
-            f"activations ~{_size(self.activations)}, CUDA overhead {_size(self.overhead)}"
+            f"activations ~{_size(self.activations)}{_BASIS_NOTES[self.activation_basis]}, "
+            f"CUDA overhead {_size(self.overhead)}"
         )
+
+
+_BASIS_NOTES = {
+    "reported": "",
+    "scaled": " (scaled from Flux.1's by layer widths: less sure)",
+    "guess": " (a guess: no figure for this model family)",
+}
 
 
 def _size(value: int) -> str:
@@ -108,6 +129,21 @@ def layer_shapes(network: nn.Module, targets: Iterable[str]) -> list[tuple[int, 
     return shapes
 
 
+def linear_inputs(network: nn.Module) -> int:
+    """The sum of the input widths of ``network``'s linear layers: what the activation approximation of
+    families without a reported figure scales with."""
+    return sum(module.in_features for module in network.modules() if isinstance(module, nn.Linear))
+
+
+def activation_gib_per_megapixel(family: str, network_linear_inputs: int = 0) -> tuple[float, str]:
+    """(GiB per megapixel per image at 16-bit without checkpointing, its basis: reported / scaled / guess)."""
+    if family in ACTIVATION_GIB_PER_MEGAPIXEL:
+        return ACTIVATION_GIB_PER_MEGAPIXEL[family], "reported"
+    if network_linear_inputs > 0:
+        return ACTIVATION_GIB_PER_MEGAPIXEL["Flux"] * network_linear_inputs / FLUX_LINEAR_INPUTS, "scaled"
+    return DEFAULT_ACTIVATION_GIB_PER_MEGAPIXEL, "guess"
+
+
 def tensor_bytes(module: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
         b.numel() * b.element_size() for b in module.buffers()
@@ -127,11 +163,14 @@ def estimate_training_memory(
     gradient_checkpointing: bool,
     optimizer_state_on_cpu: bool = False,
     ema: bool = False,
+    network_linear_inputs: int = 0,
 ) -> MemoryEstimate:
-    """``optimizer_state_on_cpu``: the optimizer's state (and its fp32 copies, and the EMA) live in
-    RAM, so none of it counts; ``ema``: an fp32 average of the adapter next to it."""
+    """``family`` is ComfyUI's model class name; ``network_linear_inputs`` (``linear_inputs`` of the
+    network) scales the activations of families without a reported figure. ``optimizer_state_on_cpu``:
+    the optimizer's state (and its fp32 copies, and the EMA) live in RAM, so none of it counts; ``ema``:
+    an fp32 average of the adapter next to it."""
     megapixels = width * height / 1e6
-    per_megapixel = ACTIVATION_GIB_PER_MEGAPIXEL.get(family, DEFAULT_ACTIVATION_GIB_PER_MEGAPIXEL)
+    per_megapixel, basis = activation_gib_per_megapixel(family, network_linear_inputs)
     activations = per_megapixel * GIB * megapixels * batch_size
     if precision == "fp32":
         activations *= 2
@@ -145,6 +184,7 @@ def estimate_training_memory(
         ),
         activations=int(activations),
         overhead=CUDA_OVERHEAD_BYTES,
+        activation_basis=basis,
     )
 
 

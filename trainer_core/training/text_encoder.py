@@ -3,7 +3,7 @@
 With ``text_encoder_lr`` 0 (the default) the loop encodes each caption once and caches it. Above 0 it
 injects a LoRA (the same rank, alpha and dropout as the UNet's) into the attention and MLP linears of
 every CLIP text encoder it finds (kohya's targets: ``CLIPAttention``'s q/k/v/out projections and
-``CLIPMLP``'s fc1/fc2), encodes the captions of every step with gradients flowing into it, and trains
+``CLIPMLP``'s fc1/fc2) and, with ``train_t5``, of T5 (which encoders: ``text_encoder_parts``), encodes the captions of every step with gradients flowing into it, and trains
 those weights in their own optimizer param group. The text encoder is shared like the UNet: the
 adapter is taken off afterwards exactly as ``adapters.inject`` does for the UNet.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -24,26 +23,8 @@ from ..adapters.inject import AdapterError, InjectedAdapter, autograd_safe_weigh
 from ..models.protocols import TextEmbedding, TextEncoder
 from .activations import keep_saved_activations
 from .checkpoints import ResumeError
-
-# The blocks kohya puts text-encoder LoRA layers in (ComfyUI's and transformers' CLIP share these names).
-_CLIP_BLOCK = re.compile(r"^CLIP(Sdpa|Flash)?(Attention2?|MLP)$")
-_CLIP_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-
-
-def find_text_encoder_targets(network: nn.Module) -> list[str]:
-    """Module paths of the linears inside the CLIP attention and MLP blocks of ``network``."""
-    names = []
-    for name, module in network.named_modules():
-        if _CLIP_BLOCK.match(type(module).__name__):
-            for child_name, child in module.named_children():
-                if child_name in _CLIP_LINEARS and isinstance(child, nn.Linear):
-                    names.append(f"{name}.{child_name}" if name else child_name)
-    if not names:
-        raise AdapterError(
-            f"text_encoder_lr is above 0, but the CLIP ({type(network).__name__}) has no CLIP attention or MLP "
-            "layers LoRA Lab can train. Set text_encoder_lr to 0 to train the UNet only."
-        )
-    return names
+from .config import TrainingConfig
+from .text_encoder_parts import find_text_encoder_targets
 
 
 def with_clip_skip(encoder: TextEncoder, clip_skip: int) -> TextEncoder:
@@ -76,8 +57,9 @@ class LiveText:
 
 
 @contextlib.contextmanager
-def text_encoder_lora(encoder: TextEncoder, lora: LoRAConfig, seed: int) -> Iterator[InjectedAdapter]:
-    """A LoRA in the encoder's CLIP attention and MLP linears for the duration of the block; the network
+def text_encoder_lora(encoder: TextEncoder, lora: LoRAConfig, training: TrainingConfig) -> Iterator[InjectedAdapter]:
+    """A LoRA in the encoder's CLIP attention and MLP linears (and T5's, with ``training.train_t5``: see
+    ``text_encoder_parts``), seeded from ``training.seed`` + 1, for the duration of the block; the network
     comes back with its own layers, parameters and train/eval mode. ``encoder`` must be a
     ``protocols.TrainableTextEncoder``."""
     network = getattr(encoder, "network", None)
@@ -86,11 +68,11 @@ def text_encoder_lora(encoder: TextEncoder, lora: LoRAConfig, seed: int) -> Iter
             f"text_encoder_lr is above 0, but this text encoder ({type(encoder).__name__}) cannot be trained: "
             "set text_encoder_lr to 0"
         )
-    targets = find_text_encoder_targets(network)
+    targets = find_text_encoder_targets(network, training.train_t5)
     was_training = {module: module.training for module in network.modules()}
     with autograd_safe_weights(network):
         # Always a plain LoRA: the text-encoder keys ComfyUI maps are checked for that type.
-        adapter = inject_adapter(network, dataclasses.replace(lora, adapter="lora"), seed, targets=targets)
+        adapter = inject_adapter(network, dataclasses.replace(lora, adapter="lora"), training.seed + 1, targets=targets)
         try:
             with adapter.training_mode():  # LoRA dropout on; the encoder itself runs as it does for inference
                 yield adapter
@@ -131,8 +113,8 @@ def restore_text_encoder_state(adapter: InjectedAdapter | None, state: dict[str,
     if state.get("text_encoder_targets", []) != targets:
         trained = "with" if state.get("text_encoder_targets") else "without"
         raise ResumeError(
-            f"the resume state{where} was trained {trained} a text-encoder LoRA: set text_encoder_lr as in that "
-            "run (0 = UNet only) with the same CLIP, or start a new run"
+            f"the resume state{where} was trained {trained} a text-encoder LoRA in these layers: set text_encoder_lr "
+            "and train_t5 as in that run (text_encoder_lr 0 = UNet only) with the same CLIP, or start a new run"
         )
     if adapter is not None:
         with torch.no_grad():
