@@ -89,4 +89,4 @@ def test_family_presets_name_the_model_classes_the_matrix_families_load_as():
         assert isinstance(getattr(comfy.model_base, cls, None), type), f"{cls} is not a ComfyUI model class"
     matrix = {name: type(tiny_model_patcher(name).model).__name__ for name in FAMILIES}
     without = sorted(name for name, cls in matrix.items() if cls not in covered)
-    assert without == ["auraflow", "cosmos_predict2", "hunyuan_dit", "hunyuan_video", "pixart_sigma"]
+    assert without == ["auraflow", "cosmos_predict2", "hunyuan_dit", "hunyuan_image21", "hunyuan_video", "pixart_sigma"]
