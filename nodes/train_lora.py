@@ -35,6 +35,7 @@ from ..trainer_core.training.optimizers import OPTIMIZER_CHOICES, OptimizerConfi
 from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES
 from ..trainer_core.training.schedulers import SCHEDULER_CHOICES, SchedulerConfig
 from . import bridge, families
+from .key_formats import key_format
 from .optimizer_settings import LoRALabOptimizerSettings, optimizer_config
 from .train_progress import CanvasProgress, SampleImages, show_memory_estimate
 from .train_settings import (
@@ -230,6 +231,7 @@ class TrainLoRA(io.ComfyNode):
         if preset != CUSTOM:
             weights.metadata["lora_lab_preset"] = preset
         weights.metadata["lora_lab_optimizer"] = json.dumps(asdict(run.optimizer))
+        weights.metadata["lora_lab_key_format"] = key_format(patcher.model).name
         weights.metadata["lora_lab_base_weights"] = json.dumps({"choice": settings["base_weights"],
                                                                 "bytes": base_weight_bytes})
         train_text = run.training.text_encoder_lr > 0

@@ -1,0 +1,202 @@
+"""The key names a family's LoRA file carries (``nodes/key_formats.py``) are ones diffusers reads, for every
+family whose diffusers pipeline has a LoRA loader.
+
+Each file is made as Train LoRA makes it (peft adapters on ComfyUI's own model class for the family, exported
+through the family's key namer), then goes through that pipeline's own ``lora_state_dict`` conversion and
+``load_lora_into_unet`` / ``load_lora_into_transformer`` into a diffusers model of the family built from a
+config. Neither model's base weights are ever written (ComfyUI's on the meta device, diffusers' in unwritten
+memory): only the LoRA tensors are real, so families whose diffusers
+conversion splits fused layers at the real widths (Flux, Chroma, Lumina 2, HunyuanVideo) are built at those
+widths with one block of each kind.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import logging
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+from comfy_inproc import load_pack  # noqa: E402
+from family_models import SD15_TINY  # noqa: E402
+from tiny_families import FAMILIES  # noqa: E402
+
+pytestmark = pytest.mark.comfy
+
+RANK, ALPHA = 4, 2.0
+
+FLUX_REAL_WIDTH = dict(hidden_size=3072, num_heads=24, axes_dim=[16, 56, 56])
+# The matrix's ComfyUI configs at other widths: the ones diffusers' conversions split fused layers at, and for
+# Z-Image one where ComfyUI's and diffusers' rounding of the feed-forward width agree (as at the real 3840).
+WIDTHS = {
+    "flux": FLUX_REAL_WIDTH,
+    "flux_schnell": FLUX_REAL_WIDTH,
+    "chroma": FLUX_REAL_WIDTH,
+    "lumina2": dict(dim=2304, n_heads=24, n_kv_heads=8, cap_feat_dim=2304, axes_dims=[32, 32, 32]),
+    "hunyuan_video": dict(hidden_size=3072, num_heads=24, axes_dim=[16, 56, 56]),
+    "z_image": dict(dim=384, n_heads=3, n_kv_heads=3),
+}
+UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), mid_block_type=None, attention_head_dim=(2, 4))
+FLUX = dict(in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=128, num_attention_heads=24,
+            joint_attention_dim=4096, axes_dims_rope=(16, 56, 56))
+# The diffusers model of each family, shaped as the ComfyUI model above (same widths, one block of each kind).
+DIFFUSERS_MODELS = {
+    "sd15": ("UNet2DConditionModel", dict(UNET, cross_attention_dim=768, use_linear_projection=False)),
+    "sd2_v": ("UNet2DConditionModel", dict(UNET, cross_attention_dim=1024, use_linear_projection=True)),
+    "sdxl": ("UNet2DConditionModel", dict(UNET, cross_attention_dim=2048, use_linear_projection=True,
+                                          addition_embed_type="text_time", addition_time_embed_dim=256,
+                                          projection_class_embeddings_input_dim=2816)),
+    "flux": ("FluxTransformer2DModel", dict(FLUX, pooled_projection_dim=768, guidance_embeds=True)),
+    "flux_schnell": ("FluxTransformer2DModel", dict(FLUX, pooled_projection_dim=768, guidance_embeds=False)),
+    "chroma": ("ChromaTransformer2DModel", dict(FLUX, approximator_hidden_dim=32, approximator_layers=1)),
+    "flux2": ("Flux2Transformer2DModel", dict(in_channels=128, num_layers=1, num_single_layers=1, attention_head_dim=32,
+                                              num_attention_heads=2, joint_attention_dim=15360, mlp_ratio=3.0,
+                                              axes_dims_rope=(8, 8, 8, 8))),
+    "lumina2": ("Lumina2Transformer2DModel", dict(hidden_size=2304, num_layers=1, num_refiner_layers=1,
+                                                  num_attention_heads=24, num_kv_heads=8, cap_feat_dim=2304,
+                                                  axes_dim_rope=(32, 32, 32))),
+    "z_image": ("ZImageTransformer2DModel", dict(dim=384, n_layers=1, n_refiner_layers=1, n_heads=3, n_kv_heads=3,
+                                                 cap_feat_dim=2560, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512])),
+    "qwen_image": ("QwenImageTransformer2DModel", dict(in_channels=64, out_channels=16, num_layers=1,
+                                                       attention_head_dim=32, num_attention_heads=2,
+                                                       joint_attention_dim=3584, axes_dims_rope=(8, 12, 12))),
+    "hidream": ("HiDreamImageTransformer2DModel", dict(
+        patch_size=2, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=32, num_attention_heads=2,
+        caption_channels=[4096, 4096], text_emb_dim=2048, num_routed_experts=2, num_activated_experts=1,
+        axes_dims_rope=(16, 8, 8), llama_layers=[1, 3])),
+    "auraflow": ("AuraFlowTransformer2DModel", dict(sample_size=8, patch_size=2, in_channels=4, num_mmdit_layers=1,
+                                                    num_single_dit_layers=1, attention_head_dim=32, num_attention_heads=2,
+                                                    joint_attention_dim=2048, caption_projection_dim=64, out_channels=4,
+                                                    pos_embed_max_size=64)),
+    "wan21": ("WanTransformer3DModel", dict(num_attention_heads=2, attention_head_dim=32, text_dim=4096, freq_dim=32,
+                                            ffn_dim=128, num_layers=1)),
+    "hunyuan_video": ("HunyuanVideoTransformer3DModel", dict(num_attention_heads=24, attention_head_dim=128, num_layers=1,
+                                                             num_single_layers=1, num_refiner_layers=1)),
+}
+# Families whose diffusers pipeline has no LoRA loader (the README says so).
+NO_DIFFUSERS_LOADER = {"pixart_sigma": "PixArtSigmaPipeline", "hunyuan_dit": "HunyuanDiTPipeline"}
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return load_pack()
+
+
+def comfy_model_on_meta(family: str):
+    """ComfyUI's own model class for ``family`` (the matrix's tiny config, at real widths where needed)."""
+    import comfy.supported_models
+
+    if family == "sd15":
+        class_name, tiny, model_state = SD15_TINY[0], SD15_TINY[1], {}
+    else:
+        spec = FAMILIES[family]
+        class_name, tiny = spec.model_class, dict(spec.config, **WIDTHS.get(family, {}))
+        model_state = {k: torch.linspace(-1, 1, 64) if v == "spread" else v for k, v in spec.model_state.items()}
+    model_class = getattr(comfy.supported_models, class_name)
+    model_config = model_class(dict(model_class.unet_config, **tiny))
+    model_config.set_inference_dtype(torch.float32, None)
+    return model_config.get_model(model_state, device="meta")
+
+
+def exported_file(family: str) -> tuple[dict[str, torch.Tensor], list[tuple[int, float]], object]:
+    """(the file's tensors as Train LoRA exports them, each trained layer's change as ``delta_size`` gives it,
+    the key namer)."""
+    from lora_lab.nodes import bridge
+    from lora_lab.trainer_core.adapters.adapter_types import ADAPTER
+    from lora_lab.trainer_core.adapters.config import LoRAConfig
+    from lora_lab.trainer_core.adapters.inject import inject_adapter
+    from lora_lab.trainer_core.training.bookkeeping import extract_weights
+
+    model = comfy_model_on_meta(family)
+    namer = bridge.kohya_key_namer(types.SimpleNamespace(model=model))
+    adapter = inject_adapter(model.diffusion_model, LoRAConfig(rank=RANK, alpha=ALPHA), seed=0)
+    generator = torch.Generator().manual_seed(1)
+    trained = []
+    for _, layer in adapter.layers():  # trained values: peft starts lora_B at zero
+        down, up = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]
+        down.weight = torch.nn.Parameter(torch.randn(down.weight.shape, generator=generator) / 8)
+        up.weight = torch.nn.Parameter(torch.randn(up.weight.shape, generator=generator) / 8)
+        trained.append(delta_size(up.weight, down.weight, ALPHA / RANK))
+    return extract_weights(adapter, namer), trained, namer
+
+
+def delta_size(up: torch.Tensor, down: torch.Tensor, scale: float) -> tuple[int, float]:
+    """(how many weight values ``scale * up @ down`` changes, its squared Frobenius norm), without building it:
+    ||U D||^2 = sum((U^T U) * (D D^T))."""
+    up, down = up.detach().double().flatten(1), down.detach().double().flatten(1)
+    squared = ((up.T @ up) * (down @ down.T)).sum().item() * scale**2
+    return up.shape[0] * down.shape[1], squared
+
+
+def load_into_diffusers(pipeline_name: str, family: str, file: dict[str, torch.Tensor]):
+    """The pipeline's own conversion, then its loader into a diffusers model of the family; returns (the
+    model, what diffusers logged)."""
+    import diffusers
+    from diffusers.utils import logging as diffusers_logging
+
+    pipeline = getattr(diffusers, pipeline_name)
+    model_name, config = DIFFUSERS_MODELS[family]
+    with torch.device("meta"):
+        model = getattr(diffusers, model_name)(**config)
+    model.to_empty(device="cpu")  # unwritten memory: the base weights are never read, and never take up RAM
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    diffusers_logging.get_logger("diffusers").addHandler(handler)
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_warning()
+    try:
+        converted = pipeline.lora_state_dict(dict(file))
+        alphas = None
+        if isinstance(converted, tuple):
+            converted, alphas = converted[0], converted[1]
+        if model_name == "UNet2DConditionModel":
+            pipeline.load_lora_into_unet(converted, alphas, unet=model, adapter_name="file")
+        else:
+            load = pipeline.load_lora_into_transformer
+            extra = {"network_alphas": alphas} if "network_alphas" in inspect.signature(load).parameters else {}
+            load(converted, transformer=model, adapter_name="file", **extra)
+    finally:
+        diffusers_logging.get_logger("diffusers").removeHandler(handler)
+        diffusers_logging.set_verbosity(verbosity)
+    return model, log.getvalue()
+
+
+def diffusers_deltas(model) -> list[tuple[int, float]]:
+    from peft.tuners.lora import LoraLayer
+
+    return [delta_size(module.lora_B["file"].weight, module.lora_A["file"].weight, module.scaling["file"])
+            for module in model.modules() if isinstance(module, LoraLayer) and "file" in module.lora_A]
+
+
+@pytest.mark.parametrize("family", list(DIFFUSERS_MODELS))
+def test_the_file_loads_into_diffusers_through_the_pipelines_own_loader_with_every_key_placed(pack, family):
+    file, trained, namer = exported_file(family)
+    pipeline_name = namer.key_format.diffusers_pipeline
+    assert pipeline_name is not None, f"the key-format table names no diffusers pipeline for {family}"
+
+    model, log = load_into_diffusers(pipeline_name, family, file)
+    for complaint in ("unexpected", "missing", "No LoRA keys", "unsuccessful", "not loaded", "not compatible"):
+        assert complaint not in log, log
+    deltas = diffusers_deltas(model)
+    assert deltas, f"{pipeline_name} placed no LoRA layer on {DIFFUSERS_MODELS[family][0]}"
+    # Fused layers (qkv) may land as several diffusers layers: the weights they change add up to the same
+    # number of values with the same size of change, so nothing was dropped, doubled or rescaled.
+    assert sum(numel for numel, _ in deltas) == sum(numel for numel, _ in trained)
+    assert sum(size for _, size in deltas) == pytest.approx(sum(size for _, size in trained), rel=1e-6)
+
+
+@pytest.mark.parametrize("family", list(NO_DIFFUSERS_LOADER))
+def test_families_the_table_gives_no_diffusers_pipeline_have_none_with_a_lora_loader(pack, family):
+    import diffusers
+    from lora_lab.nodes.key_formats import key_format
+
+    assert key_format(comfy_model_on_meta(family)).diffusers_pipeline is None
+    assert not hasattr(getattr(diffusers, NO_DIFFUSERS_LOADER[family]), "load_lora_into_transformer")
