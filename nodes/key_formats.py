@@ -22,55 +22,55 @@ from .bridge import UnsupportedModelError
 class KeyFormat:
     name: str  # recorded in the file's metadata as lora_lab_key_format
     prefix: str  # "lora_unet_" (module path with "_"), "diffusion_model." or "transformer." (with ".")
-    example: str  # one key stem, for the README
-    loaded_by: str  # the tools that read these names, for the README
+    example: str  # one key stem, for the README's family table
+    written_by: str  # the trainers that write these names, for the README
+    loaded_by: str  # the tools that read them, for the README
     tensors: str = "kohya"  # "kohya": .lora_down.weight/.lora_up.weight/.alpha; "peft": .lora_A.weight/.lora_B.weight
     alias: bool = False  # the name is ComfyUI's alias for the layer (another trainer's spelling), not its own path
     diffusers_pipeline: str | None = None  # the diffusers pipeline whose lora_state_dict reads the file
 
 
-KOHYA = KeyFormat(
-    "kohya", "lora_unet_", "lora_unet_<ComfyUI module path>", "ComfyUI (every model type)",
-)
-KOHYA_SD = KeyFormat(
-    "kohya", "lora_unet_", "lora_unet_down_blocks_1_attentions_0_proj_in",
-    "ComfyUI, A1111, Forge, diffusers", diffusers_pipeline="StableDiffusionPipeline",
-)
-MUSUBI = "ComfyUI, musubi-tuner, diffusers"
+def _kohya(example: str, written_by: str, loaded_by: str, name: str = "kohya", pipeline: str | None = None) -> KeyFormat:
+    return KeyFormat(name, "lora_unet_", example, written_by, loaded_by, diffusers_pipeline=pipeline)
 
-# The diffusers pipelines' own conversions read these files (tests/integration/test_diffusers_key_formats.py).
+
+def _diffusion_model(example: str, written_by: str, pipeline: str, name: str = "diffusion_model",
+                     alias: bool = False) -> KeyFormat:
+    return KeyFormat(name, "diffusion_model.", example, written_by, "ComfyUI, diffusers", tensors="peft", alias=alias,
+                     diffusers_pipeline=pipeline)
+
+
+KOHYA = _kohya("lora_unet_<ComfyUI module path>", "kohya sd-scripts", "ComfyUI (every model type)")
+SD_UNET = "lora_unet_down_blocks_1_attentions_0_proj_in"
+FLUX_BLOCK = "lora_unet_double_blocks_0_img_attn_qkv"
+WAN_BLOCK = "lora_unet_blocks_0_self_attn_q"
+
+# ComfyUI model class -> key format. Where a pipeline is named, the file goes through that diffusers pipeline's
+# own lora_state_dict and loader with every key placed (tests/integration/test_diffusers_key_formats.py).
 KEY_FORMATS: dict[str, KeyFormat] = {
-    "BaseModel": KOHYA_SD,  # SD1.5 and SD2.x
-    "SDXL": KeyFormat("kohya", "lora_unet_", KOHYA_SD.example, KOHYA_SD.loaded_by,
-                      diffusers_pipeline="StableDiffusionXLPipeline"),
-    # kohya's sd3 scripts write these; diffusers' SD3 loader reads only its own q/k/v-split names.
-    "SD3": KeyFormat("kohya", "lora_unet_", "lora_unet_joint_blocks_0_x_block_attn_qkv", "ComfyUI, kohya sd-scripts"),
-    "Flux": KeyFormat("kohya_flux", "lora_unet_", "lora_unet_double_blocks_0_img_attn_qkv",
-                      "ComfyUI, Forge, kohya sd-scripts, diffusers", diffusers_pipeline="FluxPipeline"),
-    "Chroma": KeyFormat("kohya_flux", "lora_unet_", "lora_unet_double_blocks_0_img_attn_qkv",
-                        "ComfyUI, Forge, diffusers", diffusers_pipeline="ChromaPipeline"),
-    "Flux2": KeyFormat("kohya_flux", "lora_unet_", "lora_unet_double_blocks_0_img_attn_qkv", MUSUBI,
-                       diffusers_pipeline="Flux2Pipeline"),
-    "Lumina2": KeyFormat("diffusion_model", "diffusion_model.", "diffusion_model.layers.0.attention.qkv",
-                         "ComfyUI, diffusion-pipe, diffusers", tensors="peft", diffusers_pipeline="Lumina2Pipeline"),
-    "ZImage": KeyFormat("kohya", "lora_unet_", "lora_unet_layers_0_attention_qkv", MUSUBI,
-                        diffusers_pipeline="ZImagePipeline"),
-    "QwenImage": KeyFormat("kohya", "lora_unet_", "lora_unet_transformer_blocks_0_attn_to_q", MUSUBI,
-                           diffusers_pipeline="QwenImagePipeline"),
-    "HiDream": KeyFormat("diffusion_model", "diffusion_model.", "diffusion_model.double_stream_blocks.0.block.attn1.to_q",
-                         "ComfyUI, diffusion-pipe, diffusers", tensors="peft",
-                         diffusers_pipeline="HiDreamImagePipeline"),
+    "BaseModel": _kohya(SD_UNET, "kohya sd-scripts", "ComfyUI, A1111, Forge, diffusers", pipeline="StableDiffusionPipeline"),
+    "SDXL": _kohya(SD_UNET, "kohya sd-scripts", "ComfyUI, A1111, Forge, diffusers", pipeline="StableDiffusionXLPipeline"),
+    # diffusers' SD3 loader reads only its own names, with the fused qkv split into to_q/to_k/to_v.
+    "SD3": _kohya("lora_unet_joint_blocks_0_x_block_attn_qkv", "kohya sd-scripts", "ComfyUI"),
+    "Flux": _kohya(FLUX_BLOCK, "kohya sd-scripts", "ComfyUI, Forge, diffusers", "kohya_flux", "FluxPipeline"),
+    "Chroma": _kohya(FLUX_BLOCK, "kohya sd-scripts", "ComfyUI, diffusers", "kohya_flux", "ChromaPipeline"),
+    "Flux2": _kohya(FLUX_BLOCK, "musubi-tuner", "ComfyUI, diffusers", "kohya_flux", "Flux2Pipeline"),
+    "Lumina2": _diffusion_model("diffusion_model.layers.0.attention.qkv", "ai-toolkit, diffusion-pipe", "Lumina2Pipeline"),
+    "ZImage": _kohya("lora_unet_layers_0_attention_qkv", "musubi-tuner", "ComfyUI, diffusers", pipeline="ZImagePipeline"),
+    "QwenImage": _kohya("lora_unet_transformer_blocks_0_attn_to_q", "musubi-tuner", "ComfyUI, diffusers",
+                        pipeline="QwenImagePipeline"),
+    "HiDream": _diffusion_model("diffusion_model.double_stream_blocks.0.block.attn1.to_q", "ai-toolkit, diffusion-pipe",
+                                "HiDreamImagePipeline"),
     "AuraFlow": KeyFormat("diffusers", "transformer.", "transformer.joint_transformer_blocks.0.attn.to_q",
-                          "ComfyUI, SimpleTuner, diffusers", tensors="peft", alias=True,
+                          "SimpleTuner", "ComfyUI, diffusers", tensors="peft", alias=True,
                           diffusers_pipeline="AuraFlowPipeline"),
-    "WAN21": KeyFormat("kohya", "lora_unet_", "lora_unet_blocks_0_self_attn_q", MUSUBI, diffusers_pipeline="WanPipeline"),
-    "WAN22": KeyFormat("kohya", "lora_unet_", "lora_unet_blocks_0_self_attn_q", MUSUBI, diffusers_pipeline="WanPipeline"),
-    "HunyuanVideo": KeyFormat("diffusion_pipe", "diffusion_model.", "diffusion_model.double_blocks.0.img_attn_qkv",
-                              "ComfyUI, diffusion-pipe, diffusers", tensors="peft", alias=True,
-                              diffusers_pipeline="HunyuanVideoPipeline"),
+    "WAN21": _kohya(WAN_BLOCK, "musubi-tuner", "ComfyUI, diffusers", pipeline="WanPipeline"),
+    "WAN22": _kohya(WAN_BLOCK, "musubi-tuner", "ComfyUI, diffusers", pipeline="WanPipeline"),
+    "HunyuanVideo": _diffusion_model("diffusion_model.double_blocks.0.img_attn_qkv", "diffusion-pipe",
+                                     "HunyuanVideoPipeline", name="diffusion_pipe", alias=True),
     # diffusers has no LoRA loader for these two.
-    "PixArt": KeyFormat("kohya", "lora_unet_", "lora_unet_blocks_0_attn_qkv", "ComfyUI"),
-    "HunyuanDiT": KeyFormat("kohya", "lora_unet_", "lora_unet_blocks_0_attn1_Wqkv", "ComfyUI"),
+    "PixArt": _kohya("lora_unet_blocks_0_attn_qkv", "ComfyUI's generic names", "ComfyUI"),
+    "HunyuanDiT": _kohya("lora_unet_blocks_0_attn1_Wqkv", "ComfyUI's generic names", "ComfyUI"),
 }
 
 

@@ -200,3 +200,12 @@ def test_families_the_table_gives_no_diffusers_pipeline_have_none_with_a_lora_lo
 
     assert key_format(comfy_model_on_meta(family)).diffusers_pipeline is None
     assert not hasattr(getattr(diffusers, NO_DIFFUSERS_LOADER[family]), "load_lora_into_transformer")
+
+
+def test_the_readme_family_table_shows_each_familys_key_format_and_who_loads_it(pack):
+    from lora_lab.nodes.key_formats import KEY_FORMATS
+
+    rows = [line for line in (Path(__file__).resolve().parents[2] / "README.md").read_text().splitlines()
+            if line.startswith("| ")]
+    for family, key_format in KEY_FORMATS.items():
+        assert any(f"`{key_format.example}`" in row and f"— {key_format.loaded_by}" in row for row in rows), family
