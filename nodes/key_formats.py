@@ -90,13 +90,15 @@ def key_format(model: Any) -> KeyFormat:
 
 def lora_key_namer(patcher: Any) -> Any:
     """Module path (in the diffusion network) → key stem in the family's key format, checked against ComfyUI's
-    own LoRA key map so LoraLoader places every key. The function carries ``tensor_names`` ("kohya" or "peft")
-    and ``key_format`` (the table's entry)."""
+    own LoRA key map so LoraLoader places every key (a layer the format has no name for keeps ComfyUI's generic
+    ``lora_unet_`` name, with a console note). The function carries ``tensor_names`` ("kohya" or "peft") and
+    ``key_format`` (the table's entry)."""
     model = patcher.model
     chosen = key_format(model)
     key_map = comfy.lora.model_lora_keys_unet(model, {})
     spelled = _unet_diffusers_paths(model) if chosen.prefix == "lora_unet_" else {}
     aliases = _aliases(key_map, chosen.prefix) if chosen.alias else {}
+    noted: set[str] = set()
 
     def name(module_path: str) -> str:
         if chosen.alias:
@@ -105,13 +107,21 @@ def lora_key_namer(patcher: Any) -> Any:
             stem = "lora_unet_" + spelled.get(module_path, module_path).replace(".", "_")
         else:
             stem = chosen.prefix + module_path
-        if key_map.get(stem) != f"diffusion_model.{module_path}.weight":
-            raise UnsupportedModelError(
-                f"TrainLoRA: ComfyUI's LoRA loader has no {chosen.name} name for the layer {module_path} of this "
-                f"{type(model).__name__} model, so a LoRA trained there would not load: choose target_layers "
-                "'attention' on the LoRA Lab Adapter Settings node"
-            )
-        return stem
+        weight = f"diffusion_model.{module_path}.weight"
+        if key_map.get(stem) == weight:
+            return stem
+        generic = "lora_unet_" + module_path.replace(".", "_")  # ComfyUI maps it for every model type
+        if key_map.get(generic) == weight:
+            if module_path not in noted:  # once, though every checkpoint names the layers again
+                noted.add(module_path)
+                print(f"[LoRA Lab] the layer {module_path} has no {chosen.name} name; it is saved as {generic}, "
+                      "which ComfyUI loads but other tools may not", flush=True)
+            return generic
+        raise UnsupportedModelError(
+            f"TrainLoRA: ComfyUI's LoRA loader has no name for the layer {module_path} of this "
+            f"{type(model).__name__} model, so a LoRA trained there would not load: choose target_layers "
+            "'attention' on the LoRA Lab Adapter Settings node"
+        )
 
     name.tensor_names = chosen.tensors  # type: ignore[attr-defined]
     name.key_format = chosen  # type: ignore[attr-defined]

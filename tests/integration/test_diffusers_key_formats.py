@@ -12,6 +12,7 @@ widths with one block of each kind.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import logging
@@ -136,23 +137,44 @@ def delta_size(up: torch.Tensor, down: torch.Tensor, scale: float) -> tuple[int,
     return up.shape[0] * down.shape[1], squared
 
 
-def load_into_diffusers(pipeline_name: str, family: str, file: dict[str, torch.Tensor]):
-    """The pipeline's own conversion, then its loader into a diffusers model of the family; returns (the
-    model, what diffusers logged)."""
-    import diffusers
+@contextlib.contextmanager
+def diffusers_log():
+    """What diffusers logs (warnings and up) inside the block."""
     from diffusers.utils import logging as diffusers_logging
 
-    pipeline = getattr(diffusers, pipeline_name)
-    model_name, config = DIFFUSERS_MODELS[family]
-    with torch.device("meta"):
-        model = getattr(diffusers, model_name)(**config)
-    model.to_empty(device="cpu")  # unwritten memory: the base weights are never read, and never take up RAM
     log = io.StringIO()
     handler = logging.StreamHandler(log)
     diffusers_logging.get_logger("diffusers").addHandler(handler)
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_warning()
     try:
+        yield log
+    finally:
+        diffusers_logging.get_logger("diffusers").removeHandler(handler)
+        diffusers_logging.set_verbosity(verbosity)
+
+
+def empty_model(model_class, *args, **kwargs):
+    """A model built without writing its weights: they are never read, and never take up RAM."""
+    with torch.device("meta"):
+        model = model_class(*args, **kwargs)
+    return model.to_empty(device="cpu")
+
+
+def assert_clean(log: str) -> None:
+    for complaint in ("unexpected", "missing", "No LoRA keys", "unsuccessful", "not loaded", "not compatible"):
+        assert complaint not in log, log
+
+
+def load_into_diffusers(pipeline_name: str, family: str, file: dict[str, torch.Tensor]):
+    """The pipeline's own conversion, then its loader into a diffusers model of the family; returns (the
+    model, what diffusers logged)."""
+    import diffusers
+
+    pipeline = getattr(diffusers, pipeline_name)
+    model_name, config = DIFFUSERS_MODELS[family]
+    model = empty_model(getattr(diffusers, model_name), **config)
+    with diffusers_log() as log:
         converted = pipeline.lora_state_dict(dict(file))
         alphas = None
         if isinstance(converted, tuple):
@@ -163,9 +185,6 @@ def load_into_diffusers(pipeline_name: str, family: str, file: dict[str, torch.T
             load = pipeline.load_lora_into_transformer
             extra = {"network_alphas": alphas} if "network_alphas" in inspect.signature(load).parameters else {}
             load(converted, transformer=model, adapter_name="file", **extra)
-    finally:
-        diffusers_logging.get_logger("diffusers").removeHandler(handler)
-        diffusers_logging.set_verbosity(verbosity)
     return model, log.getvalue()
 
 
@@ -183,8 +202,7 @@ def test_the_file_loads_into_diffusers_through_the_pipelines_own_loader_with_eve
     assert pipeline_name is not None, f"the key-format table names no diffusers pipeline for {family}"
 
     model, log = load_into_diffusers(pipeline_name, family, file)
-    for complaint in ("unexpected", "missing", "No LoRA keys", "unsuccessful", "not loaded", "not compatible"):
-        assert complaint not in log, log
+    assert_clean(log)
     deltas = diffusers_deltas(model)
     assert deltas, f"{pipeline_name} placed no LoRA layer on {DIFFUSERS_MODELS[family][0]}"
     # Fused layers (qkv) may land as several diffusers layers: the weights they change add up to the same
@@ -209,3 +227,67 @@ def test_the_readme_family_table_shows_each_familys_key_format_and_who_loads_it(
             if line.startswith("| ")]
     for family, key_format in KEY_FORMATS.items():
         assert any(f"`{key_format.example}`" in row and f"— {key_format.loaded_by}" in row for row in rows), family
+
+
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, projection_dim=1280)
+
+
+@pytest.mark.parametrize("family, pipeline_name, encoders", [
+    ("sd15", "StableDiffusionPipeline", {"text_encoder": ("CLIPTextModel", CLIP_L)}),
+    ("sdxl", "StableDiffusionXLPipeline", {"text_encoder": ("CLIPTextModel", CLIP_L),
+                                           "text_encoder_2": ("CLIPTextModelWithProjection", CLIP_G)}),
+])
+def test_text_encoder_keys_load_into_diffusers_text_encoders_with_every_key_placed(pack, family, pipeline_name, encoders):
+    """The kohya ``lora_te_`` (SD1.5) / ``lora_te1_``, ``lora_te2_`` (SDXL) names of a text-encoder LoRA, on
+    ComfyUI's own CLIP at its real size, go into diffusers' text encoders through the pipeline's loader."""
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
+    import diffusers
+    import transformers
+    from lora_lab.nodes import bridge
+    from lora_lab.trainer_core.training.text_encoder import find_text_encoder_targets
+
+    clip = comfy.sd.CLIP(no_init=True)
+    clip_class = comfy.sdxl_clip.SDXLClipModel if family == "sdxl" else comfy.sd1_clip.SD1ClipModel
+    clip.cond_stage_model = clip_class(device="meta", dtype=torch.float16)
+    name = bridge.clip_key_namer(clip)
+    generator = torch.Generator().manual_seed(2)
+    file, trained = {}, []
+    for target in find_text_encoder_targets(clip.cond_stage_model):
+        out_features, in_features = clip.cond_stage_model.get_submodule(target).weight.shape
+        down = torch.randn(RANK, in_features, generator=generator) / 8
+        up = torch.randn(out_features, RANK, generator=generator) / 8
+        file.update({f"{name(target)}.lora_down.weight": down, f"{name(target)}.lora_up.weight": up,
+                     f"{name(target)}.alpha": torch.tensor(ALPHA)})
+        trained.append(delta_size(up, down, ALPHA / RANK))
+
+    pipeline = getattr(diffusers, pipeline_name)
+    loaded = []
+    with diffusers_log() as log:
+        converted, alphas = pipeline.lora_state_dict(dict(file))
+        for prefix, (class_name, config) in encoders.items():
+            text_encoder = empty_model(getattr(transformers, class_name), transformers.CLIPTextConfig(**config))
+            pipeline.load_lora_into_text_encoder(converted, alphas, text_encoder=text_encoder, prefix=prefix,
+                                                 adapter_name="file")
+            loaded += diffusers_deltas(text_encoder)
+    assert_clean(log.getvalue())
+    assert len(loaded) == len(trained)
+    assert sum(size for _, size in loaded) == pytest.approx(sum(size for _, size in trained), rel=1e-6)
+
+
+def test_a_layer_the_format_has_no_name_for_keeps_comfyuis_generic_name_with_one_console_note(pack, monkeypatch, capsys):
+    """Saving must not fail after training: with a format ComfyUI has no names for on this model (diffusers'
+    ``transformer.`` names on Wan), each layer gets ``lora_unet_<module path>`` and one console note."""
+    import comfy.lora
+    from lora_lab.nodes import bridge, key_formats
+
+    model = comfy_model_on_meta("wan21")
+    monkeypatch.setitem(key_formats.KEY_FORMATS, "WAN21", key_formats.KEY_FORMATS["AuraFlow"])
+    name = bridge.kohya_key_namer(types.SimpleNamespace(model=model))
+    key_map = comfy.lora.model_lora_keys_unet(model, {})
+    for _ in range(2):  # a checkpoint, then the final file
+        assert name("blocks.0.self_attn.q") == "lora_unet_blocks_0_self_attn_q"
+    assert key_map["lora_unet_blocks_0_self_attn_q"] == "diffusion_model.blocks.0.self_attn.q.weight"
+    assert capsys.readouterr().out.count("blocks.0.self_attn.q has no diffusers name") == 1
