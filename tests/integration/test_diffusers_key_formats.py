@@ -197,9 +197,14 @@ def diffusers_deltas(model) -> list[tuple[int, float]]:
 
 @pytest.mark.parametrize("family", list(DIFFUSERS_MODELS))
 def test_the_file_loads_into_diffusers_through_the_pipelines_own_loader_with_every_key_placed(pack, family):
+    from lora_lab.nodes import bridge
+
     file, trained, namer = exported_file(family)
     pipeline_name = namer.key_format.diffusers_pipeline
     assert pipeline_name is not None, f"the key-format table names no diffusers pipeline for {family}"
+    # The same names place every layer through ComfyUI's key map (what the sweep's "matches" note counts).
+    fit = bridge.lora_fit(types.SimpleNamespace(model=comfy_model_on_meta(family)), None, file)
+    assert fit == (len(trained), len(trained), [])
 
     model, log = load_into_diffusers(pipeline_name, family, file)
     assert_clean(log)
