@@ -40,7 +40,7 @@ def _diffusion_model(example: str, written_by: str, pipeline: str, name: str = "
                      diffusers_pipeline=pipeline)
 
 
-KOHYA = _kohya("lora_unet_<ComfyUI module path>", "kohya sd-scripts", "ComfyUI (every model type)")
+KOHYA = _kohya("lora_unet_<ComfyUI module path>", "ComfyUI's generic names", "ComfyUI (every model type)")
 SD_UNET = "lora_unet_down_blocks_1_attentions_0_proj_in"
 FLUX_BLOCK = "lora_unet_double_blocks_0_img_attn_qkv"
 WAN_BLOCK = "lora_unet_blocks_0_self_attn_q"
