@@ -3,7 +3,8 @@
 ``ModelPatcher`` → ``Denoiser`` (its diffusion network, noise schedule and prediction type, called
 through ``BaseModel.extra_conds`` + ``apply_model`` exactly as the sampler calls it), ``CLIP`` →
 ``TextEncoder`` (as ``CLIPTextEncode`` encodes), ``VAE`` → ``LatentCodec`` (as ``VAEEncode`` plus the
-model's own latent scaling). Also: kohya key names for the model's layers, and ComfyUI's LoRA loader.
+model's own latent scaling). Also: LoRA key names for the model's layers (the per-family table is in
+``key_formats``), and ComfyUI's LoRA loader.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 import comfy.model_management
 import comfy.model_sampling
 import comfy.sd
-import comfy.utils
 import torch
 
 from ..trainer_core.models.protocols import PredictionType, TextEmbedding
@@ -266,22 +266,12 @@ class ComfyLatentCodec:
 
 
 def kohya_key_namer(patcher: Any) -> Any:
-    """Module path → kohya key stem. UNet models get kohya's diffusers-style names
-    (``lora_unet_down_blocks_0_attentions_0_...``, which A1111, Forge, diffusers and ComfyUI all read);
-    other models ``lora_unet_<ComfyUI module path>``, which ComfyUI maps for every model type."""
-    unet_config = getattr(patcher.model.model_config, "unet_config", {}) or {}
-    to_diffusers: dict[str, str] = {}
-    try:
-        for diffusers_key, ldm_key in comfy.utils.unet_to_diffusers(unet_config).items():
-            if diffusers_key.endswith(".weight") and ldm_key.endswith(".weight"):
-                to_diffusers[ldm_key[: -len(".weight")]] = diffusers_key[: -len(".weight")]
-    except (KeyError, TypeError, IndexError):
-        to_diffusers = {}
+    """Module path → key stem in the key format of the model's family (``key_formats.KEY_FORMATS``): kohya's
+    ``lora_unet_`` names for SD UNets, Flux and musubi-tuner's families, ``diffusion_model.`` / diffusers names
+    where the family's trainers and diffusers use those; always names ComfyUI's LoRA loader maps."""
+    from .key_formats import lora_key_namer
 
-    def name(module_path: str) -> str:
-        return "lora_unet_" + to_diffusers.get(module_path, module_path).replace(".", "_")
-
-    return name
+    return lora_key_namer(patcher)
 
 
 def base_model_version(patcher: Any) -> str:
@@ -381,7 +371,8 @@ def lora_fit(model: Any, clip: Any, weights: dict) -> tuple[int, int, list[str]]
         key_map = comfy.lora.model_lora_keys_unet(model.model, key_map)
     if clip is not None:
         key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
-    suffixes = (".lora_up.weight", ".lora_down.weight", ".alpha", ".hada_w1_a", ".lokr_w1", ".diff", ".dora_scale")
+    suffixes = (".lora_up.weight", ".lora_down.weight", ".lora_B.weight", ".lora_A.weight", ".alpha", ".hada_w1_a",
+                ".lokr_w1", ".diff", ".dora_scale")
     stems = set()
     for key in weights:
         for suffix in suffixes:

@@ -36,6 +36,7 @@ from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES, preset_famil
 from ..trainer_core.training.schedulers import SCHEDULER_CHOICES, SchedulerConfig
 from ..trainer_core.training.text_encoder_parts import skipped_text_encoders_note
 from . import bridge, families
+from .key_formats import key_format
 from .optimizer_settings import LoRALabOptimizerSettings, optimizer_config
 from .train_progress import CanvasProgress, SampleImages, send_text, show_memory_estimate
 from .train_settings import (
@@ -237,6 +238,7 @@ class TrainLoRA(io.ComfyNode):
         if preset != CUSTOM:
             weights.metadata["lora_lab_preset"] = preset
         weights.metadata["lora_lab_optimizer"] = json.dumps(asdict(run.optimizer))
+        weights.metadata["lora_lab_key_format"] = key_format(patcher.model).name
         weights.metadata["lora_lab_base_weights"] = json.dumps({"choice": settings["base_weights"],
                                                                 "bytes": base_weight_bytes})
         train_text = run.training.text_encoder_lr > 0

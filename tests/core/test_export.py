@@ -81,3 +81,18 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path, mon
         save_lora(weights(), path, overwrite=True)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+
+
+def test_peft_tensor_names_carry_the_alpha_scale_in_lora_a_and_keep_lycoris_tensors_as_they_are():
+    """Files in peft's names (lora_A / lora_B, no alpha: scale 1 to ComfyUI and diffusers) change the weight
+    exactly as kohya's tensors with their alpha do; LoHa tensors are left under their own names."""
+    from trainer_core.adapters.export import peft_tensor_names
+
+    generator = torch.Generator().manual_seed(0)
+    down, up = torch.randn(4, 6, generator=generator), torch.randn(5, 4, generator=generator)
+    kohya = {"lora_down.weight": down, "lora_up.weight": up, "alpha": torch.tensor(2.0)}
+    peft = peft_tensor_names(kohya)
+    assert set(peft) == {"lora_A.weight", "lora_B.weight"}
+    torch.testing.assert_close(peft["lora_B.weight"] @ peft["lora_A.weight"], (2.0 / 4) * (up @ down))
+    loha = {"hada_w1_a": down, "hada_w1_b": up, "alpha": torch.tensor(2.0)}
+    assert peft_tensor_names(loha).keys() == loha.keys()

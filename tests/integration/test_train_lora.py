@@ -127,6 +127,7 @@ def test_saved_file_has_kohya_keys_alpha_and_metadata(run):
     assert meta["ss_num_train_images"] == "8" and meta["ss_resolution"] == "(64, 64)"
     assert json.loads(meta["ss_tag_frequency"])["rings"]["sks"] == 8
     assert meta["ss_base_model_version"] == "sd_v1" and len(meta["ss_new_sd_model_hash"]) == 64
+    assert meta["lora_lab_key_format"] == "kohya"
     assert float(meta["ss_training_time_seconds"]) > 0
     assert meta["sshs_model_hash"]
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save, save_file
 
-# Module path (relative to the trained network, dots) -> kohya key stem, e.g. "lora_unet_down_blocks_0_...".
+# Module path (relative to the trained network, dots) -> key stem, e.g. "lora_unet_down_blocks_0_...". A namer
+# with the attribute ``tensor_names = "peft"`` gets its LoRA tensors under peft's names (``peft_tensor_names``).
 KeyNamer = Callable[[str], str]
 
 
@@ -31,6 +32,17 @@ def default_text_key_name(module_path: str) -> str:
     ``lora_te_text_model_encoder_layers_0_mlp_fc1``."""
     path = module_path[len("text_model.") :] if module_path.startswith("text_model.") else module_path
     return "lora_te_text_model_" + path.replace(".", "_")
+
+
+def peft_tensor_names(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One layer's LoRA tensors under peft's names, as diffusers and the ``diffusion_model.`` trainers write
+    them: ``lora_A.weight`` carries the alpha / rank scale and there is no ``.alpha`` (a missing alpha means
+    scale 1 to ComfyUI and diffusers alike). LoHa, LoKr and DoRA tensors keep their LyCORIS names."""
+    if set(tensors) != {"lora_down.weight", "lora_up.weight", "alpha"}:
+        return dict(tensors)
+    down = tensors["lora_down.weight"]
+    scale = float(tensors["alpha"]) / down.shape[0]
+    return {"lora_A.weight": down * scale, "lora_B.weight": tensors["lora_up.weight"]}
 
 
 class LoRAWeights(dict):

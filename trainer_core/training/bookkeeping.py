@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..adapters.adapter_types import export_layer
-from ..adapters.export import KeyNamer, LoRAWeights, save_lora
+from ..adapters.export import KeyNamer, LoRAWeights, peft_tensor_names, save_lora
 from ..adapters.inject import InjectedAdapter
 from .checkpoints import CheckpointPolicy, restore_random_state, save_training_state
 from .ema import AdapterEMA, averaged
@@ -20,11 +20,14 @@ from .text_encoder import restore_text_encoder_state, text_encoder_state
 
 
 def extract_weights(adapter: InjectedAdapter, key_namer: KeyNamer) -> dict[str, torch.Tensor]:
-    """The adapter's tensors under kohya / LyCORIS keys (fp32 on the CPU), scale recorded as ``.alpha``."""
+    """The adapter's tensors under kohya / LyCORIS keys (fp32 on the CPU), scale recorded as ``.alpha``, or
+    under peft's names when the namer asks for them (``tensor_names = "peft"``)."""
+    peft_names = getattr(key_namer, "tensor_names", "kohya") == "peft"
     out: dict[str, torch.Tensor] = {}
     for name, layer in adapter.layers():
         stem = key_namer(name)
-        for suffix, tensor in export_layer(layer, adapter.config).items():
+        tensors = export_layer(layer, adapter.config)
+        for suffix, tensor in (peft_tensor_names(tensors) if peft_names else tensors).items():
             out[f"{stem}.{suffix}"] = tensor
     return out
 

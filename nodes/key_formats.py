@@ -1,0 +1,152 @@
+"""Which key names a LoRA file gets, per model family: the names that family's own trainers write and that
+other tools load, always among the names ComfyUI's LoRA loader maps (``comfy.lora.model_lora_keys_unet``).
+
+``KEY_FORMATS`` is the one table (ComfyUI model class → ``KeyFormat``); ``lora_key_namer`` turns it into
+the module path → key stem function training exports with. The format's name goes into the file's
+metadata (``lora_lab_key_format``). Families outside the table get kohya's ``lora_unet_<module path>``,
+which ComfyUI maps for every model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import comfy.lora
+import comfy.utils
+
+from .bridge import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class KeyFormat:
+    name: str  # recorded in the file's metadata as lora_lab_key_format
+    prefix: str  # "lora_unet_" (module path with "_"), "diffusion_model." or "transformer." (with ".")
+    example: str  # one key stem, for the README's family table
+    written_by: str  # the trainers that write these names, for the README
+    loaded_by: str  # the tools that read them, for the README
+    tensors: str = "kohya"  # "kohya": .lora_down.weight/.lora_up.weight/.alpha; "peft": .lora_A.weight/.lora_B.weight
+    alias: bool = False  # the name is ComfyUI's alias for the layer (another trainer's spelling), not its own path
+    diffusers_pipeline: str | None = None  # the diffusers pipeline whose lora_state_dict reads the file
+
+
+def _kohya(example: str, written_by: str, loaded_by: str, name: str = "kohya", pipeline: str | None = None) -> KeyFormat:
+    return KeyFormat(name, "lora_unet_", example, written_by, loaded_by, diffusers_pipeline=pipeline)
+
+
+def _diffusion_model(example: str, written_by: str, pipeline: str, name: str = "diffusion_model",
+                     alias: bool = False) -> KeyFormat:
+    return KeyFormat(name, "diffusion_model.", example, written_by, "ComfyUI, diffusers", tensors="peft", alias=alias,
+                     diffusers_pipeline=pipeline)
+
+
+KOHYA = _kohya("lora_unet_<ComfyUI module path>", "ComfyUI's generic names", "ComfyUI (every model type)")
+SD_UNET = "lora_unet_down_blocks_1_attentions_0_proj_in"
+FLUX_BLOCK = "lora_unet_double_blocks_0_img_attn_qkv"
+WAN_BLOCK = "lora_unet_blocks_0_self_attn_q"
+
+# ComfyUI model class -> key format. Where a pipeline is named, the file goes through that diffusers pipeline's
+# own lora_state_dict and loader with every key placed (tests/integration/test_diffusers_key_formats.py).
+KEY_FORMATS: dict[str, KeyFormat] = {
+    "BaseModel": _kohya(SD_UNET, "kohya sd-scripts", "ComfyUI, A1111, Forge, diffusers", pipeline="StableDiffusionPipeline"),
+    "SDXL": _kohya(SD_UNET, "kohya sd-scripts", "ComfyUI, A1111, Forge, diffusers", pipeline="StableDiffusionXLPipeline"),
+    # diffusers' SD3 loader reads only its own names, with the fused qkv split into to_q/to_k/to_v.
+    "SD3": _kohya("lora_unet_joint_blocks_0_x_block_attn_qkv", "kohya sd-scripts", "ComfyUI"),
+    "Flux": _kohya(FLUX_BLOCK, "kohya sd-scripts", "ComfyUI, Forge, diffusers", "kohya_flux", "FluxPipeline"),
+    "Chroma": _kohya(FLUX_BLOCK, "kohya sd-scripts", "ComfyUI, diffusers", "kohya_flux", "ChromaPipeline"),
+    "Flux2": _kohya(FLUX_BLOCK, "musubi-tuner", "ComfyUI, diffusers", "kohya_flux", "Flux2Pipeline"),
+    "Lumina2": _diffusion_model("diffusion_model.layers.0.attention.qkv", "ai-toolkit, diffusion-pipe", "Lumina2Pipeline"),
+    "ZImage": _kohya("lora_unet_layers_0_attention_qkv", "musubi-tuner", "ComfyUI, diffusers", pipeline="ZImagePipeline"),
+    "QwenImage": _kohya("lora_unet_transformer_blocks_0_attn_to_q", "musubi-tuner", "ComfyUI, diffusers",
+                        pipeline="QwenImagePipeline"),
+    "HiDream": _diffusion_model("diffusion_model.double_stream_blocks.0.block.attn1.to_q", "ai-toolkit, diffusion-pipe",
+                                "HiDreamImagePipeline"),
+    "AuraFlow": KeyFormat("diffusers", "transformer.", "transformer.joint_transformer_blocks.0.attn.to_q",
+                          "SimpleTuner", "ComfyUI, diffusers", tensors="peft", alias=True,
+                          diffusers_pipeline="AuraFlowPipeline"),
+    "WAN21": _kohya(WAN_BLOCK, "musubi-tuner", "ComfyUI, diffusers", pipeline="WanPipeline"),
+    "WAN22": _kohya(WAN_BLOCK, "musubi-tuner", "ComfyUI, diffusers", pipeline="WanPipeline"),
+    "HunyuanVideo": _diffusion_model("diffusion_model.double_blocks.0.img_attn_qkv", "diffusion-pipe",
+                                     "HunyuanVideoPipeline", name="diffusion_pipe", alias=True),
+    # diffusers has no LoRA loader for these two.
+    "PixArt": _kohya("lora_unet_blocks_0_attn_qkv", "ComfyUI's generic names", "ComfyUI"),
+    "HunyuanDiT": _kohya("lora_unet_blocks_0_attn1_Wqkv", "ComfyUI's generic names", "ComfyUI"),
+}
+
+
+def family_key(model: Any) -> str:
+    """The table's key for a ComfyUI ``BaseModel``: its class name, and ``ZImage`` for a Lumina2 with Z-Image's
+    modulation (ComfyUI builds both with one class; their trainers name the layers differently)."""
+    family = type(model).__name__
+    unet_config = getattr(getattr(model, "model_config", None), "unet_config", None) or {}
+    if family == "Lumina2" and unet_config.get("z_image_modulation"):
+        return "ZImage"
+    return family
+
+
+def key_format(model: Any) -> KeyFormat:
+    return KEY_FORMATS.get(family_key(model), KOHYA)
+
+
+def lora_key_namer(patcher: Any) -> Any:
+    """Module path (in the diffusion network) → key stem in the family's key format, checked against ComfyUI's
+    own LoRA key map so LoraLoader places every key (a layer the format has no name for keeps ComfyUI's generic
+    ``lora_unet_`` name, with a console note). The function carries ``tensor_names`` ("kohya" or "peft") and
+    ``key_format`` (the table's entry)."""
+    model = patcher.model
+    chosen = key_format(model)
+    key_map = comfy.lora.model_lora_keys_unet(model, {})
+    spelled = _unet_diffusers_paths(model) if chosen.prefix == "lora_unet_" else {}
+    aliases = _aliases(key_map, chosen.prefix) if chosen.alias else {}
+    noted: set[str] = set()
+
+    def name(module_path: str) -> str:
+        if chosen.alias:
+            stem = aliases.get(module_path, "")
+        elif chosen.prefix == "lora_unet_":
+            stem = "lora_unet_" + spelled.get(module_path, module_path).replace(".", "_")
+        else:
+            stem = chosen.prefix + module_path
+        weight = f"diffusion_model.{module_path}.weight"
+        if key_map.get(stem) == weight:
+            return stem
+        generic = "lora_unet_" + module_path.replace(".", "_")  # ComfyUI maps it for every model type
+        if key_map.get(generic) == weight:
+            if module_path not in noted:  # once, though every checkpoint names the layers again
+                noted.add(module_path)
+                print(f"[LoRA Lab] the layer {module_path} has no {chosen.name} name; it is saved as {generic}, "
+                      "which ComfyUI loads but other tools may not", flush=True)
+            return generic
+        raise UnsupportedModelError(
+            f"TrainLoRA: ComfyUI's LoRA loader has no name for the layer {module_path} of this "
+            f"{type(model).__name__} model, so a LoRA trained there would not load: choose target_layers "
+            "'attention' on the LoRA Lab Adapter Settings node"
+        )
+
+    name.tensor_names = chosen.tensors  # type: ignore[attr-defined]
+    name.key_format = chosen  # type: ignore[attr-defined]
+    return name
+
+
+def _unet_diffusers_paths(model: Any) -> dict[str, str]:
+    """ComfyUI (LDM) module path → diffusers UNet path, for SD UNets; empty for other networks."""
+    unet_config = getattr(model.model_config, "unet_config", {}) or {}
+    paths: dict[str, str] = {}
+    try:
+        for diffusers_key, ldm_key in comfy.utils.unet_to_diffusers(unet_config).items():
+            if diffusers_key.endswith(".weight") and ldm_key.endswith(".weight"):
+                paths[ldm_key[: -len(".weight")]] = diffusers_key[: -len(".weight")]
+    except (KeyError, TypeError, IndexError):
+        return {}
+    return paths
+
+
+def _aliases(key_map: dict[str, Any], prefix: str) -> dict[str, str]:
+    """Module path → the name with ``prefix`` that ComfyUI maps to its weight, other than the plain path."""
+    aliases: dict[str, str] = {}
+    for stem, weight in key_map.items():
+        if isinstance(weight, str) and stem.startswith(prefix) and weight.endswith(".weight"):
+            path = weight[len("diffusion_model.") : -len(".weight")]
+            if stem != prefix + path or path not in aliases:
+                aliases[path] = stem
+    return aliases
