@@ -34,9 +34,11 @@ from ..trainer_core.training.metadata import training_metadata
 from ..trainer_core.training.optimizers import OPTIMIZER_CHOICES, OptimizerConfig, check_optimizer_available
 from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES
 from ..trainer_core.training.schedulers import SCHEDULER_CHOICES, SchedulerConfig
+from ..trainer_core.training.train_log import TrainingLog, log_paths
 from . import bridge, families
 from .optimizer_settings import LoRALabOptimizerSettings, optimizer_config
-from .train_progress import CanvasProgress, SampleImages, show_memory_estimate
+from .run_context import current_run_context
+from .train_progress import CanvasProgress, ConsoleProgress, SampleImages, StepListeners, show_memory_estimate
 from .train_settings import (
     LoRALabAdapterSettings,
     LoRALabLossSettings,
@@ -281,12 +283,15 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
                            settings["sample_steps"], settings["sample_cfg"], dataset.resolution,
                            [denoiser.network, clip.cond_stage_model] if train_text else [denoiser.network])
     total = training.resolved_steps(samples_per_epoch(dataset))
+    context = current_run_context()
+    on_step = StepListeners(*_logs(run, total) if context.is_main_process else (),
+                            CanvasProgress(total, node_id, samples))
     try:
         result = train_lora(
             denoiser, bridge.ComfyTextEncoder(clip), bridge.ComfyLatentCodec(vae, patcher), dataset,
             run.lora, training, caption_for=dataset.caption_for,
             random_captions=dataset.caption_options.is_random, key_namer=bridge.kohya_key_namer(patcher),
-            on_step=CanvasProgress(total, node_id, samples), checkpoints=run.checkpoints,
+            on_step=on_step, checkpoints=run.checkpoints,
             resume_from=resume_from, optimizer=run.optimizer, scheduler=run.scheduler,
             text_key_namer=text_key_namer,
         )
@@ -294,9 +299,16 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
         saved = _save_recovery(error.weights)
         raise RuntimeError(f"{error} The last good LoRA (step {error.step}) was saved to {saved}.") from error
     finally:
+        on_step.close()
         if copied_base:  # take the copy off the shared model and free it
             bridge.release(patcher)
     return result, patcher, samples, base_weight_bytes
+
+
+def _logs(run: _Run, total: int) -> tuple[TrainingLog, ConsoleProgress]:
+    """The main process's log of the run (CSV and TensorBoard beside its checkpoints) and console progress."""
+    csv_path, tensorboard_folder = log_paths(run.checkpoints.folder, run.checkpoints.stem)
+    return TrainingLog(csv_path, tensorboard_folder), ConsoleProgress(total)
 
 
 def refuse_moved_inputs(prompt: dict[str, Any] | None, node_id: str | None) -> None:

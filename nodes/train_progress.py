@@ -46,6 +46,44 @@ class CanvasProgress:
             send_text(f"step {report.step}/{report.total}  loss {report.loss:.4f}", self.node_id)
 
 
+class ConsoleProgress:
+    """A tqdm bar in the console: step, loss, learning rate, it/s and time left."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.bar = None
+
+    def __call__(self, report: StepReport) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=report.total, initial=report.step - 1, desc="Train LoRA", unit="step",
+                            dynamic_ncols=True)
+        self.bar.set_postfix(loss=f"{report.loss:.4f}", lr=f"{report.learning_rate:.2e}", refresh=False)
+        self.bar.update(report.step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class StepListeners:
+    """Several ``on_step`` callbacks as one, called in order (put one that may raise, Cancel, last)."""
+
+    def __init__(self, *listeners):
+        self.listeners = listeners
+
+    def __call__(self, report: StepReport) -> None:
+        for listener in self.listeners:
+            listener(report)
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            close = getattr(listener, "close", None)
+            if close is not None:
+                close()
+
+
 class SampleImages:
     """Every N steps, images of the sample prompts through ComfyUI's own sampler, with the LoRA as it is
     at that step (the adapter is live in the training model), shown as the node's preview."""

@@ -8,7 +8,7 @@ model's prediction space, min-SNR), ``optimizers`` (with ``optimizer_packages``:
 packages some of them need), ``optimizer_settings``, ``schedulers``, ``ema``, ``memory`` and
 ``memory_estimate`` (memory options and the estimate before the first step), ``checkpoints``,
 ``text_encoder`` (a LoRA in CLIP), ``encoding`` (latents and caption embeddings, cached),
-``activations``, ``metadata`` (the ``ss_*`` keys kohya writes), ``presets``, and ``config``
+``activations``, ``train_log`` (loss and learning rate per step: CSV, TensorBoard), ``metadata`` (the ``ss_*`` keys kohya writes), ``presets``, and ``config``
 (``TrainingConfig``).
 
 The loop reads a dataset through its ``TrainingData`` protocol, so this room does not import ``data``.
