@@ -4,6 +4,7 @@ ComfyUI's own sampler, and the memory estimate before the first step."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import comfy.utils
 import torch
@@ -51,7 +52,7 @@ class ConsoleProgress:
 
     def __init__(self, total: int):
         self.total = total
-        self.bar = None
+        self.bar: Any = None
 
     def __call__(self, report: StepReport) -> None:
         if self.bar is None:
