@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -58,8 +59,7 @@ def _process_rank() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    main_process = _process_rank() == 0
-    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.INFO if _process_rank() == 0 else logging.WARNING, format="%(message)s")
     import_comfyui(find_comfyui(args.comfyui), args.cpu)
     set_folders(args.models, args.input, args.output)
     classes = register_nodes(PACK)
@@ -70,14 +70,13 @@ def run(args: argparse.Namespace) -> int:
     check_machine(api, nodes, classes, PACK)
     validate_with_comfyui(api, nodes)
 
-    import importlib
-
     import torch
 
     run_context = importlib.import_module(f"{PACK}.nodes.run_context")
+    context = _run_context(run_context, args.cpu)
     runner = NodeRunner(api, classes, workflow)
-    with run_context.run_context(_run_context(run_context)), torch.inference_mode():
-        if not main_process:  # train with the others; only the main process saves and renders
+    with run_context.run_context(context), torch.inference_mode():
+        if not context.is_main_process:  # train with the others; only the main process saves and renders
             runner.outputs(chosen.train)
             return 0
         _, lora_name = runner.outputs(chosen.save)
@@ -87,8 +86,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_context(run_context: Any) -> Any:
-    return run_context.RunContext(parallel=None, is_main_process=_process_rank() == 0)
+def _run_context(run_context: Any, cpu: bool) -> Any:
+    """One process alone, or this process of the ones ``accelerate launch`` started (data parallel)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return run_context.RunContext()
+    parallel_module = importlib.import_module(f"{PACK}.trainer_core.training.parallel")
+    parallel = parallel_module.AcceleratedProcesses(cpu=True if cpu else None)
+    return run_context.RunContext(parallel=parallel, is_main_process=parallel.is_main)
 
 
 def _report(runner: NodeRunner, grid: str | None, lora_name: str, run_name: str) -> None:

@@ -282,8 +282,8 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
     samples = SampleImages(settings["sample_every"], [p for p in prompts if p], patcher, training_clip, vae, seed,
                            settings["sample_steps"], settings["sample_cfg"], dataset.resolution,
                            [denoiser.network, clip.cond_stage_model] if train_text else [denoiser.network])
-    total = training.resolved_steps(samples_per_epoch(dataset))
     context = current_run_context()
+    total = training.resolved_steps(samples_per_epoch(dataset), getattr(context.parallel, "world_size", 1))
     on_step = StepListeners(*_logs(run, total) if context.is_main_process else (),
                             CanvasProgress(total, node_id, samples))
     try:
@@ -293,7 +293,7 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
             random_captions=dataset.caption_options.is_random, key_namer=bridge.kohya_key_namer(patcher),
             on_step=on_step, checkpoints=run.checkpoints,
             resume_from=resume_from, optimizer=run.optimizer, scheduler=run.scheduler,
-            text_key_namer=text_key_namer,
+            text_key_namer=text_key_namer, parallel=context.parallel,
         )
     except NonFiniteLossError as error:
         saved = _save_recovery(error.weights)

@@ -55,3 +55,23 @@ def tiny_ui(ui: dict[str, Any], object_info: dict[str, Any], changes: dict[str, 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(json.dumps(data, indent=1))
     return path
+
+
+def accelerate_launcher(processes: int) -> list[str]:
+    """``accelerate launch`` with ``processes`` CPU processes (gloo), one thread each. ``--cpu`` would make
+    accelerate start a single process, so the multi-process launcher is asked for without GPUs."""
+    from tools.comfy_server import free_port
+
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port())]
+
+
+def toy_config(path: Path, run_name: str, filename: str, **train: Any) -> Path:
+    """A TOML config training the toy on the demo's rings at 64 px."""
+    lines = ['checkpoint = "toy_sd15.safetensors"', "[dataset]", 'folder = "lora_lab_toy_rings"', "resolution = 64",
+             'trigger_word = "sks"', "[train]", f'run_name = "{run_name}"']
+    lines += [f"{key} = {json.dumps(value)}" for key, value in train.items()]
+    lines += ["[save]", f'filename = "{filename}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
