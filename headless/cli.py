@@ -11,10 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from .checks import check_machine, find_training_nodes, nodes_to_run, validate_with_comfyui
-from .comfy_library import find_comfyui, import_comfyui, object_info, register_nodes, set_folders
+from .comfy_library import (
+    find_comfyui,
+    import_comfyui,
+    object_info,
+    register_builtin_extras,
+    register_nodes,
+    set_folders,
+)
 from .errors import HeadlessError
 from .graph import NodeFailed, NodeRunner
-from .workflow_files import read_workflow
+from .workflow_files import named_node_types, read_workflow
 
 PACK = __package__.rsplit(".", 1)[0] if __package__ and "." in __package__ else "lora_lab"
 
@@ -63,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     import_comfyui(find_comfyui(args.comfyui), args.cpu)
     set_folders(args.models, args.input, args.output)
     classes = register_nodes(PACK)
+    if named_node_types(args.workflow) - set(classes):
+        classes = register_builtin_extras()
     info = object_info(classes)
     api, workflow = read_workflow(args.workflow, info)
     chosen = find_training_nodes(api, info, args.workflow.name, args.grid)
@@ -92,6 +101,12 @@ def _run_context(run_context: Any, cpu: bool) -> Any:
         return run_context.RunContext()
     parallel_module = importlib.import_module(f"{PACK}.trainer_core.training.parallel")
     parallel = parallel_module.AcceleratedProcesses(cpu=True if cpu else None)
+    sharding = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "") == "true"]
+    if sharding and parallel.is_main:
+        logging.warning(
+            "LoRA Lab: accelerate's config asks for %s, which this runner does not apply: every process holds the "
+            "whole base model and the LoRA's gradients are summed across processes (data parallel). If the model "
+            "does not fit one GPU, see the README's 'Beyond one machine' for what does.", " and ".join(sharding))
     return run_context.RunContext(parallel=parallel, is_main_process=parallel.is_main)
 
 

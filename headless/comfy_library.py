@@ -93,6 +93,17 @@ def register_nodes(pack_name: str) -> dict[str, Any]:
     return dict(nodes.NODE_CLASS_MAPPINGS)
 
 
+def register_builtin_extras() -> dict[str, Any]:
+    """ComfyUI's nodes in comfy_extras (ModelSampling*, PreviewAny, ...), loaded as ComfyUI's start-up loads
+    them: only for workflows that name one (it takes a few seconds)."""
+    import asyncio
+
+    import nodes
+
+    asyncio.run(nodes.init_builtin_extra_nodes())
+    return dict(nodes.NODE_CLASS_MAPPINGS)
+
+
 def object_info(classes: dict[str, Any]) -> dict[str, Any]:
     """What ``/object_info`` would say of each node, as far as reading a workflow needs (inputs, outputs)."""
     from comfy_api.internal import _ComfyNodeInternal

@@ -51,6 +51,21 @@ def read_workflow(path: Path, object_info: dict[str, Any]) -> tuple[dict[str, An
     return workflow, None
 
 
+def named_node_types(path: Path) -> set[str]:
+    """The node types a workflow file names (none for a TOML config, whose nodes are LoRA Lab's and the loader)."""
+    if path.suffix.lower() == ".toml" or not path.is_file():
+        return set()
+    try:
+        workflow = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return set()  # read_workflow says what is wrong with it
+    if not isinstance(workflow, dict):
+        return set()
+    if is_ui_workflow(workflow):
+        return {str(node.get("type")) for node in workflow["nodes"] if isinstance(node, dict)}
+    return {str(node.get("class_type")) for node in workflow.values() if isinstance(node, dict)}
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         import tomllib

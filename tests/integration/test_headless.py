@@ -82,6 +82,9 @@ def test_a_canvas_workflow_trains_headless_to_the_lora_the_canvas_trains(toy_ser
 
 def test_an_api_workflow_trains_headless_with_its_grid_and_loss_log(toy_server: ComfyServer, tmp_path: Path):
     api = tiny_variant(load_api("train_then_test"), tiny_training("headless_api", "headless_tests/api"))
+    # One of ComfyUI's comfy_extras nodes on the way (it sets the schedule Train LoRA trains with).
+    api["20"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["1", 0], "sampling": "eps", "zsnr": False}}
+    api["4"]["inputs"]["model"] = ["20", 0]
     done = run_headless(write_json(tmp_path / "api.json", api), toy_server, tmp_path / "out")
     assert done.returncode == 0, done.stderr[-4000:]
     assert (tmp_path / "out" / "loras" / "headless_tests" / "api.safetensors").is_file()
