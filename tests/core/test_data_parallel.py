@@ -154,3 +154,55 @@ def test_resuming_with_another_global_batch_is_refused_naming_the_batch_size(tmp
     one_process(tmp_path / "first", batch_size=2, steps=2, every=2)
     with pytest.raises(TrainingError, match=r"2 images per step .* 1 x 1 = 1: set batch size"):
         one_process(tmp_path / "again", batch_size=1, steps=4, resume=str(tmp_path / "first" / "rank0" / "run.lora_lab_state"))
+
+
+class Rank(SingleProcess):
+    """A process's view of the group, without a group: enough to ask what its share is."""
+
+    def __init__(self, rank: int, world_size: int):
+        super().__init__()
+        self.rank, self.world_size = rank, world_size
+
+
+def test_within_an_epoch_every_image_is_trained_once_over_all_processes():
+    from collections import Counter
+    from dataclasses import dataclass
+
+    from trainer_core.training.epochs import batches, samples_per_epoch
+
+    @dataclass(frozen=True)
+    class Item:
+        repeats: int
+        bucket: tuple[int, int]
+
+    class Data:  # two buckets of 7 and 4 image-repeats: both end on a short global batch
+        items = [Item(2, (64, 64)), Item(1, (64, 64)), Item(4, (64, 64)), Item(1, (32, 64)), Item(3, (32, 64))]
+
+    world, per_process = 3, 2
+    epoch: list[list[int]] = []
+    stream = batches(Data(), per_process * world, seed=5)
+    while sum(len(b) for b in epoch) < samples_per_epoch(Data()):
+        epoch.append(next(stream))
+    seen: Counter[int] = Counter()
+    for global_batch in epoch:
+        shares = [[global_batch[i] for i in Rank(r, world).share(global_batch)] for r in range(world)]
+        assert all(len(share) <= per_process for share in shares)
+        assert len({Data.items[i].bucket for i in global_batch}) == 1  # a batch stays in its bucket
+        seen.update(i for share in shares for i in share)
+    assert seen == Counter({0: 2, 1: 1, 2: 4, 3: 1, 4: 3})  # each image x its repeats, nothing twice
+
+
+def test_steps_and_metadata_count_global_batches():
+    from trainer_core.adapters.config import LoRAConfig
+    from trainer_core.training.config import TrainingConfig
+    from trainer_core.training.metadata import training_metadata
+
+    training = TrainingConfig(epochs=2, batch_size=2, gradient_accumulation=2)
+    assert training.resolved_steps(40) == 20 and training.resolved_steps(40, processes=4) == 5
+    meta = training_metadata(
+        LoRAConfig(), training, steps=5, total_steps=5, num_images=40, samples_per_epoch=40, resolution=64,
+        trigger_word="", tag_frequency={}, dataset_dirs={}, base_model_version="sd_v1", base_model_hash="0" * 64,
+        started_at=0.0, finished_at=1.0, mixed_precision="fp32", processes=4,
+    )
+    assert meta["ss_batch_size_per_device"] == "2" and meta["ss_total_batch_size"] == "16"
+    assert meta["ss_epoch"] == "2" and meta["ss_num_batches_per_epoch"] == "5"

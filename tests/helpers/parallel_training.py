@@ -74,7 +74,8 @@ def run(args: argparse.Namespace, parallel: SingleProcess) -> dict[str, object]:
         on_step=on_step, parallel=parallel,
     )
     return {"losses": result.losses, "steps": result.steps, "total_steps": result.total_steps,
-            "weights": dict(result.weights), "world_size": parallel.world_size}
+            "weights": dict(result.weights), "world_size": parallel.world_size,
+            "training_seconds": result.seconds - result.encode_seconds, "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -89,9 +90,10 @@ def main() -> None:
     parser.add_argument("--kill-at", type=int, default=-1)
     parser.add_argument("--step-seconds", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in each process")
     parser.add_argument("--single", action="store_true", help="one process, without accelerate")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     parallel = SingleProcess() if args.single else AcceleratedProcesses(timeout_seconds=args.timeout, cpu=True)
     report = run(args, parallel)
     Path(args.report).mkdir(parents=True, exist_ok=True)
