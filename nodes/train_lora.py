@@ -228,6 +228,7 @@ class TrainLoRA(io.ComfyNode):
             losses=result.losses, optimizer=optimizer, scheduler=lr_scheduler,
             warmup_steps=run.scheduler.warmup_steps(result.total_steps),
             clip_skip=bridge.effective_clip_skip(clip, run.training.clip_skip),
+            processes=getattr(current_run_context().parallel, "world_size", 1),
         ))
         if preset != CUSTOM:
             weights.metadata["lora_lab_preset"] = preset

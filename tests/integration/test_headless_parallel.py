@@ -71,6 +71,11 @@ def test_two_processes_write_one_lora_equal_to_one_process_at_the_global_batch(t
     assert sorted(parallel) == sorted(single)
     worst = max((parallel[key] - single[key]).abs().max().item() for key in single)
     assert worst <= TOLERANCE, f"2 processes x batch 1 differ from 1 process x batch 2 by {worst}"
+    for name in ("two", "one"):  # the file says how it was trained: 1 image per device, 2 per step
+        with safe_open(str(out / "loras" / "ddp" / f"{name}.safetensors"), framework="pt") as handle:
+            metadata = handle.metadata()
+        assert (metadata["ss_batch_size_per_device"], metadata["ss_total_batch_size"]) == (
+            "1" if name == "two" else "2", "2")
     checkpoints = out / "loras" / "lora_lab_checkpoints"
     assert losses(checkpoints / "ddp_two_loss.csv") == pytest.approx(losses(checkpoints / "ddp_one_loss.csv"),
                                                                       rel=1e-5)
