@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from headless.ui_workflow import ui_to_api
+from headless.workflow_files import read_workflow
 from tests.helpers.headless import run_headless, tiny_ui, write_json
 from tests.helpers.toy import install_toy_workflow_inputs
 from tests.helpers.workflows import load_api, load_ui, tiny_variant
@@ -164,3 +166,13 @@ def test_bad_input_is_refused_before_training_with_one_message(toy_server: Comfy
     for words in expected:
         assert words in message, f"{words!r} not in: {message}"
     assert not list((tmp_path / "out").rglob("*.csv")), "training started"
+
+
+def test_the_readme_toml_example_names_only_keys_that_exist(comfy_server: ComfyServer, tmp_path: Path):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (example,) = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    (tmp_path / "example.toml").write_text(example)
+    api, _ = read_workflow(tmp_path / "example.toml", comfy_server.object_info())
+    memory = api["train"]["inputs"]["memory_settings"]
+    assert api[memory[0]]["inputs"]["gradient_checkpointing"] is True  # routed to its settings node
+    assert api["grid"]["inputs"]["strengths"] == "0.6, 0.8, 1.0"
