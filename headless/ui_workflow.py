@@ -14,6 +14,9 @@ from typing import Any
 from .node_inputs import WorkflowFormatError, display_name, node_info, widget_specs
 
 MUTED, BYPASSED = 2, 4
+# Nodes the frontend resolves before queueing: a Reroute passes its input on, a PrimitiveNode's value is
+# already stored in the widget it feeds, a Note holds text.
+FRONTEND_ONLY = ("Reroute", "PrimitiveNode", "Note", "MarkdownNote")
 
 
 def is_ui_workflow(workflow: dict[str, Any]) -> bool:
@@ -35,35 +38,46 @@ def ui_to_api(ui: dict[str, Any], object_info: dict[str, Any], skip_unknown: boo
 
     api: dict[str, Any] = {}
     for node in ui["nodes"]:
-        if left_out(node):
+        if left_out(node) or node["type"] in FRONTEND_ONLY:
             continue
         if node.get("mode", 0) == BYPASSED:
-            raise WorkflowFormatError(f"node {node['id']}: bypassed nodes are not supported here")
+            raise WorkflowFormatError(
+                f"node {node['id']} ({node['type']}) is bypassed, which is not supported here: turn bypass off "
+                "(Ctrl+B) or delete the node, and save the workflow again"
+            )
         info = node_info(object_info, node["type"], node["id"])
         inputs = _widget_inputs(node, info)
         for entry in node.get("inputs") or []:
-            link_id = entry.get("link")
-            if link_id is None:
+            source = _source(node, entry, links, nodes)
+            if source is None:
                 continue
-            if link_id not in links:
-                raise WorkflowFormatError(
-                    f"node {node['id']}.{entry['name']}: link {link_id} is not in the links list"
-                )
-            _, source, slot, _, _, _ = links[link_id]
-            if source not in nodes:
-                raise WorkflowFormatError(
-                    f"node {node['id']}.{entry['name']}: links to missing node {source}"
-                )
-            if left_out(nodes[source]):
-                inputs.pop(entry["name"], None)
+            if left_out(nodes[source[0]]) or nodes[source[0]]["type"] == "PrimitiveNode":
+                if entry.get("widget") is None:  # a widget keeps the value the canvas stored for it
+                    inputs.pop(entry["name"], None)
                 continue
-            inputs[entry["name"]] = [str(source), slot]
+            inputs[entry["name"]] = [str(source[0]), source[1]]
         api[str(node["id"])] = {
             "inputs": inputs,
             "class_type": node["type"],
             "_meta": {"title": node.get("title") or display_name(info)},
         }
     return api
+
+
+def _source(node: dict[str, Any], entry: dict[str, Any], links: dict[int, list[Any]],
+            nodes: dict[int, dict[str, Any]]) -> tuple[int, int] | None:
+    """The (node, output slot) an input is linked to, through any Reroutes; None when unlinked."""
+    link_id = entry.get("link")
+    while link_id is not None:
+        if link_id not in links:
+            raise WorkflowFormatError(f"node {node['id']}.{entry['name']}: link {link_id} is not in the links list")
+        _, source, slot, _, _, _ = links[link_id]
+        if source not in nodes:
+            raise WorkflowFormatError(f"node {node['id']}.{entry['name']}: links to missing node {source}")
+        if nodes[source]["type"] != "Reroute":
+            return source, slot
+        link_id = next((item.get("link") for item in nodes[source].get("inputs") or []), None)
+    return None
 
 
 def _widget_inputs(node: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:

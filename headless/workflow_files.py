@@ -42,6 +42,7 @@ def read_workflow(path: Path, object_info: dict[str, Any]) -> tuple[dict[str, An
         raise HeadlessError(f"{path}: not a ComfyUI workflow (expected a JSON object).")
     try:
         if is_ui_workflow(workflow):
+            _refuse_subgraphs(workflow, path)
             return ui_to_api(workflow, object_info, skip_unknown=True), workflow
     except (WorkflowFormatError, KeyError, TypeError, ValueError) as error:
         raise HeadlessError(f"{path}: the canvas workflow cannot be read: {error}") from error
@@ -49,6 +50,16 @@ def read_workflow(path: Path, object_info: dict[str, Any]) -> tuple[dict[str, An
         raise HeadlessError(f"{path}: not a ComfyUI workflow: expected the canvas format (with 'nodes') or the "
                             "API format (node ids mapping to class_type and inputs).")
     return workflow, None
+
+
+def _refuse_subgraphs(workflow: dict[str, Any], path: Path) -> None:
+    subgraphs = {graph.get("id") for graph in (workflow.get("definitions") or {}).get("subgraphs") or []}
+    used = [node for node in workflow["nodes"] if node.get("type") in subgraphs]
+    if used:
+        raise HeadlessError(
+            f"{path}: node {used[0]['id']} is a subgraph, which the headless runner cannot open. Unpack it in the "
+            "canvas (right-click > Unpack Subgraph) and save the workflow again."
+        )
 
 
 def named_node_types(path: Path) -> set[str]:
