@@ -274,8 +274,9 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
     patcher = model.clone()
     copied_base = bridge.use_base_weights(patcher, settings["base_weights"])
     denoiser = bridge.ComfyDenoiser(patcher)
+    context = current_run_context()
     show_memory_estimate(denoiser, clip.cond_stage_model if train_text else None, run.lora, training,
-                         optimizer, dataset.resolution, node_id)
+                         optimizer, dataset.resolution, node_id, announce=context.is_main_process)
     bridge.load_for_training(patcher, settings["unload_other_models"], clip=training_clip if train_text else None)
     base_weight_bytes = stored_weight_bytes(denoiser.network)  # the network that trains: the copy, if any
     trigger = dataset.caption_options.trigger_word
@@ -283,7 +284,6 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
     samples = SampleImages(settings["sample_every"], [p for p in prompts if p], patcher, training_clip, vae, seed,
                            settings["sample_steps"], settings["sample_cfg"], dataset.resolution,
                            [denoiser.network, clip.cond_stage_model] if train_text else [denoiser.network])
-    context = current_run_context()
     total = training.resolved_steps(samples_per_epoch(dataset), getattr(context.parallel, "world_size", 1))
     on_step = StepListeners(*_logs(run, total) if context.is_main_process else (),
                             CanvasProgress(total, node_id, samples))

@@ -131,9 +131,9 @@ class SampleImages:
 
 
 def show_memory_estimate(denoiser, text_network, lora_config: LoRAConfig, training: TrainingConfig,
-                          optimizer: str, resolution: int, node_id: str | None) -> None:
-    """Before the first step: the GPU memory this run needs, on the node and in the console; stop
-    at once when even the exact parts cannot fit on the card."""
+                          optimizer: str, resolution: int, node_id: str | None, announce: bool = True) -> None:
+    """Before the first step: the GPU memory this run needs, on the node and in the console (``announce``:
+    only one process of a data parallel run says it); stop at once when even the exact parts cannot fit."""
     import comfy.model_management
 
     network = denoiser.network
@@ -162,8 +162,9 @@ def show_memory_estimate(denoiser, text_network, lora_config: LoRAConfig, traini
             text = f"Warning: {advice}"
     else:
         text += f" (this run trains on the {device.type.upper()})"
-    print(f"[LoRA Lab] TrainLoRA: {text}", flush=True)
-    send_text(text, node_id)
+    if announce:
+        print(f"[LoRA Lab] TrainLoRA: {text}", flush=True)
+        send_text(text, node_id)
 
 
 def send_text(text: str, node_id: str | None) -> None:
