@@ -46,7 +46,10 @@ def import_comfyui(root: Path, cpu: bool) -> None:
     """Put ``root`` on the import path and set ComfyUI's arguments before its model management starts."""
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    # ComfyUI's own ``utils`` package, imported first as main.py does: importing ``nodes`` puts ``comfy/`` (with
+    # its utils.py) at the front of the import path, after which ``utils.install_util`` could not be found.
     import comfy.options
+    import utils  # noqa: F401
 
     comfy.options.enable_args_parsing(False)
     import torch
@@ -97,10 +100,19 @@ def register_builtin_extras() -> dict[str, Any]:
     """ComfyUI's nodes in comfy_extras (ModelSampling*, PreviewAny, ...), loaded as ComfyUI's start-up loads
     them: only for workflows that name one (it takes a few seconds)."""
     import asyncio
+    import logging
 
     import nodes
 
-    asyncio.run(nodes.init_builtin_extra_nodes())
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # ComfyUI logs a traceback for each module it cannot import
+    try:
+        failed = asyncio.run(nodes.init_builtin_extra_nodes())
+    finally:
+        root.setLevel(level)
+    if failed:
+        logging.info("ComfyUI's nodes in %s could not be imported (missing packages): workflows cannot use them",
+                     ", ".join(failed))
     return dict(nodes.NODE_CLASS_MAPPINGS)
 
 
