@@ -115,7 +115,8 @@ def _report(runner: NodeRunner, grid: str | None, lora_name: str, run_name: str)
 
     lines = [f"LoRA: {folder_paths.get_full_path('loras', lora_name)}"]
     checkpoints = Path(folder_paths.get_folder_paths("loras")[0]) / "lora_lab_checkpoints"
-    lines.append(f"loss log: {checkpoints / (run_name + '_loss.csv')}")
+    sanitize_filename = importlib.import_module(f"{PACK}.trainer_core.adapters.export").sanitize_filename
+    lines.append(f"loss log: {checkpoints / (sanitize_filename(run_name) + '_loss.csv')}")
     ui = runner.ui.get(grid) if grid is not None else None
     if ui:
         for image in ui.get("images", []):
