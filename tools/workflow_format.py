@@ -6,7 +6,8 @@
 
 API nodes may carry ``"_meta": {"title": ...}`` (as the frontend's "Export (API)" writes); it
 becomes the UI node's title. The widget rules (which inputs are widgets, and the control values
-saved after some) are read from the node definitions in ``node_inputs``.
+saved after some) are read from the node definitions in ``headless/node_inputs.py``; ``ui_to_api``
+lives in ``headless/ui_workflow.py``, which the headless runner uses too.
 """
 
 from __future__ import annotations
