@@ -35,10 +35,19 @@ from ..trainer_core.training.optimizers import OPTIMIZER_CHOICES, OptimizerConfi
 from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES, preset_family_warning
 from ..trainer_core.training.schedulers import SCHEDULER_CHOICES, SchedulerConfig
 from ..trainer_core.training.text_encoder_parts import skipped_text_encoders_note
+from ..trainer_core.training.train_log import TrainingLog, log_paths
 from . import bridge, families
 from .key_formats import key_format
 from .optimizer_settings import LoRALabOptimizerSettings, optimizer_config
-from .train_progress import CanvasProgress, SampleImages, send_text, show_memory_estimate
+from .run_context import current_run_context
+from .train_progress import (
+    CanvasProgress,
+    ConsoleProgress,
+    SampleImages,
+    StepListeners,
+    send_text,
+    show_memory_estimate,
+)
 from .train_settings import (
     LoRALabAdapterSettings,
     LoRALabLossSettings,
@@ -234,6 +243,7 @@ class TrainLoRA(io.ComfyNode):
             losses=result.losses, optimizer=optimizer, scheduler=lr_scheduler,
             warmup_steps=run.scheduler.warmup_steps(result.total_steps),
             clip_skip=bridge.effective_clip_skip(clip, run.training.clip_skip),
+            processes=getattr(current_run_context().parallel, "world_size", 1),
         ))
         if preset != CUSTOM:
             weights.metadata["lora_lab_preset"] = preset
@@ -284,8 +294,9 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
     patcher = model.clone()
     copied_base = bridge.use_base_weights(patcher, settings["base_weights"])
     denoiser = bridge.ComfyDenoiser(patcher)
+    context = current_run_context()
     show_memory_estimate(denoiser, clip.cond_stage_model if train_text else None, run.lora, training,
-                         optimizer, dataset.resolution, node_id)
+                         optimizer, dataset.resolution, node_id, announce=context.is_main_process)
     bridge.load_for_training(patcher, settings["unload_other_models"], clip=training_clip if train_text else None)
     base_weight_bytes = stored_weight_bytes(denoiser.network)  # the network that trains: the copy, if any
     trigger = dataset.caption_options.trigger_word
@@ -295,23 +306,32 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
                            [denoiser.network, clip.cond_stage_model] if train_text else [denoiser.network])
     if samples.size_note:  # in the console already; on the node too, before the first step
         send_text(samples.size_note, node_id)
-    total = training.resolved_steps(samples_per_epoch(dataset))
+    total = training.resolved_steps(samples_per_epoch(dataset), getattr(context.parallel, "world_size", 1))
+    on_step = StepListeners(*_logs(run, total) if context.is_main_process else (),
+                            CanvasProgress(total, node_id, samples))
     try:
         result = train_lora(
             denoiser, bridge.ComfyTextEncoder(clip), bridge.ComfyLatentCodec(vae, patcher), dataset,
             run.lora, training, caption_for=dataset.caption_for,
             random_captions=dataset.caption_options.is_random, key_namer=bridge.kohya_key_namer(patcher),
-            on_step=CanvasProgress(total, node_id, samples), checkpoints=run.checkpoints,
+            on_step=on_step, checkpoints=run.checkpoints,
             resume_from=resume_from, optimizer=run.optimizer, scheduler=run.scheduler,
-            text_key_namer=text_key_namer,
+            text_key_namer=text_key_namer, parallel=context.parallel,
         )
     except NonFiniteLossError as error:
         saved = _save_recovery(error.weights)
         raise RuntimeError(f"{error} The last good LoRA (step {error.step}) was saved to {saved}.") from error
     finally:
+        on_step.close()
         if copied_base:  # take the copy off the shared model and free it
             bridge.release(patcher)
     return result, patcher, samples, base_weight_bytes
+
+
+def _logs(run: _Run, total: int) -> tuple[TrainingLog, ConsoleProgress]:
+    """The main process's log of the run (CSV and TensorBoard beside its checkpoints) and console progress."""
+    csv_path, tensorboard_folder = log_paths(run.checkpoints.folder, run.checkpoints.stem)
+    return TrainingLog(csv_path, tensorboard_folder), ConsoleProgress(total)
 
 
 def refuse_moved_inputs(prompt: dict[str, Any] | None, node_id: str | None) -> None:

@@ -4,6 +4,7 @@ ComfyUI's own sampler, and the memory estimate before the first step."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import comfy.utils
 import torch
@@ -46,6 +47,44 @@ class CanvasProgress:
         if self.node_id is not None and (now - self.last_text > 0.5 or report.step == report.total):
             self.last_text = now
             send_text(f"step {report.step}/{report.total}  loss {report.loss:.4f}", self.node_id)
+
+
+class ConsoleProgress:
+    """A tqdm bar in the console: step, loss, learning rate, it/s and time left."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.bar: Any = None
+
+    def __call__(self, report: StepReport) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=report.total, initial=report.step - 1, desc="Train LoRA", unit="step",
+                            dynamic_ncols=True)
+        self.bar.set_postfix(loss=f"{report.loss:.4f}", lr=f"{report.learning_rate:.2e}", refresh=False)
+        self.bar.update(report.step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class StepListeners:
+    """Several ``on_step`` callbacks as one, called in order (put one that may raise, Cancel, last)."""
+
+    def __init__(self, *listeners):
+        self.listeners = listeners
+
+    def __call__(self, report: StepReport) -> None:
+        for listener in self.listeners:
+            listener(report)
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            close = getattr(listener, "close", None)
+            if close is not None:
+                close()
 
 
 class SampleImages:
@@ -119,9 +158,9 @@ def memory_estimate_for(denoiser, text_network, lora_config: LoRAConfig, trainin
 
 
 def show_memory_estimate(denoiser, text_network, lora_config: LoRAConfig, training: TrainingConfig,
-                          optimizer: str, resolution: int, node_id: str | None) -> None:
-    """Before the first step: the GPU memory this run needs, on the node and in the console; stop
-    at once when even the exact parts cannot fit on the card."""
+                          optimizer: str, resolution: int, node_id: str | None, announce: bool = True) -> None:
+    """Before the first step: the GPU memory this run needs, on the node and in the console (``announce``:
+    only one process of a data parallel run says it); stop at once when even the exact parts cannot fit."""
     import comfy.model_management
 
     device = comfy.model_management.get_torch_device()
@@ -137,8 +176,9 @@ def show_memory_estimate(denoiser, text_network, lora_config: LoRAConfig, traini
             text = f"Warning: {advice}"
     else:
         text += f" (this run trains on the {device.type.upper()})"
-    print(f"[LoRA Lab] TrainLoRA: {text}", flush=True)
-    send_text(text, node_id)
+    if announce:
+        print(f"[LoRA Lab] TrainLoRA: {text}", flush=True)
+        send_text(text, node_id)
 
 
 def send_text(text: str, node_id: str | None) -> None:

@@ -6,16 +6,16 @@
 
 API nodes may carry ``"_meta": {"title": ...}`` (as the frontend's "Export (API)" writes); it
 becomes the UI node's title. The widget rules (which inputs are widgets, and the control values
-saved after some) are read from the node definitions in ``node_inputs``.
+saved after some) are read from the node definitions in ``headless/node_inputs.py``; ``ui_to_api``
+lives in ``headless/ui_workflow.py``, which the headless runner uses too.
 """
 
 from __future__ import annotations
 
-import copy
 import uuid
 from typing import Any
 
-from tools.node_inputs import (
+from headless.node_inputs import (
     OPTIONAL_SOCKET_SHAPE,
     WorkflowFormatError,
     default_inputs,
@@ -25,6 +25,7 @@ from tools.node_inputs import (
     node_info,
     widget_specs,
 )
+from headless.ui_workflow import ui_to_api, without_meta
 
 __all__ = [
     "WorkflowFormatError",
@@ -35,6 +36,7 @@ __all__ = [
     "input_specs",
     "ui_to_api",
     "widget_specs",
+    "without_meta",
 ]
 
 # Layout, in canvas pixels. The frontend draws a node's title bar above its ``pos``.
@@ -278,69 +280,3 @@ def _first_view(positions: dict[str, list[int]], sizes: dict[str, list[int]]) ->
     # (screen = (canvas + offset) * scale); below a scale of ~0.6 the canvas hides widget text.
     scale = round(min(1.0, 1760 / right, 880 / (bottom + TITLE_HEIGHT)), 2)
     return {"scale": scale, "offset": [round(90 / scale), round(130 / scale) + TITLE_HEIGHT]}
-
-
-# -- UI -> API ---------------------------------------------------------------------------------
-
-MUTED, BYPASSED = 2, 4
-
-
-def ui_to_api(ui: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
-    """The API graph the frontend would queue for this UI workflow (muted nodes left out).
-
-    Every node gets ``_meta.title`` (its title, or the node's display name), as the frontend sends."""
-    links = {link[0]: link for link in ui.get("links", [])}
-    nodes = {node["id"]: node for node in ui["nodes"]}
-    api: dict[str, Any] = {}
-    for node in ui["nodes"]:
-        if node.get("mode", 0) == MUTED:
-            continue
-        if node.get("mode", 0) == BYPASSED:
-            raise WorkflowFormatError(f"node {node['id']}: bypassed nodes are not supported here")
-        info = node_info(object_info, node["type"], node["id"])
-        values = list(node.get("widgets_values") or [])
-        inputs: dict[str, Any] = {}
-        position = 0
-        for spec in widget_specs(info):
-            if position >= len(values):
-                raise WorkflowFormatError(
-                    f"node {node['id']} ({node['type']}): {len(values)} widget values, too few for {spec.name!r}"
-                )
-            value = values[position]
-            inputs[spec.name] = {"__value__": value} if isinstance(value, list) else value
-            position += 1 + spec.control_values
-        if position != len(values):
-            raise WorkflowFormatError(
-                f"node {node['id']} ({node['type']}): {len(values)} widget values, the node's widgets take {position}"
-            )
-        for entry in node.get("inputs") or []:
-            link_id = entry.get("link")
-            if link_id is None:
-                continue
-            if link_id not in links:
-                raise WorkflowFormatError(
-                    f"node {node['id']}.{entry['name']}: link {link_id} is not in the links list"
-                )
-            _, source, slot, _, _, _ = links[link_id]
-            if source not in nodes:
-                raise WorkflowFormatError(
-                    f"node {node['id']}.{entry['name']}: links to missing node {source}"
-                )
-            if nodes[source].get("mode", 0) == MUTED:
-                inputs.pop(entry["name"], None)
-                continue
-            inputs[entry["name"]] = [str(source), slot]
-        api[str(node["id"])] = {
-            "inputs": inputs,
-            "class_type": node["type"],
-            "_meta": {"title": node.get("title") or display_name(info)},
-        }
-    return api
-
-
-def without_meta(api: dict[str, Any]) -> dict[str, Any]:
-    """The graph as the server sees it: ``_meta`` (titles, layout hints) removed."""
-    return {
-        node_id: {k: v for k, v in node.items() if k != "_meta"}
-        for node_id, node in copy.deepcopy(api).items()
-    }

@@ -41,17 +41,25 @@ def export_weights(run: TrainingRun) -> LoRAWeights:
         return LoRAWeights(tensors, run.metadata)
 
 
-def save_checkpoint(run: TrainingRun, policy: CheckpointPolicy) -> Path:
-    """A LoRA file LoraLoader can load, and the state to resume from (both written atomically)."""
-    weights = export_weights(run)
-    weights.metadata.update({"ss_steps": str(run.step), "lora_lab_checkpoint_step": str(run.step)})
+def save_checkpoint(run: TrainingRun, policy: CheckpointPolicy, wait: bool = True) -> Path:
+    """A LoRA file LoraLoader can load, and the state to resume from (both written atomically).
+
+    Only the main process writes; with ``wait`` every process waits until it has, so none reads a
+    half-written file (a run stopping on a failure does not wait: the others may be gone)."""
     path = policy.lora_path(run.step)
-    save_lora(weights, path, overwrite=True)
-    save_training_state(policy.state_path, state_dict(run))
+    if run.parallel.is_main:
+        weights = export_weights(run)
+        weights.metadata.update({"ss_steps": str(run.step), "lora_lab_checkpoint_step": str(run.step)})
+        save_lora(weights, path, overwrite=True)
+        save_training_state(policy.state_path, state_dict(run))
     run.saved_checkpoints.append(path)
     if policy.keep_last > 0:
         while len(run.saved_checkpoints) > policy.keep_last:
-            run.saved_checkpoints.pop(0).unlink(missing_ok=True)
+            old = run.saved_checkpoints.pop(0)
+            if run.parallel.is_main:
+                old.unlink(missing_ok=True)
+    if wait:
+        run.parallel.barrier()
     return path
 
 
@@ -63,9 +71,8 @@ def state_dict(run: TrainingRun) -> dict[str, Any]:
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
-        "caption_rng": run.caption_rng.getstate(),
-        "noise_rng": run.noise_rng.get_state(),
-        "global_rng": torch.get_rng_state(),
+        **(run.streams_at_step_start or run.random_streams()),
+        "global_batch_size": run.global_batch_size,  # images per step, over all processes
         "losses": list(run.losses),
         "learning_rates": list(run.learning_rates),
         "rank": run.adapter.config.rank,
@@ -90,6 +97,7 @@ def load_state(run: TrainingRun, state: dict[str, Any], source: Path | None) -> 
             "same rank, target layers and base model, or start a new run"
         )
     restore_text_encoder_state(run.text_adapter, state, where)
+    _check_global_batch(run, state, where)
     if state["step"] >= run.total_steps:
         raise TrainingError(
             f"the resume state{where} is at step {state['step']}, and this run has {run.total_steps} steps: "
@@ -114,3 +122,15 @@ def load_state(run: TrainingRun, state: dict[str, Any], source: Path | None) -> 
     run.learning_rates = list(state["learning_rates"])
     for _ in range(run.step * run.training.gradient_accumulation):
         next(run.batches)
+
+
+def _check_global_batch(run: TrainingRun, state: dict[str, Any], where: str) -> None:
+    """A run resumes with any number of processes, as long as a step trains on as many images."""
+    saved = state.get("global_batch_size", run.global_batch_size)  # states before data parallel: as now
+    if saved != run.global_batch_size:
+        processes = run.parallel.world_size
+        raise TrainingError(
+            f"the resume state{where} trained on {saved} images per step (batch size x processes), this run on"
+            f" {run.training.batch_size} x {processes} = {run.global_batch_size}: set batch size so that batch"
+            f" size x processes = {saved} (e.g. {saved} with 1 process) to resume, or start a new run"
+        )

@@ -120,9 +120,10 @@ class TrainingConfig:
                 f"ema_decay must be 0 (off) or a number below 1 such as 0.999, got {self.ema_decay!r}"
             )
 
-    def resolved_steps(self, samples_per_epoch: int) -> int:
-        """The step count training will run: ``steps`` or images x repeats x epochs / batch."""
+    def resolved_steps(self, samples_per_epoch: int, processes: int = 1) -> int:
+        """The step count training will run: ``steps`` or images x repeats x epochs / global batch, where
+        one step trains on batch x gradient_accumulation x processes images (data parallel)."""
         if self.steps > 0:
             return self.steps
-        per_step = self.batch_size * self.gradient_accumulation
+        per_step = self.batch_size * self.gradient_accumulation * processes
         return max(1, -(-samples_per_epoch * self.epochs // per_step))

@@ -33,6 +33,7 @@ from .config import MIXED_PRECISION_CHOICES, TrainingConfig
 from .encoding import TextCache, encode_latents
 from .epochs import CaptionFunction, TrainingData, samples_per_epoch
 from .optimizers import OptimizerConfig, effective_learning_rate
+from .parallel import SingleProcess
 from .results import NonFiniteLossError, StepReport, TrainingError, TrainingResult
 from .run import TrainingRun
 from .schedulers import SchedulerConfig
@@ -72,6 +73,7 @@ def train_lora(
     optimizer: OptimizerConfig | None = None,
     scheduler: SchedulerConfig | None = None,
     text_key_namer: KeyNamer = default_text_key_name,
+    parallel: SingleProcess | None = None,
 ) -> TrainingResult:
     """Train a LoRA on ``denoiser.network`` and return its weights; the network is left as it was.
 
@@ -90,6 +92,12 @@ def train_lora(
     ``training.text_encoder_lr`` above 0 also trains a LoRA in ``text_encoder.network`` (see
     ``text_encoder.py``), named with ``text_key_namer``; ``training.clip_skip`` above 1 encodes with
     ``text_encoder.with_clip_skip(n)``.
+
+    ``parallel`` (``parallel.AcceleratedProcesses`` under ``accelerate launch``; default one process)
+    trains data parallel: one step is one global batch of ``batch_size x world_size`` images that every
+    process draws alike, each trains on its share and the gradients are summed, so N processes at batch
+    b learn what one process at batch N x b learns. Only the main process writes checkpoints; a resume
+    state continues with any number of processes giving the same global batch.
     """
     if training.mixed_precision not in MIXED_PRECISION_CHOICES:
         raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION_CHOICES}, not {training.mixed_precision!r}")
@@ -97,7 +105,8 @@ def train_lora(
     if not data.items:
         raise TrainingError("the dataset has no images")
     started = time.perf_counter()
-    total_steps = training.resolved_steps(samples_per_epoch(data))
+    parallel = parallel or SingleProcess(denoiser.device)
+    total_steps = training.resolved_steps(samples_per_epoch(data), parallel.world_size)
     caption: CaptionFunction = caption_for or (lambda item, rng: item.caption)
     randomised = caption_for is not None and random_captions
     train_text = training.text_encoder_lr > 0
@@ -122,7 +131,7 @@ def train_lora(
                         denoiser, adapter, latents, LiveText(text_encoder) if train_text else texts, data,
                         fixed_captions, caption, randomised, training, total_steps, key_namer, metadata or {},
                         optimizer or OptimizerConfig(), scheduler or SchedulerConfig(),
-                        text_adapter=text_adapter, text_key_namer=text_key_namer,
+                        text_adapter=text_adapter, text_key_namer=text_key_namer, parallel=parallel,
                     )
                     if resume_state is not None:
                         load_state(run, resume_state, resume_from)
@@ -163,6 +172,7 @@ def _optimise(
             else:
                 torch.manual_seed(run.training.seed)  # LoRA dropout draws from the global stream
             while run.step < run.total_steps:
+                run.streams_at_step_start = run.random_streams()
                 batch = [next(run.batches) for _ in range(run.training.gradient_accumulation)]
                 try:
                     loss = forward_backward(run, batch)
@@ -173,8 +183,10 @@ def _optimise(
                     log.info("the network modifies activations in place: keeping copies for the backward pass")
                     in_place_safe.enter_context(keep_saved_activations())
                     loss = forward_backward(run, batch)
+                run.parallel.sum_gradients(run.trainable)
                 apply_gradients(run)
                 run.step += 1
+                run.streams_at_step_start = None
                 run.losses.append(loss)
                 run.learning_rates.append(effective_learning_rate(run.optimizer))
                 if checkpoints is not None and checkpoints.every and run.step % checkpoints.every == 0:
@@ -182,11 +194,14 @@ def _optimise(
                 if on_step is not None:
                     on_step(StepReport(run.step, run.total_steps, loss, run.learning_rates[-1]))
             completed = True
+    except BaseException as error:
+        run.parallel.stop_everyone(error)
+        raise
     finally:
         if not completed and checkpoints is not None and run.step > 0:
-            # Cancelled or failed: keep what was learned so far, resumable.
+            # Cancelled or failed: keep what was learned so far, resumable (from the last finished step).
             if not run.saved_checkpoints or run.saved_checkpoints[-1] != checkpoints.lora_path(run.step):
-                save_checkpoint(run, checkpoints)
+                save_checkpoint(run, checkpoints, wait=False)
     return TrainingResult(
         weights=export_weights(run),
         losses=list(run.losses),
@@ -194,3 +209,4 @@ def _optimise(
         steps=run.step,
         checkpoints=list(run.saved_checkpoints),
     )
+

@@ -35,12 +35,15 @@ def training_metadata(
     scheduler: str = "constant",
     warmup_steps: int = 0,
     clip_skip: int | None = None,
+    processes: int = 1,
 ) -> dict[str, str]:
     """All values as strings, as safetensors metadata requires.
 
     ``clip_skip`` is the one captions were really encoded with, when the front end knows better than
-    ``training.clip_skip`` (a CLIP connected through CLIPSetLastLayer)."""
-    epochs = steps * training.batch_size * training.gradient_accumulation / max(1, samples_per_epoch)
+    ``training.clip_skip`` (a CLIP connected through CLIPSetLastLayer). ``processes``: how many data
+    parallel processes trained, each on ``training.batch_size`` images per batch (kohya's per device)."""
+    global_batch = training.batch_size * processes
+    epochs = steps * global_batch * training.gradient_accumulation / max(1, samples_per_epoch)
     values: dict[str, Any] = {
         **network_metadata(lora),
         "ss_network_dim": lora.rank,
@@ -59,9 +62,9 @@ def training_metadata(
         "ss_steps": steps,
         "ss_epoch": int(epochs),
         "ss_num_train_images": samples_per_epoch,
-        "ss_num_batches_per_epoch": -(-samples_per_epoch // training.batch_size),
+        "ss_num_batches_per_epoch": -(-samples_per_epoch // global_batch),
         "ss_batch_size_per_device": training.batch_size,
-        "ss_total_batch_size": training.batch_size * training.gradient_accumulation,
+        "ss_total_batch_size": global_batch * training.gradient_accumulation,
         "ss_gradient_accumulation_steps": training.gradient_accumulation,
         "ss_gradient_checkpointing": training.gradient_checkpointing,
         "ss_mixed_precision": mixed_precision,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,6 +23,7 @@ from .encoding import TextCache
 from .epochs import CaptionFunction, TrainingData, batches
 from .memory import OptimizerPlacement, check_state_on_cpu, optimizer_state_device
 from .optimizers import OptimizerConfig, build_optimizer
+from .parallel import SingleProcess
 from .schedulers import SchedulerConfig, build_scheduler
 from .text_encoder import LiveText, parameter_groups
 
@@ -47,7 +49,9 @@ class TrainingRun:
         scheduler: SchedulerConfig,
         text_adapter: InjectedAdapter | None = None,
         text_key_namer: KeyNamer = default_text_key_name,
+        parallel: SingleProcess | None = None,
     ):
+        self.parallel = parallel or SingleProcess(denoiser.device)
         self.denoiser = denoiser
         self.adapter = adapter
         self.latents = latents
@@ -64,6 +68,7 @@ class TrainingRun:
         self.text_key_namer = text_key_namer
         unet_params = adapter.parameters()
         text_params = text_adapter.parameters() if text_adapter is not None else []
+        self.trainable = unet_params + text_params  # the model's adapter parameters: their gradients are summed
         check_state_on_cpu(optimizer.name, training.optimizer_state_on_cpu)
         state_device = optimizer_state_device(denoiser.device, training.optimizer_state_on_cpu)
         self.placement = OptimizerPlacement(unet_params + text_params, state_device)
@@ -84,12 +89,23 @@ class TrainingRun:
         self.scaler = torch.amp.GradScaler(denoiser.device.type, enabled=training.mixed_precision == "fp16")
         self.caption_rng = random.Random(training.seed)
         self.noise_rng = torch.Generator().manual_seed(training.seed)
-        self.batches = batches(data, training.batch_size, training.seed + 1)
+        # Every process walks the same global batches and takes its share of each (``parallel.share``).
+        self.global_batch_size = training.batch_size * self.parallel.world_size
+        self.batches = batches(data, self.global_batch_size, training.seed + 1)
         self.step = 0
         self.losses: list[float] = []
         self.learning_rates: list[float] = []
         self.global_rng_state: torch.Tensor | None = None  # dropout's stream, restored on resume
         self.saved_checkpoints: list[Path] = []
+        self.streams_at_step_start: dict[str, Any] | None = None  # what a checkpoint taken mid-step resumes from
+
+    def random_streams(self) -> dict[str, Any]:
+        """The random streams a resumed run continues: captions, noise and levels, and dropout's (global)."""
+        return {
+            "caption_rng": self.caption_rng.getstate(),
+            "noise_rng": self.noise_rng.get_state(),
+            "global_rng": torch.get_rng_state(),
+        }
 
     def adapter_parameters(self) -> dict[str, torch.nn.Parameter]:
         return self.adapter.named_parameters()

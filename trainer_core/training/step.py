@@ -5,6 +5,7 @@ checkpointing, the NaN guard) over ``gradient_accumulation`` batches, then apply
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,37 +60,58 @@ def gradient_checkpointing(network: torch.nn.Module, enabled: bool) -> Iterator[
 
 
 def forward_backward(run: TrainingRun, batch: list[list[int]]) -> float:
-    """Gradients of one optimizer step (over ``gradient_accumulation`` batches); returns its loss."""
-    denoiser, training = run.denoiser, run.training
-    device = denoiser.device
+    """Gradients of one optimizer step (over ``gradient_accumulation`` global batches); returns its loss.
+
+    Each process trains on its share of every global batch, its loss weighted by that share, so the sum
+    of the processes' gradients (``parallel.sum_gradients``, after this) is the gradient of the whole
+    global batch; with one process the share is everything and the weight 1."""
     run.optimizer.zero_grad(set_to_none=True)
     step_loss = 0.0
     for indices in batch:
-        x0 = torch.stack([run.latents[i] for i in indices]).to(device)
-        if run.randomised:
-            captions = [run.caption(run.data.items[i], run.caption_rng) for i in indices]
-        else:
-            captions = [run.fixed_captions[i] for i in indices]
+        step_loss += _global_batch_loss(run, indices) / run.training.gradient_accumulation
+    return step_loss
+
+
+def _global_batch_loss(run: TrainingRun, indices: list[int]) -> float:
+    """Backward this process's share of one global batch; return the global batch's loss. Captions, noise
+    and noise levels are drawn for the whole global batch, as one process would, and then shared out."""
+    denoiser, training, parallel = run.denoiser, run.training, run.parallel
+    device = denoiser.device
+    mine = parallel.share(indices)
+    if run.randomised:
+        captions = [run.caption(run.data.items[i], run.caption_rng) for i in indices]
+    else:
+        captions = [run.fixed_captions[i] for i in indices]
+    x0 = torch.stack([run.latents[i] for i in indices]).to(device)
+    noise = sample_noise(x0, run.noise_rng, training.noise_offset, training.multires_noise_iterations,
+                         training.multires_noise_discount)
+    sigma = sample_sigmas(denoiser.training_sigmas, x0.shape[0], run.noise_rng, training.timestep_sampling).to(device)
+    weighted = 0.0
+    loss: torch.Tensor | None = None
+    if mine:
+        if len(mine) < len(indices):
+            x0, noise, sigma = x0[mine], noise[mine], sigma[mine]
+            captions = [captions[i] for i in mine]
         embeddings = run.texts.get(captions)
-        noise = sample_noise(x0, run.noise_rng, training.noise_offset, training.multires_noise_iterations,
-                             training.multires_noise_discount)
-        sigma = sample_sigmas(denoiser.training_sigmas, x0.shape[0], run.noise_rng,
-                              training.timestep_sampling).to(device)
         noisy = add_noise(x0, noise, sigma, denoiser.prediction)
         with _autocast(device, training.mixed_precision):
             estimate = denoise_in_text_groups(denoiser, noisy, sigma, embeddings)
         loss = diffusion_loss(estimate, x0, sigma, denoiser.prediction, training.min_snr_gamma,
                               training.loss_type, training.huber_c)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the loss became {loss.item()} at step {run.step + 1}: training stopped. The LoRA keeps the "
-                "weights of the last good step. Lower the learning rate, or use bf16/fp32 instead of fp16.",
-                export_weights(run),
-                run.step,
-            )
+        if len(mine) < len(indices):
+            loss = loss * (len(mine) / len(indices))
+        weighted = loss.item()
+    global_loss = parallel.sum(weighted)  # every process sees the same value, so all stop on a bad one
+    if not math.isfinite(global_loss):
+        raise NonFiniteLossError(
+            f"the loss became {global_loss} at step {run.step + 1}: training stopped. The LoRA keeps the "
+            "weights of the last good step. Lower the learning rate, or use bf16/fp32 instead of fp16.",
+            export_weights(run),
+            run.step,
+        )
+    if loss is not None:
         run.scaler.scale(loss / training.gradient_accumulation).backward()
-        step_loss += loss.item() / training.gradient_accumulation
-    return step_loss
+    return global_loss
 
 
 def denoise_in_text_groups(
