@@ -206,7 +206,8 @@ class LoRALabTextEncoderSettings(SettingsNode):
 
 def declared_defaults(node: type[io.ComfyNode]) -> dict[str, Any]:
     """A settings node's inputs with their declared defaults: what an unconnected settings input means."""
-    return {entry.id: entry.default for entry in node.GET_SCHEMA().inputs}
+    # define_schema, not GET_SCHEMA: ComfyUI runs a locked copy of the class, on which GET_SCHEMA may not cache.
+    return {entry.id: entry.default for entry in node.define_schema().inputs}
 
 
 def merged_settings(nodes: list[type[SettingsNode]], connected: dict[str, NodeSettings | None]) -> dict[str, Any]:
