@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "core")]
+sys.path[:0] = [path for path in (str(ROOT), str(ROOT / "tests" / "core")) if path not in sys.path]
 
 from test_training_core import SyntheticData, tiny_models  # noqa: E402
 
