@@ -64,7 +64,7 @@ def one_process(tmp: Path, batch_size: int, steps: int = STEPS, every: int = 0, 
     torch.set_num_threads(1)
     try:
         args = Namespace(steps=steps, batch_size=batch_size, every=every, resume=resume, checkpoints=str(tmp),
-                         kill_rank=-1, kill_at=-1, step_seconds=0.0)
+                         kill_rank=-1, kill_at=-1, fail_rank=-1, fail_at=-1, step_seconds=0.0)
         return helper_module().run(args, SingleProcess())
     finally:
         torch.set_num_threads(threads)
@@ -127,7 +127,7 @@ def test_a_killed_process_stops_the_others_promptly_and_one_process_resumes_the_
     # accelerate's launcher (torchrun) names the process that died; rank 0 says what happened, unless
     # the launcher's SIGTERM reached it before gloo's connection error did.
     assert "rank      : 1" in output and "SIGKILL" in output, output[-3000:]
-    assert not (tmp_path / "report" / "rank0.pt").exists()  # nobody finished
+    assert not list((tmp_path / "report").glob("rank*.pt"))  # nobody finished
     folder = tmp_path / "checkpoints" / "rank0"
     assert not (tmp_path / "checkpoints" / "rank1").exists()
     state = load_training_state(folder / "run.lora_lab_state")
@@ -136,6 +136,24 @@ def test_a_killed_process_stops_the_others_promptly_and_one_process_resumes_the_
 
     resumed = one_process(tmp_path / "resumed", batch_size=2, resume=str(folder / "run.lora_lab_state"))
     assert_same_training(resumed, straight, "2 processes to step 3 (one killed), 1 process to step 6")
+
+
+def test_a_process_that_fails_stops_the_others_at_once_and_the_main_keeps_its_last_step(tmp_path, straight):
+    done, _ = launch(tmp_path, "--steps", str(STEPS), "--every", "2", "--fail-rank", "1", "--fail-at", "3",
+                     "--timeout", "300")
+    assert done.returncode != 0
+    failed = torch.load(tmp_path / "report" / "failed_rank1.pt", weights_only=True)
+    stopped = torch.load(tmp_path / "report" / "failed_rank0.pt", weights_only=True)
+    print(f"rank 0 stopped {stopped['time'] - failed['time']:.1f} s after rank 1 failed: {stopped['message']}")
+    assert failed["message"] == "a simulated failure"
+    assert stopped["error"] == "ProcessesStopped" and stopped["time"] - failed["time"] < 20
+    assert "process 0 of 2 stopped" in stopped["message"] and ".lora_lab_state" in stopped["message"]
+    # Rank 0 kept the last finished step (3), resumable, though its checkpoints fall on even steps.
+    assert load_training_state(tmp_path / "checkpoints" / "rank0" / "run.lora_lab_state")["step"] == 3
+    assert (tmp_path / "checkpoints" / "rank0" / "run_step000003.safetensors").is_file()
+    # ... taken while step 4 was under way: it resumes from the streams at the start of step 4.
+    resumed = one_process(tmp_path / "resumed", batch_size=2, resume=str(tmp_path / "checkpoints" / "rank0" / "run.lora_lab_state"))
+    assert_same_training(resumed, straight, "2 processes to step 3 (one failed), 1 process to step 6")
 
 
 def test_two_processes_resume_a_one_process_run(tmp_path, straight):

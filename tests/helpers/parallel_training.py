@@ -4,7 +4,8 @@ Every process builds the same tiny models and dataset (seeded), trains through `
 ``AcceleratedProcesses`` and saves what it learned as ``<report>/rank<r>.pt`` (the helper's own
 report, not a training file). Training's checkpoints go to ``<checkpoints>/rank<r>/``: under data
 parallel only the main process's folder may fill. ``--kill-rank R --kill-at S`` SIGKILLs process R
-right after it finishes step S, as a crash would.
+right after it finishes step S, as a crash would; ``--fail-rank R --fail-at S`` makes
+process R raise there.
 
     accelerate launch --multi_gpu --num_processes 2 ... tests/helpers/parallel_training.py --report R ...
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "core")]
+sys.path[:0] = [path for path in (str(ROOT), str(ROOT / "tests" / "core")) if path not in sys.path]
 
 from test_training_core import SyntheticData, tiny_models  # noqa: E402
 
@@ -65,6 +66,8 @@ def run(args: argparse.Namespace, parallel: SingleProcess) -> dict[str, object]:
             Path(args.report).mkdir(parents=True, exist_ok=True)
             (Path(args.report) / "killed_at").write_text(repr(time.time()))
             os.kill(os.getpid(), signal.SIGKILL)
+        if parallel.rank == args.fail_rank and report.step == args.fail_at:
+            raise RuntimeError("a simulated failure")
 
     result = train_lora(
         DiffusersUNetDenoiser(unet, alphas), WordTextEncoder(), DiffusersLatentCodec(vae, 1.0),
@@ -88,6 +91,8 @@ def main() -> None:
     parser.add_argument("--resume", default="")
     parser.add_argument("--kill-rank", type=int, default=-1)
     parser.add_argument("--kill-at", type=int, default=-1)
+    parser.add_argument("--fail-rank", type=int, default=-1)
+    parser.add_argument("--fail-at", type=int, default=-1)
     parser.add_argument("--step-seconds", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each process")
@@ -95,8 +100,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     parallel = SingleProcess() if args.single else AcceleratedProcesses(timeout_seconds=args.timeout, cpu=True)
-    report = run(args, parallel)
     Path(args.report).mkdir(parents=True, exist_ok=True)
+    try:
+        report = run(args, parallel)
+    except Exception as error:  # note when and how each process stopped, then stop as it would
+        note = {"time": time.time(), "error": type(error).__name__, "message": str(error)}
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher stopping us must not cut the note
+        torch.save(note, Path(args.report) / f"failed_rank{parallel.rank}.pt")
+        raise
     torch.save(report, Path(args.report) / f"rank{parallel.rank}.pt")
 
 

@@ -3,7 +3,8 @@
 ``loop`` (encode once, then optimise; resume, checkpoints, cancel) with its parts ``run`` (a run's
 optimizer, scheduler, moving average and random streams), ``step`` (one optimizer step),
 ``bookkeeping`` (export, checkpoints, the resume state), ``epochs`` (batches from the dataset) and
-``results`` (step reports, the result, errors); ``losses`` (noise, noise levels, targets in the
+``results`` (step reports, the result, errors), ``parallel`` (the run's processes: one, or those
+``accelerate launch`` started, for data parallel training); ``losses`` (noise, noise levels, targets in the
 model's prediction space, min-SNR), ``optimizers`` (with ``optimizer_packages``: the optional
 packages some of them need), ``optimizer_settings``, ``schedulers``, ``ema``, ``memory`` and
 ``memory_estimate`` (memory options and the estimate before the first step), ``checkpoints``,

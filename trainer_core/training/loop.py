@@ -166,7 +166,7 @@ def _optimise(
     device = run.denoiser.device
     completed = False
     try:
-        with run.adapter.training_mode(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), contextlib.ExitStack() as in_place_safe:
+        with run.parallel.stopping_on_terminate(), run.adapter.training_mode(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), contextlib.ExitStack() as in_place_safe:
             if run.global_rng_state is not None:
                 torch.set_rng_state(run.global_rng_state)
             else:
@@ -201,7 +201,8 @@ def _optimise(
         if not completed and checkpoints is not None and run.step > 0:
             # Cancelled or failed: keep what was learned so far, resumable (from the last finished step).
             if not run.saved_checkpoints or run.saved_checkpoints[-1] != checkpoints.lora_path(run.step):
-                save_checkpoint(run, checkpoints, wait=False)
+                with run.parallel.uninterrupted():
+                    save_checkpoint(run, checkpoints, wait=False)
     return TrainingResult(
         weights=export_weights(run),
         losses=list(run.losses),

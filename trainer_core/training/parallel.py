@@ -14,9 +14,12 @@ main process writes files.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
@@ -63,6 +66,14 @@ class SingleProcess:
 
     def stop_everyone(self, reason: BaseException) -> None:
         """This process failed: make the others stop now instead of waiting for it."""
+
+    def stopping_on_terminate(self) -> contextlib.AbstractContextManager[None]:
+        """While training: the launcher's SIGTERM ends training like an error (one process: nothing changes)."""
+        return contextlib.nullcontext()
+
+    def uninterrupted(self) -> contextlib.AbstractContextManager[None]:
+        """While the last checkpoint is written: the launcher's SIGTERM waits until it is on disk."""
+        return contextlib.nullcontext()
 
 
 class AcceleratedProcesses(SingleProcess):
@@ -120,12 +131,48 @@ class AcceleratedProcesses(SingleProcess):
             raise self._stopped("waiting for the main process to write a checkpoint", error) from error
 
     def stop_everyone(self, reason: BaseException) -> None:
+        """Say which process failed first, and leave the process group. The others' pending collectives
+        end with ``ProcessesStopped`` when this process exits and its connections close (within seconds
+        on gloo; accelerate's launcher also stops every process once one exits with an error), so the
+        caller must let the error end the process rather than linger in it."""
         if self.world_size == 1 or isinstance(reason, ProcessesStopped):
             return  # a process that learned of another's failure has nothing to tell
         log.error("process %d of %d failed (%s): stopping the others", self.rank, self.world_size, reason)
         if torch.distributed.is_initialized():
-            # Closing this process's connections ends the others' pending collectives with an error now.
             torch.distributed.destroy_process_group()
+
+    @contextlib.contextmanager
+    def stopping_on_terminate(self) -> Iterator[None]:
+        # accelerate's launcher (torchrun) sends SIGTERM to every process when one fails; raising here
+        # lets the main process write its last finished step before it goes.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def terminate(signum: int, frame: object) -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the checkpoint that follows must finish
+            raise ProcessesStopped(
+                f"data parallel training: process {self.rank} of {self.world_size} was stopped by the launcher"
+                " (SIGTERM), usually because another process failed: read that process's error above, then"
+                " resume from the main process's last checkpoint (its .lora_lab_state file)."
+            )
+
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    @contextlib.contextmanager
+    def uninterrupted(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def _reduce(self, tensor: torch.Tensor, what: str) -> torch.Tensor:
         from accelerate.utils import reduce
