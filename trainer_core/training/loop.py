@@ -93,17 +93,11 @@ def train_lora(
     ``text_encoder.py``), named with ``text_key_namer``; ``training.clip_skip`` above 1 encodes with
     ``text_encoder.with_clip_skip(n)``.
 
-    ``parallel`` (``parallel.AcceleratedProcesses`` under ``accelerate launch``; default one process)
-    trains data parallel: one step is one global batch of ``batch_size x world_size`` images that every
-    process draws alike, each trains on its share and the gradients are summed, so N processes at batch
-    b learn what one process at batch N x b learns. Only the main process writes checkpoints; a resume
-    state continues with any number of processes giving the same global batch.
+    ``parallel`` (``parallel.AcceleratedProcesses`` under ``accelerate launch``; default one process):
+    one step is one global batch of ``batch_size x world_size`` images, each process trains on its share
+    and gradients are summed (see ``parallel.py``); only the main process writes checkpoints.
     """
-    if training.mixed_precision not in MIXED_PRECISION_CHOICES:
-        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION_CHOICES}, not {training.mixed_precision!r}")
-    training = replace(training, mixed_precision=resolve_precision(training.mixed_precision, denoiser.device))
-    if not data.items:
-        raise TrainingError("the dataset has no images")
+    training = _checked(training, data, denoiser.device)
     started = time.perf_counter()
     parallel = parallel or SingleProcess(denoiser.device)
     total_steps = training.resolved_steps(samples_per_epoch(data), parallel.world_size)
@@ -138,11 +132,19 @@ def train_lora(
                     result = _optimise(run, on_step, checkpoints)
             finally:
                 adapter.remove()
-    result.total_steps = total_steps
-    result.mixed_precision = training.mixed_precision
+    result.total_steps, result.mixed_precision = total_steps, training.mixed_precision
     result.seconds = time.perf_counter() - started
     result.encode_seconds = encode_seconds
     return result
+
+
+def _checked(training: TrainingConfig, data: TrainingData, device: torch.device) -> TrainingConfig:
+    """``training`` with its mixed precision resolved for ``device``; an error for what cannot train."""
+    if training.mixed_precision not in MIXED_PRECISION_CHOICES:
+        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION_CHOICES}, not {training.mixed_precision!r}")
+    if not data.items:
+        raise TrainingError("the dataset has no images")
+    return replace(training, mixed_precision=resolve_precision(training.mixed_precision, device))
 
 
 def _encode_once(

@@ -42,8 +42,6 @@ def training_metadata(
     ``clip_skip`` is the one captions were really encoded with, when the front end knows better than
     ``training.clip_skip`` (a CLIP connected through CLIPSetLastLayer). ``processes``: how many data
     parallel processes trained, each on ``training.batch_size`` images per batch (kohya's per device)."""
-    global_batch = training.batch_size * processes
-    epochs = steps * global_batch * training.gradient_accumulation / max(1, samples_per_epoch)
     values: dict[str, Any] = {
         **network_metadata(lora),
         "ss_network_dim": lora.rank,
@@ -60,12 +58,7 @@ def training_metadata(
         "ss_lr_warmup_steps": warmup_steps,
         "ss_max_train_steps": total_steps,
         "ss_steps": steps,
-        "ss_epoch": int(epochs),
-        "ss_num_train_images": samples_per_epoch,
-        "ss_num_batches_per_epoch": -(-samples_per_epoch // global_batch),
-        "ss_batch_size_per_device": training.batch_size,
-        "ss_total_batch_size": global_batch * training.gradient_accumulation,
-        "ss_gradient_accumulation_steps": training.gradient_accumulation,
+        **_batch_metadata(training, steps, samples_per_epoch, processes),
         "ss_gradient_checkpointing": training.gradient_checkpointing,
         "ss_mixed_precision": mixed_precision,
         "ss_min_snr_gamma": training.min_snr_gamma,
@@ -94,6 +87,19 @@ def training_metadata(
         "lora_lab_config": json.dumps({"lora": asdict(lora), "training": asdict(training)}),
     }
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()}
+
+
+def _batch_metadata(training: TrainingConfig, steps: int, samples_per_epoch: int, processes: int) -> dict[str, Any]:
+    """kohya's batch and epoch keys; one batch is ``training.batch_size`` images on each of ``processes``."""
+    global_batch = training.batch_size * processes
+    return {
+        "ss_epoch": int(steps * global_batch * training.gradient_accumulation / max(1, samples_per_epoch)),
+        "ss_num_train_images": samples_per_epoch,
+        "ss_num_batches_per_epoch": -(-samples_per_epoch // global_batch),
+        "ss_batch_size_per_device": training.batch_size,
+        "ss_total_batch_size": global_batch * training.gradient_accumulation,
+        "ss_gradient_accumulation_steps": training.gradient_accumulation,
+    }
 
 
 def _downsample(values: list[float], limit: int) -> list[float]:
