@@ -15,24 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from headless.workflow_files import settings_hosts
 from tools.graph import NodeHandle
-from tools.workflow_format import default_inputs, input_specs
+from tools.workflow_format import default_inputs
 
 TRAIN_LORA = "TrainLoRA"
-
-
-def settings_hosts(object_info: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    """Input name -> (settings node class, Train LoRA input it connects to), for every input Train LoRA
-    takes through a settings node: the nodes whose only output has the type of one of its optional inputs."""
-    optional = object_info[TRAIN_LORA]["input"].get("optional", {})
-    socket_of_type = {spec[0]: name for name, spec in optional.items()}
-    hosts: dict[str, tuple[str, str]] = {}
-    for class_type, info in object_info.items():
-        outputs = info.get("output", [])
-        if len(outputs) == 1 and outputs[0] in socket_of_type:
-            for spec in input_specs(info):
-                hosts[spec.name] = (class_type, socket_of_type[outputs[0]])
-    return hosts
 
 
 def add_train_lora(
