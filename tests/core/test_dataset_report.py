@@ -147,6 +147,39 @@ def test_damaged_pixels_stop_or_are_skipped_as_chosen(tmp_path: Path) -> None:
     assert "cannot be decoded" in error.message and error.files == (tmp_path / "1.png",)
 
 
+def test_every_unusable_image_is_named_in_one_message_in_error_mode(tmp_path: Path, caplog) -> None:
+    """A folder with 7 broken files of both kinds (headers that cannot be read, pixels that cannot be
+    decoded) is fixed in one run, not seven: the message counts them all and names the first five with
+    their reasons; the console lists every one. In skip mode the same 7 are left out and named."""
+    for seed in range(10):
+        noise_image(tmp_path / f"{seed}.png", (64, 64), seed=seed)
+        caption(tmp_path / f"{seed}.png", "cat")
+    for seed in (1, 3, 5):
+        _corrupt_middle(tmp_path / f"{seed}.png")  # only decoding notices
+    (tmp_path / "6.png").write_bytes(b"")  # the header scan notices these
+    (tmp_path / "7.png").write_text("not an image")
+    (tmp_path / "8.png").write_bytes((tmp_path / "0.png").read_bytes()[:20])
+    (tmp_path / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    broken = {"1.png", "3.png", "5.png", "6.png", "7.png", "8.png", "9.png"}
+
+    with caplog.at_level("ERROR"), pytest.raises(DatasetError) as raised:
+        load_checked_dataset(tmp_path, OPTIONS, CaptionOptions())
+    message = str(raised.value)
+    assert message.startswith(f"7 image(s) in {tmp_path.resolve()} cannot be used: ")
+    named = {name for name in broken if f"{name}: " in message}
+    assert len(named) == 5, message
+    assert "and 2 more (all 7 are listed in ComfyUI's console)" in message and "on_bad_file to 'skip'" in message
+    logged = {record.getMessage().split("cannot use ")[1].split(":")[0] for record in caplog.records
+              if "cannot use" in record.getMessage()}
+    assert {Path(path).name for path in logged} == broken
+
+    skip = DatasetOptions(resolution=64, bucket_step=8, on_bad_file="skip")
+    dataset, report = load_checked_dataset(tmp_path, skip, CaptionOptions())
+    assert sorted(item.image_path.name for item in dataset.items) == ["0.png", "2.png", "4.png"]
+    assert {s.path.name for s in dataset.skipped} == broken
+    assert report.image_count == 3
+
+
 def test_contact_sheet_is_an_image_with_a_bounded_number_of_thumbnails(tmp_path: Path) -> None:
     for seed in range(30):
         noise_image(tmp_path / f"{seed}.png", (48 + seed, 64), seed=seed)

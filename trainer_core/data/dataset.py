@@ -89,8 +89,9 @@ class DatasetOptions:
         "Colour (R, G, B 0-255) that transparent pixels and padding are flattened onto.", (255, 255, 255)
     )
     on_bad_file: OnBadFile = _help(
-        "What to do with an unreadable image (empty, truncated, not an image, too large): 'error' stops and"
-        " names it; 'skip' leaves it out with a warning.",
+        "What to do with unreadable images (empty, truncated, not an image, too large): 'error' stops and"
+        " names them all at once (the count and the first five; every one in the console); 'skip' leaves them"
+        " out with a warning.",
         "error",
     )
 
@@ -239,11 +240,14 @@ class Dataset:
         return {name: {"n_repeats": repeats[name], "img_count": count} for name, count in counts.items()}
 
 
-def load_dataset(folder: str | Path, options: DatasetOptions | None = None) -> Dataset:
+def load_dataset(
+    folder: str | Path, options: DatasetOptions | None = None, *, bad_files: dict[Path, str] | None = None
+) -> Dataset:
     """Scan ``folder`` into a ``Dataset`` (headers and captions only; no pixels are decoded).
 
     Raises ``DatasetError`` when the folder is missing or holds no usable image, and for the first
-    unreadable image when ``options.on_bad_file`` is 'error'.
+    unreadable image when ``options.on_bad_file`` is 'error'. With ``bad_files``, every unreadable image
+    goes into it (path -> why) and is left out, whatever ``on_bad_file`` says: the caller decides.
     """
     options = options or DatasetOptions()
     root = Path(folder).expanduser()
@@ -272,6 +276,9 @@ def load_dataset(folder: str | Path, options: DatasetOptions | None = None) -> D
         try:
             header = read_header(path)
         except ImageFileError as error:
+            if bad_files is not None:
+                bad_files[path] = error.reason
+                continue
             if options.on_bad_file == "error":
                 raise DatasetError(str(error)) from error
             skipped.append(SkippedFile(path, error.reason))
@@ -292,9 +299,10 @@ def load_dataset(folder: str | Path, options: DatasetOptions | None = None) -> D
             )
         )
     if not items:
+        first_path, first_reason = next(iter({**{s.path: s.reason for s in skipped}, **(bad_files or {})}.items()))
         raise DatasetError(
-            f"None of the {len(image_paths)} image(s) in {root} could be read (first: {skipped[0].path}: "
-            f"{skipped[0].reason}). Replace the damaged files. {_HOW_TO_LAY_OUT}"
+            f"None of the {len(image_paths)} image(s) in {root} could be read (first: {first_path}: "
+            f"{first_reason}). Replace the damaged files. {_HOW_TO_LAY_OUT}"
         )
     warnings.extend(_repeat_warnings(items))
     for message in warnings:

@@ -13,6 +13,7 @@ drop images that fail to decode when ``on_bad_file`` is 'skip'.
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,8 @@ from .image_fingerprints import (
     read_fingerprint,
 )
 from .report_text import format_report, listing
+
+logger = logging.getLogger(__name__)
 
 HEAVY_CROP = 0.35  # fraction of an image's area centre cropping may cut before the report warns
 FEW_IMAGES = 5
@@ -181,18 +184,32 @@ def load_checked_dataset(
     Raises ``DatasetError`` when the folder has no usable image, and when an image is damaged and
     ``on_bad_file`` is 'error'.
     """
-    dataset = load_dataset(folder, dataset_options).with_caption_options(caption_options)
+    unreadable: dict[Path, str] = {}  # headers that cannot be read; then files that cannot be decoded
+    dataset = load_dataset(folder, dataset_options, bad_files=unreadable).with_caption_options(caption_options)
     report = inspect_dataset(dataset, report_options)
-    if report.damaged:
-        first, reason = next(iter(report.damaged.items()))
+    unreadable.update(report.damaged)
+    if unreadable:
         if dataset_options.on_bad_file == "error":
-            raise DatasetError(
-                f"{first}: {reason}. Re-export or delete it, or set on_bad_file to 'skip' to train without it "
-                f"({len(report.damaged)} damaged image(s) in all)."
-            )
-        dataset = dataset.without_files(report.damaged)
+            raise DatasetError(unreadable_files_message(unreadable, dataset.root))
+        for path, reason in unreadable.items():
+            logger.warning("LoadDataset: skipped %s: %s", path, reason)
+        dataset = dataset.without_files(unreadable)
         report = inspect_dataset(dataset, report_options, known=report.fingerprints)
     return dataset, report
+
+
+def unreadable_files_message(unreadable: dict[Path, str], root: Path, shown: int = 5) -> str:
+    """Every unreadable image at once: the count, the first ``shown`` with their reasons, and the fix. The
+    full list goes to the console, one line per file."""
+    for path, reason in unreadable.items():
+        logger.error("LoadDataset: cannot use %s: %s", path, reason)
+    named = "; ".join(f"{listing([path], root=root)}: {reason}" for path, reason in list(unreadable.items())[:shown])
+    more = f"; and {len(unreadable) - shown} more (all {len(unreadable)} are listed in ComfyUI's console)" \
+        if len(unreadable) > shown else ""
+    return (
+        f"{len(unreadable)} image(s) in {root} cannot be used: {named}{more}. Re-export or delete them, or set "
+        "on_bad_file to 'skip' to train without them."
+    )
 
 
 def find_problems(report: DatasetReport, dataset: Dataset) -> tuple[Problem, ...]:
