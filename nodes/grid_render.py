@@ -125,6 +125,8 @@ def check_fit(model, clip, loras: dict[str, LoRAWeights]) -> tuple[dict[str, str
     notes = []
     for name, weights in loras.items():
         matched, total, unmatched = bridge.lora_fit(model, clip, weights)
+        if not total:
+            raise ValueError(not_a_lora_message(name, weights))
         notes.append(f"{name}: {matched}/{total} layers applied")
         if total and not matched:
             problems[name] = (f"{name} does not fit this model: none of its {total} layers match "
@@ -133,6 +135,22 @@ def check_fit(model, clip, loras: dict[str, LoRAWeights]) -> tuple[dict[str, str
         elif unmatched:
             notes.append(f"{name}: {total - matched} layers do not fit this model and are ignored (e.g. {unmatched[0]})")
     return problems, notes
+
+
+def not_a_lora_message(name: str, weights: dict) -> str:
+    """For a file with no LoRA layer at all (a checkpoint, a VAE, an embedding picked by mistake)."""
+    keys = sorted(weights)
+    looks_like = next((kind for prefix, kind in (
+        ("model.diffusion_model.", "a checkpoint (load it with Load Checkpoint)"),
+        ("first_stage_model.", "a checkpoint (load it with Load Checkpoint)"),
+        ("decoder.", "a VAE (load it with Load VAE)"), ("encoder.", "a VAE (load it with Load VAE)"),
+        ("emb_params", "a textual-inversion embedding (write embedding:<name> in the prompt)"),
+        ("string_to_param", "a textual-inversion embedding (write embedding:<name> in the prompt)"),
+    ) if any(key.startswith(prefix) for key in keys)), "no LoRA")
+    shown = ", ".join(keys[:3]) if keys else "no tensors at all"
+    return (f"lora_name: {name} is not a LoRA: none of its {len(keys)} tensors is a LoRA layer (.lora_down/.lora_up, "
+            f".lora_A/.lora_B, hada_*, lokr_*; it has {shown}). It looks like {looks_like}. Pick a LoRA file from "
+            "models/loras.")
 
 
 def fit_cell_size(model, vae, sampling: Sampling) -> tuple[Sampling, str | None]:

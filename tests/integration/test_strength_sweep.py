@@ -105,6 +105,34 @@ def test_a_file_that_is_not_a_lora_gives_a_clear_error(comfy_server: ComfyServer
     assert not result.ok and "tests/broken.safetensors" in result.error and "broken or truncated" in result.error
 
 
+@pytest.mark.parametrize("node", ["TestLoRAStrengthSweep", "CompareLoRAStack"])
+def test_a_safetensors_file_that_holds_no_lora_is_refused_before_any_cell_is_drawn(comfy_server: ComfyServer, node):
+    """A checkpoint picked as a LoRA by mistake is named as no LoRA (not '0/0 layers applied' over a rendered
+    grid): the node stops before sampling, and the next job still runs."""
+    server = comfy_server
+    path = server.models_dir / "loras" / "tests" / "a_checkpoint.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3),
+               "model.diffusion_model.out.2.bias": torch.zeros(4)}, str(path))
+    graph = Graph()
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    if node == "TestLoRAStrengthSweep":
+        grid = sweep_node(server, graph, checkpoint, lora_name="tests/a_checkpoint.safetensors")
+    else:
+        inputs = server.widget_defaults("CompareLoRAStack")
+        inputs.update(model=checkpoint[0], clip=checkpoint[1], vae=checkpoint[2],
+                      lora_name="tests/a_checkpoint.safetensors", steps=2, width=64, height=64)
+        grid = graph.node("CompareLoRAStack", **inputs)
+    graph.node("SaveImage", images=grid[0], filename_prefix="not_a_lora")
+    result = server.run(graph.to_api())
+    assert not result.ok
+    assert "tests/a_checkpoint.safetensors is not a LoRA" in result.error and "a checkpoint" in result.error
+    assert not [event for event in result.progress if event.node == grid.id], "cells were sampled"
+    follow_up = Graph()
+    follow_up.node("PreviewAny", source=follow_up.node("CheckpointLoaderSimple", ckpt_name=CKPT)[0])
+    assert server.run(follow_up.to_api()).ok
+
+
 def test_a_lora_for_another_model_family_renders_the_baseline_and_says_why(comfy_server: ComfyServer):
     server = comfy_server
     path = server.models_dir / "loras" / "tests" / "sdxl_like.safetensors"
