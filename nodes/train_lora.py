@@ -19,6 +19,7 @@ from comfy_api.latest import io
 from ..trainer_core.adapters.config import ADAPTER_CHOICES, LoRAConfig
 from ..trainer_core.adapters.export import (
     LoRAWeights,
+    check_writable,
     default_text_key_name,
     sanitize_filename,
     save_lora,
@@ -228,6 +229,7 @@ class TrainLoRA(io.ComfyNode):
                                          every=settings["save_every"], keep_last=settings["keep_last"]),
             settings=settings,
         )
+        check_writable(run.checkpoints.folder)  # before training, not when the first checkpoint is due
         resume_from = _resume_state(run, run_name)
         started = time.time()
         result, patcher, samples, base_weight_bytes = _train(

@@ -6,10 +6,12 @@ Keys are ``<prefix><module path with _>.lora_down.weight`` / ``.lora_up.weight``
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -119,16 +121,56 @@ def unique_path(folder: Path, stem: str, suffix: str = ".safetensors") -> Path:
 
 
 def write_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write through a temporary file in the same folder, then rename: never a half-written file.
+
+    A full disk or a folder that cannot be written raises ``OSError`` with a message naming the folder
+    (and, for a full disk, the space the file needs and the space there is)."""
+    on_cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except PermissionError as error:
+        raise PermissionError(error.errno, unwritable_folder_message(path.parent)) from error
     os.close(handle)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, temp_name, metadata=dict(metadata))
+        save_file(on_cpu, temp_name, metadata=dict(metadata))
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
+        if _is_disk_full(error):
+            needed = len(save(on_cpu, metadata=dict(metadata)))
+            raise OSError(errno.ENOSPC, disk_full_message(path, needed)) from error
         raise
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    return getattr(error, "errno", None) == errno.ENOSPC or "os error 28" in str(error)
+
+
+def disk_full_message(path: Path, needed: int) -> str:
+    free = shutil.disk_usage(path.parent).free
+    return (f"The disk holding {path.parent} is full: {path.name} needs {_size(needed)} and {_size(free)} is free. "
+            "Free some space there (or point ComfyUI's models folder elsewhere) and run again; nothing was written.")
+
+
+def unwritable_folder_message(folder: Path) -> str:
+    return (f"LoRA Lab cannot write to {folder} (read-only or not yours): make it writable for the user ComfyUI "
+            "runs as, or give ComfyUI another models folder (extra_model_paths.yaml).")
+
+
+def check_writable(folder: Path) -> None:
+    """Make ``folder`` (and its parents) if needed and prove a file can be created in it; else a
+    ``PermissionError`` naming it. For checks before a long run, not only when its file is due."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lora_lab_write_test."):
+            pass
+    except OSError as error:
+        raise PermissionError(error.errno, unwritable_folder_message(folder)) from error
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 2**10:.0f} KiB"
 
 
 def save_lora(weights: LoRAWeights, path: Path, overwrite: bool = False) -> Path:
