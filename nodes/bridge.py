@@ -20,6 +20,7 @@ import torch
 
 from ..trainer_core.models.protocols import PredictionType, TextEmbedding
 from ..trainer_core.training.memory import base_weight_dtype, low_precision_copy, needs_low_precision_copy
+from .attention import autograd_safe_attention
 
 
 class UnsupportedModelError(ValueError):
@@ -91,7 +92,9 @@ class ComfyDenoiser:
             name: cond.process_cond(batch_size=noisy.shape[0], device=self.device, area=None).cond
             for name, cond in conds.items()
         }
-        return self.base_model.apply_model(noisy, sigma, **kwargs)
+        options = {"optimized_attention_override": autograd_safe_attention}
+        return self.base_model.apply_model(noisy, sigma, transformer_options=options, **kwargs)
+
 
 
 class ComfyTextEncoder:
