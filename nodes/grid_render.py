@@ -148,7 +148,7 @@ def not_a_lora_message(name: str, weights: dict) -> str:
         ("string_to_param", "a textual-inversion embedding (write embedding:<name> in the prompt)"),
     ) if any(key.startswith(prefix) for key in keys)), "no LoRA")
     shown = ", ".join(keys[:3]) if keys else "no tensors at all"
-    return (f"lora_name: {name} is not a LoRA: none of its {len(keys)} tensors is a LoRA layer (.lora_down/.lora_up, "
+    return (f"{name} is not a LoRA: none of its {len(keys)} tensors is a LoRA layer (.lora_down/.lora_up, "
             f".lora_A/.lora_B, hada_*, lokr_*; it has {shown}). It looks like {looks_like}. Pick a LoRA file from "
             "models/loras.")
 

@@ -160,19 +160,26 @@ def test_a_sweep_size_flux2_cannot_make_is_drawn_at_the_nearest_and_the_report_s
 
 def test_the_sweep_nodes_report_the_size_they_drew(sampler, capsys, monkeypatch):
     """Through TestLoRAStrengthSweep's own execute: the report names the size drawn, the grid is that size."""
-    from lora_lab.nodes import grid_render, strength_sweep
+    from lora_lab.nodes import bridge, grid_render, strength_sweep
     from lora_lab.trainer_core.adapters.export import LoRAWeights
 
     monkeypatch.setattr(grid_render, "save_grid", lambda *a: {})
+    patcher = family_patcher("flux2")
+    # One zero LoRA layer in the key names Flux.2's files use: a LoRA, drawn at strength 0 only.
+    path, layer = next((path, module) for path, module in patcher.model.diffusion_model.named_modules()
+                       if isinstance(module, torch.nn.Linear) and path.startswith("double_blocks."))
+    stem = bridge.kohya_key_namer(patcher)(path)
+    weights = {f"{stem}.lora_down.weight": torch.zeros(4, layer.in_features),
+               f"{stem}.lora_up.weight": torch.zeros(layer.out_features, 4), f"{stem}.alpha": torch.tensor(4.0)}
     inputs = dict(
         prompts="a red square", negative="", strengths="0", include_baseline=False,
         clip_strength_mode=strength_sweep.CLIP_MODES[0], clip_strength=1.0, seed=0, steps=1, cfg=1.0,
         sampler_name="euler", scheduler="simple", width=72, height=40, lora_name=grid_render.NO_FILE,
-        lora=LoRAWeights({}, {"ss_output_name": "empty"}),
+        lora=LoRAWeights(weights, {"ss_output_name": "zero"}),
     )
     with torch.inference_mode():  # as ComfyUI runs every node
         result = strength_sweep.TestLoRAStrengthSweep.execute(
-            model=family_patcher("flux2"), clip=FakeClip("flux2"), vae=family_vae("flux2"), **inputs)
+            model=patcher, clip=FakeClip("flux2"), vae=family_vae("flux2"), **inputs)
     _, images, report = result.result
     assert tuple(images.shape[1:3]) == (48, 80)  # 40 -> 48 (nearest step of 16), 72 -> 80
     assert "72x40 is drawn at 80x48" in report and "72x40 is drawn at 80x48" in capsys.readouterr().out
