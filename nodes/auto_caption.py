@@ -35,6 +35,7 @@ from ..trainer_core.captioning import (
     needs_tagger,
 )
 from ..trainer_core.fields import default_of, help_text
+from . import folder_access
 from .types import Dataset
 
 CAPTIONER_FOLDER = "captioners"
@@ -240,6 +241,8 @@ class AutoCaption(io.ComfyNode):
         write_sidecar_files: bool,
         trust_remote_code: bool,
     ) -> io.NodeOutput:
+        if write_sidecar_files:  # on a server others reach, only inside the folders LoRA Lab may write
+            folder_access.check_dataset_folder(Path(getattr(dataset, "root", "")), "Auto Caption: write_sidecar_files")
         options = AutoCaptionOptions(
             mode=mode,  # type: ignore[arg-type]
             batch_size=batch_size,

@@ -26,6 +26,7 @@ from ..trainer_core.data.dataset_report import ReportOptions, load_checked_datas
 from ..trainer_core.data.image_files import parse_color
 from ..trainer_core.fields import default_of, help_text
 from ..trainer_core.pictures.contact_sheet import render_contact_sheet
+from . import folder_access
 from .types import Dataset
 
 _FOLDER_HELP = (
@@ -182,6 +183,10 @@ class LoadDataset(io.ComfyNode):
             if not folder.strip():
                 return "Enter the dataset folder: a folder name inside ComfyUI's input folder, or an absolute path."
             path = resolve_folder(folder)
+            try:
+                folder_access.check_dataset_folder(path, "folder")  # before saying whether it exists
+            except PermissionError as error:
+                return str(error)
             if not path.is_dir():
                 return f"Dataset folder {path} does not exist (or is not a folder). " + _FOLDER_HELP
         if background is not None:
@@ -207,8 +212,8 @@ class LoadDataset(io.ComfyNode):
     def fingerprint_inputs(cls, folder: str | None = None, **_: object) -> str | float:
         # Run again when files in the folder change, even if no widget did. A folder linked from
         # another node is not known here: NaN makes ComfyUI run the node every time.
-        if folder is None:
-            return float("nan")
+        if folder is None or folder_access.confine_to():
+            return float("nan")  # confined: never look into a folder before execute has checked it
         return folder_fingerprint(resolve_folder(folder))
 
     @classmethod
@@ -263,9 +268,10 @@ class LoadDataset(io.ComfyNode):
             )
         except ValueError as error:  # DatasetError, CaptionError, or a background colour parse_color refused
             raise DatasetError(f"Load Dataset: {error}") from error
-        dataset, report = load_checked_dataset(
-            resolve_folder(folder), dataset_options, caption_options, ReportOptions(sheet_images=sheet_images)
-        )
+        path = resolve_folder(folder)
+        folder_access.check_dataset_folder(path, "Load Dataset: folder")
+        dataset, report = load_checked_dataset(path, dataset_options, caption_options,
+                                               ReportOptions(sheet_images=sheet_images), folder_access.confine_to())
         summary = report.summary()
         if stop_on_errors and report.errors:
             problems = "\n".join(f"- {problem.message}" for problem in report.errors)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from headless.ui_workflow import ui_to_api
 from headless.workflow_files import read_workflow
-from tests.helpers.headless import run_headless, tiny_ui, write_json
+from tests.helpers.headless_runs import run_headless, tiny_ui, write_json
 from tests.helpers.toy import install_toy_workflow_inputs
 from tests.helpers.workflows import load_api, load_ui, tiny_variant
 from tools.comfy_server import ComfyServer

@@ -20,6 +20,7 @@ import logging
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +29,7 @@ import numpy as np
 
 from .buckets import Size, closest_bucket, make_buckets
 from .captions import CaptionOptions, process_caption, read_caption_file, tag_frequencies
-from .dataset_folder import find_images
+from .dataset_folder import find_images, inside
 from .image_files import (
     SUPPORTED_EXTENSIONS,
     Color,
@@ -241,13 +242,15 @@ class Dataset:
 
 
 def load_dataset(
-    folder: str | Path, options: DatasetOptions | None = None, *, bad_files: dict[Path, str] | None = None
+    folder: str | Path, options: DatasetOptions | None = None, *, bad_files: dict[Path, str] | None = None,
+    confine_to: Sequence[Path] = (),
 ) -> Dataset:
     """Scan ``folder`` into a ``Dataset`` (headers and captions only; no pixels are decoded).
 
     Raises ``DatasetError`` when the folder is missing or holds no usable image, and for the first
     unreadable image when ``options.on_bad_file`` is 'error'. With ``bad_files``, every unreadable image
-    goes into it (path -> why) and is left out, whatever ``on_bad_file`` says: the caller decides.
+    goes into it (path -> why) and is left out, whatever ``on_bad_file`` says: the caller decides. With
+    ``confine_to`` (resolved folders), no file whose links lead out of them is read (images nor captions).
     """
     options = options or DatasetOptions()
     root = Path(folder).expanduser()
@@ -259,7 +262,7 @@ def load_dataset(
         )
     root = root.resolve()
     warnings: list[str] = []
-    image_paths, other_count = find_images(root, warnings)
+    image_paths, other_count = find_images(root, warnings, confine_to)
     if not image_paths:
         found = (
             f"it holds {other_count} file(s), none with an image extension" if other_count else "it is empty"
@@ -284,7 +287,7 @@ def load_dataset(
             skipped.append(SkippedFile(path, error.reason))
             warnings.append(f"skipped {path}: {error.reason}")
             continue
-        caption, caption_path = _caption_of(path, warnings)
+        caption, caption_path = _caption_of(path, warnings, confine_to)
         folder, repeats = _repeats_of(path, root)
         items.append(
             DatasetItem(
@@ -318,12 +321,15 @@ def load_dataset(
     )
 
 
-def _caption_of(image_path: Path, warnings: list[str]) -> tuple[str, Path | None]:
+def _caption_of(image_path: Path, warnings: list[str], confine_to: Sequence[Path] = ()) -> tuple[str, Path | None]:
     caption_path = image_path.with_suffix(".txt")
     if not caption_path.is_file():
         caption_path = image_path.with_suffix(".TXT")  # case matters on Linux and macOS volumes
         if not caption_path.is_file():
             return "", None
+    if confine_to and not inside(caption_path, confine_to):
+        warnings.append(f"skipped caption {caption_path}: a link that leads out of the folders this server may read")
+        return "", None
     try:
         text, warning = read_caption_file(caption_path)
     except OSError as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from .image_files import SUPPORTED_EXTENSIONS
@@ -39,8 +40,15 @@ def folder_fingerprint(folder: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def find_images(root: Path, warnings: list[str]) -> tuple[list[Path], int]:
-    """Image files under ``root`` (sorted), following links but never the same folder twice."""
+def inside(path: Path, roots: Sequence[Path]) -> bool:
+    """Whether ``path``, its links resolved, lies in one of ``roots`` (given resolved)."""
+    real = Path(os.path.realpath(path))
+    return any(real == root or root in real.parents for root in roots)
+
+
+def find_images(root: Path, warnings: list[str], confine_to: Sequence[Path] = ()) -> tuple[list[Path], int]:
+    """Image files under ``root`` (sorted), following links but never the same folder twice. With
+    ``confine_to`` (resolved folders), links leading out of them are not followed, and said."""
     images: list[Path] = []
     other_count = 0
     seen_folders: set[tuple[int, int]] = set()
@@ -62,9 +70,15 @@ def find_images(root: Path, warnings: list[str]) -> tuple[list[Path], int]:
             continue
         seen_folders.add(key)
         dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
-        for name in filenames:
-            if name.startswith("."):
-                continue
+        names = [name for name in filenames if not name.startswith(".")]
+        if confine_to:
+            for name in [*dirnames, *names]:
+                if not inside(Path(dirpath) / name, confine_to):
+                    warnings.append(f"skipped {Path(dirpath) / name}: a link that leads out of the folders this "
+                                    "server may read")
+            dirnames[:] = [name for name in dirnames if inside(Path(dirpath) / name, confine_to)]
+            names = [name for name in names if inside(Path(dirpath) / name, confine_to)]
+        for name in names:
             if os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS:
                 images.append(Path(dirpath) / name)
             elif not name.lower().endswith(".txt"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -178,6 +179,7 @@ def load_checked_dataset(
     dataset_options: DatasetOptions,
     caption_options: CaptionOptions,
     report_options: ReportOptions | None = None,
+    confine_to: Sequence[Path] = (),
 ) -> tuple[Dataset, DatasetReport]:
     """Scan, attach the caption options and inspect. In skip mode, images that fail to decode are dropped.
 
@@ -185,7 +187,8 @@ def load_checked_dataset(
     ``on_bad_file`` is 'error'.
     """
     unreadable: dict[Path, str] = {}  # headers that cannot be read; then files that cannot be decoded
-    dataset = load_dataset(folder, dataset_options, bad_files=unreadable).with_caption_options(caption_options)
+    dataset = load_dataset(folder, dataset_options, bad_files=unreadable, confine_to=confine_to)
+    dataset = dataset.with_caption_options(caption_options)
     report = inspect_dataset(dataset, report_options)
     unreadable.update(report.damaged)
     if unreadable:
