@@ -43,13 +43,18 @@ def dataset(comfy_server: ComfyServer) -> str:
     return "fault_rings"
 
 
+def training_graph(server: ComfyServer, dataset: str, steps: int, run_name: str):
+    """Load Checkpoint, Load Dataset and Train LoRA for ``steps`` steps: the graph and Train LoRA's node."""
+    graph = Graph()
+    checkpoint, data = checkpoint_and_dataset(server, graph, dataset)
+    return graph, train_node(server, graph, checkpoint, data, steps=steps, run_name=run_name)
+
+
 def test_a_read_only_checkpoint_folder_is_named_before_a_step_trains(comfy_server: ComfyServer, dataset: str):
     server = comfy_server
     folder = server.models_dir / "loras" / "lora_lab_checkpoints"
     with tmpfs(folder, "ro,size=1m"):
-        graph = Graph()
-        checkpoint, data = checkpoint_and_dataset(server, graph, dataset)
-        trainer = train_node(server, graph, checkpoint, data, steps=3, run_name="read_only")
+        graph, trainer = training_graph(server, dataset, steps=3, run_name="read_only")
         graph.node("PreviewImage", images=trainer[2])  # the loss curve: an output, so the graph runs
         result = server.run(graph.to_api())
     assert not result.ok
@@ -61,9 +66,7 @@ def test_a_full_disk_at_save_names_the_folder_and_the_space_needed(comfy_server:
     server = comfy_server
     folder = server.models_dir / "loras" / "full_disk"
     with tmpfs(folder, "size=16k"):
-        graph = Graph()
-        checkpoint, data = checkpoint_and_dataset(server, graph, dataset)
-        trained = train_node(server, graph, checkpoint, data, steps=2, run_name="full_disk")
+        graph, trained = training_graph(server, dataset, steps=2, run_name="full_disk")
         graph.node("SaveCheckpoint", lora=trained[0], filename="full_disk/my_lora", if_exists="overwrite")
         result = server.run(graph.to_api())
         left = sorted(path.name for path in folder.iterdir())
