@@ -111,10 +111,11 @@ def family_node_latent(family: str, width: int, height: int) -> torch.Tensor:
     """What the family's own empty-latent node returns for one image (one frame for video models)."""
     import importlib
 
-    if family in ("sd15", "sdxl"):
+    if family in ("sd15", "sd2_v", "sdxl", "auraflow", "pixart_sigma", "hunyuan_dit"):  # 4-channel VAEs
         comfy_nodes = importlib.import_module("nodes")
         return comfy_nodes.EmptyLatentImage().generate(width, height, 1)[0]["samples"]
-    if family in ("sd3", "flux"):  # Flux's workflows use the SD3 node (16 channels, 8x)
+    # Flux's, Chroma's, Lumina 2's, Z-Image's, Qwen-Image's and HiDream's workflows use the SD3 node (16 channels, 8x)
+    if family in ("sd3", "flux", "flux_schnell", "chroma", "lumina2", "z_image", "hidream"):
         node = importlib.import_module("comfy_extras.nodes_sd3").EmptySD3LatentImage
         return node.execute(width=width, height=height, batch_size=1).result[0]["samples"]
     if family == "flux2":
@@ -126,8 +127,8 @@ def family_node_latent(family: str, width: int, height: int) -> torch.Tensor:
     if family == "hunyuan_image21":
         node = importlib.import_module("comfy_extras.nodes_hunyuan").EmptyHunyuanImageLatent
         return node.execute(width=width, height=height, batch_size=1).result[0]["samples"]
-    # Wan 2.1 / 2.2 14B's too; Cosmos Predict2's workflows use EmptySD3LatentImage, which ComfyUI widens to
-    # this (one frame) for its 3-D latent format.
+    # Wan 2.1 / 2.2 14B's too; Cosmos Predict2's and Qwen-Image's workflows use EmptySD3LatentImage, which
+    # ComfyUI widens to this (one frame) for their 3-D latent format (Qwen-Image's is Wan 2.1's).
     node = importlib.import_module("comfy_extras.nodes_hunyuan").EmptyHunyuanLatentVideo
     return node.execute(width=width, height=height, length=1, batch_size=1).result[0]["samples"]
 

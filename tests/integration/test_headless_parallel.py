@@ -16,7 +16,13 @@ import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.helpers.headless_runs import RUNNER, accelerate_launcher, run_headless, runner_environment, toy_config
+from tests.helpers.headless_runs import (
+    RUNNER,
+    accelerate_launcher,
+    run_headless,
+    runner_environment,
+    toy_config,
+)
 from tests.helpers.toy import install_toy_workflow_inputs
 from tools.comfy_server import ComfyServer
 
