@@ -193,6 +193,8 @@ def load_checked_dataset(
     unreadable.update(report.damaged)
     if unreadable:
         if dataset_options.on_bad_file == "error":
+            for path, reason in unreadable.items():  # the full list; the message names the first few
+                logger.error("LoadDataset: cannot use %s: %s", path, reason)
             raise DatasetError(unreadable_files_message(unreadable, dataset.root))
         for path, reason in unreadable.items():
             logger.warning("LoadDataset: skipped %s: %s", path, reason)
@@ -202,10 +204,8 @@ def load_checked_dataset(
 
 
 def unreadable_files_message(unreadable: dict[Path, str], root: Path, shown: int = 5) -> str:
-    """Every unreadable image at once: the count, the first ``shown`` with their reasons, and the fix. The
-    full list goes to the console, one line per file."""
-    for path, reason in unreadable.items():
-        logger.error("LoadDataset: cannot use %s: %s", path, reason)
+    """Every unreadable image at once: the count, the first ``shown`` with their reasons, and the fix (the
+    caller puts the full list in the console)."""
     named = "; ".join(f"{listing([path], root=root)}: {reason}" for path, reason in list(unreadable.items())[:shown])
     more = f"; and {len(unreadable) - shown} more (all {len(unreadable)} are listed in ComfyUI's console)" \
         if len(unreadable) > shown else ""
