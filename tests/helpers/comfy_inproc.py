@@ -41,7 +41,8 @@ def load_pack() -> ModuleType:
     """The repository imported as the custom-node package ``lora_lab``."""
     if "lora_lab" in sys.modules:
         return sys.modules["lora_lab"]
-    import_comfy()
+    if "comfy.model_management" not in sys.modules:  # a caller that imported ComfyUI itself chose its device
+        import_comfy()
     spec = importlib.util.spec_from_file_location(
         "lora_lab", REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
     )
