@@ -1,8 +1,8 @@
 """What each memory option of Train LoRA saves and costs, against 'as loaded' measured in the same run.
 
-    .venv/bin/python benchmarks/memory_options.py [--steps 30] [--rank 8] [--size 64]
+    .venv/bin/python benchmarks/memory_options.py [--steps 30] [--rank 8] [--size 64] [--batch 1] [--repeats 5]
 
-Each variant trains the tiny SD1.5 checkpoint in its own child process (``benchmarks/train.py``'s
+Each variant trains the tiny SD1.5 checkpoint in its own child process, repeated (``benchmarks/common.py``'s
 timing and peak-memory helpers), through the same bridge calls Train LoRA makes. Printed per variant:
 milliseconds per step, peak growth of resident memory during training, the bytes of the weights of
 the network that trains, and the final loss (a fixed seed, so the variants are comparable). On a CPU the
@@ -21,7 +21,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from train import MemoryPeak, prepare, run_variants, seconds_per_step  # noqa: E402
+from common import (  # noqa: E402
+    MemoryPeak,
+    child_arguments,
+    default_threads,
+    fix_threads,
+    median,
+    run_repeated,
+    seconds_per_step,
+    spread,
+)
+from train import prepare  # noqa: E402
 
 VARIANTS = {
     "as_loaded": {},
@@ -68,7 +78,8 @@ def run(args, options: dict) -> dict:
                     dataset,
                     LoRAConfig(rank=args.rank, alpha=args.rank),
                     TrainingConfig(
-                        steps=args.steps + args.warmup, learning_rate=1e-3, mixed_precision="fp32", **options
+                        steps=args.steps + args.warmup, learning_rate=1e-3, mixed_precision="fp32",
+                        batch_size=args.batch, **options,
                     ),
                     caption_for=dataset.caption_for,
                     key_namer=bridge.kohya_key_namer(patcher),
@@ -94,28 +105,33 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5, help="runs per variant, interleaved")
+    parser.add_argument("--threads", type=int, default=default_threads(), help="torch threads in every variant")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
+        fix_threads(args.threads)
         print("RESULT " + json.dumps(run(args, VARIANTS[args.variant])))
         return 0
-    results = run_variants(__file__, VARIANTS)
+    results = run_repeated(__file__, VARIANTS, args.repeats, child_arguments(sys.argv[1:]))
     if results is None:
         return 1
-    reference = results["as_loaded"]
+    reference = median(results["as_loaded"], "s_per_step")
     print(
         f"tiny SD1.5, {args.size}x{args.size}, rank {args.rank}, batch {args.batch}, fp32 compute, "
-        f"{args.steps} timed steps after {args.warmup} warm-up, CPU"
+        f"{args.steps} timed steps after {args.warmup} warm-up, CPU, {args.threads} threads, {args.repeats} runs per "
+        "variant (median, min–max)"
     )
     print(
-        f"{'variant':24} {'ms/step':>8} {'time vs as loaded':>18} {'peak MiB':>9} {'weights MiB':>12} "
+        f"{'variant':24} {'ms/step':>20} {'time vs as loaded':>18} {'peak MiB':>20} {'weights MiB':>12} "
         f"{'final loss':>11}"
     )
-    for name, result in results.items():
-        slower = result["s_per_step"] / reference["s_per_step"]
+    for name, runs in results.items():
+        slower = median(runs, "s_per_step") / reference
         print(
-            f"{name:24} {1000 * result['s_per_step']:8.1f} {slower:17.2f}x {result['peak_mib']:9.1f} "
-            f"{result['weight_mib']:12.1f} {result['final_loss']:11.4f}"
+            f"{name:24} {spread([r['s_per_step'] for r in runs], 1000):>20} {slower:17.2f}x "
+            f"{spread([r['peak_mib'] for r in runs]):>20} {runs[0]['weight_mib']:12.1f} "
+            f"{median(runs, 'final_loss'):11.4f}"
         )
     return 0
 

@@ -2,20 +2,24 @@
 peft loop (the floor), on the same tiny SD1.5 checkpoint, images, resolution, rank, batch, dtype
 and steps.
 
-    .venv/bin/python benchmarks/train.py [--steps 60] [--rank 8] [--size 64]
+    .venv/bin/python benchmarks/train.py [--steps 60] [--rank 8] [--size 64] [--repeats 5] [--threads 4]
 
-Each trainer runs in its own child process of this session (so one's peak memory does not hide
-another's); seconds per step are timed over the steps after a warm-up, peak memory is the growth of
-the process's peak resident set during training (after the model is loaded and the data encoded).
-Prints a table and the ratios against ComfyUI's trainer. Run it on an otherwise idle machine.
+Arms: ComfyUI's TrainLoraNode (LoRA on every weight of 2+ dimensions, convolutions and time embedding
+included, plus a trained difference on every bias and norm); LoRA Lab with its default target; LoRA Lab on
+the layers closest to native's (every linear layer: ``all_linear``); the bare peft loop on LoRA Lab's default
+layers. Every arm prints its trainable parameter count and what it trains, so the ratios say what they compare.
+
+Each arm runs ``--repeats`` times in its own child process (interleaved, so a machine getting busier weighs on
+all alike) on a fixed number of threads; seconds per step are timed over the steps after a warm-up; peak
+memory is the growth of the process's resident set over the same window in every arm: encoding the images
+and captions, then training. Printed: median and min–max over the runs, and the ratios of the medians against
+ComfyUI's trainer and against the floor. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,37 +27,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "helpers"))
-
-
-class MemoryPeak:
-    """Peak growth of this process's resident memory while the block runs (sampled every 2 ms)."""
-
-    def __enter__(self) -> MemoryPeak:
-        import threading
-
-        self.start = self.peak = self._rss()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.start) / 2**20
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * resource.getpagesize()
-
-    def _sample(self) -> None:
-        while not self._done.wait(0.002):
-            self.peak = max(self.peak, self._rss())
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import (  # noqa: E402
+    MemoryPeak,
+    child_arguments,
+    default_threads,
+    fix_threads,
+    median,
+    run_repeated,
+    seconds_per_step,
+    spread,
+)
 
 
 def prepare(args):
@@ -74,7 +58,7 @@ def prepare(args):
     return checkpoint, dataset
 
 
-def run_lora_lab(args) -> dict:
+def _lora_lab(args, target: str) -> dict:
     import torch
 
     checkpoint, folder = prepare(args)
@@ -91,65 +75,81 @@ def run_lora_lab(args) -> dict:
         patcher = model.clone()
         bridge.load_for_training(patcher, unload_others=False)
         stamps: list[float] = []
-
-        def on_step(report):
-            stamps.append(time.perf_counter())
-
-        with MemoryPeak() as memory:
-            train_lora(
-            bridge.ComfyDenoiser(patcher), bridge.ComfyTextEncoder(clip), bridge.ComfyLatentCodec(vae, patcher),
-                dataset, LoRAConfig(rank=args.rank, alpha=args.rank, target=args.target),
+        with MemoryPeak() as memory:  # encoding (inside train_lora) and training, as in every arm
+            result = train_lora(
+                bridge.ComfyDenoiser(patcher), bridge.ComfyTextEncoder(clip), bridge.ComfyLatentCodec(vae, patcher),
+                dataset, LoRAConfig(rank=args.rank, alpha=args.rank, target=target),
                 TrainingConfig(steps=args.steps + args.warmup, learning_rate=1e-4, batch_size=args.batch,
                                mixed_precision="fp32", min_snr_gamma=5.0),
-                caption_for=dataset.caption_for, key_namer=bridge.kohya_key_namer(patcher), on_step=on_step,
+                caption_for=dataset.caption_for, key_namer=bridge.kohya_key_namer(patcher),
+                on_step=lambda report: stamps.append(time.perf_counter()),
             )
-    return {"s_per_step": seconds_per_step(stamps, args.warmup), "peak_mib": memory.mib}
+    trained = {key.split(".")[0] for key in result.weights}
+    return {"s_per_step": seconds_per_step(stamps, args.warmup), "peak_mib": memory.mib,
+            "trainable": sum(t.numel() for k, t in result.weights.items() if not k.endswith(".alpha")),
+            "trains": f"LoRA on {len(trained)} layers (target {target})"}
+
+
+def run_lora_lab(args) -> dict:
+    return _lora_lab(args, args.target)
+
+
+def run_lora_lab_like_native(args) -> dict:
+    """The layers closest to what ComfyUI's trainer adapts: every linear layer of the blocks."""
+    return _lora_lab(args, "all_linear")
+
+
+def _native_inputs(args, folder, clip, vae):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    images = sorted(folder.glob("*.png"))
+    pixels = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) / 255 for p in images]))
+    encoded = vae.encode(pixels)
+    # One dict per image: ComfyUI's trainer only handles a list of latents (a single batch trips it).
+    latents = [{"samples": encoded[i : i + 1]} for i in range(encoded.shape[0])]
+    positive = []
+    for path in images:
+        positive += clip.encode_from_tokens_scheduled(clip.tokenize(path.with_suffix(".txt").read_text()))
+    return latents, positive
 
 
 def run_comfy_native(args) -> dict:
-    import numpy as np
     import torch
 
     checkpoint, folder = prepare(args)
     import comfy.sd
     import comfy.utils
     from comfy_extras.nodes_train import TrainLoraNode
-    from PIL import Image
 
     with torch.inference_mode():
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=True, output_clip=True)
-        images = sorted(folder.glob("*.png"))
-        pixels = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) / 255 for p in images]))
-        encoded = vae.encode(pixels)
-        # One dict per image: ComfyUI's trainer only handles a list of latents (a single batch trips it).
-        latents = [{"samples": encoded[i : i + 1]} for i in range(encoded.shape[0])]
-        positive = []
-        for path in images:
-            text = path.with_suffix(".txt").read_text()
-            positive += clip.encode_from_tokens_scheduled(clip.tokenize(text))
         stamps: list[float] = []
-
-        def hook(value, total, preview, node_id=None, prompt_id=None):
-            stamps.append(time.perf_counter())
-
-        comfy.utils.set_progress_bar_global_hook(hook)
+        comfy.utils.set_progress_bar_global_hook(lambda *a, **k: stamps.append(time.perf_counter()))
         started = time.perf_counter()
-        with MemoryPeak() as memory:
-            TrainLoraNode.execute(
-            model=[model], latents=latents, positive=[positive], batch_size=[args.batch],
-            steps=[args.steps + args.warmup], grad_accumulation_steps=[1], learning_rate=[1e-4], rank=[args.rank],
-            optimizer=["AdamW"], loss_function=["MSE"], seed=[0], training_dtype=["fp32"], lora_dtype=["fp32"],
+        with MemoryPeak() as memory:  # encoding and training, as in every arm
+            latents, positive = _native_inputs(args, folder, clip, vae)
+            output = TrainLoraNode.execute(
+                model=[model], latents=latents, positive=[positive], batch_size=[args.batch],
+                steps=[args.steps + args.warmup], grad_accumulation_steps=[1], learning_rate=[1e-4], rank=[args.rank],
+                optimizer=["AdamW"], loss_function=["MSE"], seed=[0], training_dtype=["fp32"], lora_dtype=["fp32"],
                 algorithm=["LoRA"], gradient_checkpointing=[False], existing_lora=["[None]"],
             )
         total = time.perf_counter() - started
+    lora = output.result[1]
+    low_rank = {key.split(".lora_")[0] for key in lora if ".lora_" in key}
+    diffs = {key for key in lora if key.endswith(".diff") or key.endswith(".diff_b")}
+    figures = {"peak_mib": memory.mib, "trainable": sum(t.numel() for t in lora.values() if torch.is_tensor(t)),
+               "trains": f"LoRA on {len(low_rank)} layers (every weight of 2+ dims) + {len(diffs)} bias/norm diffs"}
     if len(stamps) > args.warmup + 1:
-        return {"s_per_step": seconds_per_step(stamps, args.warmup), "peak_mib": memory.mib}
+        return {"s_per_step": seconds_per_step(stamps, args.warmup), **figures}
     # A ComfyUI whose trainer reports no progress: the whole call over its steps.
-    return {"s_per_step": total / (args.steps + args.warmup), "peak_mib": memory.mib}
+    return {"s_per_step": total / (args.steps + args.warmup), **figures}
 
 
 def run_peft_floor(args) -> dict:
-    """The least a LoRA step can cost on this UNet: peft layers, eps loss, AdamW, nothing else."""
+    """The least a LoRA step can cost on this UNet: peft layers on LoRA Lab's layers, eps loss, AdamW, nothing else."""
     import numpy as np
     import torch
     from peft import LoraConfig, inject_adapter_in_model
@@ -161,11 +161,6 @@ def run_peft_floor(args) -> dict:
 
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=True, output_clip=True)
     images = sorted(folder.glob("*.png"))
-    with torch.no_grad():
-        pixels = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) / 255 for p in images]))
-        latents = model.model.process_latent_in(vae.encode(pixels)).float()
-        context = torch.cat([clip.encode_from_tokens_scheduled(clip.tokenize(p.with_suffix(".txt").read_text()))[0][0]
-                             for p in images])
     unet = model.model.diffusion_model
     unet.requires_grad_(False)
     targets = find_target_modules(unet, args.target)
@@ -175,50 +170,37 @@ def run_peft_floor(args) -> dict:
     sigmas = model.model.model_sampling.sigmas
     generator = torch.Generator().manual_seed(0)
     stamps = []
-    memory = MemoryPeak().__enter__()
-    for _ in range(args.steps + args.warmup):
-        index = torch.randint(0, len(images), (args.batch,), generator=generator)
-        t = torch.randint(0, 1000, (args.batch,), generator=generator)
-        x0, noise = latents[index], torch.randn(latents[index].shape, generator=generator)
-        sigma = sigmas[t].view(-1, 1, 1, 1)
-        noisy = (x0 + sigma * noise) / (sigma**2 + 1).sqrt()
-        out = unet(noisy, t.float(), context=context[index])
-        loss = torch.nn.functional.mse_loss(out, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        stamps.append(time.perf_counter())
-    memory.__exit__()
-    return {"s_per_step": seconds_per_step(stamps, args.warmup), "peak_mib": memory.mib}
+    with MemoryPeak() as memory:  # encoding and training, as in every arm
+        with torch.no_grad():
+            pixels = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) / 255
+                                                for p in images]))
+            latents = model.model.process_latent_in(vae.encode(pixels)).float()
+            context = torch.cat([clip.encode_from_tokens_scheduled(clip.tokenize(p.with_suffix(".txt").read_text()))[0][0]
+                                 for p in images])
+        for _ in range(args.steps + args.warmup):
+            index = torch.randint(0, len(images), (args.batch,), generator=generator)
+            t = torch.randint(0, 1000, (args.batch,), generator=generator)
+            x0, noise = latents[index], torch.randn(latents[index].shape, generator=generator)
+            sigma = sigmas[t].view(-1, 1, 1, 1)
+            noisy = (x0 + sigma * noise) / (sigma**2 + 1).sqrt()
+            out = unet(noisy, t.float(), context=context[index])
+            loss = torch.nn.functional.mse_loss(out, noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            stamps.append(time.perf_counter())
+    return {"s_per_step": seconds_per_step(stamps, args.warmup), "peak_mib": memory.mib,
+            "trainable": sum(p.numel() for p in params), "trains": f"LoRA on {len(targets)} layers (target {args.target})"}
 
 
-def seconds_per_step(stamps: list[float], warmup: int) -> float:
-    timed = stamps[warmup:]
-    return (timed[-1] - timed[0]) / (len(timed) - 1)
-
-
-VARIANTS = {"comfy_native": run_comfy_native, "lora_lab": run_lora_lab, "peft_floor": run_peft_floor}
+VARIANTS = {"comfy_native": run_comfy_native, "lora_lab": run_lora_lab,
+            "lora_lab_like_native": run_lora_lab_like_native, "peft_floor": run_peft_floor}
 LABELS = {
     "comfy_native": "ComfyUI TrainLoraNode",
     "lora_lab": "LoRA Lab TrainLoRA",
+    "lora_lab_like_native": "LoRA Lab, native's layers",
     "peft_floor": "bare peft loop (floor)",
 }
-
-
-def run_variants(script: str, names, labels=None) -> dict | None:
-    """Each variant in its own process (``script --variant NAME`` + this run's arguments), so peak
-    memory and warm caches do not leak between them; their ``RESULT {json}`` lines, or None after
-    printing the failure."""
-    results = {}
-    for name in names:
-        command = [sys.executable, script, "--variant", name] + sys.argv[1:]
-        completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-        lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-        if completed.returncode != 0 or not lines:
-            print(f"{(labels or {}).get(name, name)} failed:\n{completed.stderr[-3000:]}", file=sys.stderr)
-            return None
-        results[name] = json.loads(lines[-1][len("RESULT ") :])
-    return results
 
 
 def main() -> int:
@@ -230,23 +212,28 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--target", default="attention", help="LoRA Lab / floor target layers")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per arm, interleaved")
+    parser.add_argument("--threads", type=int, default=default_threads(), help="torch threads in every arm")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
+        fix_threads(args.threads)
         print("RESULT " + json.dumps(VARIANTS[args.variant](args)))
         return 0
-    results = run_variants(__file__, VARIANTS, LABELS)
+    results = run_repeated(__file__, VARIANTS, args.repeats, child_arguments(sys.argv[1:]))
     if results is None:
         return 1
-    reference = results["comfy_native"]
-    print(f"tiny SD1.5, {args.size}x{args.size}, rank {args.rank}, batch {args.batch}, fp32, "
-          f"{args.steps} timed steps after {args.warmup} warm-up, CPU")
-    print(f"{'trainer':28} {'ms/step':>9} {'steps/s vs native':>18} {'peak MiB':>9} {'memory vs native':>17}")
-    for name, result in results.items():
-        speed = reference["s_per_step"] / result["s_per_step"]
-        memory = result["peak_mib"] / reference["peak_mib"] if reference["peak_mib"] else float("nan")
-        print(f"{LABELS[name]:28} {1000 * result['s_per_step']:9.1f} {speed:17.2f}x {result['peak_mib']:9.1f} "
-              f"{memory:16.2f}x")
+    print(f"tiny SD1.5, {args.size}x{args.size}, rank {args.rank}, batch {args.batch}, fp32, {args.steps} timed steps "
+          f"after {args.warmup} warm-up, CPU, {args.threads} threads, {args.repeats} runs per arm (median, min–max); "
+          "peak memory = growth over encoding + training in every arm")
+    native = median(results["comfy_native"], "s_per_step")
+    floor = median(results["peft_floor"], "s_per_step")
+    print(f"{'trainer':28} {'trainable':>10} {'ms/step':>20} {'steps/s vs native':>18} {'time vs floor':>14} "
+          f"{'peak MiB':>20}  trains")
+    for name, runs in results.items():
+        step = median(runs, "s_per_step")
+        print(f"{LABELS[name]:28} {runs[0]['trainable']:10,} {spread([r['s_per_step'] for r in runs], 1000):>20} "
+              f"{native / step:17.2f}x {step / floor:13.2f}x {spread([r['peak_mib'] for r in runs]):>20}  {runs[0]['trains']}")
     return 0
 
 
