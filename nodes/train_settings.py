@@ -20,6 +20,7 @@ from ..trainer_core.fields import default_of, help_text
 from ..trainer_core.training.config import MIXED_PRECISION_CHOICES, TrainingConfig
 from ..trainer_core.training.losses import LOSS_TYPES, TIMESTEP_SAMPLING
 from ..trainer_core.training.memory import BASE_WEIGHT_CHOICES, BASE_WEIGHTS_HELP
+from ..trainer_core.training.validation import ValidationConfig
 from . import bridge
 from .types import (
     AdapterSettings,
@@ -165,7 +166,8 @@ class LoRALabSampleSettings(SettingsNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return settings_schema(cls, "LoraLabSampleSettings", "LoRA Lab Samples and Checkpoints",
-                               "Sample images while training, checkpoints and resuming a run.", [
+                               "Sample images while training, checkpoints, resuming a run, and validation on "
+                               "held-out images.", [
             io.Int.Input("sample_every", default=0, min=0, max=100000,
                          tooltip="Every N steps (and at the end), draw the sample prompts with the LoRA as it is "
                          "then, through ComfyUI's own sampler; shown on the node and returned as 'samples'. 0 = off."),
@@ -183,6 +185,11 @@ class LoRALabSampleSettings(SettingsNode):
                 tooltip="Continue the run named run_name from its last checkpoint: LoRA weights, optimizer, "
                 "random state and step counter. Set steps to the new total.",
             ),
+            # Optional, so API graphs saved before them still validate (execute fills in their defaults).
+            io.Float.Input("validation_share", default=default_of(ValidationConfig, "share"), min=0.0, max=0.9,
+                           step=0.01, optional=True, tooltip=help_text(ValidationConfig, "share")),
+            io.Int.Input("validate_every", default=default_of(ValidationConfig, "every"), min=0, max=100000,
+                         optional=True, tooltip=help_text(ValidationConfig, "every")),
         ])
 
 
