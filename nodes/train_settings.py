@@ -177,9 +177,11 @@ class LoRALabSampleSettings(SettingsNode):
             io.Float.Input("sample_cfg", default=7.0, min=0.0, max=30.0, step=0.1,
                            tooltip="CFG of the sample images (about 7 for SD1.5/SDXL, 1 for Flux)."),
             io.Int.Input("save_every", default=0, min=0, max=100000,
-                         tooltip="Save a checkpoint every N steps (0 = only when you press Cancel)."),
+                         tooltip="Save a checkpoint every N steps (0 = only when you press Cancel). With validation on, "
+                         "the last step is saved as a checkpoint too."),
             io.Int.Input("keep_last", default=0, min=0, max=1000,
-                         tooltip="Keep only the last N step checkpoints of this run (0 = keep all)."),
+                         tooltip="Keep only the last N step checkpoints of this run (0 = keep all). With validation on, "
+                         "the best one so far is kept too."),
             io.Boolean.Input(
                 "resume", default=False,
                 tooltip="Continue the run named run_name from its last checkpoint: LoRA weights, optimizer, "

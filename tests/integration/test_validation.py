@@ -146,14 +146,35 @@ def test_the_best_checkpoint_is_named_in_the_report_and_the_metadata_and_loraloa
     assert "Validation: off" in runs["report"]["plain"] and "lora_lab_best_checkpoint" not in runs["lora"]["plain"][1]
 
 
-def test_a_share_that_leaves_no_image_to_train_on_is_refused_with_the_field_and_the_fix(runs):
-    server = runs["server"]
+def refusal(server: ComfyServer, folder: str, validation_folder: str | None = None, **options) -> str:
+    """Why Train LoRA on ``folder`` (with ``validation_folder`` as validation_images) refused to train."""
     graph = Graph()
     checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=install_toy_checkpoint(server))
-    dataset = load_dataset_node(server, graph, FOUR)
-    trainer = train_node(server, graph, checkpoint, dataset, steps=2, run_name="tests_no_training_left",
-                         validation_share=0.9)
-    graph.node("SaveCheckpoint", lora=trainer[0], filename="tests/no_training_left", if_exists="overwrite")
-    message = refusal_message(server, graph, trainer)
+    dataset = load_dataset_node(server, graph, folder)
+    if validation_folder is not None:
+        options["validation_images"] = load_dataset_node(server, graph, validation_folder)[0]
+    trainer = train_node(server, graph, checkpoint, dataset, steps=2, run_name="tests_refused", **options)
+    graph.node("SaveCheckpoint", lora=trainer[0], filename="tests/refused", if_exists="overwrite")
+    return refusal_message(server, graph, trainer)
+
+
+def test_validation_settings_that_cannot_work_are_refused_with_the_field_and_the_fix(comfy_server: ComfyServer):
+    server = comfy_server
+    four, copy = server.input_dir / "validation_refused_four", server.input_dir / "validation_refused_copy"
+    for folder in (four, copy):
+        shutil.rmtree(folder, ignore_errors=True)
+    write_concept_dataset(four, count=4, **DEMO_CONCEPT)
+    copy.mkdir()
+    for name in ("002.png", "002.txt"):  # a copy of a training image, in a folder of its own
+        shutil.copy2(four / name, copy / name)
+
+    message = refusal(server, four.name, validation_share=0.9)
     assert "validation_share (on the LoRA Lab Samples and Checkpoints node) 0.9 holds out 4 of the 4 image(s)" in message
     assert "lower validation_share to 0.75 or less" in message
+    message = refusal(server, four.name, copy.name, validation_share=0.2)
+    assert "validation_share (on the LoRA Lab Samples and Checkpoints node) is 0.2 and a dataset is connected to " \
+           "Train LoRA's validation_images" in message and "Set validation_share to 0" in message
+    message = refusal(server, four.name, copy.name)
+    assert "validation_images: 1 of its 1 image(s) are also in the training dataset" in message
+    assert "002.png, the same file as" in message
+    assert not (server.models_dir / "loras" / "tests" / "refused.safetensors").exists()

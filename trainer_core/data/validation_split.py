@@ -12,6 +12,7 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from .dataset import Dataset, DatasetError
 
@@ -76,12 +77,26 @@ def _subset(dataset: Dataset, indices: list[int], part: str) -> Dataset:
 
 
 def _check_apart(dataset: Dataset, validation_images: Dataset) -> None:
-    """Held-out images must not be trained on: none of the validation images may be a training image."""
-    training = {item.image_path.resolve() for item in dataset.items}
-    shared = [item.image_path for item in validation_images.items if item.image_path.resolve() in training]
+    """Held-out images must not be trained on: no validation image may be a training image, or a byte-identical
+    copy of one (only files of equal size are read)."""
+    by_size: dict[int, list[Path]] = {}
+    for item in dataset.items:
+        by_size.setdefault(item.image_path.stat().st_size, []).append(item.image_path)
+    digests: dict[Path, str] = {}
+
+    def digest(path: Path) -> str:
+        if path not in digests:
+            digests[path] = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+        return digests[path]
+
+    shared: list[tuple[Path, Path]] = []
+    for item in validation_images.items:
+        same_size = by_size.get(item.image_path.stat().st_size, [])
+        shared += [(item.image_path, path) for path in same_size if digest(path) == digest(item.image_path)][:1]
     if shared:
+        image, training_image = shared[0]
         raise DatasetError(
             f"validation_images: {len(shared)} of its {len(validation_images.items)} image(s) are also in the "
-            f"training dataset (first: {shared[0]}), and held-out images must not be trained on. Give "
-            "validation_images a folder of other images (e.g. move a few out of the dataset's folder)."
+            f"training dataset (first: {image}, the same file as {training_image}), and held-out images must not be "
+            "trained on. Give validation_images a folder of other images (move them out of the dataset's folder)."
         )
