@@ -19,13 +19,14 @@ from trainer_core.training.loop import train_lora
 from trainer_core.training.validation import ValidationConfig
 
 
-def train(validation_data=None, checkpoints=None, steps=7, **validation):
+def train(validation_data=None, checkpoints=None, steps=7, resume_from=None, **validation):
     unet, vae, alphas = tiny_models()
     return train_lora(
         DiffusersUNetDenoiser(unet, alphas), HashTextEncoder(), DiffusersLatentCodec(vae, 1.0), SyntheticData(),
         LoRAConfig(rank=4, alpha=4, dropout=0.2),  # dropout draws from the global stream: validation must not
         TrainingConfig(steps=steps, learning_rate=2e-3, seed=3, ema_decay=0.9),
         checkpoints=checkpoints, validation_data=validation_data, validation=ValidationConfig(**validation),
+        resume_from=resume_from,
     )
 
 
@@ -53,6 +54,20 @@ def test_best_checkpoint_is_the_lowest_validated_file_and_keep_last_keeps_it(tmp
     assert path == policy.lora_path(step) and path.is_file()
     on_disk = sorted(p.name for p in tmp_path.glob("run_step*.safetensors"))
     assert on_disk == sorted({path.name, policy.lora_path(7).name})  # the last one, and the best one kept
+
+
+def test_a_resumed_run_continues_the_validation_curve_and_the_best_checkpoint(tmp_path):
+    held_out = SyntheticData(count=1, size=32)
+    straight = train(held_out, CheckpointPolicy(tmp_path / "straight", "run", every=4), steps=6, every=2)
+    halves = CheckpointPolicy(tmp_path / "halves", "run", every=4)
+    train(held_out, halves, steps=4, every=2)
+    resumed = train(held_out, halves, steps=6, every=2, resume_from=halves.state_path)
+
+    assert sorted(resumed.validation_losses) == [2, 4, 6]  # the steps before the resume are kept
+    for step, loss in straight.validation_losses.items():
+        assert resumed.validation_losses[step] == pytest.approx(loss, rel=1e-5)
+    assert resumed.best_checkpoint[0] == straight.best_checkpoint[0]
+    assert resumed.best_checkpoint[1] == halves.lora_path(resumed.best_checkpoint[0])
 
 
 @pytest.fixture
