@@ -49,7 +49,7 @@ def loss_curve_image(
         steps_validated = sorted(validation)
         axes.plot(steps_validated, [validation[step] for step in steps_validated], color=VALIDATION_COLOUR,
                   linewidth=1.8, marker="o", markersize=5, label="validation")
-        if best_step in validation:
+        if best_step is not None and best_step in validation:
             axes.plot([best_step], [validation[best_step]], linestyle="none", marker="o", markersize=12,
                       markerfacecolor="none", markeredgecolor=VALIDATION_COLOUR, markeredgewidth=2,
                       label=f"best checkpoint (step {best_step})")
