@@ -37,7 +37,8 @@ from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES, preset_famil
 from ..trainer_core.training.schedulers import SCHEDULER_CHOICES, SchedulerConfig
 from ..trainer_core.training.text_encoder_parts import skipped_text_encoders_note
 from ..trainer_core.training.train_log import TrainingLog, log_paths
-from . import bridge, families
+from ..trainer_core.training.validation import ValidationConfig
+from . import bridge, families, train_validation
 from .key_formats import key_format
 from .optimizer_settings import LoRALabOptimizerSettings, optimizer_config
 from .run_context import current_run_context
@@ -101,6 +102,8 @@ class _Run:
     scheduler: SchedulerConfig
     checkpoints: CheckpointPolicy
     settings: dict[str, Any]
+    validation: ValidationConfig = ValidationConfig()
+    held_out: Any = None  # the held-out images' dataset (validation), None = no validation
 
 
 class TrainLoRA(io.ComfyNode):
@@ -161,6 +164,7 @@ class TrainLoRA(io.ComfyNode):
                 ),
                 # Optional sockets, so graphs without settings nodes train with the guides' defaults.
                 *[_settings_input(node) for node in SETTINGS_NODES],
+                train_validation.validation_images_input(),
             ],
             outputs=[
                 LoraModel.Output("lora", display_name="lora", tooltip="The trained LoRA: connect to Save LoRA or the strength sweep."),
@@ -172,6 +176,7 @@ class TrainLoRA(io.ComfyNode):
                 io.Clip.Output("clip_with_lora", display_name="clip_with_lora",
                                tooltip="The CLIP to encode prompts with: the text-encoder LoRA applied at strength 1 "
                                "(when text_encoder_lr is above 0) and the last layer set by clip_skip, as in training."),
+                train_validation.report_output(),
             ],
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
@@ -199,7 +204,7 @@ class TrainLoRA(io.ComfyNode):
         seed: int, run_name: str, optimizer_settings: NodeSettings | None = None,
         loss_settings: NodeSettings | None = None, memory_settings: NodeSettings | None = None,
         adapter_settings: NodeSettings | None = None, sample_settings: NodeSettings | None = None,
-        text_encoder_settings: NodeSettings | None = None,
+        text_encoder_settings: NodeSettings | None = None, validation_images=None,
     ) -> io.NodeOutput:
         families.check_trainable_family(model)  # before anything is cloned or loaded
         bridge.check_vae_fits(vae, model, "TrainLoRA: vae")
@@ -217,6 +222,9 @@ class TrainLoRA(io.ComfyNode):
             raise ValueError(problem)
         if trigger_word.strip():
             dataset = dataset.with_caption_options(replace(dataset.caption_options, trigger_word=trigger_word.strip()))
+        validation = train_validation.validation_config(settings)
+        split = train_validation.held_out_split(dataset, validation_images, validation, seed)
+        dataset = split.train  # the held-out images are never trained on
         optimizer_choice = optimizer_config(settings, optimizer)
         run = _Run(
             lora=LoRAConfig(adapter=adapter_type, rank=rank, alpha=alpha, dropout=settings["lora_dropout"],
@@ -227,7 +235,7 @@ class TrainLoRA(io.ComfyNode):
             scheduler=SchedulerConfig(name=lr_scheduler, warmup=settings["lr_warmup"]),
             checkpoints=CheckpointPolicy(checkpoint_folder(), sanitize_filename(run_name),
                                          every=settings["save_every"], keep_last=settings["keep_last"]),
-            settings=settings,
+            settings=settings, validation=validation, held_out=split.held_out,
         )
         check_writable(run.checkpoints.folder)  # before training, not when the first checkpoint is due
         resume_from = _resume_state(run, run_name)
@@ -257,9 +265,11 @@ class TrainLoRA(io.ComfyNode):
         model_with_lora, clip_with_lora = bridge.apply_lora(model, clip if train_text else None, weights, 1.0,
                                                             1.0 if train_text else 0.0)
         clip_with_lora = bridge.clip_with_skip(clip_with_lora if train_text else clip, run.training.clip_skip)
+        report = train_validation.finish_report(weights, result, validation, seed, split)
         curve = loss_curve_image(result.losses, result.learning_rates, checkpoints=_checkpoint_steps(result),
-                                 title=f"Training loss, {result.steps} steps")
-        return io.NodeOutput(weights, model_with_lora, torch.from_numpy(curve)[None], samples.output(), clip_with_lora)
+                                 title=f"Training loss, {result.steps} steps", **train_validation.validation_curve(result))
+        return io.NodeOutput(weights, model_with_lora, torch.from_numpy(curve)[None], samples.output(), clip_with_lora,
+                             report)
 
 
 def _training_config(settings: dict[str, Any], **widgets: Any) -> TrainingConfig:
@@ -319,6 +329,7 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
             on_step=on_step, checkpoints=run.checkpoints,
             resume_from=resume_from, optimizer=run.optimizer, scheduler=run.scheduler,
             text_key_namer=text_key_namer, parallel=context.parallel,
+            validation_data=run.held_out, validation=run.validation,
         )
     except NonFiniteLossError as error:
         saved = _save_recovery(error.weights)

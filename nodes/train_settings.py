@@ -20,6 +20,7 @@ from ..trainer_core.fields import default_of, help_text
 from ..trainer_core.training.config import MIXED_PRECISION_CHOICES, TrainingConfig
 from ..trainer_core.training.losses import LOSS_TYPES, TIMESTEP_SAMPLING
 from ..trainer_core.training.memory import BASE_WEIGHT_CHOICES, BASE_WEIGHTS_HELP
+from ..trainer_core.training.validation import ValidationConfig
 from . import bridge
 from .types import (
     AdapterSettings,
@@ -165,7 +166,8 @@ class LoRALabSampleSettings(SettingsNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return settings_schema(cls, "LoraLabSampleSettings", "LoRA Lab Samples and Checkpoints",
-                               "Sample images while training, checkpoints and resuming a run.", [
+                               "Sample images while training, checkpoints, resuming a run, and validation on "
+                               "held-out images.", [
             io.Int.Input("sample_every", default=0, min=0, max=100000,
                          tooltip="Every N steps (and at the end), draw the sample prompts with the LoRA as it is "
                          "then, through ComfyUI's own sampler; shown on the node and returned as 'samples'. 0 = off."),
@@ -175,14 +177,21 @@ class LoRALabSampleSettings(SettingsNode):
             io.Float.Input("sample_cfg", default=7.0, min=0.0, max=30.0, step=0.1,
                            tooltip="CFG of the sample images (about 7 for SD1.5/SDXL, 1 for Flux)."),
             io.Int.Input("save_every", default=0, min=0, max=100000,
-                         tooltip="Save a checkpoint every N steps (0 = only when you press Cancel)."),
+                         tooltip="Save a checkpoint every N steps (0 = only when you press Cancel). With validation on, "
+                         "the last step is saved as a checkpoint too."),
             io.Int.Input("keep_last", default=0, min=0, max=1000,
-                         tooltip="Keep only the last N step checkpoints of this run (0 = keep all)."),
+                         tooltip="Keep only the last N step checkpoints of this run (0 = keep all). With validation on, "
+                         "the best one so far is kept too."),
             io.Boolean.Input(
                 "resume", default=False,
                 tooltip="Continue the run named run_name from its last checkpoint: LoRA weights, optimizer, "
                 "random state and step counter. Set steps to the new total.",
             ),
+            # Optional, so API graphs saved before them still validate (execute fills in their defaults).
+            io.Float.Input("validation_share", default=default_of(ValidationConfig, "share"), min=0.0, max=0.9,
+                           step=0.01, optional=True, tooltip=help_text(ValidationConfig, "share")),
+            io.Int.Input("validate_every", default=default_of(ValidationConfig, "every"), min=0, max=100000,
+                         optional=True, tooltip=help_text(ValidationConfig, "every")),
         ])
 
 

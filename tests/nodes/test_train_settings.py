@@ -19,9 +19,9 @@ TRAIN_LORA_INPUTS = [
     "model", "clip", "vae", "dataset", "preset", "trigger_word", "adapter_type", "rank", "alpha", "learning_rate",
     "optimizer", "lr_scheduler", "steps", "epochs", "batch_size", "seed", "run_name",
     "optimizer_settings", "loss_settings", "memory_settings", "adapter_settings", "sample_settings",
-    "text_encoder_settings",
+    "text_encoder_settings", "validation_images",
 ]
-SOCKETS = ("model", "clip", "vae", "dataset")
+SOCKETS = ("model", "clip", "vae", "dataset", "validation_images")
 
 
 def _pack():
@@ -38,7 +38,8 @@ def test_train_lora_keeps_the_guides_settings_in_order_and_takes_the_rest_throug
     widgets = [e.id for e in inputs if not e.id.endswith("_settings") and e.id not in SOCKETS]
     assert len(widgets) == 13
     assert all(e.optional for e in inputs if e.id.endswith("_settings"))
-    assert [node.SOCKET for node in train_lora.SETTINGS_NODES] == TRAIN_LORA_INPUTS[-6:]
+    assert [node.SOCKET for node in train_lora.SETTINGS_NODES] == TRAIN_LORA_INPUTS[-7:-1]
+    assert inputs[-1].optional  # validation_images: appended last, optional
 
 
 def test_unconnected_settings_mean_the_core_defaults():

@@ -3,7 +3,8 @@
 Scanning folders for images (``dataset_folder``, ``image_files``), captions' text (sidecar ``.txt``
 files, trigger word, shuffling, dropout, tags: ``captions``), repeats and aspect-ratio buckets
 (``dataset``, ``buckets``), and the checks and report a person reads before training
-(``dataset_report``, ``report_text``, ``image_fingerprints``).
+(``dataset_report``, ``report_text``, ``image_fingerprints``); images held out for validation
+(``validation_split``).
 
 May use: no other room.
 """

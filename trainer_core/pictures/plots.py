@@ -1,10 +1,13 @@
-"""Pictures of a training run: the loss curve (raw and smoothed) with labelled axes."""
+"""Pictures of a training run: the loss curve (raw and smoothed) with labelled axes, and the validation
+loss on held-out images beside it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+VALIDATION_COLOUR = "#d62728"  # the validation curve's red: apart from the loss's blues and the rate's orange
 
 
 def smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
@@ -22,9 +25,12 @@ def loss_curve_image(
     checkpoints: Sequence[int] = (),
     title: str = "Training loss",
     size: tuple[int, int] = (768, 432),
+    validation: Mapping[int, float] | None = None,
+    best_step: int | None = None,
 ) -> np.ndarray:
     """The loss per step (faint), its moving average (bold), optionally the learning rate on a second
-    axis and vertical marks at checkpoint steps. Returns an RGB float32 array in 0..1."""
+    axis, vertical marks at checkpoint steps, and the validation loss per step (``validation``: red dots
+    joined, the best checkpoint's ``best_step`` ringed). Returns an RGB float32 array in 0..1."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -39,6 +45,14 @@ def loss_curve_image(
         axes.set_xlim(1, max(2, len(losses)))
     for step in checkpoints:
         axes.axvline(step, color="#999999", linestyle=":", linewidth=1)
+    if validation:
+        steps_validated = sorted(validation)
+        axes.plot(steps_validated, [validation[step] for step in steps_validated], color=VALIDATION_COLOUR,
+                  linewidth=1.8, marker="o", markersize=5, label="validation")
+        if best_step is not None and best_step in validation:
+            axes.plot([best_step], [validation[best_step]], linestyle="none", marker="o", markersize=12,
+                      markerfacecolor="none", markeredgecolor=VALIDATION_COLOUR, markeredgewidth=2,
+                      label=f"best checkpoint (step {best_step})")
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     final = f" (last {np.mean(losses[-max(1, len(losses) // 10):]):.4f})" if len(losses) else ""

@@ -11,7 +11,8 @@ packages some of them need), ``optimizer_settings``, ``schedulers``, ``ema``, ``
 ``text_encoder`` (a LoRA in the text encoders) with ``text_encoder_parts`` (which of them: CLIP, T5 with
 ``train_t5``, never a language model), ``encoding`` (latents and caption embeddings, cached),
 ``activations``, ``train_log`` (loss and learning rate per step: CSV, TensorBoard), ``metadata`` (the ``ss_*``
-keys kohya writes), ``presets``, and ``config``
+keys kohya writes), ``presets``, ``validation`` with ``validation_loss`` (the loss on held-out images at fixed
+noise, the best checkpoint), ``report`` (a run's summary in words), and ``config``
 (``TrainingConfig``).
 
 The loop reads a dataset through its ``TrainingData`` protocol, so this room does not import ``data``.

@@ -17,6 +17,7 @@ from .ema import AdapterEMA, averaged
 from .results import TrainingError
 from .run import TrainingRun
 from .text_encoder import restore_text_encoder_state, text_encoder_state
+from .validation import best_checkpoint, checkpoints_to_prune, record_checkpoint
 
 
 def extract_weights(adapter: InjectedAdapter, key_namer: KeyNamer) -> dict[str, torch.Tensor]:
@@ -47,15 +48,20 @@ def save_checkpoint(run: TrainingRun, policy: CheckpointPolicy, wait: bool = Tru
     Only the main process writes; with ``wait`` every process waits until it has, so none reads a
     half-written file (a run stopping on a failure does not wait: the others may be gone)."""
     path = policy.lora_path(run.step)
+    validation_keys = record_checkpoint(run, run.step)
     if run.parallel.is_main:
         weights = export_weights(run)
-        weights.metadata.update({"ss_steps": str(run.step), "lora_lab_checkpoint_step": str(run.step)})
+        weights.metadata.update({"ss_steps": str(run.step), "lora_lab_checkpoint_step": str(run.step),
+                                 **validation_keys})
         save_lora(weights, path, overwrite=True)
         save_training_state(policy.state_path, state_dict(run))
     run.saved_checkpoints.append(path)
-    if policy.keep_last > 0:
-        while len(run.saved_checkpoints) > policy.keep_last:
-            old = run.saved_checkpoints.pop(0)
+    if policy.keep_last > 0:  # the best checkpoint so far (with validation) is kept too
+        best = best_checkpoint(run, policy)
+        for old in checkpoints_to_prune(run.saved_checkpoints, policy.keep_last, best[1] if best else None):
+            run.saved_checkpoints.remove(old)
+            run.validated_checkpoints = {step: loss for step, loss in run.validated_checkpoints.items()
+                                         if policy.lora_path(step) != old}
             if run.parallel.is_main:
                 old.unlink(missing_ok=True)
     if wait:
@@ -75,6 +81,8 @@ def state_dict(run: TrainingRun) -> dict[str, Any]:
         "global_batch_size": run.global_batch_size,  # images per step, over all processes
         "losses": list(run.losses),
         "learning_rates": list(run.learning_rates),
+        "validation_losses": dict(run.validation_losses),
+        "validated_checkpoints": dict(run.validated_checkpoints),
         "rank": run.adapter.config.rank,
         "adapter_type": run.adapter.config.adapter,
         "targets": list(run.adapter.targets),
@@ -120,6 +128,8 @@ def load_state(run: TrainingRun, state: dict[str, Any], source: Path | None) -> 
     run.step = int(state["step"])
     run.losses = list(state["losses"])
     run.learning_rates = list(state["learning_rates"])
+    run.validation_losses = dict(state.get("validation_losses", {}))  # states before validation: none
+    run.validated_checkpoints = dict(state.get("validated_checkpoints", {}))
     for _ in range(run.step * run.training.gradient_accumulation):
         next(run.batches)
 

@@ -39,6 +39,8 @@ from .run import TrainingRun
 from .schedulers import SchedulerConfig
 from .step import apply_gradients, forward_backward, gradient_checkpointing, resolve_precision
 from .text_encoder import LiveText, text_encoder_lora, with_clip_skip
+from .validation import ValidationConfig, best_checkpoint, encode_held_out, validation_due
+from .validation_loss import validate
 
 __all__ = [
     "CaptionFunction",
@@ -74,6 +76,8 @@ def train_lora(
     scheduler: SchedulerConfig | None = None,
     text_key_namer: KeyNamer = default_text_key_name,
     parallel: SingleProcess | None = None,
+    validation_data: TrainingData | None = None,
+    validation: ValidationConfig | None = None,
 ) -> TrainingResult:
     """Train a LoRA on ``denoiser.network`` and return its weights; the network is left as it was.
 
@@ -96,6 +100,10 @@ def train_lora(
     ``parallel`` (``parallel.AcceleratedProcesses`` under ``accelerate launch``; default one process):
     one step is one global batch of ``batch_size x world_size`` images, each process trains on its share
     and gradients are summed (see ``parallel.py``); only the main process writes checkpoints.
+
+    ``validation_data`` (held-out images, never trained on) is evaluated as ``validation.py`` says, at the
+    steps ``validation`` (default ``ValidationConfig()``) asks for; the result carries the losses and the
+    best checkpoint. It does not change what trains: the same LoRA as without it.
     """
     training = _checked(training, data, denoiser.device)
     started = time.perf_counter()
@@ -110,6 +118,9 @@ def train_lora(
         # Read inside: tensors loaded under ComfyUI's inference mode could not be updated by the optimizer.
         resume_state = load_training_state(resume_from) if resume_from is not None else None
         latents, texts, fixed_captions = _encode_once(data, codec, text_encoder, caption, randomised or train_text)
+        held_out = None
+        if validation_data is not None:
+            held_out = encode_held_out(validation_data, codec, caption, validation or ValidationConfig())
         encode_seconds = time.perf_counter() - started
 
         network = denoiser.network
@@ -127,6 +138,7 @@ def train_lora(
                         optimizer or OptimizerConfig(), scheduler or SchedulerConfig(),
                         text_adapter=text_adapter, text_key_namer=text_key_namer, parallel=parallel,
                     )
+                    run.validation = held_out
                     if resume_state is not None:
                         load_state(run, resume_state, resume_from)
                     result = _optimise(run, on_step, checkpoints)
@@ -191,7 +203,12 @@ def _optimise(
                 run.streams_at_step_start = None
                 run.losses.append(loss)
                 run.learning_rates.append(effective_learning_rate(run.optimizer))
-                if checkpoints is not None and checkpoints.every and run.step % checkpoints.every == 0:
+                if validation_due(run, checkpoints):
+                    validate(run)
+                if checkpoints is not None and (
+                    (checkpoints.every and run.step % checkpoints.every == 0)
+                    or (run.validation is not None and run.step == run.total_steps)  # the best is then a file
+                ):
                     save_checkpoint(run, checkpoints)
                 if on_step is not None:
                     on_step(StepReport(run.step, run.total_steps, loss, run.learning_rates[-1]))
@@ -211,5 +228,7 @@ def _optimise(
         learning_rates=list(run.learning_rates),
         steps=run.step,
         checkpoints=list(run.saved_checkpoints),
+        validation_losses=dict(run.validation_losses),
+        best_checkpoint=best_checkpoint(run, checkpoints, on_disk=run.parallel.is_main),
     )
 

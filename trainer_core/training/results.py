@@ -41,3 +41,5 @@ class TrainingResult:
     steps: int = 0
     seconds: float = 0.0
     encode_seconds: float = 0.0
+    validation_losses: dict[int, float] = field(default_factory=dict)  # step -> held-out loss (validation.py)
+    best_checkpoint: tuple[int, Path] | None = None  # (step, file) of the lowest held-out loss among checkpoints

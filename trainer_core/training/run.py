@@ -26,6 +26,7 @@ from .optimizers import OptimizerConfig, build_optimizer
 from .parallel import SingleProcess
 from .schedulers import SchedulerConfig, build_scheduler
 from .text_encoder import LiveText, parameter_groups
+from .validation import HeldOut
 
 
 class TrainingRun:
@@ -98,6 +99,9 @@ class TrainingRun:
         self.global_rng_state: torch.Tensor | None = None  # dropout's stream, restored on resume
         self.saved_checkpoints: list[Path] = []
         self.streams_at_step_start: dict[str, Any] | None = None  # what a checkpoint taken mid-step resumes from
+        self.validation: HeldOut | None = None  # held-out images (validation.py), None = no validation
+        self.validation_losses: dict[int, float] = {}  # step -> held-out loss
+        self.validated_checkpoints: dict[int, float] = {}  # step of a saved checkpoint -> its held-out loss
 
     def random_streams(self) -> dict[str, Any]:
         """The random streams a resumed run continues: captions, noise and levels, and dropout's (global)."""
