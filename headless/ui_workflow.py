@@ -86,9 +86,13 @@ def _widget_inputs(node: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]
     position = 0
     for spec in widget_specs(info):
         if position >= len(values):
-            raise WorkflowFormatError(
-                f"node {node['id']} ({node['type']}): {len(values)} widget values, too few for {spec.name!r}"
-            )
+            # Saved before this widget existed (new inputs are appended last): the canvas gives it its default.
+            if "default" not in spec.options:
+                raise WorkflowFormatError(
+                    f"node {node['id']} ({node['type']}): {len(values)} widget values, too few for {spec.name!r}"
+                )
+            inputs[spec.name] = spec.options["default"]
+            continue
         value = values[position]
         inputs[spec.name] = {"__value__": value} if isinstance(value, list) else value
         position += 1 + spec.control_values

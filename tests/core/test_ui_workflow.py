@@ -58,3 +58,23 @@ def test_muted_nodes_are_left_out_and_bypassed_ones_refused_with_the_fix():
     assert sorted(ui_to_api(canvas(trainer_mode=2), OBJECT_INFO)) == ["1"]
     with pytest.raises(WorkflowFormatError, match=r"node 4 \(Trainer\) is bypassed.*Ctrl\+B"):
         ui_to_api(canvas(trainer_mode=4), OBJECT_INFO)
+
+
+def _appended(optional: dict) -> dict:
+    return {**OBJECT_INFO, "Trainer": {
+        "input": {"required": {"model": ["MODEL", {}], "steps": ["INT", {"default": 1}]}, "optional": optional},
+        "input_order": {"required": ["model", "steps"], "optional": list(optional)},
+        "output": ["LORA"], "name": "Trainer", "display_name": "Trainer"}}
+
+
+def test_a_workflow_saved_before_a_widget_was_appended_gets_its_default_as_the_canvas_gives_it():
+    info = _appended({"validate_every": ["INT", {"default": 50}]})
+    saved = {"nodes": [_node(1, "Loader", ["model.safetensors"]),
+                       _node(4, "Trainer", [7, 9], [{"name": "model", "type": "MODEL", "link": 1}])],
+             "links": [[1, 1, 0, 4, 0, "MODEL"]]}
+    assert ui_to_api(saved, info)["4"]["inputs"]["validate_every"] == 9
+    saved["nodes"][1]["widgets_values"] = [7]  # saved before validate_every existed
+    inputs = ui_to_api(saved, info)["4"]["inputs"]
+    assert inputs["steps"] == 7 and inputs["validate_every"] == 50
+    with pytest.raises(WorkflowFormatError, match="too few for 'label'"):  # no default to fall back on
+        ui_to_api(saved, _appended({"label": ["STRING", {}]}))
