@@ -25,6 +25,8 @@ from ..trainer_core.adapters.export import (
     save_lora,
     unique_path,
 )
+from ..trainer_core.data import regularization
+from ..trainer_core.data.masks import masks_note
 from ..trainer_core.fields import default_of, help_text
 from ..trainer_core.pictures.plots import loss_curve_image
 from ..trainer_core.training.checkpoints import CheckpointPolicy
@@ -161,6 +163,7 @@ class TrainLoRA(io.ComfyNode):
                 ),
                 # Optional sockets, so graphs without settings nodes train with the guides' defaults.
                 *[_settings_input(node) for node in SETTINGS_NODES],
+                Dataset.Input("regularization_images", optional=True, tooltip=regularization.REGULARIZATION_HELP),
             ],
             outputs=[
                 LoraModel.Output("lora", display_name="lora", tooltip="The trained LoRA: connect to Save LoRA or the strength sweep."),
@@ -199,7 +202,7 @@ class TrainLoRA(io.ComfyNode):
         seed: int, run_name: str, optimizer_settings: NodeSettings | None = None,
         loss_settings: NodeSettings | None = None, memory_settings: NodeSettings | None = None,
         adapter_settings: NodeSettings | None = None, sample_settings: NodeSettings | None = None,
-        text_encoder_settings: NodeSettings | None = None,
+        text_encoder_settings: NodeSettings | None = None, regularization_images=None,
     ) -> io.NodeOutput:
         families.check_trainable_family(model)  # before anything is cloned or loaded
         bridge.check_vae_fits(vae, model, "TrainLoRA: vae")
@@ -232,8 +235,12 @@ class TrainLoRA(io.ComfyNode):
         check_writable(run.checkpoints.folder)  # before training, not when the first checkpoint is due
         resume_from = _resume_state(run, run_name)
         started = time.time()
+        training_data = regularization.regularized(dataset, regularization_images, run.training.prior_loss_weight)
+        note = masks_note(training_data.items, run.training.masked_loss)
+        if note:
+            print(f"[LoRA Lab] TrainLoRA: {note}", flush=True)
         result, patcher, samples, base_weight_bytes = _train(
-            run, model, clip, vae, dataset, seed, optimizer, resume_from, cls.hidden.unique_id)
+            run, model, clip, vae, dataset, seed, optimizer, resume_from, cls.hidden.unique_id, training_data)
         weights = result.weights
         weights.metadata.update(training_metadata(
             run.lora, run.training, steps=result.steps, total_steps=result.total_steps,
@@ -247,6 +254,7 @@ class TrainLoRA(io.ComfyNode):
             clip_skip=bridge.effective_clip_skip(clip, run.training.clip_skip),
             processes=getattr(current_run_context().parallel, "world_size", 1),
         ))
+        weights.metadata.update(regularization.regularization_metadata(regularization_images, run.training.prior_loss_weight))
         if preset != CUSTOM:
             weights.metadata["lora_lab_preset"] = preset
         weights.metadata["lora_lab_optimizer"] = json.dumps(asdict(run.optimizer))
@@ -266,7 +274,7 @@ def _training_config(settings: dict[str, Any], **widgets: Any) -> TrainingConfig
     """TrainingConfig from Train LoRA's own values (``widgets``) and the settings nodes' values of its other fields."""
     names = ("text_encoder_lr", "clip_skip", "train_t5", "gradient_accumulation", "mixed_precision", "gradient_checkpointing",
              "min_snr_gamma", "noise_offset", "loss_type", "timestep_sampling", "multires_noise_iterations",
-             "ema_decay", "optimizer_state_on_cpu")
+             "ema_decay", "optimizer_state_on_cpu", "masked_loss", "prior_loss_weight")
     return TrainingConfig(**widgets, **{name: settings[name] for name in names})
 
 
@@ -283,8 +291,9 @@ def _resume_state(run: _Run, run_name: str) -> Path | None:
 
 
 def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resume_from: Path | None,
-           node_id: str | None):
-    """Train on a clone of ``model``; returns (result, the clone, the sample images, stored base-weight bytes)."""
+           node_id: str | None, training_data):
+    """Train on a clone of ``model``; returns (result, the clone, the sample images, stored base-weight bytes).
+    ``training_data`` is ``dataset``, or it with regularisation images."""
     settings, training = run.settings, run.training
     train_text = training.text_encoder_lr > 0
     text_key_namer = bridge.clip_key_namer(clip, training.train_t5) if train_text else default_text_key_name
@@ -308,14 +317,14 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
                            [denoiser.network, clip.cond_stage_model] if train_text else [denoiser.network])
     if samples.size_note:  # in the console already; on the node too, before the first step
         send_text(samples.size_note, node_id)
-    total = training.resolved_steps(samples_per_epoch(dataset), getattr(context.parallel, "world_size", 1))
+    total = training.resolved_steps(samples_per_epoch(training_data), getattr(context.parallel, "world_size", 1))
     on_step = StepListeners(*_logs(run, total) if context.is_main_process else (),
                             CanvasProgress(total, node_id, samples))
     try:
         result = train_lora(
-            denoiser, bridge.ComfyTextEncoder(clip), bridge.ComfyLatentCodec(vae, patcher), dataset,
-            run.lora, training, caption_for=dataset.caption_for,
-            random_captions=dataset.caption_options.is_random, key_namer=bridge.kohya_key_namer(patcher),
+            denoiser, bridge.ComfyTextEncoder(clip), bridge.ComfyLatentCodec(vae, patcher), training_data,
+            run.lora, training, caption_for=training_data.caption_for,
+            random_captions=regularization.random_captions(training_data), key_namer=bridge.kohya_key_namer(patcher),
             on_step=on_step, checkpoints=run.checkpoints,
             resume_from=resume_from, optimizer=run.optimizer, scheduler=run.scheduler,
             text_key_namer=text_key_namer, parallel=context.parallel,

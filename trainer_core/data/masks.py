@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -53,6 +54,22 @@ def mask_of(
             return mask, False
         bad_masks[mask] = problem
     return None, header.mode in ALPHA_MODES
+
+
+def masks_note(items: Sequence[Any], masked_loss: bool) -> str | None:
+    """Before training: an error when ``masked_loss`` is on and no image has a mask; a note when masks
+    exist but ``masked_loss`` is off (they are then ignored)."""
+    masked = sum(1 for item in items if item.mask_path is not None or item.alpha_mask)
+    if masked_loss and not masked:
+        raise ValueError(
+            "masked_loss is on (LoRA Lab Loss Settings), but no image has a mask: put a greyscale <name>_mask.png "
+            "beside each image (white = train, black = ignore) or give the images an alpha channel, and run Load "
+            "Dataset again; or turn masked_loss off."
+        )
+    if masked and not masked_loss:
+        return (f"{masked} image(s) have a loss mask (<name>_mask file or alpha channel), but masked_loss is off "
+                "(LoRA Lab Loss Settings): they train on every pixel.")
+    return None
 
 
 def check_mask_file(mask_path: Path, image: ImageHeader) -> tuple[str | None, str | None]:
