@@ -97,8 +97,8 @@ class TrainingConfig:
     multires_noise_discount: float = described("Multires noise: weight of each lower resolution (0.3 typical).", 0.3)
     weight_decay: float = described("AdamW weight decay.", 0.01)
     masked_loss: bool = described(
-        "Masked loss (kohya's --masked_loss): each image's mask weighs its loss, so masked-out pixels (black in"
-        " <name>_mask.png beside the image, or transparent in its alpha channel) teach nothing. The mask is"
+        "Masked loss (kohya's --masked_loss): each image's mask weighs its loss, so the loss ignores masked-out"
+        " pixels (black in <name>_mask.png beside the image, else transparent in its alpha channel). The mask is"
         " averaged over each latent cell; images without one train on every pixel. Off = masks are ignored.",
         False,
     )
