@@ -53,6 +53,16 @@ def _caption(name: str) -> dict:
     return {"tooltip": help_text(CaptionOptions, name)}
 
 
+def _role(prompt: dict | None, node_id: str | None) -> str:
+    """'Train LoRA's regularization_images: ' when this node's dataset feeds that input (errors then say
+    which of the two datasets is wrong), else ''."""
+    for node in (prompt or {}).values():
+        for name, value in node.get("inputs", {}).items():
+            if name == "regularization_images" and isinstance(value, list) and str(value[0]) == str(node_id):
+                return "Train LoRA's regularization_images (class images): "
+    return ""
+
+
 class LoadDataset(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -162,9 +172,11 @@ class LoadDataset(io.ComfyNode):
                 io.Image.Output(
                     "contact_sheet",
                     tooltip="Thumbnails of the dataset; red frame = damaged or "
-                    "duplicate, orange = no caption or smaller than the training size.",
+                    "duplicate, orange = no caption or smaller than the training size; blue tint = what a loss "
+                    "mask leaves out.",
                 ),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
@@ -270,13 +282,17 @@ class LoadDataset(io.ComfyNode):
             raise DatasetError(f"Load Dataset: {error}") from error
         path = resolve_folder(folder)
         folder_access.check_dataset_folder(path, "Load Dataset: folder")
-        dataset, report = load_checked_dataset(path, dataset_options, caption_options,
-                                               ReportOptions(sheet_images=sheet_images), folder_access.confine_to())
+        role = _role(cls.hidden.prompt, cls.hidden.unique_id)
+        try:
+            dataset, report = load_checked_dataset(path, dataset_options, caption_options,
+                                                   ReportOptions(sheet_images=sheet_images), folder_access.confine_to())
+        except DatasetError as error:
+            raise DatasetError(f"{role}{error}") from error
         summary = report.summary()
         if stop_on_errors and report.errors:
             problems = "\n".join(f"- {problem.message}" for problem in report.errors)
             raise DatasetError(
-                f"The dataset in {dataset.root} has problems that would waste the training run:\n{problems}\n"
+                f"{role}The dataset in {dataset.root} has problems that would waste the training run:\n{problems}\n"
                 "Fix them, or turn stop_on_errors off to train anyway."
             )
         sheet = torch.from_numpy(render_contact_sheet(dataset, report)).unsqueeze(0)

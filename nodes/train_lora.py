@@ -25,14 +25,16 @@ from ..trainer_core.adapters.export import (
     save_lora,
     unique_path,
 )
+from ..trainer_core.data import regularization
+from ..trainer_core.data.masks import masks_note
 from ..trainer_core.fields import default_of, help_text
 from ..trainer_core.pictures.plots import loss_curve_image
 from ..trainer_core.training.checkpoints import CheckpointPolicy
 from ..trainer_core.training.config import TrainingConfig
 from ..trainer_core.training.loop import NonFiniteLossError, samples_per_epoch, train_lora
-from ..trainer_core.training.memory import check_state_on_cpu, stored_weight_bytes
+from ..trainer_core.training.memory import stored_weight_bytes
 from ..trainer_core.training.metadata import training_metadata
-from ..trainer_core.training.optimizers import OPTIMIZER_CHOICES, OptimizerConfig, check_optimizer_available
+from ..trainer_core.training.optimizers import OPTIMIZER_CHOICES, OptimizerConfig
 from ..trainer_core.training.presets import CUSTOM, PRESET_CHOICES, preset_family_warning
 from ..trainer_core.training.schedulers import SCHEDULER_CHOICES, SchedulerConfig
 from ..trainer_core.training.text_encoder_parts import skipped_text_encoders_note
@@ -42,6 +44,7 @@ from . import bridge, families, train_validation
 from .key_formats import key_format
 from .optimizer_settings import LoRALabOptimizerSettings, optimizer_config
 from .run_context import current_run_context
+from .train_checks import SETTINGS_NODES, combination_problem, refuse_moved_inputs
 from .train_progress import (
     CanvasProgress,
     ConsoleProgress,
@@ -52,26 +55,13 @@ from .train_progress import (
 )
 from .train_settings import (
     LoRALabAdapterSettings,
-    LoRALabLossSettings,
     LoRALabMemorySettings,
-    LoRALabSampleSettings,
-    LoRALabTextEncoderSettings,
     NodeSettings,
     declared_defaults,
     merged_settings,
-    moved_inputs_message,
 )
 from .types import Dataset, LoraModel
 
-# In the order of Train LoRA's settings inputs.
-SETTINGS_NODES = [
-    LoRALabOptimizerSettings,
-    LoRALabLossSettings,
-    LoRALabMemorySettings,
-    LoRALabAdapterSettings,
-    LoRALabSampleSettings,
-    LoRALabTextEncoderSettings,
-]
 _NOT_CONNECTED: Any = object()  # validate_inputs: an unconnected input is not passed, a linked one is None
 
 
@@ -165,6 +155,7 @@ class TrainLoRA(io.ComfyNode):
                 # Optional sockets, so graphs without settings nodes train with the guides' defaults.
                 *[_settings_input(node) for node in SETTINGS_NODES],
                 train_validation.validation_images_input(),
+                Dataset.Input("regularization_images", optional=True, tooltip=regularization.REGULARIZATION_HELP),
             ],
             outputs=[
                 LoraModel.Output("lora", display_name="lora", tooltip="The trained LoRA: connect to Save LoRA or the strength sweep."),
@@ -205,6 +196,7 @@ class TrainLoRA(io.ComfyNode):
         loss_settings: NodeSettings | None = None, memory_settings: NodeSettings | None = None,
         adapter_settings: NodeSettings | None = None, sample_settings: NodeSettings | None = None,
         text_encoder_settings: NodeSettings | None = None, validation_images=None,
+        regularization_images=None,
     ) -> io.NodeOutput:
         families.check_trainable_family(model)  # before anything is cloned or loaded
         bridge.check_vae_fits(vae, model, "TrainLoRA: vae")
@@ -240,8 +232,12 @@ class TrainLoRA(io.ComfyNode):
         check_writable(run.checkpoints.folder)  # before training, not when the first checkpoint is due
         resume_from = _resume_state(run, run_name)
         started = time.time()
+        training_data = regularization.regularized(dataset, regularization_images, run.training.prior_loss_weight)
+        note = masks_note(training_data.items, run.training.masked_loss)
+        if note:
+            print(f"[LoRA Lab] TrainLoRA: {note}", flush=True)
         result, patcher, samples, base_weight_bytes = _train(
-            run, model, clip, vae, dataset, seed, optimizer, resume_from, cls.hidden.unique_id)
+            run, model, clip, vae, dataset, seed, optimizer, resume_from, cls.hidden.unique_id, training_data)
         weights = result.weights
         weights.metadata.update(training_metadata(
             run.lora, run.training, steps=result.steps, total_steps=result.total_steps,
@@ -255,6 +251,7 @@ class TrainLoRA(io.ComfyNode):
             clip_skip=bridge.effective_clip_skip(clip, run.training.clip_skip),
             processes=getattr(current_run_context().parallel, "world_size", 1),
         ))
+        weights.metadata.update(regularization.regularization_metadata(regularization_images, run.training.prior_loss_weight))
         if preset != CUSTOM:
             weights.metadata["lora_lab_preset"] = preset
         weights.metadata["lora_lab_optimizer"] = json.dumps(asdict(run.optimizer))
@@ -276,7 +273,7 @@ def _training_config(settings: dict[str, Any], **widgets: Any) -> TrainingConfig
     """TrainingConfig from Train LoRA's own values (``widgets``) and the settings nodes' values of its other fields."""
     names = ("text_encoder_lr", "clip_skip", "train_t5", "gradient_accumulation", "mixed_precision", "gradient_checkpointing",
              "min_snr_gamma", "noise_offset", "loss_type", "timestep_sampling", "multires_noise_iterations",
-             "ema_decay", "optimizer_state_on_cpu")
+             "ema_decay", "optimizer_state_on_cpu", "masked_loss", "prior_loss_weight")
     return TrainingConfig(**widgets, **{name: settings[name] for name in names})
 
 
@@ -293,8 +290,9 @@ def _resume_state(run: _Run, run_name: str) -> Path | None:
 
 
 def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resume_from: Path | None,
-           node_id: str | None):
-    """Train on a clone of ``model``; returns (result, the clone, the sample images, stored base-weight bytes)."""
+           node_id: str | None, training_data):
+    """Train on a clone of ``model``; returns (result, the clone, the sample images, stored base-weight bytes).
+    ``training_data`` is ``dataset``, or it with regularisation images."""
     settings, training = run.settings, run.training
     train_text = training.text_encoder_lr > 0
     text_key_namer = bridge.clip_key_namer(clip, training.train_t5) if train_text else default_text_key_name
@@ -318,14 +316,14 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
                            [denoiser.network, clip.cond_stage_model] if train_text else [denoiser.network])
     if samples.size_note:  # in the console already; on the node too, before the first step
         send_text(samples.size_note, node_id)
-    total = training.resolved_steps(samples_per_epoch(dataset), getattr(context.parallel, "world_size", 1))
+    total = training.resolved_steps(samples_per_epoch(training_data), getattr(context.parallel, "world_size", 1))
     on_step = StepListeners(*_logs(run, total) if context.is_main_process else (),
                             CanvasProgress(total, node_id, samples))
     try:
         result = train_lora(
-            denoiser, bridge.ComfyTextEncoder(clip), bridge.ComfyLatentCodec(vae, patcher), dataset,
-            run.lora, training, caption_for=dataset.caption_for,
-            random_captions=dataset.caption_options.is_random, key_namer=bridge.kohya_key_namer(patcher),
+            denoiser, bridge.ComfyTextEncoder(clip), bridge.ComfyLatentCodec(vae, patcher), training_data,
+            run.lora, training, caption_for=training_data.caption_for,
+            random_captions=regularization.random_captions(training_data), key_namer=bridge.kohya_key_namer(patcher),
             on_step=on_step, checkpoints=run.checkpoints,
             resume_from=resume_from, optimizer=run.optimizer, scheduler=run.scheduler,
             text_key_namer=text_key_namer, parallel=context.parallel,
@@ -345,44 +343,6 @@ def _logs(run: _Run, total: int) -> tuple[TrainingLog, ConsoleProgress]:
     """The main process's log of the run (CSV and TensorBoard beside its checkpoints) and console progress."""
     csv_path, tensorboard_folder = log_paths(run.checkpoints.folder, run.checkpoints.stem)
     return TrainingLog(csv_path, tensorboard_folder), ConsoleProgress(total)
-
-
-def refuse_moved_inputs(prompt: dict[str, Any] | None, node_id: str | None) -> None:
-    """An API graph written before the settings nodes may still give Train LoRA a moved input, which
-    ComfyUI drops without a word: stop, and say where each one lives now."""
-    if not prompt or node_id is None:
-        return
-    given = prompt.get(node_id, {}).get("inputs", {})
-    message = moved_inputs_message(SETTINGS_NODES, given)
-    if message is not None:
-        raise ValueError(message)
-
-
-def combination_problem(optimizer: str | None, adapter_type: str | None, settings: dict[str, Any]) -> str | None:
-    """Why Train LoRA's optimizer and adapter type cannot train with these settings-node values (None if they
-    can). ``settings`` holds the values known so far: a setting missing from it is not checked."""
-    if adapter_type is not None:
-        try:
-            LoRAConfig(adapter=adapter_type, dropout=settings.get("lora_dropout") or 0.0)
-        except ValueError as error:
-            return f"adapter_type: {error}"
-    if optimizer is not None and settings.get("optimizer_state_on_cpu"):
-        try:
-            check_state_on_cpu(optimizer, True)
-        except ValueError as error:
-            return str(error)
-    problem = bridge.base_weights_problem(settings.get("base_weights"))
-    if problem is not None:
-        return problem
-    if optimizer is None or settings.get("allow_8bit_fallback", True):
-        return None
-    import comfy.model_management
-
-    try:
-        check_optimizer_available(OptimizerConfig(name=optimizer), comfy.model_management.get_torch_device())
-    except (ImportError, RuntimeError, ValueError) as error:
-        return f"optimizer: {error}"
-    return None
 
 
 def _checkpoint_steps(result) -> list[int]:

@@ -104,6 +104,11 @@ class LoRALabLossSettings(SettingsNode):
                            tooltip=_train_help("timestep_sampling")),
             io.Int.Input("multires_noise_iterations", default=0, min=0, max=16,
                          tooltip=_train_help("multires_noise_iterations")),
+            # Optional, so API graphs saved before them still validate (execute fills in their defaults).
+            io.Boolean.Input("masked_loss", default=default_of(TrainingConfig, "masked_loss"), optional=True,
+                             tooltip=_train_help("masked_loss")),
+            io.Float.Input("prior_loss_weight", default=default_of(TrainingConfig, "prior_loss_weight"), min=0.0,
+                           max=100.0, step=0.05, optional=True, tooltip=_train_help("prior_loss_weight")),
         ])
 
 

@@ -19,9 +19,9 @@ TRAIN_LORA_INPUTS = [
     "model", "clip", "vae", "dataset", "preset", "trigger_word", "adapter_type", "rank", "alpha", "learning_rate",
     "optimizer", "lr_scheduler", "steps", "epochs", "batch_size", "seed", "run_name",
     "optimizer_settings", "loss_settings", "memory_settings", "adapter_settings", "sample_settings",
-    "text_encoder_settings", "validation_images",
+    "text_encoder_settings", "validation_images", "regularization_images",
 ]
-SOCKETS = ("model", "clip", "vae", "dataset", "validation_images")
+SOCKETS = ("model", "clip", "vae", "dataset", "validation_images", "regularization_images")
 
 
 def _pack():
@@ -38,8 +38,8 @@ def test_train_lora_keeps_the_guides_settings_in_order_and_takes_the_rest_throug
     widgets = [e.id for e in inputs if not e.id.endswith("_settings") and e.id not in SOCKETS]
     assert len(widgets) == 13
     assert all(e.optional for e in inputs if e.id.endswith("_settings"))
-    assert [node.SOCKET for node in train_lora.SETTINGS_NODES] == TRAIN_LORA_INPUTS[-7:-1]
-    assert inputs[-1].optional  # validation_images: appended last, optional
+    assert [node.SOCKET for node in train_lora.SETTINGS_NODES] == [i for i in TRAIN_LORA_INPUTS if i.endswith("_settings")]
+    assert inputs[-1].optional and inputs[-2].optional  # validation_images, regularization_images: appended
 
 
 def test_unconnected_settings_mean_the_core_defaults():
@@ -120,3 +120,17 @@ def test_an_api_graph_saved_before_train_t5_still_validates_and_means_train_t5_o
     given = node.execute(text_encoder_lr=5e-5, clip_skip=1).result[0].as_dict()
     assert given == {"text_encoder_lr": 5e-5, "clip_skip": 1, "train_t5": False}
     assert node.execute(text_encoder_lr=5e-5, clip_skip=1, train_t5=True).result[0].as_dict()["train_t5"] is True
+
+
+def test_a_loss_settings_node_saved_before_masked_loss_means_off_and_prior_weight_one():
+    _, train_settings = _pack()
+    node = train_settings.LoRALabLossSettings
+    entries = {e.id: e for e in node.GET_SCHEMA().inputs}
+    assert list(entries)[-2:] == ["masked_loss", "prior_loss_weight"]  # appended: saved widget values keep their places
+    assert entries["masked_loss"].optional and entries["prior_loss_weight"].optional
+    old = dict(min_snr_gamma=5.0, noise_offset=0.0, loss_type="mse", timestep_sampling="uniform",
+               multires_noise_iterations=0)
+    given = node.execute(**old).result[0].as_dict()
+    assert given["masked_loss"] is False and given["prior_loss_weight"] == 1.0
+    given = node.execute(**old, masked_loss=True, prior_loss_weight=0.5).result[0].as_dict()
+    assert given["masked_loss"] is True and given["prior_loss_weight"] == 0.5

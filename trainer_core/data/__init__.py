@@ -2,7 +2,8 @@
 
 Scanning folders for images (``dataset_folder``, ``image_files``), captions' text (sidecar ``.txt``
 files, trigger word, shuffling, dropout, tags: ``captions``), repeats and aspect-ratio buckets
-(``dataset``, ``buckets``), and the checks and report a person reads before training
+(``dataset``, ``buckets``), loss masks (``masks``), regularisation images balanced against the training
+images (``regularization``), and the checks and report a person reads before training
 (``dataset_report``, ``report_text``, ``image_fingerprints``); images held out for validation
 (``validation_split``).
 

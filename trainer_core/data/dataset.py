@@ -3,6 +3,7 @@
 Layout (kohya's): images with same-name ``.txt`` captions (``cat.png`` + ``cat.txt``), in the folder
 or in nested folders; a folder named ``N_name`` (``10_cat``) gives the images below it N repeats.
 Files and folders whose names start with '.' are ignored (``.ipynb_checkpoints``, macOS ``._x.png``).
+A ``<name>_mask.png`` beside an image, or else its alpha channel, is its loss mask (``masks``).
 
 ``load_dataset`` reads only image headers, so a folder of thousands of images is scanned in seconds
 and never held in memory; ``Dataset.load_image`` decodes one image at its bucket size when the
@@ -18,7 +19,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -29,7 +29,7 @@ import numpy as np
 
 from .buckets import Size, closest_bucket, make_buckets
 from .captions import CaptionOptions, process_caption, read_caption_file, tag_frequencies
-from .dataset_folder import find_images, inside
+from .dataset_folder import find_images, inside, repeat_warnings, repeats_of
 from .image_files import (
     SUPPORTED_EXTENSIONS,
     Color,
@@ -39,13 +39,12 @@ from .image_files import (
     resize_to_bucket,
     to_float_array,
 )
+from .masks import load_mask, mask_of
 
 logger = logging.getLogger(__name__)
 
 OnBadFile = Literal["error", "skip"]
 ON_BAD_FILE_CHOICES: tuple[str, ...] = ("error", "skip")
-_REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
-_MANY_REPEATS = 100
 _HOW_TO_LAY_OUT = (
     "Put .png/.jpg/.webp files with same-name .txt captions in it (cat.png + cat.txt); "
     "kohya folders like 10_cat/ give their images 10 repeats."
@@ -156,6 +155,8 @@ class DatasetItem:
     bucket: Size  # training (width, height)
     caption_path: Path | None = None  # the .txt the caption came from, if any
     folder: str = ""  # the kohya folder it belongs to ('10_cat'), '' for images outside one
+    mask_path: Path | None = None  # its loss mask, <name>_mask.png beside it (see masks.py)
+    alpha_mask: bool = False  # without a mask file: its own alpha channel is its loss mask
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,17 @@ class Dataset:
     caption_options: CaptionOptions = field(default_factory=CaptionOptions)
     warnings: tuple[str, ...] = ()
     skipped: tuple[SkippedFile, ...] = ()
+    bad_masks: tuple[SkippedFile, ...] = ()  # mask files left out (their images train without them)
+
+    def load_mask(self, item: DatasetItem) -> np.ndarray | None:
+        """The item's loss mask, float32 HxW in [0, 1] at its bucket size (cut as its image is); None without one."""
+        if item.mask_path is None and not item.alpha_mask:
+            return None
+        path, of_image = (item.mask_path, False) if item.mask_path is not None else (item.image_path, True)
+        try:
+            return load_mask(path, item.size, item.bucket, self.options.center_crop, of_image)
+        except (ImageFileError, OSError) as error:
+            raise DatasetError(f"mask {path} cannot be read any more ({error}): run LoadDataset again") from error
 
     def load_image(self, item: DatasetItem) -> np.ndarray:
         """The item's pixels: float32 HxWx3 in [0, 1] at exactly its bucket size (H = bucket[1])."""
@@ -273,6 +285,8 @@ def load_dataset(
         )
 
     bucket_sizes = options.bucket_sizes()
+    listings: dict[Path, list[str]] = {}
+    bad_masks: dict[Path, str] = {}
     items: list[DatasetItem] = []
     skipped: list[SkippedFile] = []
     for path in image_paths:
@@ -288,7 +302,8 @@ def load_dataset(
             warnings.append(f"skipped {path}: {error.reason}")
             continue
         caption, caption_path = _caption_of(path, warnings, confine_to)
-        folder, repeats = _repeats_of(path, root)
+        folder, repeats = repeats_of(path, root)
+        mask_path, alpha_mask = mask_of(path, header, listings, warnings, bad_masks, confine_to)
         items.append(
             DatasetItem(
                 image_path=path,
@@ -299,6 +314,8 @@ def load_dataset(
                 bucket=closest_bucket(header.size, bucket_sizes),
                 caption_path=caption_path,
                 folder=folder,
+                mask_path=mask_path,
+                alpha_mask=alpha_mask,
             )
         )
     if not items:
@@ -307,7 +324,7 @@ def load_dataset(
             f"None of the {len(image_paths)} image(s) in {root} could be read (first: {first_path}: "
             f"{first_reason}). Replace the damaged files. {_HOW_TO_LAY_OUT}"
         )
-    warnings.extend(_repeat_warnings(items))
+    warnings.extend(repeat_warnings((item.folder, item.repeats) for item in items))
     for message in warnings:
         logger.warning("LoadDataset: %s", message)
     return Dataset(
@@ -318,6 +335,7 @@ def load_dataset(
         options=options,
         warnings=tuple(warnings),
         skipped=tuple(skipped),
+        bad_masks=tuple(SkippedFile(path, reason) for path, reason in bad_masks.items()),
     )
 
 
@@ -340,25 +358,6 @@ def _caption_of(image_path: Path, warnings: list[str], confine_to: Sequence[Path
     if warning:
         warnings.append(warning)
     return text, caption_path
-
-
-def _repeats_of(image_path: Path, root: Path) -> tuple[str, int]:
-    """The nearest enclosing ``N_name`` folder below ``root`` and its N (1 if there is none)."""
-    parts = image_path.parent.relative_to(root).parts
-    for index in range(len(parts) - 1, -1, -1):
-        match = _REPEAT_FOLDER.match(parts[index])
-        if match and int(match.group(1)) > 0:
-            return "/".join(parts[: index + 1]), int(match.group(1))
-    return "", 1
-
-
-def _repeat_warnings(items: list[DatasetItem]) -> list[str]:
-    many = sorted({(item.folder, item.repeats) for item in items if item.repeats > _MANY_REPEATS})
-    return [
-        f"folder {folder} gives its images {repeats} repeats (kohya's N_name rule); rename it if the number"
-        " is not meant as a repeat count (a year, an id)"
-        for folder, repeats in many
-    ]
 
 
 def _content_hash(root: Path, items: list[DatasetItem], options: DatasetOptions) -> str:
@@ -386,6 +385,9 @@ def _content_hash(root: Path, items: list[DatasetItem], options: DatasetOptions)
             item.repeats,
             list(item.bucket),
         ]
+        if item.mask_path is not None or item.alpha_mask:  # only then: hashes of datasets without masks stay
+            mask_stat = (item.mask_path or item.image_path).stat()
+            record += [str(item.mask_path and item.mask_path.name), mask_stat.st_size, mask_stat.st_mtime_ns]
         digest.update(json.dumps(record, ensure_ascii=False).encode())
         digest.update(b"\n")
     return digest.hexdigest()[:16]

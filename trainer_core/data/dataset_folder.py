@@ -1,7 +1,8 @@
 """Finding a dataset's image files: a walk that follows links but never loops, in natural order.
 
 Files and folders whose names start with '.' are skipped (``.ipynb_checkpoints``, macOS ``._x.png``).
-``folder_fingerprint`` tells whether any image or caption file changed without opening one.
+Mask files (``<name>_mask.png`` beside ``<name>.png``, see ``masks``) are not images to train on.
+``folder_fingerprint`` tells whether any image, caption or mask file changed without opening one.
 """
 
 from __future__ import annotations
@@ -9,18 +10,21 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .image_files import SUPPORTED_EXTENSIONS
 
 _DIGITS = re.compile(r"(\d+)")
+_REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
+MASK_SUFFIX = "_mask"
+_MANY_REPEATS = 100
 
 
 def folder_fingerprint(folder: str | Path) -> str:
     """A cheap fingerprint of a dataset folder's files (names, sizes, modification times; no reading).
 
-    It changes when an image or caption file is added, removed, renamed or rewritten: a node can
+    It changes when an image, caption or mask file is added, removed, renamed or rewritten: a node can
     tell ComfyUI to run again without scanning the images. '' when the folder does not exist.
     """
     root = Path(folder).expanduser()
@@ -28,8 +32,11 @@ def folder_fingerprint(folder: str | Path) -> str:
         return ""
     digest = hashlib.sha256()
     images, _ = find_images(root, [])
+    listings: dict[Path, list[str]] = {}
     for path in images:
-        for file in (path, path.with_suffix(".txt")):
+        for file in (path, path.with_suffix(".txt"), find_mask_file(path, listings)):
+            if file is None:
+                continue
             try:
                 stat = file.stat()
             except OSError:
@@ -78,13 +85,62 @@ def find_images(root: Path, warnings: list[str], confine_to: Sequence[Path] = ()
                                     "server may read")
             dirnames[:] = [name for name in dirnames if inside(Path(dirpath) / name, confine_to)]
             names = [name for name in names if inside(Path(dirpath) / name, confine_to)]
+        masks = mask_files(names)
         for name in names:
+            if name in masks:
+                continue
             if os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS:
                 images.append(Path(dirpath) / name)
             elif not name.lower().endswith(".txt"):
                 other_count += 1
     images.sort(key=lambda path: natural_key(path.relative_to(root).as_posix()))
     return images, other_count
+
+
+def mask_files(names: Iterable[str]) -> set[str]:
+    """The names among ``names`` (files of one folder) that are masks: ``X_mask.<ext>`` beside an image ``X.<ext>``."""
+    images = [name for name in names if os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS]
+    stems = {os.path.splitext(name)[0] for name in images}
+    return {
+        name for name in images
+        if os.path.splitext(name)[0].endswith(MASK_SUFFIX) and os.path.splitext(name)[0][: -len(MASK_SUFFIX)] in stems
+    }
+
+
+def find_mask_file(image_path: Path, folder_names: dict[Path, list[str]]) -> Path | None:
+    """``<name>_mask.<ext>`` beside ``image_path`` (.png preferred), or None. ``folder_names`` caches each
+    folder's listing, so a folder of thousands of images is listed once."""
+    folder = image_path.parent
+    if folder not in folder_names:
+        try:
+            folder_names[folder] = sorted(os.listdir(folder))
+        except OSError:
+            folder_names[folder] = []
+    wanted = image_path.stem + MASK_SUFFIX
+    candidates = [name for name in folder_names[folder]
+                  if os.path.splitext(name)[0] == wanted and os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS]
+    candidates.sort(key=lambda name: os.path.splitext(name)[1].lower() != ".png")
+    return folder / candidates[0] if candidates else None
+
+
+def repeats_of(image_path: Path, root: Path) -> tuple[str, int]:
+    """The nearest enclosing ``N_name`` folder below ``root`` and its N (1 if there is none)."""
+    parts = image_path.parent.relative_to(root).parts
+    for index in range(len(parts) - 1, -1, -1):
+        match = _REPEAT_FOLDER.match(parts[index])
+        if match and int(match.group(1)) > 0:
+            return "/".join(parts[: index + 1]), int(match.group(1))
+    return "", 1
+
+
+def repeat_warnings(folder_repeats: Iterable[tuple[str, int]]) -> list[str]:
+    """Warnings for ``(folder, repeats)`` pairs whose repeat count looks like a year or an id, not a count."""
+    many = sorted({(folder, repeats) for folder, repeats in folder_repeats if repeats > _MANY_REPEATS})
+    return [
+        f"folder {folder} gives its images {repeats} repeats (kohya's N_name rule); rename it if the number"
+        " is not meant as a repeat count (a year, an id)"
+        for folder, repeats in many
+    ]
 
 
 def natural_key(text: str) -> list[tuple[int, int | str]]:

@@ -112,6 +112,9 @@ class DatasetReport:
     sheet_items: tuple[int, ...] = ()  # indices into dataset.items shown on the contact sheet
     thumbnails: tuple[Image.Image, ...] = field(default=(), repr=False, compare=False)
     fingerprints: dict[Path, ImageFingerprint] = field(default_factory=dict, repr=False, compare=False)
+    mask_files: tuple[Path, ...] = ()  # images with a <name>_mask file (masks.py)
+    alpha_masks: tuple[Path, ...] = ()  # images whose alpha channel is their mask
+    bad_masks: dict[Path, str] = field(default_factory=dict)  # mask files left out -> why
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -170,6 +173,9 @@ def inspect_dataset(
         sheet_items=tuple(sheet),
         thumbnails=tuple(prints[i].thumbnail or _placeholder(options.thumbnail_size) for i in sheet),
         fingerprints={p.path: p for p in prints},
+        mask_files=tuple(item.image_path for item in items if item.mask_path is not None),
+        alpha_masks=tuple(item.image_path for item in items if item.mask_path is None and item.alpha_mask),
+        bad_masks={bad.path: bad.reason for bad in dataset.bad_masks},
     )
     return replace(report, problems=find_problems(report, captioned))
 
@@ -262,6 +268,11 @@ def find_problems(report: DatasetReport, dataset: Dataset) -> tuple[Problem, ...
             more = f" and {len(groups) - 3} more group(s)" if len(groups) > 3 else ""
             add("warning", f"{len(groups)} group(s) of {kind} ({len(files)} images): {shown}{more}. Duplicates "
                 "train more often than the rest; keep one of each unless that is what you want.", files)  # fmt: skip
+    if report.bad_masks:
+        files = tuple(report.bad_masks)
+        named = "; ".join(f"{listing([path], root=root)}: {why}" for path, why in list(report.bad_masks.items())[:5])
+        add("warning", f"{len(files)} mask file(s) cannot be used, their images train without them: {named}"
+            f"{' and more' if len(files) > 5 else ''}.", files)  # fmt: skip
     if dataset.skipped:
         files = tuple(skipped.path for skipped in dataset.skipped)
         add("warning", f"{len(files)} unreadable image(s) left out: {listing(files, root=root)}.", files)

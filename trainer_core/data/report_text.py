@@ -48,6 +48,13 @@ def format_report(report: DatasetReport) -> str:
         )
     else:
         lines.append("No trigger word set: the LoRA is called up by the captions' own words.")
+    masked = len(report.mask_files) + len(report.alpha_masks)
+    if masked or report.bad_masks:
+        lines.append(
+            f"Masks: {masked} of {report.image_count} images have a loss mask ({len(report.mask_files)} <name>_mask "
+            f"files, {len(report.alpha_masks)} alpha channels; {len(report.bad_masks)} mask files unusable); "
+            "Train LoRA uses them when masked_loss is on (LoRA Lab Loss Settings)."
+        )
     lines.append(
         f"Duplicates: {len(report.exact_duplicates)} group(s) of identical files, "
         f"{len(report.near_duplicates)} group(s) of near-identical pictures."

@@ -3,7 +3,8 @@
 Thumbnails come from the report (read once, at most ``ReportOptions.sheet_images`` of them), so the
 sheet costs no extra decoding. Each cell shows the picture fitted into a square, its number and
 training size; a red frame marks damaged or duplicated images, an orange one images without a
-caption or smaller than their training size.
+caption or smaller than their training size. Where an image has a loss mask (``data.masks``), the
+pixels the loss ignores are tinted blue and its label ends in 'mask'.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..data.dataset import Dataset
+from ..data.dataset import Dataset, DatasetItem
 from ..data.dataset_report import DatasetReport
+from ..data.image_files import ImageFileError
+from ..data.masks import mask_thumbnail
 
 RED = (220, 40, 40)
 ORANGE = (240, 150, 20)
@@ -24,6 +27,7 @@ _LABEL_HEIGHT = 16
 _GAP = 4
 _FRAME = 3
 _HEADER_HEIGHT = 22
+MASKED_TINT = (40, 70, 200)  # over the pixels a loss mask leaves out
 
 
 def render_contact_sheet(dataset: Dataset, report: DatasetReport, columns: int = 0) -> np.ndarray:
@@ -52,6 +56,8 @@ def contact_sheet_image(dataset: Dataset, report: DatasetReport, columns: int = 
         f"{shown} | {len(report.bucket_histogram)} buckets | "
         f"{len(report.errors)} errors | {len(report.warnings)} warnings"
     )
+    if report.mask_files or report.alpha_masks:
+        header += f" | {len(report.mask_files) + len(report.alpha_masks)} masks (blue = not trained)"
     draw.text((_GAP, 4), header, fill=_TEXT, font=font)
 
     red, orange = _marked_paths(report)
@@ -59,13 +65,28 @@ def contact_sheet_image(dataset: Dataset, report: DatasetReport, columns: int = 
         item = dataset.items[index]
         left = _GAP + (position % columns) * (cell + _GAP)
         top = _HEADER_HEIGHT + (position // columns) * (cell + _LABEL_HEIGHT + _GAP)
+        thumbnail, masked = _with_mask(thumbnail, item)
         sheet.paste(thumbnail, (left + (cell - thumbnail.width) // 2, top + (cell - thumbnail.height) // 2))
         colour = RED if item.image_path in red else ORANGE if item.image_path in orange else None
         if colour is not None:
             draw.rectangle((left, top, left + cell - 1, top + cell - 1), outline=colour, width=_FRAME)
-        label = f"#{index + 1} {item.bucket[0]}x{item.bucket[1]}"
+        label = f"#{index + 1} {item.bucket[0]}x{item.bucket[1]}" + (" mask" if masked else "")
         draw.text((left + 1, top + cell + 2), label, fill=colour or _TEXT, font=font)
     return sheet
+
+
+def _with_mask(thumbnail: Image.Image, item: DatasetItem) -> tuple[Image.Image, bool]:
+    """The thumbnail with what its loss mask leaves out tinted, and whether it has a mask that does."""
+    if item.mask_path is None and not item.alpha_mask:
+        return thumbnail, False
+    try:
+        mask = mask_thumbnail(item.mask_path or item.image_path, thumbnail.size, item.mask_path is None)
+    except (ImageFileError, OSError):
+        return thumbnail, False
+    if mask.getextrema() == (255, 255):  # an opaque alpha channel leaves nothing out
+        return thumbnail, False
+    tinted = Image.blend(thumbnail.convert("RGB"), Image.new("RGB", thumbnail.size, MASKED_TINT), 0.6)
+    return Image.composite(thumbnail.convert("RGB"), tinted, mask), True
 
 
 def _marked_paths(report: DatasetReport) -> tuple[set, set]:

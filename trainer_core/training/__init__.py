@@ -5,7 +5,7 @@ optimizer, scheduler, moving average and random streams), ``step`` (one optimize
 ``bookkeeping`` (export, checkpoints, the resume state), ``epochs`` (batches from the dataset) and
 ``results`` (step reports, the result, errors), ``parallel`` (the run's processes: one, or those
 ``accelerate launch`` started, for data parallel training); ``losses`` (noise, noise levels, targets in the
-model's prediction space, min-SNR), ``optimizers`` (with ``optimizer_packages``: the optional
+model's prediction space, min-SNR), ``masked_loss`` (masks at latent size), ``optimizers`` (with ``optimizer_packages``: the optional
 packages some of them need), ``optimizer_settings``, ``schedulers``, ``ema``, ``memory`` and
 ``memory_estimate`` (memory options and the estimate before the first step), ``checkpoints``,
 ``text_encoder`` (a LoRA in the text encoders) with ``text_encoder_parts`` (which of them: CLIP, T5 with

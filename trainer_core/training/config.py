@@ -96,6 +96,17 @@ class TrainingConfig:
     )
     multires_noise_discount: float = described("Multires noise: weight of each lower resolution (0.3 typical).", 0.3)
     weight_decay: float = described("AdamW weight decay.", 0.01)
+    masked_loss: bool = described(
+        "Masked loss (kohya's --masked_loss): each image's mask weighs its loss, so the loss ignores masked-out"
+        " pixels (black in <name>_mask.png beside the image, else transparent in its alpha channel). The mask is"
+        " averaged over each latent cell; images without one train on every pixel. Off = masks are ignored.",
+        False,
+    )
+    prior_loss_weight: float = described(
+        "Weight of the regularisation (class) images' loss against the training images' (kohya's"
+        " prior_loss_weight, 1.0). Only with regularization_images connected on Train LoRA.",
+        1.0,
+    )
     max_grad_norm: float = described("Clip the gradient norm to this value (0 = no clipping).", 1.0)
 
     def __post_init__(self) -> None:
@@ -111,7 +122,7 @@ class TrainingConfig:
         if not isinstance(self.multires_noise_iterations, int) or self.multires_noise_iterations < 0:
             raise ValueError(f"multires_noise_iterations must be 0 or more, got {self.multires_noise_iterations!r}")
         for name in ("learning_rate", "text_encoder_lr", "min_snr_gamma", "noise_offset", "weight_decay", "max_grad_norm", "huber_c",
-                     "multires_noise_discount"):
+                     "multires_noise_discount", "prior_loss_weight"):
             value = getattr(self, name)
             if not value >= 0 or value == float("inf"):
                 raise ValueError(f"{name} must be a finite number of 0 or more, got {value!r}")

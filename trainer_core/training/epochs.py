@@ -1,5 +1,9 @@
 """How the loop reads a dataset: the ``TrainingData`` protocol, the caption function, and the endless
-shuffled epochs of batches (a pure function of the seed, so a resumed run can skip to any step)."""
+shuffled epochs of batches (a pure function of the seed, so a resumed run can skip to any step).
+
+A dataset may also say which items each epoch trains (``epoch_indices(epoch)``; default: every item
+``repeats`` times) and weigh each item's loss (``loss_weights``; default 1): regularisation images
+(``trainer_core.data.regularization``) use both."""
 
 from __future__ import annotations
 
@@ -38,8 +42,8 @@ def batches(data: TrainingData, batch_size: int, seed: int) -> Iterator[list[int
     while True:
         generator = random.Random(f"{seed}:{epoch}")
         by_bucket: dict[tuple[int, int], list[int]] = {}
-        for index, item in enumerate(data.items):
-            by_bucket.setdefault(tuple(item.bucket), []).extend([index] * max(1, int(item.repeats)))
+        for index in epoch_indices(data, epoch):
+            by_bucket.setdefault(tuple(data.items[index].bucket), []).append(index)
         epoch_batches: list[list[int]] = []
         for indices in by_bucket.values():
             generator.shuffle(indices)
@@ -49,5 +53,19 @@ def batches(data: TrainingData, batch_size: int, seed: int) -> Iterator[list[int
         epoch += 1
 
 
+def epoch_indices(data: TrainingData, epoch: int) -> list[int]:
+    """The item indices epoch ``epoch`` trains, each as often as it is trained."""
+    chosen = getattr(data, "epoch_indices", None)
+    if chosen is not None:
+        return list(chosen(epoch))
+    return [index for index, item in enumerate(data.items) for _ in range(max(1, int(item.repeats)))]
+
+
+def loss_weights(data: TrainingData) -> list[float]:
+    """Each item's loss weight (``prior_loss_weight`` for regularisation images; 1 otherwise)."""
+    weights = getattr(data, "loss_weights", None)
+    return [1.0] * len(data.items) if weights is None else list(weights)
+
+
 def samples_per_epoch(data: TrainingData) -> int:
-    return sum(max(1, int(item.repeats)) for item in data.items)
+    return len(epoch_indices(data, 0))

@@ -32,6 +32,7 @@ from .checkpoints import CheckpointPolicy, load_training_state
 from .config import MIXED_PRECISION_CHOICES, TrainingConfig
 from .encoding import TextCache, encode_latents
 from .epochs import CaptionFunction, TrainingData, samples_per_epoch
+from .masked_loss import latent_masks, masked_loss_problem
 from .optimizers import OptimizerConfig, effective_learning_rate
 from .parallel import SingleProcess
 from .results import NonFiniteLossError, StepReport, TrainingError, TrainingResult
@@ -121,6 +122,9 @@ def train_lora(
         held_out = None
         if validation_data is not None:
             held_out = encode_held_out(validation_data, codec, caption, validation or ValidationConfig())
+        masks = latent_masks(data, latents) if training.masked_loss else None
+        if masks is not None and masked_loss_problem(masks):
+            raise TrainingError(str(masked_loss_problem(masks)))
         encode_seconds = time.perf_counter() - started
 
         network = denoiser.network
@@ -137,6 +141,7 @@ def train_lora(
                         fixed_captions, caption, randomised, training, total_steps, key_namer, metadata or {},
                         optimizer or OptimizerConfig(), scheduler or SchedulerConfig(),
                         text_adapter=text_adapter, text_key_namer=text_key_namer, parallel=parallel,
+                        latent_masks=masks,
                     )
                     run.validation = held_out
                     if resume_state is not None:

@@ -120,8 +120,15 @@ def diffusion_loss(
     min_snr_gamma: float,
     loss_type: str = "mse",
     huber_c: float = 0.1,
+    mask: torch.Tensor | None = None,
+    sample_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The error in the prediction space (MSE, L1 or pseudo-Huber), min-SNR weighted, averaged over the batch."""
+    """The error in the prediction space (MSE, L1 or pseudo-Huber), min-SNR weighted, averaged over the batch.
+
+    ``mask`` (broadcast to the latents, values 0-1: ``masked_loss.batch_mask``) weighs each latent element
+    before the mean over all of them, as kohya's masked loss does: masked-out elements add nothing, and
+    are not divided out (a half-masked image weighs half). ``sample_weights`` [B] multiply each sample's
+    loss (``prior_loss_weight`` for regularisation images)."""
     error = (x0_estimate.float() - latents.float()) * prediction_space_factor(sigma, prediction).view(
         -1, *([1] * (latents.ndim - 1))
     )
@@ -133,5 +140,9 @@ def diffusion_loss(
         elementwise = 2 * huber_c * (torch.sqrt(error.pow(2) + huber_c**2) - huber_c)
     else:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, not {loss_type!r}")
-    per_sample = elementwise.flatten(1).mean(dim=1)
-    return (per_sample * min_snr_weight(sigma, prediction, min_snr_gamma)).mean()
+    if mask is not None:
+        elementwise = elementwise * mask.to(elementwise.device, elementwise.dtype)
+    per_sample = elementwise.flatten(1).mean(dim=1) * min_snr_weight(sigma, prediction, min_snr_gamma)
+    if sample_weights is not None:
+        per_sample = per_sample * sample_weights.to(per_sample.device, per_sample.dtype)
+    return per_sample.mean()

@@ -64,6 +64,7 @@ def training_metadata(
         "ss_min_snr_gamma": training.min_snr_gamma,
         "ss_noise_offset": training.noise_offset,
         "ss_max_grad_norm": training.max_grad_norm,
+        "ss_masked_loss": training.masked_loss,
         "ss_seed": training.seed,
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_trigger_word": trigger_word,

@@ -20,7 +20,7 @@ from ..models.protocols import Denoiser
 from .config import TrainingConfig
 from .ema import AdapterEMA
 from .encoding import TextCache
-from .epochs import CaptionFunction, TrainingData, batches
+from .epochs import CaptionFunction, TrainingData, batches, loss_weights
 from .memory import OptimizerPlacement, check_state_on_cpu, optimizer_state_device
 from .optimizers import OptimizerConfig, build_optimizer
 from .parallel import SingleProcess
@@ -51,11 +51,14 @@ class TrainingRun:
         text_adapter: InjectedAdapter | None = None,
         text_key_namer: KeyNamer = default_text_key_name,
         parallel: SingleProcess | None = None,
+        latent_masks: list[torch.Tensor | None] | None = None,
     ):
         self.parallel = parallel or SingleProcess(denoiser.device)
         self.denoiser = denoiser
         self.adapter = adapter
         self.latents = latents
+        self.latent_masks = latent_masks or []  # per item at latent size, with masked loss (masked_loss.py)
+        self.loss_weights = loss_weights(data)  # prior_loss_weight for regularisation images
         self.texts = texts
         self.data = data
         self.fixed_captions = fixed_captions

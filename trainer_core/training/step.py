@@ -15,6 +15,7 @@ from ..models.protocols import Denoiser, TextEmbedding
 from .bookkeeping import export_weights
 from .encoding import concat_text, text_groups
 from .losses import add_noise, diffusion_loss, sample_noise, sample_sigmas
+from .masked_loss import batch_mask
 from .results import NonFiniteLossError
 from .run import TrainingRun
 
@@ -86,18 +87,22 @@ def _global_batch_loss(run: TrainingRun, indices: list[int]) -> float:
     noise = sample_noise(x0, run.noise_rng, training.noise_offset, training.multires_noise_iterations,
                          training.multires_noise_discount)
     sigma = sample_sigmas(denoiser.training_sigmas, x0.shape[0], run.noise_rng, training.timestep_sampling).to(device)
+    mask = batch_mask(run.latent_masks, indices, x0)
+    weights = torch.tensor([run.loss_weights[i] for i in indices])
     weighted = 0.0
     loss: torch.Tensor | None = None
     if mine:
         if len(mine) < len(indices):
-            x0, noise, sigma = x0[mine], noise[mine], sigma[mine]
+            x0, noise, sigma, weights = x0[mine], noise[mine], sigma[mine], weights[mine]
+            mask = mask[mine] if mask is not None else None
             captions = [captions[i] for i in mine]
         embeddings = run.texts.get(captions)
         noisy = add_noise(x0, noise, sigma, denoiser.prediction)
         with _autocast(device, training.mixed_precision):
             estimate = denoise_in_text_groups(denoiser, noisy, sigma, embeddings)
         loss = diffusion_loss(estimate, x0, sigma, denoiser.prediction, training.min_snr_gamma,
-                              training.loss_type, training.huber_c)
+                              training.loss_type, training.huber_c, mask=mask,
+                              sample_weights=None if bool((weights == 1).all()) else weights)
         if len(mine) < len(indices):
             loss = loss * (len(mine) / len(indices))
         weighted = loss.item()
