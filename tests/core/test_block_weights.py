@@ -55,3 +55,19 @@ def test_all_the_trained_groups_at_zero_is_an_error_before_training():
     adapter.remove()
     with pytest.raises(ValueError, match="every block learning-rate weight is 0"):
         LoRAConfig(**dict.fromkeys(LoRAConfig().block_lr_weights(), 0.0))
+
+
+@pytest.mark.parametrize("saved, message", [
+    ({"conv_rank": 4}, "was trained with conv_rank 4, this run has 0: set conv_rank as in that run"),
+    ({"block_lr_weights": {**LoRAConfig().block_lr_weights(), "output_blocks_lr_weight": 0.5}},
+     "other block learning-rate weights (output_blocks_lr_weight 0.5): set them as in that run"),
+])
+def test_a_resume_with_another_conv_rank_or_other_block_weights_is_refused_with_what_to_set(saved, message):
+    from types import SimpleNamespace
+
+    from trainer_core.training.bookkeeping import load_state
+
+    run = SimpleNamespace(adapter=SimpleNamespace(config=LoRAConfig(rank=2), targets=["input_blocks.0.to_q"]))
+    state = {"adapter_type": "lora", "rank": 2, "targets": ["input_blocks.0.to_q"], **saved}
+    with pytest.raises(TrainingError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_state(run, state, None)  # type: ignore[arg-type]
