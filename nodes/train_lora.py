@@ -16,7 +16,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..trainer_core.adapters.config import ADAPTER_CHOICES, LoRAConfig
+from ..trainer_core.adapters.config import ADAPTER_CHOICES, BLOCK_WEIGHT_FIELDS, LoRAConfig
 from ..trainer_core.adapters.export import (
     LoRAWeights,
     check_writable,
@@ -220,7 +220,9 @@ class TrainLoRA(io.ComfyNode):
         optimizer_choice = optimizer_config(settings, optimizer)
         run = _Run(
             lora=LoRAConfig(adapter=adapter_type, rank=rank, alpha=alpha, dropout=settings["lora_dropout"],
-                            target=settings["target_layers"], rslora=settings["rslora"]),
+                            target=settings["target_layers"], rslora=settings["rslora"],
+                            conv_rank=settings["conv_rank"], conv_alpha=settings["conv_alpha"],
+                            **{name: settings[name] for name in BLOCK_WEIGHT_FIELDS}),
             training=_training_config(settings, steps=steps, epochs=epochs, learning_rate=learning_rate,
                                       batch_size=batch_size, seed=seed, weight_decay=optimizer_choice.weight_decay),
             optimizer=optimizer_choice,

@@ -10,7 +10,7 @@ import comfy.utils
 import torch
 
 from ..trainer_core.adapters.config import LoRAConfig
-from ..trainer_core.adapters.inject import find_target_modules
+from ..trainer_core.adapters.inject import adapter_targets
 from ..trainer_core.training.config import TrainingConfig
 from ..trainer_core.training.loop import StepReport, resolve_precision
 from ..trainer_core.training.memory_estimate import (
@@ -20,6 +20,7 @@ from ..trainer_core.training.memory_estimate import (
     layer_shapes,
     linear_inputs,
     memory_advice,
+    network_adapter_parameters,
     tensor_bytes,
 )
 from ..trainer_core.training.text_encoder import find_text_encoder_targets
@@ -142,14 +143,15 @@ def memory_estimate_for(denoiser, text_network, lora_config: LoRAConfig, trainin
     """The GPU memory estimate of this run: the diffusion network as it will train (and the text encoder,
     when ``text_network`` trains too), at ``resolution`` px."""
     network = denoiser.network
-    shapes = layer_shapes(network, find_target_modules(network, lora_config.target))
+    parameters = network_adapter_parameters(network, adapter_targets(network, lora_config, note=False), lora_config)
     base_bytes = tensor_bytes(network)  # the low-precision copy when base_weights asks for one
     if text_network is not None:  # trained too: on the device, with its own LoRA
-        shapes += layer_shapes(text_network, find_text_encoder_targets(text_network, training.train_t5))
+        shapes = layer_shapes(text_network, find_text_encoder_targets(text_network, training.train_t5))
+        parameters += adapter_parameter_count(shapes, lora_config.rank, lora_config.adapter)
         base_bytes += tensor_bytes(text_network)
     return estimate_training_memory(
         base_weight_bytes=base_bytes,
-        adapter_parameters=adapter_parameter_count(shapes, lora_config.rank, lora_config.adapter),
+        adapter_parameters=parameters,
         optimizer=optimizer, family=bridge.model_family(denoiser.patcher), batch_size=training.batch_size,
         optimizer_state_on_cpu=training.optimizer_state_on_cpu, ema=training.ema_decay > 0,
         width=resolution, height=resolution, precision=resolve_precision(training.mixed_precision, device),

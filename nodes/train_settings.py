@@ -15,7 +15,7 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..trainer_core.adapters.config import LoRAConfig
+from ..trainer_core.adapters.config import BLOCK_WEIGHT_FIELDS, LoRAConfig
 from ..trainer_core.fields import default_of, help_text
 from ..trainer_core.training.config import MIXED_PRECISION_CHOICES, TrainingConfig
 from ..trainer_core.training.losses import LOSS_TYPES, TIMESTEP_SAMPLING
@@ -31,6 +31,7 @@ from .types import (
 )
 
 LORA_DROPOUT_MAX = 0.9
+BLOCK_WEIGHT_MAX = 10.0
 CATEGORY = "LoRA Lab/Training"
 
 
@@ -148,19 +149,42 @@ class LoRALabAdapterSettings(SettingsNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return settings_schema(cls, "LoraLabAdapterSettings", "LoRA Lab Adapter Settings",
-                               "Which layers get the adapter, its dropout and its scaling.", [
+                               "Which layers get the adapter (with LoCon's convolutions), its dropout, its scaling and the "
+                               "learning-rate weight of each block group.", [
             io.Combo.Input("target_layers", options=["attention", "all_linear"], default="attention",
                            tooltip=_lora_help("target")),
             io.Float.Input("lora_dropout", default=0.0, min=0.0, max=LORA_DROPOUT_MAX, step=0.05,
                            tooltip=_lora_help("dropout")),
             io.Boolean.Input("rslora", default=False, tooltip=_lora_help("rslora")),
+            # Optional, so API graphs saved before them still validate (execute fills in their defaults).
+            io.Int.Input("conv_rank", default=default_of(LoRAConfig, "conv_rank"), min=0, max=1024, optional=True,
+                         tooltip=_lora_help("conv_rank")),
+            io.Float.Input("conv_alpha", default=default_of(LoRAConfig, "conv_alpha"), min=0.01, max=1024, step=0.5,
+                           optional=True, tooltip=_lora_help("conv_alpha")),
+            *[io.Float.Input(name, default=default_of(LoRAConfig, name), min=0.0, max=BLOCK_WEIGHT_MAX, step=0.05,
+                             optional=True, tooltip=_lora_help(name)) for name in BLOCK_WEIGHT_FIELDS],
         ])
 
     @classmethod
-    def validate_inputs(cls, lora_dropout: float | None = None) -> bool | str:
+    def validate_inputs(
+        cls, lora_dropout: float | None = None, input_blocks_lr_weight: float | None = None,
+        middle_block_lr_weight: float | None = None, output_blocks_lr_weight: float | None = None,
+        double_blocks_lr_weight: float | None = None, single_blocks_lr_weight: float | None = None,
+    ) -> bool | str:
         # Only the inputs named here skip ComfyUI's own range checks: never add **kwargs.
         if lora_dropout is not None and not 0 <= lora_dropout <= LORA_DROPOUT_MAX:
             return f"lora_dropout must be from 0 to {LORA_DROPOUT_MAX}, got {lora_dropout}"
+        weights = {"input_blocks_lr_weight": input_blocks_lr_weight, "middle_block_lr_weight": middle_block_lr_weight,
+                   "output_blocks_lr_weight": output_blocks_lr_weight,
+                   "double_blocks_lr_weight": double_blocks_lr_weight,
+                   "single_blocks_lr_weight": single_blocks_lr_weight}
+        for name, value in weights.items():
+            if value is not None and not 0 <= value <= BLOCK_WEIGHT_MAX:
+                return f"{name} must be from 0 to {BLOCK_WEIGHT_MAX}, got {value}"
+        # A weight not given (an older graph) or linked means its default, 1: only all five at 0 is refused.
+        if all(value == 0 for value in weights.values()):
+            return ("every block learning-rate weight is 0, so nothing would train: set at least one of "
+                    f"{', '.join(weights)} above 0 (1 = the full learning rate)")
         return True
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from trainer_core.adapters.config import LoRAConfig
+from trainer_core.adapters.config import BLOCK_WEIGHT_FIELDS, LoRAConfig
 from trainer_core.training.config import TrainingConfig
 from trainer_core.training.optimizers import OptimizerConfig
 from trainer_core.training.presets import CUSTOM, NOT_TRAINLORA_FIELDS, PRESET_CHOICES, PRESETS, preset_values
@@ -18,6 +18,7 @@ FIELD_HOMES = {
     "rslora": (LoRAConfig, "rslora"), "target_layers": (LoRAConfig, "target"),
     "optimizer": (OptimizerConfig, "name"), "lr_scheduler": (SchedulerConfig, "name"),
     "lr_warmup": (SchedulerConfig, "warmup"),
+    **{name: (LoRAConfig, name) for name in BLOCK_WEIGHT_FIELDS},
 }
 TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingConfig)}
 
@@ -95,3 +96,14 @@ def test_a_preset_for_another_family_than_the_models_is_warned_about_with_the_on
     assert preset_family_warning("Z-Image · character", "Lumina2") is None  # Z-Image loads as ComfyUI's Lumina2
     assert preset_family_warning("quick test (any model)", "AuraFlow") is None
     assert preset_family_warning(CUSTOM, "Flux") is None
+
+
+def test_a_preset_carries_the_block_weights_to_the_adapter_config():
+    """Every preset states the five block weights (the full rate), so choosing one resets them; a preset that
+    set one lower would reach LoRAConfig, which takes it as that group's learning-rate weight."""
+    for name in PRESETS:
+        values = preset_values(name)
+        assert {field: values[field] for field in BLOCK_WEIGHT_FIELDS} == dict.fromkeys(BLOCK_WEIGHT_FIELDS, 1.0)
+    changed = {**preset_values("SD1.5 · style"), "output_blocks_lr_weight": 0.5}
+    config = LoRAConfig(**{field: changed[field] for field in BLOCK_WEIGHT_FIELDS})
+    assert config.block_lr_weights()["output_blocks_lr_weight"] == 0.5

@@ -19,13 +19,21 @@ Per layer, under one kohya key stem (``lora_unet_...``):
   off by ``||W|| / ||W + s B A||`` per row, close to 1 for small updates.)
 
 Every type handles the layers ``adapters.find_target_modules`` picks: linear layers and 1x1 convolutions
-(peft flattens a 1x1 kernel like a linear layer for all of them; ComfyUI reshapes to the weight's shape).
+(peft flattens a 1x1 kernel like a linear layer for all of them; ComfyUI reshapes to the weight's shape),
+and the 3x3 convolutions LoCon adds (``blocks.conv_targets``), at their own rank and alpha (``conv_rank``,
+``conv_alpha``; peft's ``rank_pattern`` / ``alpha_pattern``): lora and dora save ``lora_down.weight`` as
+``[rank, in, 3, 3]`` and ``lora_up.weight`` as ``[out, rank, 1, 1]`` (kohya's LoCon layout); loha's and lokr's
+second factors are stored flat, ``[rank, in * 9]`` (LyCORIS without Tucker), or lokr's full ``lokr_w2`` as
+``[out_k, in_n, 3, 3]``; ComfyUI reshapes each product to the weight's shape. Each layer's ``alpha`` is its
+own (the rank and scale peft built the layer with), so a file may mix ranks.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -53,8 +61,18 @@ def adapter_scale(config: LoRAConfig) -> float:
     return config.alpha / config.rank
 
 
-def peft_config(config: LoRAConfig, targets: list[str]) -> Any:
-    """The peft config that builds ``config``'s adapter on ``targets``, initialised so it starts as a no-op."""
+def conv_scale(config: LoRAConfig) -> float:
+    """The factor of the LoCon adapters on 3x3 convolutions: conv_alpha / conv_rank (rsLoRA: / sqrt)."""
+    if config.rslora:
+        return config.conv_alpha / math.sqrt(config.conv_rank)
+    return config.conv_alpha / config.conv_rank
+
+
+def peft_config(config: LoRAConfig, targets: list[str], conv_layers: Sequence[str] = ()) -> Any:
+    """The peft config that builds ``config``'s adapter on ``targets``, initialised so it starts as a no-op;
+    the layers named in ``conv_layers`` (3x3 convolutions among ``targets``) get ``conv_rank`` / ``conv_alpha``."""
+    # peft matches a pattern against the end of a module's path: the escaped full path names one layer.
+    ranks = {re.escape(name): config.conv_rank for name in conv_layers}
     if config.adapter in ("lora", "dora"):
         from peft import LoraConfig
 
@@ -66,20 +84,25 @@ def peft_config(config: LoRAConfig, targets: list[str]) -> Any:
             use_dora=config.adapter == "dora",
             target_modules=targets,
             init_lora_weights=True,
+            rank_pattern=ranks,
+            alpha_pattern={name: config.conv_alpha for name in ranks},
         )
     # peft's LoHa and LoKr always scale by alpha / rank: rsLoRA is that with alpha * sqrt(rank).
     peft_alpha = adapter_scale(config) * config.rank
+    patterns: dict[str, Any] = dict(rank_pattern=ranks)
+    if ranks:
+        patterns["alpha_pattern"] = {name: conv_scale(config) * config.conv_rank for name in ranks}
     if config.adapter == "loha":
         from peft import LoHaConfig
 
         return LoHaConfig(r=config.rank, alpha=peft_alpha, target_modules=targets,  # type: ignore[arg-type]
-                          init_weights=True)
+                          init_weights=True, **patterns)
     if config.adapter == "lokr":
         from peft import LoKrConfig
 
         # decompose_both=False: lokr_w1 stays a full (small) matrix, the layout LyCORIS uses by default.
         return LoKrConfig(r=config.rank, alpha=peft_alpha, target_modules=targets,  # type: ignore[arg-type]
-                          init_weights=True, decompose_both=False, decompose_factor=-1)
+                          init_weights=True, decompose_both=False, decompose_factor=-1, **patterns)
     raise ValueError(f"unknown adapter type {config.adapter!r}")
 
 
@@ -98,9 +121,10 @@ def _cpu(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def export_layer(layer: nn.Module, config: LoRAConfig) -> dict[str, torch.Tensor]:
-    """One peft layer's tensors under the key suffixes ComfyUI's loader reads (fp32, CPU)."""
-    scale = adapter_scale(config)
-    alpha = torch.tensor(float(scale * config.rank))
+    """One peft layer's tensors under the key suffixes ComfyUI's loader reads (fp32, CPU), with the rank and
+    scale peft built this layer with (a LoCon convolution's differ from the linear layers')."""
+    rank, scale = layer_rank(layer), layer_scale(layer)
+    alpha = torch.tensor(float(scale * rank))
     if config.adapter in ("lora", "dora"):
         down, up = _tensor(layer, "lora_A"), _tensor(layer, "lora_B")
         assert down is not None and up is not None
@@ -120,11 +144,21 @@ def export_layer(layer: nn.Module, config: LoRAConfig) -> dict[str, torch.Tensor
         out = {name: _cpu(tensor) for name in PARAMETER_PREFIXES["lokr"] if (tensor := _tensor(layer, name)) is not None}
         if "lokr_w1" in out and "lokr_w2" in out:
             out["lokr_w1"] = out["lokr_w1"] * scale
-            out["alpha"] = torch.tensor(float(config.rank))
+            out["alpha"] = torch.tensor(float(rank))
         else:
             out["alpha"] = alpha
         return out
     raise ValueError(f"unknown adapter type {config.adapter!r}")
+
+
+def layer_rank(layer: nn.Module) -> int:
+    """The rank peft built ``layer``'s adapter with."""
+    return int(layer.r[ADAPTER])  # type: ignore[index]
+
+
+def layer_scale(layer: nn.Module) -> float:
+    """The factor peft multiplies ``layer``'s adapter product by (alpha / rank, or alpha / sqrt(rank))."""
+    return float(layer.scaling[ADAPTER])  # type: ignore[index]
 
 
 def _comfy_dora_scale(layer: nn.Module, down: torch.Tensor, up: torch.Tensor, scale: float) -> torch.Tensor:
@@ -142,11 +176,35 @@ def _comfy_dora_scale(layer: nn.Module, down: torch.Tensor, up: torch.Tensor, sc
     return dora_scale.reshape(out_features, *[1] * (weight.dim() - 1)).float().cpu()
 
 
-def network_metadata(config: LoRAConfig) -> dict[str, str]:
-    """``ss_network_module`` and ``ss_network_args`` as kohya (lora) and LyCORIS (the others) write them."""
+# How many entries kohya's down_lr_weight / up_lr_weight lists have (networks/lora.py: 12 blocks per side
+# on SD1/SD2, 9 on SDXL).
+_KOHYA_BLOCKS = {"sd": 12, "sdxl": 9}
+
+
+def network_metadata(config: LoRAConfig, base_model_version: str = "") -> dict[str, str]:
+    """``ss_network_module`` and ``ss_network_args`` as kohya (lora) and LyCORIS (the others) write them, with
+    the LoCon rank (``conv_dim`` / ``conv_alpha``) and the block weights when set. kohya's ``down_lr_weight``
+    and ``up_lr_weight`` are lists, one entry per block: each group's one weight is written for all its
+    blocks (``base_model_version`` says whether kohya counts SDXL's 9 or SD's 12); ``mid_lr_weight`` is one
+    number. The DiT groups, which kohya has no weights for, go in as ``double_blocks_lr_weight`` /
+    ``single_blocks_lr_weight``."""
+    args: dict[str, str] = {"target": config.target}
+    if config.adapter != "lora":
+        args = {"algo": "lora" if config.adapter == "dora" else config.adapter, **args}
+    if config.conv_rank > 0:
+        args.update(conv_dim=str(config.conv_rank), conv_alpha=f"{config.conv_alpha:g}")
+    weights = config.block_lr_weights()
+    if any(weights[name] != 1 for name in ("input_blocks_lr_weight", "middle_block_lr_weight",
+                                           "output_blocks_lr_weight")):
+        count = _KOHYA_BLOCKS["sdxl" if "sdxl" in base_model_version.lower() else "sd"]
+        args.update(down_lr_weight=",".join([f"{weights['input_blocks_lr_weight']:g}"] * count),
+                    mid_lr_weight=f"{weights['middle_block_lr_weight']:g}",
+                    up_lr_weight=",".join([f"{weights['output_blocks_lr_weight']:g}"] * count))
+    for name in ("double_blocks_lr_weight", "single_blocks_lr_weight"):
+        if weights[name] != 1:
+            args[name] = f"{weights[name]:g}"
     if config.adapter == "lora":
-        return {"ss_network_module": "networks.lora", "ss_network_args": json.dumps({"target": config.target})}
-    args = {"algo": "lora" if config.adapter == "dora" else config.adapter, "target": config.target}
+        return {"ss_network_module": "networks.lora", "ss_network_args": json.dumps(args)}
     if config.adapter == "dora":
         args.update(dora_wd="True", wd_on_output="True")
     if config.adapter == "lokr":

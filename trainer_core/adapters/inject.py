@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .adapter_types import PARAMETER_PREFIXES, adapter_scale, peft_config
+from .blocks import conv_targets, is_pointwise
 from .config import LoRAConfig
 
 # Modules whose children are the attention / feed-forward layers kohya trains by default: the UNet's
@@ -97,6 +98,30 @@ def find_target_modules(network: nn.Module, target: str) -> list[str]:
     raise AdapterError(f"target must be 'attention' or 'all_linear', not {target!r}")
 
 
+def adapter_targets(network: nn.Module, config: LoRAConfig, note: bool = True) -> list[str]:
+    """The layers ``config`` adapts: those of ``config.target`` and, with ``conv_rank`` above 0, the
+    ResBlock / down- / upsampler convolutions (``blocks.conv_targets``). A network without such
+    convolutions (a DiT) trains its linear layers alone, with a console note (when ``note``)."""
+    targets = find_target_modules(network, config.target)
+    if config.conv_rank > 0:
+        convs = conv_targets(network)
+        if not convs and note:
+            logger.warning(
+                "LoRA Lab: conv_rank is %d, but %s has no ResBlock convolutions (a DiT has none): training its "
+                "linear layers only. Set conv_rank to 0 to silence this note.",
+                config.conv_rank, type(network).__name__,
+            )
+        targets += [name for name in convs if name not in targets]
+    return targets
+
+
+def conv_rank_layers(network: nn.Module, targets: list[str], config: LoRAConfig) -> list[str]:
+    """Those of ``targets`` that take ``conv_rank`` / ``conv_alpha``: the convolutions wider than 1x1."""
+    if config.conv_rank == 0:
+        return []
+    return [name for name in targets if not is_pointwise(network.get_submodule(name))]
+
+
 def check_trainable(network: nn.Module) -> None:
     """Refuse networks whose weights cannot carry gradients (quantized formats)."""
     for name, param in network.named_parameters():
@@ -112,22 +137,29 @@ def check_trainable(network: nn.Module) -> None:
             )
 
 
-def check_rank(network: nn.Module, targets: list[str], rank: int) -> None:
-    smallest = None
-    for name in targets:
-        module = network.get_submodule(name)
-        if isinstance(module, nn.Linear):
-            size = min(module.in_features, module.out_features)
-        else:
-            assert isinstance(module, nn.Conv2d)
-            size = min(module.in_channels, module.out_channels)
-        if smallest is None or size < smallest[0]:
-            smallest = (size, name)
-    if smallest is not None and rank > smallest[0]:
-        raise AdapterError(
-            f"rank {rank} is larger than layer {smallest[1]} ({smallest[0]} features): a LoRA's rank must be at "
-            f"most the smaller side of every layer it trains. Use rank {smallest[0]} or less."
-        )
+def check_rank(network: nn.Module, targets: list[str], rank: int, conv_layers: list[str] | None = None,
+               conv_rank: int = 0) -> None:
+    """Refuse a rank above the smaller side of a layer: ``rank`` for ``targets``, ``conv_rank`` for those of
+    them in ``conv_layers`` (a k x k convolution's input side is channels x k x k)."""
+    conv_set = set(conv_layers or ())
+    for chosen, setting, names in ((rank, "rank", [n for n in targets if n not in conv_set]),
+                                   (conv_rank, "conv_rank", [n for n in targets if n in conv_set])):
+        smallest = None
+        for name in names:
+            module = network.get_submodule(name)
+            if isinstance(module, nn.Linear):
+                size = min(module.in_features, module.out_features)
+            else:
+                assert isinstance(module, nn.Conv2d)
+                kernel = module.kernel_size[0] * module.kernel_size[1] if name in conv_set else 1
+                size = min(module.in_channels * kernel, module.out_channels)
+            if smallest is None or size < smallest[0]:
+                smallest = (size, name)
+        if smallest is not None and chosen > smallest[0]:
+            raise AdapterError(
+                f"{setting} {chosen} is larger than layer {smallest[1]} ({smallest[0]} features): an adapter's "
+                f"rank must be at most the smaller side of every layer it trains. Use {setting} {smallest[0]} or less."
+            )
 
 
 def _plain_view(tensor: torch.Tensor) -> torch.Tensor:
@@ -233,20 +265,21 @@ def inject_adapter(
 ) -> InjectedAdapter:
     """Wrap the target layers of ``network`` with fp32 peft adapter layers of ``config.adapter``'s type
     (initialised from ``seed``; every type starts as a no-op). ``targets`` (module paths) overrides
-    the layers ``config.target`` chooses."""
+    the layers ``config.target`` (and ``config.conv_rank``) choose."""
     from peft import inject_adapter_in_model
 
     if config.rank < 1:
         raise AdapterError(f"rank must be at least 1, got {config.rank}")
     check_trainable(network)
     if targets is None:
-        targets = find_target_modules(network, config.target)
+        targets = adapter_targets(network, config)
+    conv_layers = conv_rank_layers(network, targets, config)
     if config.adapter != "lokr":  # LoKr's rank only decides whether its second factor is stored low-rank
-        check_rank(network, targets, config.rank)
+        check_rank(network, targets, config.rank, conv_layers, config.conv_rank)
     attributes_before = frozenset(vars(network))
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
         torch.manual_seed(seed)
-        inject_adapter_in_model(peft_config(config, targets), network)
+        inject_adapter_in_model(peft_config(config, targets, conv_layers), network)
     adapter = InjectedAdapter(network=network, targets=targets, config=config, attributes_before=attributes_before)
     with torch.inference_mode(False):
         for param in adapter.named_parameters().values():

@@ -86,6 +86,8 @@ def state_dict(run: TrainingRun) -> dict[str, Any]:
         "rank": run.adapter.config.rank,
         "adapter_type": run.adapter.config.adapter,
         "targets": list(run.adapter.targets),
+        "conv_rank": run.adapter.config.conv_rank,
+        "block_lr_weights": run.adapter.config.block_lr_weights(),
         **text_encoder_state(run.text_adapter),
         "ema": run.ema.state_dict() if run.ema is not None else None,
     }
@@ -103,6 +105,20 @@ def load_state(run: TrainingRun, state: dict[str, Any], source: Path | None) -> 
         raise TrainingError(
             f"the resume state{where} was trained with rank {state.get('rank')} on other layers; resume with the "
             "same rank, target layers and base model, or start a new run"
+        )
+    if state.get("conv_rank", 0) != run.adapter.config.conv_rank:
+        raise TrainingError(
+            f"the resume state{where} was trained with conv_rank {state.get('conv_rank', 0)}, this run has "
+            f"{run.adapter.config.conv_rank}: set conv_rank as in that run to resume, or start a new run"
+        )
+    weights = run.adapter.config.block_lr_weights()
+    saved_weights = state.get("block_lr_weights") or dict.fromkeys(weights, 1.0)  # states before block weights
+    if saved_weights != weights:
+        changed = ", ".join(f"{name} {saved_weights.get(name, 1.0):g}" for name in weights
+                            if saved_weights.get(name, 1.0) != weights[name])
+        raise TrainingError(
+            f"the resume state{where} was trained with other block learning-rate weights ({changed}): set them as "
+            "in that run on the Adapter Settings node to resume, or start a new run"
         )
     restore_text_encoder_state(run.text_adapter, state, where)
     _check_global_batch(run, state, where)

@@ -4,7 +4,7 @@ Four parts:
 
 * **base weights**: exact, the bytes of the network as it sits on the training device;
 * **adapter**: exact, the LoRA's fp32 weights and their gradients (counted from the layers it
-  wraps and the rank);
+  wraps and the rank, the LoCon convolutions at ``conv_rank`` with their kernels);
 * **optimizer state**: exact per parameter for each optimizer (AdamW keeps two fp32 moments,
   8-bit Adam two 8-bit ones, Prodigy four fp32 tensors, ...), plus an fp32 EMA when on; none of it
   when the state is kept in RAM (``optimizer_state_on_cpu``);
@@ -33,6 +33,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torch import nn
+
+from ..adapters.config import LoRAConfig
+from ..adapters.inject import conv_rank_layers
 
 GIB = 1024**3
 
@@ -92,28 +95,46 @@ def _size(value: int) -> str:
 
 def adapter_parameter_count(layer_shapes: Iterable[tuple[int, int]], rank: int, adapter: str = "lora") -> int:
     """Trained parameters of an adapter on layers of (in_features, out_features)."""
+    return sum(_layer_parameters(fan_in, fan_out, 1, rank, adapter) for fan_in, fan_out in layer_shapes)
+
+
+def network_adapter_parameters(network: nn.Module, targets: Iterable[str], config: LoRAConfig) -> int:
+    """Trained parameters of ``config``'s adapter on ``targets`` of ``network``, each layer at its own rank
+    (a LoCon convolution at ``conv_rank``, its kernel counted)."""
+    targets = list(targets)
+    conv_layers = set(conv_rank_layers(network, targets, config))
     total = 0
-    for fan_in, fan_out in layer_shapes:
-        low_rank = rank * (fan_in + fan_out)
-        if adapter == "loha":
-            total += 2 * low_rank  # two Hadamard-multiplied low-rank pairs
-        elif adapter == "lokr":
-            total += _lokr_parameters(fan_in, fan_out, rank)
-        elif adapter == "dora":
-            total += low_rank + fan_out  # plus the magnitude vector
-        else:
-            total += low_rank
+    for name in targets:
+        module = network.get_submodule(name)
+        if isinstance(module, nn.Linear):
+            total += _layer_parameters(module.in_features, module.out_features, 1, config.rank, config.adapter)
+        elif isinstance(module, nn.Conv2d):
+            rank = config.conv_rank if name in conv_layers else config.rank
+            kernel = module.kernel_size[0] * module.kernel_size[1]
+            total += _layer_parameters(module.in_channels, module.out_channels, kernel, rank, config.adapter)
     return total
 
 
-def _lokr_parameters(fan_in: int, fan_out: int, rank: int) -> int:
+def _layer_parameters(fan_in: int, fan_out: int, kernel: int, rank: int, adapter: str) -> int:
+    """One layer's adapter parameters; ``kernel`` is a convolution's kernel area (1 for a linear layer)."""
+    low_rank = rank * (fan_in * kernel + fan_out)
+    if adapter == "loha":
+        return 2 * low_rank  # two Hadamard-multiplied low-rank pairs
+    if adapter == "lokr":
+        return _lokr_parameters(fan_in, fan_out, rank, kernel)
+    if adapter == "dora":
+        return low_rank + fan_out  # plus the magnitude vector
+    return low_rank
+
+
+def _lokr_parameters(fan_in: int, fan_out: int, rank: int, kernel: int = 1) -> int:
     """peft's LoKr as trainer_core/adapter_types.py configures it: a full small Kronecker factor,
-    and a second one stored low-rank when the rank is below half its larger side."""
+    and a second one (which carries the kernel) stored low-rank when the rank is below half its larger side."""
     from peft.tuners.lokr.layer import factorization
 
     in_m, in_n = factorization(fan_in, -1)
     out_l, out_k = factorization(fan_out, -1)
-    second = out_k * in_n if rank >= max(out_k, in_n) / 2 else rank * (out_k + in_n)
+    second = out_k * in_n * kernel if rank >= max(out_k, in_n) / 2 else rank * (out_k + in_n * kernel)
     return out_l * in_m + second
 
 

@@ -43,7 +43,7 @@ def training_metadata(
     ``training.clip_skip`` (a CLIP connected through CLIPSetLastLayer). ``processes``: how many data
     parallel processes trained, each on ``training.batch_size`` images per batch (kohya's per device)."""
     values: dict[str, Any] = {
-        **network_metadata(lora),
+        **network_metadata(lora, base_model_version),
         "ss_network_dim": lora.rank,
         "ss_network_alpha": lora.alpha,
         "ss_network_dropout": lora.dropout,

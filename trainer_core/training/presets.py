@@ -29,6 +29,13 @@ _COMMON: dict[str, Any] = {
     "multires_noise_iterations": 0,
     "lora_dropout": 0.0,
     "rslora": False,
+    # Every block group at the full rate (the guides train all blocks alike); stated so that choosing a
+    # preset resets block weights left from an experiment.
+    "input_blocks_lr_weight": 1.0,
+    "middle_block_lr_weight": 1.0,
+    "output_blocks_lr_weight": 1.0,
+    "double_blocks_lr_weight": 1.0,
+    "single_blocks_lr_weight": 1.0,
 }
 _SD15 = {**_COMMON, "mixed_precision": "auto", "gradient_checkpointing": False, "min_snr_gamma": 5.0,
          "timestep_sampling": "uniform", "dataset_resolution": 512}

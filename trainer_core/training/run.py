@@ -17,6 +17,7 @@ import torch
 from ..adapters.export import KeyNamer, default_text_key_name
 from ..adapters.inject import InjectedAdapter
 from ..models.protocols import Denoiser
+from .block_weights import check_block_weights_with, optimizer_groups, weighted_parameters
 from .config import TrainingConfig
 from .ema import AdapterEMA
 from .encoding import TextCache
@@ -25,7 +26,7 @@ from .memory import OptimizerPlacement, check_state_on_cpu, optimizer_state_devi
 from .optimizers import OptimizerConfig, build_optimizer
 from .parallel import SingleProcess
 from .schedulers import SchedulerConfig, build_scheduler
-from .text_encoder import LiveText, parameter_groups
+from .text_encoder import LiveText
 from .validation import HeldOut
 
 
@@ -70,7 +71,9 @@ class TrainingRun:
         self.metadata = metadata
         self.text_adapter = text_adapter
         self.text_key_namer = text_key_namer
-        unet_params = adapter.parameters()
+        weighted = weighted_parameters(adapter)  # block weights: 0-weighted groups frozen, the rest by weight
+        check_block_weights_with(optimizer.relative_step, [weight for weight, _ in weighted])
+        unet_params = [param for _, params in weighted for param in params]
         text_params = text_adapter.parameters() if text_adapter is not None else []
         self.trainable = unet_params + text_params  # the model's adapter parameters: their gradients are summed
         check_state_on_cpu(optimizer.name, training.optimizer_state_on_cpu)
@@ -83,7 +86,8 @@ class TrainingRun:
             weight_decay=training.weight_decay,
         )
         optimized = self.params[: len(unet_params)], self.params[len(unet_params) :]
-        groups = parameter_groups(optimized[0], optimized[1] if text_adapter is not None else None,
+        groups = optimizer_groups(optimized[0], [(weight, len(params)) for weight, params in weighted],
+                                  optimized[1] if text_adapter is not None else None, training.learning_rate,
                                   training.text_encoder_lr, set_rate=not optimizer.relative_step)
         self.optimizer = build_optimizer(groups, optimizer, state_device or denoiser.device)
         self.ema = None
