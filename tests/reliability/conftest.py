@@ -1,9 +1,11 @@
 """Figures the reliability tests measure, printed at the end of every pytest run that ran them (no ``-s``
 needed): each test adds lines under a heading through the ``figures`` fixture, and
-``pytest_terminal_summary`` prints them in the order the tests ran."""
+``pytest_terminal_summary`` prints them in the order the tests ran. With ``LORA_LAB_FIGURES_FILE`` set, each
+line is also appended to that file the moment it is recorded (for a run stopped before its summary)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +19,9 @@ def figures() -> Callable[[str, str], None]:
 
     def record(heading: str, line: str) -> None:
         _RECORDED.setdefault(heading, []).append(line)
+        if os.environ.get("LORA_LAB_FIGURES_FILE"):
+            with open(os.environ["LORA_LAB_FIGURES_FILE"], "a", encoding="utf-8") as file:
+                file.write(f"{heading}: {line}\n")
 
     return record
 
