@@ -96,14 +96,15 @@ def resolve_new_lora(lora: LoRAWeights | None, lora_name: str, *, missing: str,
     return lora, getattr(lora, "metadata", {}).get("ss_output_name") or unnamed
 
 
-def load_lora_file(name: str) -> LoRAWeights:
-    """A LoRA from models/loras, with its metadata; a clear error for what is not a LoRA file."""
+def load_lora_file(name: str, field: str = "lora_name") -> LoRAWeights:
+    """A LoRA from models/loras, with its metadata; a clear error, naming the input ``field``, for what is not
+    a LoRA file."""
     path = folder_paths.get_full_path("loras", name)
     if path is None:
-        raise FileNotFoundError(f"lora_name: {name} is not in models/loras (refresh the page if you just added it)")
+        raise FileNotFoundError(f"{field}: {name} is not in models/loras (refresh the page if you just added it)")
     if not path.lower().endswith(".safetensors"):
         raise ValueError(
-            f"lora_name: {name} is not a .safetensors file. LoRA Lab reads only safetensors (a .ckpt/.pt file can run "
+            f"{field}: {name} is not a .safetensors file. LoRA Lab reads only safetensors (a .ckpt/.pt file can run "
             "code when loaded): convert it, or use the stock LoraLoader."
         )
     from safetensors import SafetensorError, safe_open
@@ -114,7 +115,7 @@ def load_lora_file(name: str) -> LoRAWeights:
             metadata = handle.metadata() or {}
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise ValueError(f"lora_name: {name} cannot be read as safetensors ({error}); the file is broken or truncated: "
+        raise ValueError(f"{field}: {name} cannot be read as safetensors ({error}); the file is broken or truncated: "
                          "save or download it again") from error
     return LoRAWeights(tensors, metadata)
 

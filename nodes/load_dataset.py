@@ -194,13 +194,16 @@ class LoadDataset(io.ComfyNode):
         if folder is not None:
             if not folder.strip():
                 return "Enter the dataset folder: a folder name inside ComfyUI's input folder, or an absolute path."
-            path = resolve_folder(folder)
             try:
+                path = resolve_folder(folder)
                 folder_access.check_dataset_folder(path, "folder")  # before saying whether it exists
+                if not path.is_dir():
+                    return f"Dataset folder {path} does not exist (or is not a folder). " + _FOLDER_HELP
             except PermissionError as error:
                 return str(error)
-            if not path.is_dir():
-                return f"Dataset folder {path} does not exist (or is not a folder). " + _FOLDER_HELP
+            except (OSError, ValueError) as error:  # a name too long, or one the file system cannot hold
+                reason = getattr(error, "strerror", None) or str(error)
+                return f"folder: {folder[:80]!r}{'...' if len(folder) > 80 else ''} cannot be used ({reason}). " + _FOLDER_HELP
         if background is not None:
             try:
                 parse_color(background)

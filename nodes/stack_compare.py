@@ -61,7 +61,7 @@ class CompareLoRAStack(io.ComfyNode):
         others = parse_lora_lines(other_loras)
         loras = {new_name: lora}
         for name, _ in others:
-            loras[name] = grid_render.load_lora_file(name)
+            loras[name] = grid_render.load_lora_file(name, "other_loras")
         trigger = getattr(lora, "metadata", {}).get("ss_trigger_word", "")
         prompt_list = parse_prompts(prompts, trigger)
         in_stack = stack_strengths_for(stack_strengths, [new_name] + [name for name, _ in others])

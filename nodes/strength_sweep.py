@@ -97,7 +97,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
         row_loras = [(display_name, prompt) for prompt in prompt_list]
         row_labels = list(prompt_list)
         for name in resolve_lora_names(checkpoints):  # checkpoint x strength: one row per checkpoint and prompt
-            loras[name] = grid_render.load_lora_file(name)
+            loras[name] = grid_render.load_lora_file(name, "checkpoints")
             step = loras[name].metadata.get("ss_steps", "?")
             row_loras += [(name, prompt) for prompt in prompt_list]
             row_labels += [f"step {step}: {prompt}" for prompt in prompt_list]

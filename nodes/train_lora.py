@@ -176,7 +176,7 @@ class TrainLoRA(io.ComfyNode):
     def validate_inputs(
         cls, optimizer: str | None = None, adapter_type: str | None = None,
         optimizer_settings: Any = _NOT_CONNECTED, memory_settings: Any = _NOT_CONNECTED,
-        adapter_settings: Any = _NOT_CONNECTED,
+        adapter_settings: Any = _NOT_CONNECTED, run_name: str | None = None,
     ) -> bool | str:
         # Only the inputs named here skip ComfyUI's own range checks: never add **kwargs. A linked settings
         # input arrives as None (its values are unknown until it runs: execute checks them); an unconnected
@@ -186,6 +186,11 @@ class TrainLoRA(io.ComfyNode):
                             (LoRALabAdapterSettings, adapter_settings)):
             if given is _NOT_CONNECTED:
                 known.update(declared_defaults(node))
+        if run_name is not None:
+            try:
+                run_stem(run_name)
+            except ValueError as error:
+                return str(error)
         return combination_problem(optimizer, adapter_type, known) or True
 
     @classmethod
@@ -227,7 +232,7 @@ class TrainLoRA(io.ComfyNode):
                                       batch_size=batch_size, seed=seed, weight_decay=optimizer_choice.weight_decay),
             optimizer=optimizer_choice,
             scheduler=SchedulerConfig(name=lr_scheduler, warmup=settings["lr_warmup"]),
-            checkpoints=CheckpointPolicy(checkpoint_folder(), sanitize_filename(run_name),
+            checkpoints=CheckpointPolicy(checkpoint_folder(), run_stem(run_name),
                                          every=settings["save_every"], keep_last=settings["keep_last"]),
             settings=settings, validation=validation, held_out=split.held_out,
         )
@@ -339,6 +344,14 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
         if copied_base:  # take the copy off the shared model and free it
             bridge.release(patcher)
     return result, patcher, samples, base_weight_bytes
+
+
+def run_stem(run_name: str) -> str:
+    """The file-name stem of the run's checkpoints; a ValueError naming run_name when it cannot be one."""
+    try:
+        return sanitize_filename(run_name)
+    except ValueError as error:
+        raise ValueError(f"run_name: {error}") from error
 
 
 def _logs(run: _Run, total: int) -> tuple[TrainingLog, ConsoleProgress]:

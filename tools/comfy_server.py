@@ -189,6 +189,11 @@ class ComfyServer:
         self.stop()
 
     @property
+    def pid(self) -> int | None:
+        """The ComfyUI process's id (to read its memory, or to kill it in a fault test); None before start."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -87,9 +88,13 @@ def sanitize_filename(name: str) -> str:
     """A file name that is safe on Windows, macOS and Linux, and cannot leave its folder.
 
     Sub-folders are kept when written with '/' (``people/alice``), each part sanitised; '..' and
-    absolute paths are refused.
+    absolute paths are refused. Invisible format characters (right-to-left overrides, zero-width spaces) are
+    removed, since they make a name look other than it is, and lone surrogates (no file system stores them)
+    become '_'.
     """
-    cleaned = name.strip().replace("\\", "/")
+    cleaned = "".join("_" if unicodedata.category(char) == "Cs" else char for char in name
+                      if unicodedata.category(char) != "Cf")
+    cleaned = cleaned.strip().replace("\\", "/")
     if cleaned.lower().endswith(".safetensors"):
         cleaned = cleaned[: -len(".safetensors")]
     if cleaned.startswith("/") or re.match(r"^[A-Za-z]:", cleaned):

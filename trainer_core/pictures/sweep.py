@@ -20,8 +20,9 @@ class SweepError(ValueError):
     """A sweep setting the user must change (the message names the field)."""
 
 
-def parse_strengths(text: str, include_baseline: bool) -> list[float]:
-    """'0.4, 0.5 1.0' → [0.0, 0.4, 0.5, 1.0] (with the baseline); keeps the user's order, drops repeats."""
+def parse_strengths(text: str, include_baseline: bool, field: str = "strengths") -> list[float]:
+    """'0.4, 0.5 1.0' → [0.0, 0.4, 0.5, 1.0] (with the baseline); keeps the user's order, drops repeats.
+    ``field`` is the input the messages name."""
     values: list[float] = []
     for token in re.split(r"[,;\s]+", text.strip()):
         if not token:
@@ -29,15 +30,15 @@ def parse_strengths(text: str, include_baseline: bool) -> list[float]:
         try:
             value = float(token)
         except ValueError:
-            raise SweepError(f"strengths: {token!r} is not a number. Write numbers separated by commas, e.g. {DEFAULT_STRENGTHS}") from None
+            raise SweepError(f"{field}: {token!r} is not a number. Write numbers separated by commas, e.g. {DEFAULT_STRENGTHS}") from None
         if value != value or abs(value) > MAX_STRENGTH:
-            raise SweepError(f"strengths: {token} is out of range; use values from -{MAX_STRENGTH} to {MAX_STRENGTH}")
+            raise SweepError(f"{field}: {token} is out of range; use values from -{MAX_STRENGTH} to {MAX_STRENGTH}")
         values.append(round(value, 4))
     if include_baseline:
         values.insert(0, 0.0)
     unique = list(dict.fromkeys(values))
     if not unique:
-        raise SweepError(f"strengths: give at least one strength, e.g. {DEFAULT_STRENGTHS}")
+        raise SweepError(f"{field}: give at least one strength, e.g. {DEFAULT_STRENGTHS}")
     return unique
 
 
@@ -104,7 +105,7 @@ def parse_lora_lines(text: str, default_strength: float = 1.0) -> list[tuple[str
             strength = float(value) if value else default_strength
         except ValueError:
             raise SweepError(f"other_loras line {number}: {value!r} is not a strength; write 'name: 0.6'") from None
-        if abs(strength) > MAX_STRENGTH:
+        if not abs(strength) <= MAX_STRENGTH:  # NaN too
             raise SweepError(f"other_loras line {number}: strength {strength} is out of range (-5 to 5)")
         entries.append((name, strength))
     return entries
@@ -114,5 +115,5 @@ def stack_strengths(text: str, count: int) -> list[float]:
     """The strengths of each LoRA inside the stack, in order; the last value repeats for more LoRAs.
 
     The guides' default reduces each: first 0.6-0.8, second 0.4-0.6, third 0.3-0.4."""
-    values = parse_strengths(text, include_baseline=False) if text.strip() else parse_strengths(GUIDE_STACK_STRENGTHS, False)
+    values = parse_strengths(text if text.strip() else GUIDE_STACK_STRENGTHS, False, field="stack_strengths")
     return [values[min(i, len(values) - 1)] for i in range(count)]

@@ -9,6 +9,8 @@ it can run.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,14 @@ def load_training_state(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"resume: {path} does not exist; give a .lora_lab_state file written by a checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # weights_only met something else than tensors and plain values
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        raise ResumeError(
+            f"resume: {path} holds Python objects LoRA Lab does not load"
+            f"{f' ({found.group(1)})' if found else ''}: a resume state has only tensors and plain values, and "
+            "loading anything else could run code. It was not written by LoRA Lab, or was changed since: delete "
+            "it and train again without resume."
+        ) from None
     except Exception as error:  # torch raises several types for a damaged or foreign file
         raise ResumeError(f"resume: {path} cannot be read as a LoRA Lab training state ({error})") from error
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:

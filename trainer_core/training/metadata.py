@@ -1,15 +1,24 @@
-"""kohya-style ``ss_*`` metadata for a trained LoRA (what A1111/Forge's LoRA info panels read)."""
+"""kohya-style ``ss_*`` metadata for a trained LoRA (what A1111/Forge's LoRA info panels read).
+
+What grows with the dataset is bounded, so a huge dataset cannot make a huge file header: the tag frequencies
+and the dataset folders keep their largest entries within ``DATASET_JSON_LIMIT`` bytes each, the loss history
+at most ``LOSS_POINTS`` points."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 from ..adapters.adapter_types import network_metadata
 from ..adapters.config import LoRAConfig
 from .config import TrainingConfig
+
+DATASET_JSON_LIMIT = 64 * 1024  # bytes of ss_tag_frequency, and of ss_dataset_dirs
+LOSS_POINTS = 2000
+_Item = TypeVar("_Item")
 
 
 def training_metadata(
@@ -68,8 +77,8 @@ def training_metadata(
         "ss_seed": training.seed,
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_trigger_word": trigger_word,
-        "ss_tag_frequency": json.dumps(tag_frequency, ensure_ascii=False),
-        "ss_dataset_dirs": json.dumps(dataset_dirs, ensure_ascii=False),
+        "ss_tag_frequency": bounded_tag_frequency(tag_frequency),
+        "ss_dataset_dirs": bounded_dataset_dirs(dataset_dirs),
         "ss_base_model_version": base_model_version,
         "ss_sd_model_hash": base_model_hash[:8],
         "ss_new_sd_model_hash": base_model_hash,
@@ -84,7 +93,7 @@ def training_metadata(
         "modelspec.trigger_phrase": trigger_word,
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(finished_at)),
         "lora_lab_num_images": num_images,
-        "lora_lab_losses": json.dumps(_downsample([round(x, 6) for x in losses or []], 2000)),
+        "lora_lab_losses": json.dumps(_downsample([round(x, 6) for x in losses or []], LOSS_POINTS)),
         "lora_lab_config": json.dumps({"lora": asdict(lora), "training": asdict(training)}),
     }
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()}
@@ -101,6 +110,47 @@ def _batch_metadata(training: TrainingConfig, steps: int, samples_per_epoch: int
         "ss_total_batch_size": global_batch * training.gradient_accumulation,
         "ss_gradient_accumulation_steps": training.gradient_accumulation,
     }
+
+
+def bounded_tag_frequency(tag_frequency: dict[str, dict[str, int]], limit: int = DATASET_JSON_LIMIT) -> str:
+    """kohya's ``ss_tag_frequency`` JSON in at most ``limit`` bytes: the most frequent tags of all folders (ties
+    in folder order); all of them, as they are, when they fit, as for any dataset whose captions are tags."""
+    whole = json.dumps(tag_frequency, ensure_ascii=False)
+    if len(whole.encode()) <= limit:
+        return whole
+    entries = sorted(((folder, tag, count) for folder, tags in tag_frequency.items() for tag, count in tags.items()),
+                     key=lambda entry: -entry[2])
+
+    def build(kept: list[tuple[str, str, int]]) -> dict[str, dict[str, int]]:
+        folders: dict[str, dict[str, int]] = {}
+        for folder, tag, count in kept:
+            folders.setdefault(folder, {})[tag] = count
+        return folders
+
+    return _largest_fitting(entries, build, limit)
+
+
+def bounded_dataset_dirs(dataset_dirs: dict[str, dict[str, Any]], limit: int = DATASET_JSON_LIMIT) -> str:
+    """kohya's ``ss_dataset_dirs`` JSON in at most ``limit`` bytes: all folders as they are when they fit, else the
+    folders with the most images."""
+    whole = json.dumps(dataset_dirs, ensure_ascii=False)
+    if len(whole.encode()) <= limit:
+        return whole
+    entries = sorted(dataset_dirs.items(), key=lambda entry: -int(entry[1].get("img_count", 0)))
+    return _largest_fitting(entries, dict, limit)
+
+
+def _largest_fitting(entries: list[_Item], build: Callable[[list[_Item]], Any], limit: int) -> str:
+    """The JSON of ``build(entries[:n])`` for the largest ``n`` whose JSON fits in ``limit`` bytes."""
+
+    def size(count: int) -> int:
+        return len(json.dumps(build(entries[:count]), ensure_ascii=False).encode())
+
+    fits, too_many = 0, len(entries)  # entries[:fits] fit, entries[:too_many] do not
+    while too_many - fits > 1:
+        middle = (fits + too_many) // 2
+        fits, too_many = (middle, too_many) if size(middle) <= limit else (fits, middle)
+    return json.dumps(build(entries[:fits]), ensure_ascii=False)
 
 
 def _downsample(values: list[float], limit: int) -> list[float]:
