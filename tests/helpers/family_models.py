@@ -77,13 +77,18 @@ def family_patcher(family: str):
 def family_vae(family: str):
     """The VAE a workflow of ``family`` decodes with, tiny and seeded, as ComfyUI detects it from a state
     dict: Wan 2.1's (3-D causal, 16 channels; Qwen-Image's too) with its width cut to 8, Flux.2's own
-    (2x2-packed, 128 channels, 16x), else ComfyUI's TAESD layout with the family's latent channels (4 or 16).
-    None for Wan 2.2 5B, HunyuanVideo and HunyuanImage 2.1 (their VAEs' widths are fixed and too large)."""
+    (2x2-packed, 128 channels, 16x), ComfyUI's tiny video VAEs (TAEHV) for Wan 2.2 5B (48 channels, 16x) and
+    HunyuanVideo, else ComfyUI's TAESD layout with the family's latent channels (4 or 16). None for
+    HunyuanImage 2.1 (its VAE's widths are fixed and too large to build here)."""
     import comfy.sd
 
-    if family in ("wan22_5b", "hunyuan_video", "hunyuan_image21"):
+    if family == "hunyuan_image21":
         return None
-    if family in WAN21_VAE_FAMILIES:  # ComfyUI reads the width from decoder.head.0.gamma
+    if family in ("wan22_5b", "hunyuan_video"):  # decoder.1 reads the latent; fp16 marks HunyuanVideo's scaling
+        channels, out, dtype = (48, 12, torch.float32) if family == "wan22_5b" else (16, 3, torch.float16)
+        vae = comfy.sd.VAE(sd={"decoder.1.weight": torch.zeros(256, channels, 3, 3, dtype=dtype),
+                               "decoder.22.bias": torch.zeros(out)})
+    elif family in WAN21_VAE_FAMILIES:  # ComfyUI reads the width from decoder.head.0.gamma
         vae = comfy.sd.VAE(sd={"decoder.middle.0.residual.0.gamma": torch.ones(32, 1, 1, 1),
                                "decoder.head.0.gamma": torch.ones(8, 1, 1, 1)})
     elif family == "flux2":
