@@ -165,13 +165,18 @@ def fit_cell_size(model, vae, sampling: Sampling) -> tuple[Sampling, str | None]
 
 def check_cell_size(model, vae, width: int, height: int) -> None:
     """Refuse a cell size the model cannot make (the grid nodes fit it first, ``fit_cell_size``): every cell,
-    and every error tile beside it, must be the size of the others."""
-    step = sampler.latent_downscale(model, vae)
+    and every error tile beside it, must be the size of the others, and PixArt cannot draw small cells."""
+    step, minimum = sampler.size_rule(model, vae)
     if width % step or height % step:
         fits = f"{width // step * step or step}x{height // step * step or step}"
         raise ValueError(
             f"width/height: this MODEL ({bridge.model_family(model)}) makes images in steps of {step} px, and "
             f"{width}x{height} is not a multiple of {step}: use {fits} or the next step up"
+        )
+    if width + height < minimum:
+        raise ValueError(
+            f"width/height: this MODEL ({bridge.model_family(model)}) cannot draw {width}x{height}: it needs width + "
+            f"height of {minimum} px or more (ComfyUI's sampler fails below that): make the cells larger"
         )
 
 

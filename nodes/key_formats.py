@@ -28,6 +28,7 @@ class KeyFormat:
     tensors: str = "kohya"  # "kohya": .lora_down.weight/.lora_up.weight/.alpha; "peft": .lora_A.weight/.lora_B.weight
     alias: bool = False  # the name is ComfyUI's alias for the layer (another trainer's spelling), not its own path
     diffusers_pipeline: str | None = None  # the diffusers pipeline whose lora_state_dict reads the file
+    split_fused: bool = False  # a layer ComfyUI maps from several names (fused qkv) is saved under each of them
 
 
 def _kohya(example: str, written_by: str, loaded_by: str, name: str = "kohya", pipeline: str | None = None) -> KeyFormat:
@@ -50,8 +51,11 @@ WAN_BLOCK = "lora_unet_blocks_0_self_attn_q"
 KEY_FORMATS: dict[str, KeyFormat] = {
     "BaseModel": _kohya(SD_UNET, "kohya sd-scripts", "ComfyUI, A1111, Forge, diffusers", pipeline="StableDiffusionPipeline"),
     "SDXL": _kohya(SD_UNET, "kohya sd-scripts", "ComfyUI, A1111, Forge, diffusers", pipeline="StableDiffusionXLPipeline"),
-    # diffusers' SD3 loader reads only its own names, with the fused qkv split into to_q/to_k/to_v.
-    "SD3": _kohya("lora_unet_joint_blocks_0_x_block_attn_qkv", "kohya sd-scripts", "ComfyUI"),
+    # diffusers' SD3 loader reads only its own names: ComfyUI's fused qkv layers are saved split into to_q/to_k/to_v
+    # (add_q_proj/... for the text stream), each with the LoRA's down weights and its third of the up weights.
+    "SD3": KeyFormat("diffusers", "transformer.", "transformer.transformer_blocks.0.attn.to_q",
+                     "diffusers' SD3 DreamBooth LoRA script", "ComfyUI, diffusers", tensors="peft", alias=True,
+                     diffusers_pipeline="StableDiffusion3Pipeline", split_fused=True),
     "Flux": _kohya(FLUX_BLOCK, "kohya sd-scripts", "ComfyUI, Forge, diffusers", "kohya_flux", "FluxPipeline"),
     "Chroma": _kohya(FLUX_BLOCK, "kohya sd-scripts", "ComfyUI, diffusers", "kohya_flux", "ChromaPipeline"),
     "Flux2": _kohya(FLUX_BLOCK, "musubi-tuner", "ComfyUI, diffusers", "kohya_flux", "Flux2Pipeline"),
@@ -91,13 +95,14 @@ def key_format(model: Any) -> KeyFormat:
 def lora_key_namer(patcher: Any) -> Any:
     """Module path (in the diffusion network) → key stem in the family's key format, checked against ComfyUI's
     own LoRA key map so LoraLoader places every key (a layer the format has no name for keeps ComfyUI's generic
-    ``lora_unet_`` name, with a console note). The function carries ``tensor_names`` ("kohya" or "peft") and
-    ``key_format`` (the table's entry)."""
+    ``lora_unet_`` name, with a console note). The function carries ``tensor_names`` ("kohya" or "peft"),
+    ``row_splits`` (the layers a LoRA saves as several, ``_row_splits``) and ``key_format`` (the table's entry)."""
     model = patcher.model
     chosen = key_format(model)
     key_map = comfy.lora.model_lora_keys_unet(model, {})
     spelled = _unet_diffusers_paths(model) if chosen.prefix == "lora_unet_" else {}
     aliases = _aliases(key_map, chosen.prefix) if chosen.alias else {}
+    row_splits = _row_splits(model, key_map, chosen.prefix) if chosen.split_fused else {}
     noted: set[str] = set()
 
     def name(module_path: str) -> str:
@@ -124,6 +129,7 @@ def lora_key_namer(patcher: Any) -> Any:
         )
 
     name.tensor_names = chosen.tensors  # type: ignore[attr-defined]
+    name.row_splits = row_splits  # type: ignore[attr-defined]
     name.key_format = chosen  # type: ignore[attr-defined]
     return name
 
@@ -150,3 +156,28 @@ def _aliases(key_map: dict[str, Any], prefix: str) -> dict[str, str]:
             if stem != prefix + path or path not in aliases:
                 aliases[path] = stem
     return aliases
+
+
+def _row_splits(model: Any, key_map: dict[str, Any], prefix: str) -> dict[str, tuple[tuple[str, tuple[int, ...]], ...]]:
+    """Module path → ((name with ``prefix``, rows of the layer's weight it covers), ...) for the layers ComfyUI
+    maps from names with ``prefix`` that cover part of them (SD3's fused qkv from diffusers' to_q, to_k, to_v)
+    or keep their rows in another order (SD3's last modulation layers, whose shift and scale halves diffusers
+    swaps: ComfyUI swaps them back on loading). A LoRA layer saved as these parts (up weights' rows ``rows``
+    each) loads in ComfyUI as the layer it trained."""
+    modules = dict(model.diffusion_model.named_modules())  # the map also names layers this model lacks
+    splits: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+    for stem, target in key_map.items():
+        if not (stem.startswith(prefix) and isinstance(target, tuple) and target[0].endswith(".weight")):
+            continue
+        path = target[0][len("diffusion_model.") : -len(".weight")]
+        if path not in modules:
+            continue
+        if len(target) == 2 and target[1][0] == 0:  # (weight, (axis 0, first row, rows))
+            rows = tuple(range(target[1][1], target[1][1] + target[1][2]))
+        elif len(target) == 3 and target[1] is None and target[2] is comfy.utils.swap_scale_shift:
+            out_features = modules[path].weight.shape[0]
+            rows = tuple(range(out_features // 2, out_features)) + tuple(range(out_features // 2))
+        else:
+            continue
+        splits.setdefault(path, []).append((stem, rows))
+    return {path: tuple(sorted(parts, key=lambda part: part[1][0])) for path, parts in splits.items()}

@@ -7,6 +7,7 @@ they show is what a KSampler + LoraLoader graph gives.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import comfy.model_management
@@ -61,17 +62,36 @@ def latent_downscale(patcher: Any, vae: Any = None) -> int:
     return 8
 
 
+# PixArt's position embedding (comfy/ldm/pixart/pixartms.py, ``forward_orig``) is made for whole 2x2 patches
+# and divides by round(mean latent side / 64) * 64: ComfyUI's sampler fails on PixArt (a size mismatch, or
+# ZeroDivisionError) unless both latent sides are even and their mean is over 32 cells (Python rounds 0.5 to 0),
+# i.e. images in steps of 16 px with width + height of 528 px or more.
+PATCHED_STEPS = {"PixArt": (2, 528)}  # model class -> (latent cells per step, least width + height in px)
+
+
+def size_rule(patcher: Any, vae: Any = None) -> tuple[int, int]:
+    """(the step in px the MODEL makes images in, the least width + height in px it can draw; 0 = any)."""
+    cells, minimum = PATCHED_STEPS.get(model_family(patcher), (1, 0))
+    return latent_downscale(patcher, vae) * cells, minimum
+
+
 def fitted_size(patcher: Any, vae: Any, width: int, height: int, where: str) -> tuple[int, int, str | None]:
-    """The image size nearest ``width`` x ``height`` that the MODEL can make (its latent is 1/``latent_downscale``
-    of the image: Flux.2 draws in steps of 16 px, HunyuanImage 2.1 in steps of 32), and a note, also printed
-    to the console, when that is not the size asked (None when it is). ``where`` names the node and inputs."""
-    step = latent_downscale(patcher, vae)
+    """The image size nearest ``width`` x ``height`` that the MODEL can make (``size_rule``: its latent is
+    1/``latent_downscale`` of the image, so Flux.2 draws in steps of 16 px, HunyuanImage 2.1 in steps of 32;
+    PixArt in steps of 16 with width + height of 528 px or more, so smaller sizes grow, keeping their shape), and
+    a note, also printed to the console, when that is not the size asked (None when it is). ``where`` names the
+    node and inputs."""
+    step, minimum = size_rule(patcher, vae)
     fitted_width, fitted_height = (max(step, (size + step // 2) // step * step) for size in (width, height))
+    if fitted_width + fitted_height < minimum:
+        grow = minimum / (fitted_width + fitted_height)
+        fitted_width, fitted_height = (math.ceil(size * grow / step) * step for size in (fitted_width, fitted_height))
     if (fitted_width, fitted_height) == (width, height):
         return width, height, None
+    limit = f" with width + height of {minimum} px or more" if minimum else ""
     note = (
-        f"{where}: this MODEL ({model_family(patcher)}) makes images in steps of {step} px, so {width}x{height} is "
-        f"drawn at {fitted_width}x{fitted_height}, the nearest size it can make"
+        f"{where}: this MODEL ({model_family(patcher)}) makes images in steps of {step} px{limit}, so {width}x{height} "
+        f"is drawn at {fitted_width}x{fitted_height}, the nearest size it can make"
     )
     print(f"[LoRA Lab] {note}", flush=True)
     return fitted_width, fitted_height, note
@@ -91,10 +111,9 @@ def ksample(model: Any, positive: list, negative: list, seed: int, steps: int, c
 
 def batch_conditioning(conditionings: list[list]) -> list | None:
     """Several prompts' CONDITIONING as one batch (for sampling them together), or None when they cannot
-    be batched (different extra entries). Token sequences of different length are repeated to a common
-    length, as ComfyUI's own batching does."""
-    import math
-
+    be batched (different extra entries, or extra tensors of different shapes: attention masks and Llama
+    features follow each caption's token count, and ComfyUI runs those separately too). Token sequences of
+    different length are repeated to a common length, as ComfyUI's own batching does."""
     if any(len(c) != 1 for c in conditionings):
         return None
     conds = [c[0][0] for c in conditionings]
@@ -106,6 +125,8 @@ def batch_conditioning(conditionings: list[list]) -> list | None:
     for key in extras[0]:
         values = [e[key] for e in extras]
         if torch.is_tensor(values[0]) and all(torch.is_tensor(v) and v.shape[0] == 1 for v in values):
+            if any(v.shape != values[0].shape for v in values):
+                return None
             batched_extras[key] = torch.cat(values)
         elif all(v == values[0] for v in values):
             batched_extras[key] = values[0]

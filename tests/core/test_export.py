@@ -96,3 +96,22 @@ def test_peft_tensor_names_carry_the_alpha_scale_in_lora_a_and_keep_lycoris_tens
     torch.testing.assert_close(peft["lora_B.weight"] @ peft["lora_A.weight"], (2.0 / 4) * (up @ down))
     loha = {"hada_w1_a": down, "hada_w1_b": up, "alpha": torch.tensor(2.0)}
     assert peft_tensor_names(loha).keys() == loha.keys()
+
+
+def test_a_lora_layer_split_by_rows_changes_each_part_exactly_as_the_whole_did():
+    """A fused qkv LoRA (down [r, in], up [3 x out, r]) saved as q, k and v: each part has the same down
+    weights and alpha and its rows of the up weights, so together they change the weight exactly as the
+    fused layer did; rows may also come in another order (a swapped pair of halves). LoHa: no split."""
+    from trainer_core.adapters.export import split_rows
+
+    generator = torch.Generator().manual_seed(0)
+    down, up = torch.randn(4, 6, generator=generator), torch.randn(9, 4, generator=generator)
+    kohya = {"lora_down.weight": down, "lora_up.weight": up, "alpha": torch.tensor(2.0)}
+    parts = split_rows(kohya, [("q", range(0, 3)), ("k", range(3, 6)), ("v", range(6, 9))])
+    assert [stem for stem, _ in parts] == ["q", "k", "v"]
+    rebuilt = torch.cat([part["lora_up.weight"] @ part["lora_down.weight"] for _, part in parts])
+    assert torch.equal(rebuilt, up @ down)
+    assert all(torch.equal(part["lora_down.weight"], down) and part["alpha"] == 2.0 for _, part in parts)
+    ((_, swapped),) = split_rows(kohya, [("norm", [5, 6, 7, 8, 0, 1, 2, 3, 4])])
+    assert torch.equal(swapped["lora_up.weight"], torch.cat([up[5:], up[:5]]))
+    assert split_rows({"hada_w1_a": down, "hada_w1_b": up, "alpha": torch.tensor(2.0)}, [("q", range(3))]) is None

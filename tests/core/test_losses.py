@@ -68,6 +68,15 @@ def test_min_snr_weights_cap_the_easy_low_noise_steps():
     assert flow[0] < 0.01 and flow[1] == 1.0 and flow[2] == 1.0
 
 
+def test_min_snr_keeps_the_loss_finite_at_flows_pure_noise_level():
+    """SD3's schedule ends at sigma 1 (pure noise, SNR 0), one draw in 1,000: with min-SNR on (the default
+    gamma 5) that draw weighs 1, as the levels next to it do, instead of stopping training with a NaN loss."""
+    sigma = torch.tensor([0.999, 1.0])
+    assert torch.equal(min_snr_weight(sigma, "flow", 5.0), torch.ones(2))
+    x0, estimate = torch.zeros(2, 4, 8, 8), torch.ones(2, 4, 8, 8)
+    assert torch.isfinite(diffusion_loss(estimate, x0, sigma, "flow", 5.0))
+
+
 def test_loss_types_weigh_large_errors_differently():
     latents = torch.zeros(2, 1, 2, 2)
     sigma = torch.ones(2)

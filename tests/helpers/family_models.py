@@ -37,17 +37,15 @@ SD15_TINY = (
 
 # Families whose latent has a frame axis (image mode = one frame).
 VIDEO_FAMILIES = ("wan21", "wan22_14b", "wan22_5b", "hunyuan_video", "cosmos_predict2")
-TOKENS = 16  # token count for encoders whose output length follows the caption
+# Families whose VAE is Wan 2.1's (3-D causal, 16 channels, 8x): Qwen-Image's VAE is Wan 2.1's too.
+WAN21_VAE_FAMILIES = ("qwen_image", "wan21", "wan22_14b", "cosmos_predict2")
 
 
-def conditioning(family: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """(cross_attn shape, pooled shape or None) shaped like the family's real text encoders', from the
-    family matrix's table (``tiny_families.FAMILIES``); SD1.5's CLIP-L is 77 x 768 with no pooled output used."""
-    if family == "sd15":
-        return (77, 768), None
-    text = FAMILIES[family].text
-    cross = tuple(TOKENS if size == "T" else size for size in text["cross_attn"])
-    return cross, text.get("pooled_output")
+def text_shapes(family: str) -> dict[str, tuple]:
+    """Per-caption shapes (without the batch axis; "T" = the caption's token count) of what the family's real
+    text encoders return, from the family matrix's table (``tiny_families.FAMILIES``); SD1.5's CLIP-L gives
+    77 x 768 and no pooled output its model uses."""
+    return {"cross_attn": (77, 768)} if family == "sd15" else dict(FAMILIES[family].text)
 
 
 def family_patcher(family: str):
@@ -77,14 +75,23 @@ def family_patcher(family: str):
 
 @functools.cache
 def family_vae(family: str):
-    """The VAE a workflow of ``family`` decodes with: ComfyUI's TAESD layout with the family's latent
-    channels, and for Flux.2 its own VAE (the 2x2-packed 128-channel, 16x one, as ComfyUI detects it).
-    None for the video families and HunyuanImage 2.1 (their VAEs are too large to build here)."""
+    """The VAE a workflow of ``family`` decodes with, tiny and seeded, as ComfyUI detects it from a state
+    dict: Wan 2.1's (3-D causal, 16 channels; Qwen-Image's too) with its width cut to 8, Flux.2's own
+    (2x2-packed, 128 channels, 16x), ComfyUI's tiny video VAEs (TAEHV) for Wan 2.2 5B (48 channels, 16x) and
+    HunyuanVideo, else ComfyUI's TAESD layout with the family's latent channels (4 or 16). None for
+    HunyuanImage 2.1 (its VAE's widths are fixed and too large to build here)."""
     import comfy.sd
 
-    if family in VIDEO_FAMILIES or family == "hunyuan_image21":
+    if family == "hunyuan_image21":
         return None
-    if family == "flux2":
+    if family in ("wan22_5b", "hunyuan_video"):  # decoder.1 reads the latent; fp16 marks HunyuanVideo's scaling
+        channels, out, dtype = (48, 12, torch.float32) if family == "wan22_5b" else (16, 3, torch.float16)
+        vae = comfy.sd.VAE(sd={"decoder.1.weight": torch.zeros(256, channels, 3, 3, dtype=dtype),
+                               "decoder.22.bias": torch.zeros(out)})
+    elif family in WAN21_VAE_FAMILIES:  # ComfyUI reads the width from decoder.head.0.gamma
+        vae = comfy.sd.VAE(sd={"decoder.middle.0.residual.0.gamma": torch.ones(32, 1, 1, 1),
+                               "decoder.head.0.gamma": torch.ones(8, 1, 1, 1)})
+    elif family == "flux2":
         vae = comfy.sd.VAE(
             sd={
                 "decoder.conv_in.weight": torch.zeros(512, 32, 3, 3),
@@ -95,7 +102,7 @@ def family_vae(family: str):
             }
         )
     else:
-        channels = 16 if family in ("sd3", "flux") else 4
+        channels = 4 if family == "sd15" else FAMILIES[family].latent[0]
         vae = comfy.sd.VAE(sd={"taesd_decoder.1.weight": torch.zeros(64, channels, 3, 3)})
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -134,18 +141,30 @@ def family_node_latent(family: str, width: int, height: int) -> torch.Tensor:
 
 
 class FakeClip:
-    """Encodes every prompt to seeded noise shaped like ``family``'s real text encoders' output."""
+    """Encodes every prompt to seeded noise shaped like ``family``'s real text encoders' CONDITIONING: the
+    tensor and every extra entry the family's model reads (pooled output, attention masks, Llama or mT5
+    features). A caption has as many tokens as words + 2 (start and end), unless the family's encoder pads
+    to a fixed length; attention masks are ComfyUI's (int64, 1 over the caption's own tokens)."""
 
     cond_stage_model = torch.nn.Module()  # no text-encoder layers for a LoRA to match
 
     def __init__(self, family: str):
-        self.cross_attn, self.pooled = conditioning(family)
+        self.shapes = text_shapes(family)
+        self.fixed_tokens = 77 if family == "sd15" else FAMILIES[family].fixed_tokens
 
     def tokenize(self, text):
         return text
 
     def encode_from_tokens_scheduled(self, text):
         generator = torch.Generator().manual_seed(sum(map(ord, text)))
-        cond = torch.randn((1, *self.cross_attn), generator=generator)
-        pooled = None if self.pooled is None else torch.randn((1, *self.pooled), generator=generator)
-        return [[cond, {"pooled_output": pooled}]]
+        used = len(text.split()) + 2
+        encoded = {}
+        for key, shape in self.shapes.items():
+            shape = tuple((self.fixed_tokens or used) if size == "T" else size for size in shape)
+            if key.startswith("attention_mask"):
+                encoded[key] = (torch.arange(shape[-1]) < used).long().expand(1, *shape).clone()
+            else:
+                encoded[key] = torch.randn((1, *shape), generator=generator)
+        cond = encoded.pop("cross_attn")
+        encoded.setdefault("pooled_output", None)  # ComfyUI's encoders give one, None where they have none
+        return [[cond, encoded]]

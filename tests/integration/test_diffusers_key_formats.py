@@ -55,6 +55,11 @@ DIFFUSERS_MODELS = {
     "sdxl": ("UNet2DConditionModel", dict(UNET, cross_attention_dim=2048, use_linear_projection=True,
                                           addition_embed_type="text_time", addition_time_embed_dim=256,
                                           projection_class_embeddings_input_dim=2816)),
+    # ComfyUI's MMDiT is 64 wide per block of depth, with one head per block: one 64-wide head here.
+    "sd3": ("SD3Transformer2DModel", dict(sample_size=8, patch_size=2, in_channels=16, num_layers=1,
+                                          attention_head_dim=64, num_attention_heads=1, joint_attention_dim=4096,
+                                          caption_projection_dim=64, pooled_projection_dim=2048, out_channels=16,
+                                          pos_embed_max_size=8, qk_norm="rms_norm")),
     "flux": ("FluxTransformer2DModel", dict(FLUX, pooled_projection_dim=768, guidance_embeds=True)),
     "flux_schnell": ("FluxTransformer2DModel", dict(FLUX, pooled_projection_dim=768, guidance_embeds=False)),
     "chroma": ("ChromaTransformer2DModel", dict(FLUX, approximator_hidden_dim=32, approximator_layers=1)),
@@ -107,9 +112,9 @@ def comfy_model_on_meta(family: str):
     return model_config.get_model(model_state, device="meta")
 
 
-def exported_file(family: str) -> tuple[dict[str, torch.Tensor], list[tuple[int, float]], object]:
+def exported_file(family: str) -> tuple[dict[str, torch.Tensor], list[tuple[int, float]], object, dict]:
     """(the file's tensors as Train LoRA exports them, each trained layer's change as ``delta_size`` gives it,
-    the key namer)."""
+    the key namer, each trained layer's (up, down) weights by module path)."""
     from lora_lab.nodes import bridge
     from lora_lab.trainer_core.adapters.adapter_types import ADAPTER
     from lora_lab.trainer_core.adapters.config import LoRAConfig
@@ -120,13 +125,14 @@ def exported_file(family: str) -> tuple[dict[str, torch.Tensor], list[tuple[int,
     namer = bridge.kohya_key_namer(types.SimpleNamespace(model=model))
     adapter = inject_adapter(model.diffusion_model, LoRAConfig(rank=RANK, alpha=ALPHA), seed=0)
     generator = torch.Generator().manual_seed(1)
-    trained = []
-    for _, layer in adapter.layers():  # trained values: peft starts lora_B at zero
+    trained, layers = [], {}
+    for path, layer in adapter.layers():  # trained values: peft starts lora_B at zero
         down, up = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]
         down.weight = torch.nn.Parameter(torch.randn(down.weight.shape, generator=generator) / 8)
         up.weight = torch.nn.Parameter(torch.randn(up.weight.shape, generator=generator) / 8)
         trained.append(delta_size(up.weight, down.weight, ALPHA / RANK))
-    return extract_weights(adapter, namer), trained, namer
+        layers[path] = (up.weight.detach(), down.weight.detach())
+    return extract_weights(adapter, namer), trained, namer, layers
 
 
 def delta_size(up: torch.Tensor, down: torch.Tensor, scale: float) -> tuple[int, float]:
@@ -199,12 +205,14 @@ def diffusers_deltas(model) -> list[tuple[int, float]]:
 def test_the_file_loads_into_diffusers_through_the_pipelines_own_loader_with_every_key_placed(pack, family):
     from lora_lab.nodes import bridge
 
-    file, trained, namer = exported_file(family)
+    file, trained, namer, _ = exported_file(family)
     pipeline_name = namer.key_format.diffusers_pipeline
     assert pipeline_name is not None, f"the key-format table names no diffusers pipeline for {family}"
-    # The same names place every layer through ComfyUI's key map (what the sweep's "matches" note counts).
+    # The same names place every layer through ComfyUI's key map (what the sweep's "matches" note counts); a
+    # fused layer saved split (SD3's qkv as to_q, to_k, to_v) has a name per part.
     fit = bridge.lora_fit(types.SimpleNamespace(model=comfy_model_on_meta(family)), None, file)
-    assert fit == (len(trained), len(trained), [])
+    names = len(trained) + sum(len(parts) - 1 for parts in namer.row_splits.values() if f"{parts[0][0]}.lora_A.weight" in file)
+    assert fit == (names, names, [])
 
     model, log = load_into_diffusers(pipeline_name, family, file)
     assert_clean(log)
@@ -214,6 +222,36 @@ def test_the_file_loads_into_diffusers_through_the_pipelines_own_loader_with_eve
     # number of values with the same size of change, so nothing was dropped, doubled or rescaled.
     assert sum(numel for numel, _ in deltas) == sum(numel for numel, _ in trained)
     assert sum(size for _, size in deltas) == pytest.approx(sum(size for _, size in trained), rel=1e-6)
+
+
+def test_sd3s_fused_qkv_goes_into_diffusers_q_k_v_exactly_as_trained(pack):
+    """diffusers' SD3 has to_q, to_k, to_v (add_q_proj, ... for the text stream) where ComfyUI's MMDiT has one
+    qkv layer, and keeps the halves of the last modulation layers swapped. The file holds a LoRA per diffusers
+    layer; the weight changes diffusers loads, put in ComfyUI's layout by ComfyUI's own diffusers map for SD3
+    (``comfy.utils.mmdit_to_diffusers``), are the trained ones, row for row."""
+    import comfy.utils
+    from peft.tuners.lora import LoraLayer
+
+    file, _, namer, layers = exported_file("sd3")
+    assert any(".attn.to_q." in key for key in file) and not any(".qkv." in key for key in file)
+    assert any(".attn.add_v_proj." in key for key in file) and any(".norm1_context.linear." in key for key in file)
+    model, log = load_into_diffusers("StableDiffusion3Pipeline", "sd3", file)
+    assert_clean(log)
+    to_comfy = comfy.utils.mmdit_to_diffusers(comfy_model_on_meta("sd3").model_config.unet_config)
+    loaded = {path: torch.zeros(up.shape[0], down.shape[1]) for path, (up, down) in layers.items()}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and "file" in module.lora_A:
+            change = module.scaling["file"] * module.lora_B["file"].weight @ module.lora_A["file"].weight
+            target = to_comfy[f"{name}.weight"]
+            if isinstance(target, str):
+                loaded[target.removesuffix(".weight")] += change
+            elif target[1] is None:  # (weight, None, function): swap_scale_shift
+                loaded[target[0].removesuffix(".weight")] += target[2](change)
+            else:  # (weight, (axis, first row, rows)): one of q, k, v
+                loaded[target[0].removesuffix(".weight")].narrow(*target[1]).add_(change)
+    assert sum(1 for parts in namer.row_splits.values() if len(parts) == 3) == 2  # x_block's and context_block's qkv
+    for path, (up, down) in layers.items():
+        torch.testing.assert_close(loaded[path], (ALPHA / RANK) * up @ down, msg=path)
 
 
 @pytest.mark.parametrize("family", list(NO_DIFFUSERS_LOADER))

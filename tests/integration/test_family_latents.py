@@ -3,7 +3,9 @@
 Built at the MODEL level with ComfyUI's own model classes and tiny configs, in this process: the latent
 LoRA Lab samples from is compared with what the family's node (``EmptyLatentImage``,
 ``EmptySD3LatentImage``, ``EmptyFlux2LatentImage``, ``EmptyHunyuanLatentVideo`` with one frame) returns
-for the same width and height, and sampled images decode at the size asked.
+for the same width and height, and every family with a VAE built here samples and decodes at the size asked
+through the code TrainLoRA's sample images and the grid nodes' cells use (``sampler``, ``train_progress``,
+``grid_render``), from conditioning shaped as its real text encoders give it (``family_models.FakeClip``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,30 @@ WIDTH, HEIGHT = 80, 48  # multiples of 16, not square: a swapped axis shows
 WIDE, TALL = 160, 96  # multiples of 32, for HunyuanImage 2.1
 
 ALL_FAMILIES = ["sd15", *FAMILIES]  # every family of the matrix, and SD1.5
-# Sampled and decoded through the tests' stand-in text encoders and VAEs (family_models.FakeClip, family_vae),
-# which know these families; the others are checked at the empty latent above.
-IMAGE_FAMILIES = ["sd15", "sdxl", "sd3", "flux", "flux2"]
+# Every family whose VAE is built here (family_models.family_vae): all but HunyuanImage 2.1, which is sampled
+# without decoding below.
+DECODED_FAMILIES = [family for family in ALL_FAMILIES if family != "hunyuan_image21"]
+PROMPTS = ("a red square", "a small blue circle")  # different lengths: masks and Llama features differ too
+# PixArt cannot draw below width + height = 528 px (test_pixart_draws_small_sizes_at_the_nearest_it_can_make).
+PIXART_SIZE = (304, 240)
+
+
+def asked_size(family: str) -> tuple[int, int]:
+    return PIXART_SIZE if family == "pixart_sigma" else (WIDTH, HEIGHT)
+
+
+def zero_lora(patcher, prefix: str):
+    """One zero LoRA layer (the first linear layer under ``prefix``) in the key names the family's files use:
+    a LoRA, drawn at strength 0 only."""
+    from lora_lab.nodes import bridge
+    from lora_lab.trainer_core.adapters.export import LoRAWeights
+
+    path, layer = next((path, module) for path, module in patcher.model.diffusion_model.named_modules()
+                       if isinstance(module, torch.nn.Linear) and path.startswith(prefix))
+    stem = bridge.kohya_key_namer(patcher)(path)
+    weights = {f"{stem}.lora_down.weight": torch.zeros(4, layer.in_features),
+               f"{stem}.lora_up.weight": torch.zeros(layer.out_features, 4), f"{stem}.alpha": torch.tensor(4.0)}
+    return LoRAWeights(weights, {"ss_output_name": "zero"})
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +106,55 @@ def test_a_vae_for_another_family_does_not_set_the_downscale(sampler, caplog):
     assert tuple(latent.shape) == (1, 128, HEIGHT // 16, WIDTH // 16)
 
 
-@pytest.mark.parametrize("family", IMAGE_FAMILIES)
-def test_a_sampled_image_decodes_at_the_size_asked(sampler, family):
+@pytest.mark.parametrize("family", DECODED_FAMILIES)
+def test_a_sampled_image_decodes_at_the_size_asked_and_shows_the_prompt(sampler, family):
     patcher, vae, clip = family_patcher(family), family_vae(family), FakeClip(family)
-    positive, negative = sampler.encode_prompt(clip, "a red square"), sampler.encode_prompt(clip, "")
+    width, height = asked_size(family)
+    negative = sampler.encode_prompt(clip, "")
+    samples, images = [], []
     with torch.inference_mode():
-        samples = sampler.ksample(patcher, positive, negative, 0, 2, 1.0, "euler", "simple", WIDTH, HEIGHT, vae)
-        image = sampler.decode(vae, samples)
-    assert tuple(image.shape) == (1, HEIGHT, WIDTH, 3)
+        for prompt in PROMPTS:
+            samples.append(sampler.ksample(patcher, sampler.encode_prompt(clip, prompt), negative, 0, 2, 1.0, "euler",
+                                           "simple", width, height, vae))
+            images.append(sampler.decode(vae, samples[-1]))
+    assert [tuple(image.shape) for image in images] == [(1, height, width, 3)] * 2
+    assert all(image.isfinite().all() for image in images)
+    assert not torch.equal(samples[0], samples[1]), "the prompt did not reach the sampled latent"
+
+
+@pytest.mark.parametrize("family", DECODED_FAMILIES)
+def test_train_loras_sample_images_render_every_family_at_the_size_asked(sampler, family):
+    from lora_lab.nodes.train_progress import SampleImages
+    from lora_lab.trainer_core.training.results import StepReport
+
+    patcher, size = family_patcher(family), 272 if family == "pixart_sigma" else 64
+    samples = SampleImages(every=1, prompts=list(PROMPTS), patcher=patcher, clip=FakeClip(family),
+                           vae=family_vae(family), seed=0, steps=2, cfg=1.0, size=size,
+                           networks=[patcher.model.diffusion_model])
+    with torch.inference_mode():
+        preview = samples(StepReport(step=1, total=1, loss=0.5, learning_rate=1e-4))
+    assert samples.size_note is None and preview.size == (2 * size, size)
+    assert tuple(samples.output().shape) == (2, size, size, 3)
+
+
+@pytest.mark.parametrize("family", DECODED_FAMILIES)
+def test_sweep_cells_render_every_family_at_the_size_asked(sampler, family):
+    """One prompt at a time and all prompts in one sampler call (``batch_prompts``) give the same pictures;
+    captions of different token lengths, whose masks cannot batch, fall back to one call each."""
+    from lora_lab.nodes import grid_render
+
+    width, height = asked_size(family)
+    cells = [[grid_render.Cell((), prompt) for prompt in PROMPTS]]
+    rendered = []
+    for batch_prompts in (False, True):
+        sampling = grid_render.Sampling("", 0, 2, 1.0, "euler", "simple", width, height, batch_prompts)
+        with torch.inference_mode():
+            rows = grid_render.render_cells(family_patcher(family), FakeClip(family), family_vae(family), {},
+                                            cells, sampling, {})
+        assert [image.shape for image in rows[0]] == [(height, width, 3)] * 2
+        rendered.append(rows[0])
+    for alone, batched in zip(*rendered, strict=True):
+        assert abs(alone - batched).max() < 2 / 255  # a level of rounding at most (grid_render._render_batched)
 
 
 @pytest.mark.parametrize("family", VIDEO_FAMILIES)
@@ -111,32 +175,6 @@ def test_hunyuan_image_samples_at_a_32nd_of_the_size(sampler):
         samples = sampler.ksample(patcher, positive, negative, 0, 2, 1.0, "euler", "simple", WIDE, TALL)
     assert tuple(samples.shape) == (1, 64, TALL // 32, WIDE // 32)
     assert samples.isfinite().all() and samples.any()
-
-
-def test_train_loras_sample_images_render_flux2_at_the_size_asked(sampler):
-    from lora_lab.nodes.train_progress import SampleImages
-    from lora_lab.trainer_core.training.results import StepReport
-
-    patcher = family_patcher("flux2")
-    samples = SampleImages(every=1, prompts=["a red square", "a blue circle"], patcher=patcher,
-                           clip=FakeClip("flux2"), vae=family_vae("flux2"), seed=0, steps=2, cfg=1.0, size=64,
-                           networks=[patcher.model.diffusion_model])
-    with torch.inference_mode():
-        preview = samples(StepReport(step=1, total=1, loss=0.5, learning_rate=1e-4))
-    assert preview.size == (128, 64)
-    assert tuple(samples.output().shape) == (2, 64, 64, 3)
-
-
-def test_sweep_cells_render_flux2_at_the_size_asked(sampler):
-    from lora_lab.nodes import grid_render
-
-    cells = [[grid_render.Cell((), "a red square"), grid_render.Cell((), "a blue circle")]]
-    for batch_prompts in (False, True):
-        sampling = grid_render.Sampling("", 0, 2, 1.0, "euler", "simple", WIDTH, HEIGHT, batch_prompts)
-        with torch.inference_mode():
-            rows = grid_render.render_cells(family_patcher("flux2"), FakeClip("flux2"), family_vae("flux2"), {},
-                                            cells, sampling, {})
-        assert [image.shape for image in rows[0]] == [(HEIGHT, WIDTH, 3)] * 2
 
 
 def test_a_sweep_size_flux2_cannot_make_is_drawn_at_the_nearest_and_the_report_says_so(sampler, capsys):
@@ -161,22 +199,15 @@ def test_a_sweep_size_flux2_cannot_make_is_drawn_at_the_nearest_and_the_report_s
 
 def test_the_sweep_nodes_report_the_size_they_drew(sampler, capsys, monkeypatch):
     """Through TestLoRAStrengthSweep's own execute: the report names the size drawn, the grid is that size."""
-    from lora_lab.nodes import bridge, grid_render, strength_sweep
-    from lora_lab.trainer_core.adapters.export import LoRAWeights
+    from lora_lab.nodes import grid_render, strength_sweep
 
     monkeypatch.setattr(grid_render, "save_grid", lambda *a: {})
     patcher = family_patcher("flux2")
-    # One zero LoRA layer in the key names Flux.2's files use: a LoRA, drawn at strength 0 only.
-    path, layer = next((path, module) for path, module in patcher.model.diffusion_model.named_modules()
-                       if isinstance(module, torch.nn.Linear) and path.startswith("double_blocks."))
-    stem = bridge.kohya_key_namer(patcher)(path)
-    weights = {f"{stem}.lora_down.weight": torch.zeros(4, layer.in_features),
-               f"{stem}.lora_up.weight": torch.zeros(layer.out_features, 4), f"{stem}.alpha": torch.tensor(4.0)}
     inputs = dict(
         prompts="a red square", negative="", strengths="0", include_baseline=False,
         clip_strength_mode=strength_sweep.CLIP_MODES[0], clip_strength=1.0, seed=0, steps=1, cfg=1.0,
         sampler_name="euler", scheduler="simple", width=72, height=40, lora_name=grid_render.NO_FILE,
-        lora=LoRAWeights(weights, {"ss_output_name": "zero"}),
+        lora=zero_lora(patcher, "double_blocks."),
     )
     with torch.inference_mode():  # as ComfyUI runs every node
         result = strength_sweep.TestLoRAStrengthSweep.execute(
@@ -200,3 +231,46 @@ def test_train_loras_sample_images_at_a_size_flux2_cannot_make_come_at_the_neare
     with torch.inference_mode():
         samples(StepReport(step=1, total=1, loss=0.5, learning_rate=1e-4))
     assert tuple(samples.output().shape) == (1, 80, 80, 3)
+
+
+def test_pixart_draws_small_sizes_at_the_nearest_it_can_make(sampler, capsys, monkeypatch):
+    """ComfyUI's own sampler cannot draw PixArt at width + height under 528 px (its position embedding divides
+    by round(mean latent side / 64) * 64, which is 0 there), nor at odd latent sides (it is made for whole 2x2
+    patches). Sample images and sweep cells asked for less are drawn at the nearest size that works, keeping
+    their shape, and say so."""
+    import importlib
+
+    from lora_lab.nodes import grid_render, strength_sweep
+    from lora_lab.nodes.train_progress import SampleImages
+
+    comfy_nodes = importlib.import_module("nodes")
+    patcher, vae, clip = family_patcher("pixart_sigma"), family_vae("pixart_sigma"), FakeClip("pixart_sigma")
+    positive, negative = sampler.encode_prompt(clip, "a red square"), sampler.encode_prompt(clip, "")
+    for latent, error in (((32, 32), ZeroDivisionError), ((33, 33), RuntimeError)):  # 256x256, 264x264
+        with torch.inference_mode(), pytest.raises(error):  # ComfyUI's own KSampler
+            comfy_nodes.common_ksampler(patcher, 0, 1, 1.0, "euler", "simple", positive, negative,
+                                        {"samples": torch.zeros(1, 4, *latent)})
+    with torch.inference_mode():  # 272x256: width + height of 528 px, latent sides even
+        assert tuple(sampler.ksample(patcher, positive, negative, 0, 1, 1.0, "euler", "simple", 272, 256).shape) == (
+            1, 4, 32, 34)
+
+    samples = SampleImages(every=1, prompts=["a red square"], patcher=patcher, clip=clip, vae=vae, seed=0, steps=1,
+                           cfg=1.0, size=64, networks=[patcher.model.diffusion_model])
+    assert samples.size_note == ("TrainLoRA: sample images: this MODEL (PixArt) makes images in steps of 16 px with "
+                                 "width + height of 528 px or more, so 64x64 is drawn at 272x272, the nearest size it "
+                                 "can make")
+    assert (samples.width, samples.height) == (272, 272) and samples.size_note in capsys.readouterr().out
+
+    with pytest.raises(ValueError, match=r"cannot draw 80x48: it needs width \+ height of 528 px or more"):
+        grid_render.render_cells(patcher, clip, vae, {}, [[grid_render.Cell((), "a red square")]],
+                                 grid_render.Sampling("", 0, 1, 1.0, "euler", "simple", WIDTH, HEIGHT), {})
+    monkeypatch.setattr(grid_render, "save_grid", lambda *a: {})
+    inputs = dict(prompts="a red square", negative="", strengths="0", include_baseline=False,
+                  clip_strength_mode=strength_sweep.CLIP_MODES[0], clip_strength=1.0, seed=0, steps=1, cfg=1.0,
+                  sampler_name="euler", scheduler="simple", width=WIDTH, height=HEIGHT, lora_name=grid_render.NO_FILE,
+                  lora=zero_lora(patcher, "blocks.0."))
+    with torch.inference_mode():
+        _, images, report = strength_sweep.TestLoRAStrengthSweep.execute(model=patcher, clip=clip, vae=vae,
+                                                                         **inputs).result
+    assert tuple(images.shape[1:3]) == (208, 336)  # 80x48 grown 4.125x (330x198), keeping its shape, to steps of 16
+    assert "80x48 is drawn at 336x208" in report

@@ -21,7 +21,7 @@ from tiny_families import FAMILIES  # noqa: E402
 
 pytestmark = pytest.mark.comfy
 
-LATENT_CHANNELS = {"sdxl": 4, "flux": 16}
+LATENT_CHANNELS = {"sdxl": 4, "flux": 16, "sd3": 16}
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,9 @@ def pack():
 @pytest.mark.parametrize(
     "family, rslora, adapter",
     [("sdxl", False, "lora"), ("flux", False, "lora"), ("sdxl", True, "lora"), ("sdxl", False, "loha"),
-     ("sdxl", True, "lokr"), ("flux", False, "dora"), ("flux", False, "lokr")],
+     ("sdxl", True, "lokr"), ("flux", False, "dora"), ("flux", False, "lokr"),
+     # SD3's file splits a LoRA on a fused qkv layer into diffusers' q, k, v; these do not split by rows
+     ("sd3", False, "loha"), ("sd3", False, "dora")],
 )
 def test_family_trains_leaves_model_alone_and_loads_back_identically(pack, family, rslora, adapter, caplog):
     from lora_lab.nodes import bridge
@@ -126,7 +128,7 @@ def test_family_trains_leaves_model_alone_and_loads_back_identically(pack, famil
     network = patcher.model.diffusion_model
     before = {n: (p, p.clone()) for n, p in network.named_parameters()}
     denoiser = bridge.ComfyDenoiser(patcher.clone())
-    assert denoiser.prediction == ("flow" if family == "flux" else "eps")
+    assert denoiser.prediction == ("eps" if family == "sdxl" else "flow")
 
     g = torch.Generator().manual_seed(3)
     probe_x = torch.randn(1, LATENT_CHANNELS[family], 8, 8, generator=g)

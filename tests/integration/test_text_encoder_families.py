@@ -78,7 +78,8 @@ def load_time_conditioning(bridge, patcher, clip, weights, caplog):
         patches = comfy.lora.load_lora(weights, key_map)
         _, loaded_clip = comfy.sd.load_lora_for_models(patcher, clip, weights, 1.0, 1.0)
     assert "lora key not loaded" not in caplog.text
-    assert len(patches) == sum(k.endswith(".alpha") for k in weights)
+    # Every layer has an .alpha (kohya's tensor names) or a .lora_B.weight (peft's: SD3's diffusers names).
+    assert len(patches) == sum(k.endswith((".alpha", ".lora_B.weight")) for k in weights)
     with torch.no_grad():
         return bridge.ComfyTextEncoder(loaded_clip).encode([PROBE])[0]
 

@@ -14,14 +14,15 @@ import re
 import shutil
 import tempfile
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save, save_file
 
 # Module path (relative to the trained network, dots) -> key stem, e.g. "lora_unet_down_blocks_0_...". A namer
-# with the attribute ``tensor_names = "peft"`` gets its LoRA tensors under peft's names (``peft_tensor_names``).
+# with the attribute ``tensor_names = "peft"`` gets its LoRA tensors under peft's names (``peft_tensor_names``);
+# one with ``row_splits`` (module path -> ((stem, rows), ...)) saves those LoRA layers as several (``split_rows``).
 KeyNamer = Callable[[str], str]
 
 
@@ -46,6 +47,20 @@ def peft_tensor_names(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     down = tensors["lora_down.weight"]
     scale = float(tensors["alpha"]) / down.shape[0]
     return {"lora_A.weight": down * scale, "lora_B.weight": tensors["lora_up.weight"]}
+
+
+def split_rows(tensors: Mapping[str, torch.Tensor],
+               parts: Sequence[tuple[str, Sequence[int]]]) -> list[tuple[str, dict[str, torch.Tensor]]] | None:
+    """One LoRA layer's tensors as several layers, as diffusers names the q, k and v of a fused qkv layer: each
+    part (stem, rows) gets the same down weights and alpha and the rows ``rows`` of the up weights, so its change
+    is exactly those rows of the layer's (up[rows] @ down = (up @ down)[rows]). None for LoHa, LoKr and DoRA
+    tensors, which do not split by rows alone."""
+    if set(tensors) != {"lora_down.weight", "lora_up.weight", "alpha"}:
+        return None
+    up = tensors["lora_up.weight"]
+    return [(stem, {"lora_down.weight": tensors["lora_down.weight"],
+                    "lora_up.weight": up[torch.as_tensor(list(rows))].contiguous(), "alpha": tensors["alpha"]})
+            for stem, rows in parts]
 
 
 class LoRAWeights(dict):

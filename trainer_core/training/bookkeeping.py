@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..adapters.adapter_types import export_layer
-from ..adapters.export import KeyNamer, LoRAWeights, peft_tensor_names, save_lora
+from ..adapters.export import KeyNamer, LoRAWeights, peft_tensor_names, save_lora, split_rows
 from ..adapters.inject import InjectedAdapter
 from .checkpoints import CheckpointPolicy, restore_random_state, save_training_state
 from .ema import AdapterEMA, averaged
@@ -22,14 +22,17 @@ from .validation import best_checkpoint, checkpoints_to_prune, record_checkpoint
 
 def extract_weights(adapter: InjectedAdapter, key_namer: KeyNamer) -> dict[str, torch.Tensor]:
     """The adapter's tensors under kohya / LyCORIS keys (fp32 on the CPU), scale recorded as ``.alpha``, or
-    under peft's names when the namer asks for them (``tensor_names = "peft"``)."""
+    under peft's names when the namer asks for them (``tensor_names = "peft"``). A LoRA layer the namer lists
+    in ``row_splits`` is saved as its parts (``split_rows``), any other under ``key_namer(path)``."""
     peft_names = getattr(key_namer, "tensor_names", "kohya") == "peft"
+    row_splits = getattr(key_namer, "row_splits", {})
     out: dict[str, torch.Tensor] = {}
     for name, layer in adapter.layers():
-        stem = key_namer(name)
         tensors = export_layer(layer, adapter.config)
-        for suffix, tensor in (peft_tensor_names(tensors) if peft_names else tensors).items():
-            out[f"{stem}.{suffix}"] = tensor
+        parts = split_rows(tensors, row_splits[name]) if name in row_splits else None
+        for stem, part in parts or [(key_namer(name), tensors)]:
+            for suffix, tensor in (peft_tensor_names(part) if peft_names else part).items():
+                out[f"{stem}.{suffix}"] = tensor
     return out
 
 

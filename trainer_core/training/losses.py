@@ -63,7 +63,7 @@ def min_snr_weight(sigma: torch.Tensor, prediction: PredictionType, gamma: float
         return clipped / (snr + 1.0)
     if prediction == "x0":
         return clipped
-    return clipped / snr
+    return torch.clamp(gamma / snr, max=1.0)  # = clipped / snr, and 1 (not 0/0) at flow's sigma 1, where SNR is 0
 
 
 LOSS_TYPES: tuple[str, ...] = ("mse", "l1", "huber")
