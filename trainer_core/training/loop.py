@@ -30,7 +30,8 @@ from .activations import is_inplace_autograd_error, keep_saved_activations
 from .bookkeeping import export_weights, extract_weights, load_state, save_checkpoint
 from .checkpoints import CheckpointPolicy, load_training_state
 from .config import MIXED_PRECISION_CHOICES, TrainingConfig
-from .encoding import TextCache, encode_latents
+from .encoding import TextCache
+from .encoding_cache import EncodingCache, EncodingCounts, encode_dataset
 from .epochs import CaptionFunction, TrainingData, samples_per_epoch
 from .optimizers import OptimizerConfig, effective_learning_rate
 from .parallel import SingleProcess
@@ -74,6 +75,7 @@ def train_lora(
     scheduler: SchedulerConfig | None = None,
     text_key_namer: KeyNamer = default_text_key_name,
     parallel: SingleProcess | None = None,
+    encoding_cache: EncodingCache | None = None,
 ) -> TrainingResult:
     """Train a LoRA on ``denoiser.network`` and return its weights; the network is left as it was.
 
@@ -96,6 +98,9 @@ def train_lora(
     ``parallel`` (``parallel.AcceleratedProcesses`` under ``accelerate launch``; default one process):
     one step is one global batch of ``batch_size x world_size`` images, each process trains on its share
     and gradients are summed (see ``parallel.py``); only the main process writes checkpoints.
+
+    ``encoding_cache``: latents, and caption embeddings while the text encoder is frozen, are read from
+    and written to that disk cache (``encoding_cache.py``); ``result.encoding`` says how many of each.
     """
     training = _checked(training, data, denoiser.device)
     started = time.perf_counter()
@@ -109,7 +114,8 @@ def train_lora(
     with torch.inference_mode(False), torch.enable_grad():
         # Read inside: tensors loaded under ComfyUI's inference mode could not be updated by the optimizer.
         resume_state = load_training_state(resume_from) if resume_from is not None else None
-        latents, texts, fixed_captions = _encode_once(data, codec, text_encoder, caption, randomised or train_text)
+        latents, texts, fixed_captions, encoding = _encode_once(
+            data, codec, text_encoder, caption, randomised or train_text, encoding_cache, training.clip_skip)
         encode_seconds = time.perf_counter() - started
 
         network = denoiser.network
@@ -134,7 +140,7 @@ def train_lora(
                 adapter.remove()
     result.total_steps, result.mixed_precision = total_steps, training.mixed_precision
     result.seconds = time.perf_counter() - started
-    result.encode_seconds = encode_seconds
+    result.encode_seconds, result.encoding = encode_seconds, encoding
     return result
 
 
@@ -148,17 +154,16 @@ def _checked(training: TrainingConfig, data: TrainingData, device: torch.device)
 
 
 def _encode_once(
-    data: TrainingData, codec: LatentCodec, text_encoder: TextEncoder, caption: CaptionFunction, per_step: bool
-) -> tuple[list[torch.Tensor], TextCache, list[str]]:
-    """The dataset's latents, a cache of caption embeddings and each item's fixed caption. Unless captions
-    are encoded at every step (``per_step``: random captions, or a text encoder in training), each
-    caption is encoded here, once."""
-    latents = encode_latents(data, codec)
+    data: TrainingData, codec: LatentCodec, text_encoder: TextEncoder, caption: CaptionFunction, per_step: bool,
+    cache: EncodingCache | None, clip_skip: int,
+) -> tuple[list[torch.Tensor], TextCache, list[str], EncodingCounts]:
+    """The dataset's latents, a cache of caption embeddings, each item's fixed caption, and how many were
+    read from ``cache``. Unless captions are encoded at every step (``per_step``: random captions, or a
+    text encoder in training), each caption is encoded here, once."""
     texts = TextCache(text_encoder)
     fixed_captions = [caption(item, None) for item in data.items]
-    if not per_step:
-        texts.get(fixed_captions)
-    return latents, texts, fixed_captions
+    latents, counts = encode_dataset(data, codec, texts, None if per_step else fixed_captions, cache, clip_skip)
+    return latents, texts, fixed_captions, counts
 
 
 def _optimise(

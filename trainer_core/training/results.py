@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..adapters.export import LoRAWeights
+from .encoding_cache import EncodingCounts
 
 
 class TrainingError(RuntimeError):
@@ -41,3 +42,4 @@ class TrainingResult:
     steps: int = 0
     seconds: float = 0.0
     encode_seconds: float = 0.0
+    encoding: EncodingCounts | None = None  # latents and captions read from the encoding cache, or encoded
