@@ -196,3 +196,12 @@ def test_training_with_the_cache_gives_the_same_lora_as_without(folder, tmp_path
     assert (counts_on.latents_encoded, counts_on.texts_encoded) == (0, 0)
     assert without.keys() == with_cache.keys()
     assert all(torch.equal(without[k], with_cache[k]) for k in without)
+
+
+def test_a_cache_folder_that_cannot_be_written_is_said_once_and_training_data_is_complete(folder, tmp_path, caplog):
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("a file where the cache folder should be")
+    latents, texts, counts, _, _ = encode(folder, EncodingCache(blocked, "vae A", "clip A"))
+    assert len(latents) == COUNT and len(texts) == COUNT and counts.latents_encoded == COUNT
+    assert len([r for r in caplog.records if "cannot write" in r.getMessage()]) == 1
+    assert str(blocked) in caplog.text and "could not be written" in counts.summary()

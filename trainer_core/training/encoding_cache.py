@@ -73,6 +73,7 @@ class EncodingCounts:
     texts_cached: int = 0
     texts_encoded: int = 0
     texts_every_step: bool = False  # the text encoder trains, or captions change per step: nothing to keep
+    writable: bool = True  # False after the first write the disk refused: the run stops trying
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -83,7 +84,8 @@ class EncodingCounts:
         else:
             texts = f"captions {self.texts_cached} cached, {self.texts_encoded} encoded"
         tail = "" if self.cache_on else " (encoding cache off)"
-        return "; ".join([f"{latents}; {texts}{tail}", *self.notes])
+        unwritten = [] if self.writable else ["the cache could not be written (the warning above says why)"]
+        return "; ".join([f"{latents}; {texts}{tail}", *self.notes, *unwritten])
 
 
 def encode_dataset(
@@ -135,7 +137,7 @@ def cached_latents(data: KeyedData, codec: LatentCodec, cache: EncodingCache, co
         encoded = encode_latents(_Subset(data, missing), codec)
         for index, latent in zip(missing, encoded, strict=True):
             latents[index] = latent
-            write_entry(paths[index], {"latent": latent})
+            counts.writable = counts.writable and write_entry(paths[index], {"latent": latent})
     used.update(paths)
     counts.latents_cached += len(paths) - len(missing)
     counts.latents_encoded += len(missing)
@@ -154,7 +156,7 @@ def cached_texts(texts: TextCache, captions: Sequence[str], cache: EncodingCache
             texts.cache[caption] = entry
     missing = [caption for caption in distinct if caption not in texts.cache]
     for caption, embedding in zip(missing, texts.get(missing), strict=True):
-        write_entry(paths[caption], embedding)
+        counts.writable = counts.writable and write_entry(paths[caption], embedding)
     used.update(paths.values())
     counts.texts_cached += len(distinct) - len(missing)
     counts.texts_encoded += len(missing)
@@ -192,8 +194,9 @@ def write_entry(path: Path, tensors: TextEmbedding) -> bool:
         save_file(cpu, temp_name, metadata={"format": ENTRY_FORMAT, "digest": _digest(cpu)})
         os.replace(temp_name, path)
         return True
-    except OSError as error:
-        log.warning("encoding cache: cannot write %s (%s); training goes on without caching it", path, error)
+    except (OSError, SafetensorError) as error:  # a full disk, a folder that is not writable
+        log.warning("encoding cache: cannot write %s (%s); training goes on without caching what is left. Free "
+                    "space there, or turn encoding_cache off", path, error)
         return False
     finally:
         if temp_name is not None and os.path.exists(temp_name):
