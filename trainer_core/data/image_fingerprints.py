@@ -86,8 +86,8 @@ def near_duplicate_groups(
 ) -> tuple[tuple[Path, ...], ...]:
     """Groups of different files that show (almost) the same picture.
 
-    Byte-identical copies count once (they are exact duplicates). One vectorised pass per image:
-    O(n²/2) cheap comparisons, about a second for 5,000 images.
+    Byte-identical copies count once (they are exact duplicates). The hashes are compared all with
+    all, a block of rows at a time (a few MB): O(n²/2) comparisons, about 0.1 s for 5,000 images.
     """
     members: list[ImageFingerprint] = []
     seen: set[str] = set()
@@ -101,19 +101,32 @@ def near_duplicate_groups(
     colours = np.stack([m.colour.reshape(-1) for m in members]).astype(np.int16)
     # Leader clustering: each group is one picture and the pictures close to *it*, so a chain of
     # small edits (1 degree rotations) does not merge pictures that are far apart.
+    similar = _later_close_hashes(hashes, max_distance)
     grouped = np.zeros(len(members), dtype=bool)
     groups: list[tuple[Path, ...]] = []
     for leader in range(len(members) - 1):
         if grouped[leader]:
             continue
-        rest = np.nonzero(~grouped[leader + 1 :])[0] + leader + 1
-        close = rest[_popcount(hashes[rest] ^ hashes[leader]) <= max_distance]
+        close = similar[leader][~grouped[similar[leader]]]
         if close.size:
             close = close[np.abs(colours[close] - colours[leader]).mean(axis=1) <= COLOUR_TOLERANCE]
         if close.size:
             grouped[close] = True
             groups.append((members[leader].path, *(members[int(i)].path for i in close)))
     return tuple(groups)
+
+
+def _later_close_hashes(hashes: np.ndarray, max_distance: int) -> list[np.ndarray]:
+    """For each hash, the indices after it of the hashes at most ``max_distance`` bits away."""
+    count = len(hashes)
+    rows = max(1, (1 << 20) // count)  # a block of rows x count comparisons: about 1 M at a time
+    later: list[np.ndarray] = []
+    for start in range(0, count, rows):
+        # Row r is hash start + r, column c is hash start + c: the hashes after it lie above the diagonal.
+        block = np.triu(_popcount(hashes[start : start + rows, None] ^ hashes[None, start:]) <= max_distance, k=1)
+        row_of, column = np.nonzero(block)
+        later.extend(np.split(column + start, np.cumsum(np.bincount(row_of, minlength=len(block)))[:-1]))
+    return later
 
 
 def _popcount(values: np.ndarray) -> np.ndarray:
