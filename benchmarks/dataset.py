@@ -7,8 +7,10 @@ a child process of its own, which does what Load Dataset does after its inputs a
 fingerprint ComfyUI asks for, the scan (headers and captions), the report (every image read once for
 duplicates and thumbnails), the report's text and the contact sheet. Timed: that work only (imports are
 done before). Memory: the child's peak resident set (``getrusage`` maxrss), before the work and at the end.
-Printed per size: median and min-max over the repeats of the time per image and the peak RSS; then the
-ratios of the largest size to the smallest (time per image: 1.0 = linear; peak RSS: 1.0 = flat).
+Printed per size: median and min-max over the repeats of the time per image and the peak RSS, and the
+time per image of the near-duplicate check (the one step that compares every image with every other,
+timed again on its own after the rest); then the ratios of the largest size to the smallest (time per
+image: 1.0 = linear; peak RSS: 1.0 = flat).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def measure(folder: Path, workers: int, resolution: int) -> dict:
     from trainer_core.data.dataset import DatasetOptions
     from trainer_core.data.dataset_folder import folder_fingerprint
     from trainer_core.data.dataset_report import ReportOptions, load_checked_dataset
+    from trainer_core.data.image_fingerprints import near_duplicate_groups
     from trainer_core.pictures.contact_sheet import render_contact_sheet
 
     before = peak_rss_mib()
@@ -66,7 +69,11 @@ def measure(folder: Path, workers: int, resolution: int) -> dict:
     report.summary()
     render_contact_sheet(dataset, report)
     seconds = time.perf_counter() - started
-    return {"images": len(dataset.items), "seconds": seconds, "rss_before": before, "rss_peak": peak_rss_mib()}
+    peak = peak_rss_mib()
+    started = time.perf_counter()  # the one step that compares every image with every other, again on its own
+    near_duplicate_groups(list(report.fingerprints.values()), ReportOptions().near_duplicate_distance)
+    return {"images": len(dataset.items), "seconds": seconds, "rss_before": before, "rss_peak": peak,
+            "near_duplicates": time.perf_counter() - started}
 
 
 def child(folder: Path, workers: int, resolution: int) -> dict:
@@ -108,10 +115,12 @@ def main() -> int:
                 results.setdefault(size, []).append(child(folders[size], args.workers, args.resolution))
     print(f"Load Dataset's scan + report + contact sheet, {args.side} px PNGs with captions, resolution "
           f"{args.resolution}, {args.workers} reader threads, one child process per measurement, {args.repeats} repeats")
-    print(f"{'images':>7} {'ms per image, median (min-max)':>32} {'peak RSS MiB (min-max)':>28} {'RSS before work':>16}")
+    print(f"{'images':>7} {'ms per image, median (min-max)':>32} {'of which near-dup.':>19} "
+          f"{'peak RSS MiB (min-max)':>28} {'RSS before work':>16}")
     for size, runs in results.items():
         per_image = [1000 * run["seconds"] / run["images"] for run in runs]
-        print(f"{size:7d} {spread(per_image, 'ms', 3):>32} {spread([r['rss_peak'] for r in runs], 'MiB', 1):>28} "
+        near = statistics.median([1000 * run["near_duplicates"] / run["images"] for run in runs])
+        print(f"{size:7d} {spread(per_image, 'ms', 3):>32} {near:16.3f} ms {spread([r['rss_peak'] for r in runs], 'MiB', 1):>28} "
               f"{statistics.median([r['rss_before'] for r in runs]):12.1f} MiB")
     small, large = min(results), max(results)
     time_ratio = [(b["seconds"] / b["images"]) / (a["seconds"] / a["images"])
