@@ -287,8 +287,13 @@ def model_fingerprint(patcher: Any) -> str:
     """A quick sha256 of the base network: every tensor's name, shape and first and last 4 KiB.
 
     The MODEL does not say which file it came from, so this identifies the weights themselves."""
+    return weights_fingerprint(patcher.model.diffusion_model.state_dict())
+
+
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """A quick sha256 of a state dict: every tensor's name, shape, dtype and first and last 4 KiB."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(patcher.model.diffusion_model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         flat = tensor.detach().reshape(-1)
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
         for part in (flat[:1024], flat[-1024:]):

@@ -41,6 +41,8 @@ from ..trainer_core.training.text_encoder_parts import skipped_text_encoders_not
 from ..trainer_core.training.train_log import TrainingLog, log_paths
 from ..trainer_core.training.validation import ValidationConfig
 from . import bridge, families, train_validation
+from .encoding_cache import encoding_cache
+from .encoding_cache import summary as encoding_summary
 from .key_formats import key_format
 from .optimizer_settings import LoRALabOptimizerSettings, optimizer_config
 from .run_context import current_run_context
@@ -335,7 +337,10 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
             resume_from=resume_from, optimizer=run.optimizer, scheduler=run.scheduler,
             text_key_namer=text_key_namer, parallel=context.parallel,
             validation_data=run.held_out, validation=run.validation,
+            encoding_cache=encoding_cache(settings["encoding_cache"], vae, clip, patcher),
         )
+        if context.is_main_process:
+            print(encoding_summary(result.encoding), flush=True)
     except NonFiniteLossError as error:
         saved = _save_recovery(error.weights)
         raise RuntimeError(f"{error} The last good LoRA (step {error.step}) was saved to {saved}.") from error

@@ -22,6 +22,7 @@ from ..trainer_core.training.losses import LOSS_TYPES, TIMESTEP_SAMPLING
 from ..trainer_core.training.memory import BASE_WEIGHT_CHOICES, BASE_WEIGHTS_HELP
 from ..trainer_core.training.validation import ValidationConfig
 from . import bridge
+from .encoding_cache import ENCODING_CACHE_HELP
 from .types import (
     AdapterSettings,
     LossSettings,
@@ -134,6 +135,8 @@ class LoRALabMemorySettings(SettingsNode):
                 tooltip="Unload every other model from the GPU before training: more memory for training, "
                 "the next sampler reloads what it needs.",
             ),
+            # Optional, so API graphs saved before it still validate (execute fills in its default).
+            io.Boolean.Input("encoding_cache", default=True, optional=True, tooltip=ENCODING_CACHE_HELP),
         ])
 
     @classmethod

@@ -234,3 +234,17 @@ def test_near_duplicate_groups_do_not_chain_small_steps_into_one_group() -> None
     ]
     assert near_duplicate_groups(prints, 3) == ((Path("a"), Path("b")),)
     assert near_duplicate_groups(prints, 6) == ((Path("a"), Path("b"), Path("c")),)
+
+
+def test_images_read_by_threads_a_window_at_a_time_are_all_checked_in_order(tmp_path: Path) -> None:
+    # 2 threads read 64 images at a time: a duplicate pair in different windows is still found.
+    count = 150
+    for index in range(count):
+        noise_image(tmp_path / f"{index:03d}.png", (64, 64), seed=index)
+    shutil.copy(tmp_path / "003.png", tmp_path / "140.png")
+    dataset = load_dataset(tmp_path, OPTIONS)
+
+    report = inspect_dataset(dataset, ReportOptions(workers=2, near_duplicate_distance=0))
+
+    assert [print_.path for print_ in report.fingerprints.values()] == [item.image_path for item in dataset.items]
+    assert report.exact_duplicates == ((tmp_path / "003.png", tmp_path / "140.png"),)

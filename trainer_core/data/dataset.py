@@ -9,8 +9,8 @@ A ``<name>_mask.png`` beside an image, or else its alpha channel, is its loss ma
 and never held in memory; ``Dataset.load_image`` decodes one image at its bucket size when the
 trainer asks. ``Dataset.content_hash`` lets a trainer reuse cached latents and embeddings: it changes
 when an image file (path, size or modification time), a caption, a repeat count or a bucketing option
-changes. ``Dataset.caption_options`` carries the caption processing the LoadDataset node chose;
-``Dataset.caption_for`` applies it.
+changes; ``Dataset.pixel_key`` names one image's pixels as trained. ``Dataset.caption_options`` carries
+the caption processing the LoadDataset node chose; ``Dataset.caption_for`` applies it.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from .image_files import (
     resize_to_bucket,
     to_float_array,
 )
+from .image_fingerprints import pixel_key
 from .masks import load_mask, mask_of
 
 logger = logging.getLogger(__name__)
@@ -203,6 +204,10 @@ class Dataset:
                 f"{item.image_path} was removed after the dataset was loaded: run LoadDataset again"
             ) from error
         return to_float_array(fitted)
+
+    def pixel_key(self, item: DatasetItem) -> str:
+        """Names ``load_image``'s pixels for ``item``, for caches of latents that outlive a run."""
+        return pixel_key(item.image_path, item.bucket, self.options.center_crop, self.options.background)
 
     def buckets(self) -> dict[Size, list[int]]:
         """Each bucket size and the indices of the items in it, buckets sorted by size."""

@@ -9,7 +9,8 @@ model's prediction space, min-SNR), ``masked_loss`` (masks at latent size), ``op
 packages some of them need), ``optimizer_settings``, ``schedulers``, ``ema``, ``memory`` and
 ``memory_estimate`` (memory options and the estimate before the first step), ``checkpoints``,
 ``text_encoder`` (a LoRA in the text encoders) with ``text_encoder_parts`` (which of them: CLIP, T5 with
-``train_t5``, never a language model), ``encoding`` (latents and caption embeddings, cached),
+``train_t5``, never a language model), ``encoding`` (latents and caption embeddings, cached) with
+``encoding_cache`` (the same kept on disk between runs),
 ``activations``, ``train_log`` (loss and learning rate per step: CSV, TensorBoard), ``metadata`` (the ``ss_*``
 keys kohya writes), ``presets``, ``validation`` with ``validation_loss`` (the loss on held-out images at fixed
 noise, the best checkpoint), ``report`` (a run's summary in words), and ``config``

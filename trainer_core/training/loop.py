@@ -30,7 +30,8 @@ from .activations import is_inplace_autograd_error, keep_saved_activations
 from .bookkeeping import export_weights, extract_weights, load_state, save_checkpoint
 from .checkpoints import CheckpointPolicy, load_training_state
 from .config import MIXED_PRECISION_CHOICES, TrainingConfig
-from .encoding import TextCache, encode_latents
+from .encoding import TextCache
+from .encoding_cache import EncodingCache, EncodingCounts, encode_dataset
 from .epochs import CaptionFunction, TrainingData, samples_per_epoch
 from .masked_loss import latent_masks, masked_loss_problem
 from .optimizers import OptimizerConfig, effective_learning_rate
@@ -79,6 +80,7 @@ def train_lora(
     parallel: SingleProcess | None = None,
     validation_data: TrainingData | None = None,
     validation: ValidationConfig | None = None,
+    encoding_cache: EncodingCache | None = None,
 ) -> TrainingResult:
     """Train a LoRA on ``denoiser.network`` and return its weights; the network is left as it was.
 
@@ -105,6 +107,8 @@ def train_lora(
     ``validation_data`` (held-out images, never trained on) is evaluated as ``validation.py`` says, at the
     steps ``validation`` (default ``ValidationConfig()``) asks for; the result carries the losses and the
     best checkpoint. It does not change what trains: the same LoRA as without it.
+    ``encoding_cache``: latents, and caption embeddings while the text encoder is frozen, are read from
+    and written to that disk cache (``encoding_cache.py``); ``result.encoding`` says how many of each.
     """
     training = _checked(training, data, denoiser.device)
     started = time.perf_counter()
@@ -118,7 +122,8 @@ def train_lora(
     with torch.inference_mode(False), torch.enable_grad():
         # Read inside: tensors loaded under ComfyUI's inference mode could not be updated by the optimizer.
         resume_state = load_training_state(resume_from) if resume_from is not None else None
-        latents, texts, fixed_captions = _encode_once(data, codec, text_encoder, caption, randomised or train_text)
+        latents, texts, fixed_captions, encoding = _encode_once(
+            data, codec, text_encoder, caption, randomised or train_text, encoding_cache, training.clip_skip)
         held_out = None
         if validation_data is not None:
             held_out = encode_held_out(validation_data, codec, caption, validation or ValidationConfig())
@@ -151,7 +156,7 @@ def train_lora(
                 adapter.remove()
     result.total_steps, result.mixed_precision = total_steps, training.mixed_precision
     result.seconds = time.perf_counter() - started
-    result.encode_seconds = encode_seconds
+    result.encode_seconds, result.encoding = encode_seconds, encoding
     return result
 
 
@@ -165,17 +170,16 @@ def _checked(training: TrainingConfig, data: TrainingData, device: torch.device)
 
 
 def _encode_once(
-    data: TrainingData, codec: LatentCodec, text_encoder: TextEncoder, caption: CaptionFunction, per_step: bool
-) -> tuple[list[torch.Tensor], TextCache, list[str]]:
-    """The dataset's latents, a cache of caption embeddings and each item's fixed caption. Unless captions
-    are encoded at every step (``per_step``: random captions, or a text encoder in training), each
-    caption is encoded here, once."""
-    latents = encode_latents(data, codec)
+    data: TrainingData, codec: LatentCodec, text_encoder: TextEncoder, caption: CaptionFunction, per_step: bool,
+    cache: EncodingCache | None, clip_skip: int,
+) -> tuple[list[torch.Tensor], TextCache, list[str], EncodingCounts]:
+    """The dataset's latents, a cache of caption embeddings, each item's fixed caption, and how many were
+    read from ``cache``. Unless captions are encoded at every step (``per_step``: random captions, or a
+    text encoder in training), each caption is encoded here, once."""
     texts = TextCache(text_encoder)
     fixed_captions = [caption(item, None) for item in data.items]
-    if not per_step:
-        texts.get(fixed_captions)
-    return latents, texts, fixed_captions
+    latents, counts = encode_dataset(data, codec, texts, None if per_step else fixed_captions, cache, clip_skip)
+    return latents, texts, fixed_captions, counts
 
 
 def _optimise(

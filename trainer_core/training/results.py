@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..adapters.export import LoRAWeights
+from .encoding_cache import EncodingCounts
 
 
 class TrainingError(RuntimeError):
@@ -43,3 +44,4 @@ class TrainingResult:
     encode_seconds: float = 0.0
     validation_losses: dict[int, float] = field(default_factory=dict)  # step -> held-out loss (validation.py)
     best_checkpoint: tuple[int, Path] | None = None  # (step, file) of the lowest held-out loss among checkpoints
+    encoding: EncodingCounts | None = None  # latents and captions read from the encoding cache, or encoded
