@@ -4,10 +4,14 @@ The benchmark teaches the toy base a shape it has never drawn (a plus-shaped cro
 sampled picture, "is that shape there?". Nothing is learned here and nothing is downloaded; the score
 is geometry on the picture's silhouette:
 
-1. **Silhouette.** The background colour is the median of the outer border band (the toy's scenes keep
-   shapes clear of it: ``toy_scenes.picture_colours``); every pixel farther than ``FOREGROUND_DISTANCE``
-   (RGB, Euclidean) from it is foreground, specks under 3×3 removed. So the colour of the shape and of
-   the background do not matter, only where the shape is.
+1. **Silhouette.** The toy's scenes put a shape over the picture's centre and keep it clear of the
+   border (``toy_scenes``). The background's colour is the median of the border band
+   (``toy_scenes.picture_colours``); pixels farther than ``FOREGROUND_DISTANCE`` (RGB, Euclidean) from
+   it are drawn, specks under 3×3 removed and holes filled (a shape with spots of another colour stays
+   whole); the silhouette is the drawn regions that cover part of the central patch (a blotch of
+   another colour off in the background is not the shape). A silhouette that covers more than
+   ``MAX_BORDER_SHARE`` of the border band is no shape at all: it is then empty. So the colours do not
+   matter, only the outline of what is drawn in the middle.
 2. **Best fit of each template.** A template is a shape's filled mask at one size (``TEMPLATE_SIDES``).
    Its fit is the intersection over union (IoU) of the silhouette and the template at the best position
    (every shift, by correlation) and the best size: 1 when the silhouette is exactly that shape.
@@ -32,6 +36,7 @@ from scipy import ndimage, signal
 try:
     from tools.toy_scenes import (
         BORDER_WIDTH,
+        CENTRE_WIDTH,
         TOY_COLOURS,
         TOY_SHAPES,
         TOY_SIZE,
@@ -42,6 +47,7 @@ try:
 except ImportError:  # run as a script from tools/
     from toy_scenes import (  # type: ignore[no-redef]
         BORDER_WIDTH,
+        CENTRE_WIDTH,
         TOY_COLOURS,
         TOY_SHAPES,
         TOY_SIZE,
@@ -56,7 +62,8 @@ ARM_SHARE = 1 / 3
 # about 46 px on; smaller ones come back as a blob (measured: a 36 px plus decoded from its own latent
 # scores like a diamond).
 CONCEPT_SIDES = (46, 54)
-FOREGROUND_DISTANCE = 60.0  # RGB distance from the background colour beyond which a pixel is the shape
+FOREGROUND_DISTANCE = 60.0  # RGB distance from the background's colour beyond which a pixel is drawn
+MAX_BORDER_SHARE = 0.25
 TEMPLATE_SIDES: tuple[int, ...] = tuple(range(18, 59, 4))
 MIN_FOREGROUND_PIXELS = 12  # fewer: nothing is drawn, every fit is 0
 
@@ -101,10 +108,20 @@ def _templates(shape: str) -> tuple[np.ndarray, ...]:
 
 
 def silhouette(image: np.ndarray) -> np.ndarray:
-    """Boolean mask of the pixels that are not the background's colour (see the module docstring)."""
-    border = np.asarray(picture_colours(image).border_rgb)
-    distance = np.sqrt(((image.astype(np.float64) - border) ** 2).sum(axis=-1))
-    return ndimage.binary_opening(distance > FOREGROUND_DISTANCE, structure=np.ones((3, 3)))
+    """Boolean mask of the shape drawn over the picture's centre (see the module docstring)."""
+    background = np.asarray(picture_colours(image).border_rgb)
+    far = np.sqrt(((image.astype(np.float64) - background) ** 2).sum(axis=-1)) > FOREGROUND_DISTANCE
+    filled = ndimage.binary_fill_holes(ndimage.binary_opening(far, structure=np.ones((3, 3))))
+    labels, _ = ndimage.label(filled)
+    height, width = labels.shape
+    top, left = (height - CENTRE_WIDTH) // 2, (width - CENTRE_WIDTH) // 2
+    middle = np.unique(labels[top : top + CENTRE_WIDTH, left : left + CENTRE_WIDTH])
+    mask = np.isin(labels, middle[middle > 0])
+    band = np.ones_like(mask)
+    band[BORDER_WIDTH:-BORDER_WIDTH, BORDER_WIDTH:-BORDER_WIDTH] = False
+    if mask[band].mean() > MAX_BORDER_SHARE:
+        return np.zeros_like(mask)
+    return mask
 
 
 def best_fit(mask: np.ndarray, shape: str) -> float:
