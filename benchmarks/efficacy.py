@@ -1,9 +1,9 @@
 """Efficacy: does a LoRA teach the toy base a new shape? LoRA Lab's Train LoRA (its defaults) against
 ComfyUI's own TrainLoraNode, on the same images, steps, batch 1, rank and learning rate.
 
-    .venv/bin/python benchmarks/efficacy.py                  # ~6-9 min on 2 shared CPU cores
+    .venv/bin/python benchmarks/efficacy.py                  # ~12 min on 2 CPU cores at load ~15
     .venv/bin/python benchmarks/efficacy.py --seeds 8 --train-seeds 2    # more repeats (opt-in)
-    .venv/bin/python benchmarks/efficacy.py --variant "all_linear:target_layers=all_linear"
+    .venv/bin/python benchmarks/efficacy.py --variant "a64_g1:alpha=64,min_snr_gamma=1"   # README's table
 
 The concept is a plus-shaped cross (tools/shape_score.py), a shape the toy base (tools/toy_model.py)
 never drew, on 12 procedural pictures, each in its own colour pair so that only the shape is common;
