@@ -1,7 +1,7 @@
 """Efficacy: does a LoRA teach the toy base a new shape? LoRA Lab's Train LoRA (its defaults) against
 ComfyUI's own TrainLoraNode, on the same images, steps, batch 1, rank and learning rate.
 
-    .venv/bin/python benchmarks/efficacy.py                  # ~12 min on 2 CPU cores at load ~15
+    .venv/bin/python benchmarks/efficacy.py                  # 7 min on 2 CPU cores at load ~2, 12 at ~15
     .venv/bin/python benchmarks/efficacy.py --seeds 8 --train-seeds 2    # more repeats (opt-in)
     .venv/bin/python benchmarks/efficacy.py --variant "a64_g1:alpha=64,min_snr_gamma=1"   # README's table
 
