@@ -270,25 +270,8 @@ def load_dataset(
     ``confine_to`` (resolved folders), no file whose links lead out of them is read (images nor captions).
     """
     options = options or DatasetOptions()
-    root = Path(folder).expanduser()
-    if not root.exists():
-        raise DatasetError(f"Dataset folder {root} does not exist. Create it and fill it: {_HOW_TO_LAY_OUT}")
-    if not root.is_dir():
-        raise DatasetError(
-            f"{root} is a file, not a folder. Give the folder that holds the images: {_HOW_TO_LAY_OUT}"
-        )
-    root = root.resolve()
     warnings: list[str] = []
-    image_paths, other_count = find_images(root, warnings, confine_to)
-    if not image_paths:
-        found = (
-            f"it holds {other_count} file(s), none with an image extension" if other_count else "it is empty"
-        )
-        raise DatasetError(
-            f"No images in dataset folder {root} ({found}; looked for {', '.join(SUPPORTED_EXTENSIONS)}). "
-            + _HOW_TO_LAY_OUT
-        )
-
+    root, image_paths = _image_paths(folder, warnings, confine_to)
     bucket_sizes = options.bucket_sizes()
     listings: dict[Path, list[str]] = {}
     bad_masks: dict[Path, str] = {}
@@ -342,6 +325,24 @@ def load_dataset(
         skipped=tuple(skipped),
         bad_masks=tuple(SkippedFile(path, reason) for path, reason in bad_masks.items()),
     )
+
+
+def _image_paths(folder: str | Path, warnings: list[str], confine_to: Sequence[Path]) -> tuple[Path, list[Path]]:
+    """The resolved folder and its images; an error saying how to fill it when it has none."""
+    root = Path(folder).expanduser()
+    if not root.exists():
+        raise DatasetError(f"Dataset folder {root} does not exist. Create it and fill it: {_HOW_TO_LAY_OUT}")
+    if not root.is_dir():
+        raise DatasetError(f"{root} is a file, not a folder. Give the folder that holds the images: {_HOW_TO_LAY_OUT}")
+    root = root.resolve()
+    image_paths, other_count = find_images(root, warnings, confine_to)
+    if not image_paths:
+        found = f"it holds {other_count} file(s), none with an image extension" if other_count else "it is empty"
+        raise DatasetError(
+            f"No images in dataset folder {root} ({found}; looked for {', '.join(SUPPORTED_EXTENSIONS)}). "
+            + _HOW_TO_LAY_OUT
+        )
+    return root, image_paths
 
 
 def _caption_of(image_path: Path, warnings: list[str], confine_to: Sequence[Path] = ()) -> tuple[str, Path | None]:

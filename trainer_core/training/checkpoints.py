@@ -63,7 +63,10 @@ def load_training_state(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"resume: {path} does not exist; give a .lora_lab_state file written by a checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:  # weights_only met something else than tensors and plain values
+    except pickle.UnpicklingError as error:
+        if "global" not in str(error).lower():  # no object in it: a damaged or foreign file
+            raise ResumeError(f"resume: {path} cannot be read as a LoRA Lab training state ({error})") from None
+        # weights_only met something else than tensors and plain values
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
         raise ResumeError(
             f"resume: {path} holds Python objects LoRA Lab does not load"

@@ -84,32 +84,17 @@ def train_lora(
 ) -> TrainingResult:
     """Train a LoRA on ``denoiser.network`` and return its weights; the network is left as it was.
 
-    ``caption_for(item, rng)`` gives an item's training caption (trigger word, shuffling, dropout);
-    with ``rng=None`` it must be deterministic. ``random_captions`` says whether it uses ``rng`` at all
-    (if not, every caption is encoded once). Without it the item's raw caption is used.
-
-    With ``checkpoints``, a LoRA file is written every ``checkpoints.every`` steps and when training
-    is cancelled, together with a resume state; ``resume_from`` (such a state file) continues a run:
-    adapter weights, optimizer, random streams and the step counter are restored, so N steps + resume
-    + N steps equal 2N steps straight.
-
-    ``optimizer`` (default AdamW) and ``scheduler`` (default constant with 5% warmup) take their
-    learning rate and weight decay from ``training``.
-
-    ``training.text_encoder_lr`` above 0 also trains a LoRA in ``text_encoder.network`` (see
-    ``text_encoder.py``), named with ``text_key_namer``; ``training.clip_skip`` above 1 encodes with
-    ``text_encoder.with_clip_skip(n)``.
-
-    ``parallel`` (``parallel.AcceleratedProcesses`` under ``accelerate launch``; default one process):
-    one step is one global batch of ``batch_size x world_size`` images, each process trains on its share
-    and gradients are summed (see ``parallel.py``); only the main process writes checkpoints.
-
-    ``validation_data`` (held-out images, never trained on) is evaluated as ``validation.py`` says, at the
-    steps ``validation`` (default ``ValidationConfig()``) asks for; the result carries the losses and the
-    best checkpoint. It does not change what trains: the same LoRA as without it.
-    ``encoding_cache``: latents, and caption embeddings while the text encoder is frozen, are read from
-    and written to that disk cache (``encoding_cache.py``); ``result.encoding`` says how many of each.
-    """
+    ``caption_for(item, rng)``: an item's training caption (deterministic with ``rng=None``; the raw caption
+    when not given); ``random_captions``: it uses ``rng`` (else each caption is encoded once). With
+    ``checkpoints``, a LoRA file and a resume state are written every ``checkpoints.every`` steps and on
+    cancel; ``resume_from`` (such a state) continues a run: N steps + resume + N steps equal 2N straight.
+    ``optimizer`` (AdamW) and ``scheduler`` (constant, 5% warmup) take rate and weight decay from ``training``;
+    ``training.text_encoder_lr`` above 0 also trains a LoRA in ``text_encoder.network`` (``text_encoder.py``),
+    named with ``text_key_namer``. ``parallel`` (``parallel.AcceleratedProcesses`` under accelerate): a step
+    is one global batch of ``batch_size x world_size`` images, gradients summed; only the main process writes.
+    ``validation_data`` (held-out images, never trained on) is evaluated at the steps ``validation`` asks for
+    (``validation.py``) without changing what trains. ``encoding_cache``: latents, and caption embeddings
+    while the text encoder is frozen, come from and go to that disk cache (``encoding_cache.py``)."""
     training = _checked(training, data, denoiser.device)
     started = time.perf_counter()
     parallel = parallel or SingleProcess(denoiser.device)
@@ -124,12 +109,9 @@ def train_lora(
         resume_state = load_training_state(resume_from) if resume_from is not None else None
         latents, texts, fixed_captions, encoding = _encode_once(
             data, codec, text_encoder, caption, randomised or train_text, encoding_cache, training.clip_skip)
-        held_out = None
-        if validation_data is not None:
-            held_out = encode_held_out(validation_data, codec, caption, validation or ValidationConfig())
-        masks = latent_masks(data, latents) if training.masked_loss else None
-        if masks is not None and masked_loss_problem(masks):
-            raise TrainingError(str(masked_loss_problem(masks)))
+        held_out = None if validation_data is None else encode_held_out(
+            validation_data, codec, caption, validation or ValidationConfig())
+        masks = _latent_masks(data, latents, training.masked_loss)
         encode_seconds = time.perf_counter() - started
 
         network = denoiser.network
@@ -154,9 +136,9 @@ def train_lora(
                     result = _optimise(run, on_step, checkpoints)
             finally:
                 adapter.remove()
-    result.total_steps, result.mixed_precision = total_steps, training.mixed_precision
+    result.total_steps, result.mixed_precision, result.encode_seconds, result.encoding = (
+        total_steps, training.mixed_precision, encode_seconds, encoding)
     result.seconds = time.perf_counter() - started
-    result.encode_seconds, result.encoding = encode_seconds, encoding
     return result
 
 
@@ -167,6 +149,17 @@ def _checked(training: TrainingConfig, data: TrainingData, device: torch.device)
     if not data.items:
         raise TrainingError("the dataset has no images")
     return replace(training, mixed_precision=resolve_precision(training.mixed_precision, device))
+
+
+def _latent_masks(data: TrainingData, latents: list[torch.Tensor], masked_loss: bool) -> list | None:
+    """Each latent's loss mask when ``masked_loss`` is on (``masks.py``); an error when no image has one."""
+    if not masked_loss:
+        return None
+    masks = latent_masks(data, latents)
+    problem = masked_loss_problem(masks)
+    if problem:
+        raise TrainingError(str(problem))
+    return masks
 
 
 def _encode_once(
