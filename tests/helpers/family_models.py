@@ -78,13 +78,13 @@ def family_vae(family: str):
     """The VAE a workflow of ``family`` decodes with, tiny and seeded, as ComfyUI detects it from a state
     dict: Wan 2.1's (3-D causal, 16 channels; Qwen-Image's too) with its width cut to 8, Flux.2's own
     (2x2-packed, 128 channels, 16x), ComfyUI's tiny video VAEs (TAEHV) for Wan 2.2 5B (48 channels, 16x) and
-    HunyuanVideo, else ComfyUI's TAESD layout with the family's latent channels (4 or 16). None for
-    HunyuanImage 2.1 (its VAE's widths are fixed and too large to build here)."""
+    HunyuanVideo, HunyuanImage 2.1's own at its real size (ComfyUI fixes its widths), else ComfyUI's TAESD
+    layout with the family's latent channels (4 or 16)."""
     import comfy.sd
 
-    if family == "hunyuan_image21":
-        return None
-    if family in ("wan22_5b", "hunyuan_video"):  # decoder.1 reads the latent; fp16 marks HunyuanVideo's scaling
+    if family == "hunyuan_image21":  # its real size (ComfyUI fixes the widths): 406 M parameters, 1.6 GB
+        vae = comfy.sd.VAE(sd={"decoder.conv_in.weight": torch.zeros(1024, 64, 3, 3)})
+    elif family in ("wan22_5b", "hunyuan_video"):  # decoder.1 reads the latent; fp16 marks HunyuanVideo's scaling
         channels, out, dtype = (48, 12, torch.float32) if family == "wan22_5b" else (16, 3, torch.float16)
         vae = comfy.sd.VAE(sd={"decoder.1.weight": torch.zeros(256, channels, 3, 3, dtype=dtype),
                                "decoder.22.bias": torch.zeros(out)})

@@ -28,16 +28,15 @@ WIDTH, HEIGHT = 80, 48  # multiples of 16, not square: a swapped axis shows
 WIDE, TALL = 160, 96  # multiples of 32, for HunyuanImage 2.1
 
 ALL_FAMILIES = ["sd15", *FAMILIES]  # every family of the matrix, and SD1.5
-# Every family whose VAE is built here (family_models.family_vae): all but HunyuanImage 2.1, which is sampled
-# without decoding below.
-DECODED_FAMILIES = [family for family in ALL_FAMILIES if family != "hunyuan_image21"]
+# Every family decodes with a VAE of its own kind (family_models.family_vae).
+DECODED_FAMILIES = ALL_FAMILIES
 PROMPTS = ("a red square", "a small blue circle")  # different lengths: masks and Llama features differ too
 # PixArt cannot draw below width + height = 528 px (test_pixart_draws_small_sizes_at_the_nearest_it_can_make).
 PIXART_SIZE = (304, 240)
 
 
 def asked_size(family: str) -> tuple[int, int]:
-    return PIXART_SIZE if family == "pixart_sigma" else (WIDTH, HEIGHT)
+    return {"pixart_sigma": PIXART_SIZE, "hunyuan_image21": (WIDE, TALL)}.get(family, (WIDTH, HEIGHT))
 
 
 def zero_lora(patcher, prefix: str):
