@@ -21,16 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from common import (  # noqa: E402
-    MemoryPeak,
-    child_arguments,
-    default_threads,
-    fix_threads,
-    median,
-    run_repeated,
-    seconds_per_step,
-    spread,
-)
+import common  # noqa: E402
 from train import prepare  # noqa: E402
 
 VARIANTS = {
@@ -70,7 +61,7 @@ def run(args, options: dict) -> dict:
         weight_bytes = sum(stored_weight_bytes(denoiser.network).values())
         stamps: list[float] = []
         try:
-            with MemoryPeak() as memory:
+            with common.MemoryPeak() as memory:
                 result = train_lora(
                     denoiser,
                     bridge.ComfyTextEncoder(clip),
@@ -90,7 +81,7 @@ def run(args, options: dict) -> dict:
                 bridge.release(patcher)
     tail = result.losses[-10:]
     return {
-        "s_per_step": seconds_per_step(stamps, args.warmup),
+        "s_per_step": common.seconds_per_step(stamps, args.warmup),
         "peak_mib": memory.mib,
         "weight_mib": weight_bytes / 2**20,
         "final_loss": sum(tail) / len(tail),
@@ -106,17 +97,17 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5, help="runs per variant, interleaved")
-    parser.add_argument("--threads", type=int, default=default_threads(), help="torch threads in every variant")
+    parser.add_argument("--threads", type=int, default=common.default_threads(), help="torch threads in every variant")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
-        fix_threads(args.threads)
+        common.fix_threads(args.threads)
         print("RESULT " + json.dumps(run(args, VARIANTS[args.variant])))
         return 0
-    results = run_repeated(__file__, VARIANTS, args.repeats, child_arguments(sys.argv[1:]))
+    results = common.run_repeated(__file__, VARIANTS, args.repeats, common.child_arguments(sys.argv[1:]))
     if results is None:
         return 1
-    reference = median(results["as_loaded"], "s_per_step")
+    reference = common.median(results["as_loaded"], "s_per_step")
     print(
         f"tiny SD1.5, {args.size}x{args.size}, rank {args.rank}, batch {args.batch}, fp32 compute, "
         f"{args.steps} timed steps after {args.warmup} warm-up, CPU, {args.threads} threads, {args.repeats} runs per "
@@ -127,11 +118,11 @@ def main() -> int:
         f"{'final loss':>11}"
     )
     for name, runs in results.items():
-        slower = median(runs, "s_per_step") / reference
+        slower = common.median(runs, "s_per_step") / reference
         print(
-            f"{name:24} {spread([r['s_per_step'] for r in runs], 1000):>20} {slower:17.2f}x "
-            f"{spread([r['peak_mib'] for r in runs]):>20} {runs[0]['weight_mib']:12.1f} "
-            f"{median(runs, 'final_loss'):11.4f}"
+            f"{name:24} {common.spread([r['s_per_step'] for r in runs], 1000):>20} {slower:17.2f}x "
+            f"{common.spread([r['peak_mib'] for r in runs]):>20} {runs[0]['weight_mib']:12.1f} "
+            f"{common.median(runs, 'final_loss'):11.4f}"
         )
     return 0
 

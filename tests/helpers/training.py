@@ -76,3 +76,40 @@ def refusal_message(server: ComfyServer, graph: Graph, trainer: NodeHandle) -> s
     ran = after & (set(result.outputs) | set(result.node_seconds))
     assert not ran, f"nodes after Train LoRA ran: {sorted(ran)}"
     return result.error
+
+
+def trained_and_loaded_back(server: ComfyServer, folder: str, runs: dict[str, dict], prefix: str, steps: int,
+                            seed: int, prompt: str, **common) -> dict:
+    """One graph trains a LoRA per entry of ``runs`` (Train LoRA's options by name) on a ring dataset in
+    ``folder``, each saved as ``tests/<prefix>_<name>`` and drawing a sample at its last step with the adapter
+    still live (the train-time picture) and through its ``model_with_lora``; one graph after it draws the base
+    and each file through the stock LoraLoader. The nodes to read, per name, and the runs' results."""
+    from tests.integration.test_train_lora import sample
+
+    make_ring_dataset(server, folder, count=6)
+    train = Graph()
+    checkpoint, dataset = checkpoint_and_dataset(server, train, folder)
+    nodes = {}
+    for name, options in runs.items():
+        trained = train_node(server, train, checkpoint, dataset, steps=steps, learning_rate=2e-3, seed=seed,
+                             run_name=f"tests_{prefix}_{name}", sample_every=steps, sample_prompts=prompt,
+                             sample_steps=8, sample_cfg=3.0, **common, **options)
+        train.node("SaveCheckpoint", lora=trained[0], filename=f"tests/{prefix}_{name}", if_exists="overwrite")
+        train_time = train.node("SaveImage", images=trained[3], filename_prefix=f"{prefix}_train_time_{name}")
+        in_memory, _ = sample(train, trained[1], checkpoint, f"{prefix}_in_memory_{name}", seed=seed, batch=1)
+        nodes[name] = {"train_time": train_time, "in_memory": in_memory}
+    train_result = server.run(train.to_api(), timeout=1800).raise_for_error()
+
+    after = Graph()
+    checkpoint = after.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    base_image, base_latent = sample(after, checkpoint[0], checkpoint, f"{prefix}_base", seed=seed, batch=1)
+    for name in runs:
+        loaded = after.node("LoraLoader", model=checkpoint[0], clip=checkpoint[1],
+                            lora_name=f"tests/{prefix}_{name}.safetensors", strength_model=1.0, strength_clip=1.0)
+        image, latent = sample(after, loaded[0], checkpoint, f"{prefix}_loader_{name}", clip=loaded[1], seed=seed,
+                               batch=1)
+        nodes[name].update(lora_loader=image, lora_loader_latent=latent)
+    log_start = server.log_offset()
+    after_result = server.run(after.to_api()).raise_for_error()
+    return dict(server=server, train=train_result, after=after_result, nodes=nodes, base=(base_image, base_latent),
+                after_log=server.log_text(since=log_start))

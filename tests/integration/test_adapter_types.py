@@ -15,13 +15,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tests.helpers.training import (
-    CKPT,
     checkpoint_and_dataset,
-    make_ring_dataset,
     refusal_message,
     train_node,
+    trained_and_loaded_back,
 )
-from tests.integration.test_train_lora import PROMPT, latents, pixels, sample
+from tests.integration.test_train_lora import PROMPT, latents, pixels
 from tools.comfy_server import ComfyServer
 from tools.graph import Graph
 from tools.synthetic_dataset import make_shapes_dataset
@@ -39,35 +38,9 @@ EXPECTED_SUFFIXES = {
 
 @pytest.fixture(scope="module")
 def runs(comfy_server: ComfyServer):
-    server = comfy_server
-    make_ring_dataset(server, "adapter_rings", count=6)
-
-    train = Graph()
-    checkpoint, dataset = checkpoint_and_dataset(server, train, "adapter_rings")
-    nodes = {}
-    for adapter in ADAPTERS:
-        # rank 8 keeps LoKr's second factor low-rank on 320-wide layers (factors 16 x 20)
-        trained = train_node(server, train, checkpoint, dataset, adapter_type=adapter, steps=STEPS, learning_rate=2e-3, seed=SEED,
-                             run_name=f"tests_{adapter}", sample_every=STEPS, sample_prompts=PROMPT, sample_steps=8,
-                             sample_cfg=3.0)
-        train.node("SaveCheckpoint", lora=trained[0], filename=f"tests/adapter_{adapter}", if_exists="overwrite")
-        train_time = train.node("SaveImage", images=trained[3], filename_prefix=f"train_time_{adapter}")
-        in_memory, _ = sample(train, trained[1], checkpoint, f"in_memory_{adapter}", seed=SEED, batch=1)
-        nodes[adapter] = {"train_time": train_time, "in_memory": in_memory}
-    train_result = server.run(train.to_api(), timeout=1800).raise_for_error()
-
-    after = Graph()
-    checkpoint = after.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    base_image, base_latent = sample(after, checkpoint[0], checkpoint, "adapter_base", seed=SEED, batch=1)
-    for adapter in ADAPTERS:
-        loaded = after.node("LoraLoader", model=checkpoint[0], clip=checkpoint[1],
-                            lora_name=f"tests/adapter_{adapter}.safetensors", strength_model=1.0, strength_clip=1.0)
-        image, latent = sample(after, loaded[0], checkpoint, f"lora_loader_{adapter}", clip=loaded[1], seed=SEED, batch=1)
-        nodes[adapter].update(lora_loader=image, lora_loader_latent=latent)
-    log_start = server.log_offset()
-    after_result = server.run(after.to_api()).raise_for_error()
-    return dict(server=server, train=train_result, after=after_result, nodes=nodes, base=(base_image, base_latent),
-                after_log=server.log_text(since=log_start))
+    # rank 8 keeps LoKr's second factor low-rank on 320-wide layers (factors 16 x 20)
+    return trained_and_loaded_back(comfy_server, "adapter_rings", {a: dict(adapter_type=a) for a in ADAPTERS},
+                                   "adapter", STEPS, SEED, PROMPT)
 
 
 def lora_file(server: ComfyServer, adapter: str):

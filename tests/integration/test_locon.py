@@ -17,10 +17,9 @@ import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.helpers.training import CKPT, checkpoint_and_dataset, make_ring_dataset, train_node
-from tests.integration.test_train_lora import PROMPT, latents, pixels, sample
+from tests.helpers.training import CKPT, trained_and_loaded_back
+from tests.integration.test_train_lora import PROMPT, latents, pixels
 from tools.comfy_server import ComfyServer
-from tools.graph import Graph
 
 STEPS, SEED = 20, 5
 RANK, ALPHA, CONV_RANK, CONV_ALPHA = 8, 8.0, 4, 2.0
@@ -32,33 +31,8 @@ RESBLOCK_CONV = re.compile(r"_(resnets_\d+_(conv1|conv2|conv_shortcut)|downsampl
 
 @pytest.fixture(scope="module")
 def runs(comfy_server: ComfyServer):
-    server = comfy_server
-    make_ring_dataset(server, "locon_rings", count=6)
-    train = Graph()
-    checkpoint, dataset = checkpoint_and_dataset(server, train, "locon_rings")
-    nodes = {}
-    for name, options in RUNS.items():
-        trained = train_node(server, train, checkpoint, dataset, steps=STEPS, learning_rate=2e-3, seed=SEED,
-                             rank=RANK, alpha=ALPHA, run_name=f"tests_locon_{name}", sample_every=STEPS,
-                             sample_prompts=PROMPT, sample_steps=8, sample_cfg=3.0, **options)
-        train.node("SaveCheckpoint", lora=trained[0], filename=f"tests/locon_{name}", if_exists="overwrite")
-        train_time = train.node("SaveImage", images=trained[3], filename_prefix=f"locon_train_time_{name}")
-        in_memory, _ = sample(train, trained[1], checkpoint, f"locon_in_memory_{name}", seed=SEED, batch=1)
-        nodes[name] = {"train_time": train_time, "in_memory": in_memory}
-    train_result = server.run(train.to_api(), timeout=1800).raise_for_error()
-
-    after = Graph()
-    checkpoint = after.node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    base_image, base_latent = sample(after, checkpoint[0], checkpoint, "locon_base", seed=SEED, batch=1)
-    for name in RUNS:
-        loaded = after.node("LoraLoader", model=checkpoint[0], clip=checkpoint[1],
-                            lora_name=f"tests/locon_{name}.safetensors", strength_model=1.0, strength_clip=1.0)
-        image, latent = sample(after, loaded[0], checkpoint, f"locon_loader_{name}", clip=loaded[1], seed=SEED, batch=1)
-        nodes[name].update(lora_loader=image, lora_loader_latent=latent)
-    log_start = server.log_offset()
-    after_result = server.run(after.to_api()).raise_for_error()
-    return dict(server=server, train=train_result, after=after_result, nodes=nodes, base=(base_image, base_latent),
-                after_log=server.log_text(since=log_start))
+    return trained_and_loaded_back(comfy_server, "locon_rings", RUNS, "locon", STEPS, SEED, PROMPT, rank=RANK,
+                                   alpha=ALPHA)
 
 
 def lora_path(server: ComfyServer, name: str):
