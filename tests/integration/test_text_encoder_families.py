@@ -260,9 +260,9 @@ def test_train_lora_refuses_a_language_model_encoder_or_names_the_skipped_ones_b
     run = types.SimpleNamespace(settings={}, training=TrainingConfig(text_encoder_lr=5e-5))
     qwen = meta_clip(comfy.text_encoders.qwen_image.QwenImageTEModel(device="meta", dtype=torch.bfloat16))
     with pytest.raises(AdapterError, match=r"qwen25_7b \(language model"):
-        train_lora._train(run, model, qwen, None, None, 0, "AdamW", None, None)
+        train_lora._train(run, model, qwen, None, None, 0, "AdamW", None, None, None)
     flux = meta_clip(comfy.text_encoders.flux.FluxClipModel(device="meta", dtype=torch.bfloat16))
     with pytest.raises(Stop):  # past the checks: the MODEL is cloned next
-        train_lora._train(run, model, flux, None, None, 0, "AdamW", None, None)
+        train_lora._train(run, model, flux, None, None, 0, "AdamW", None, None, None)
     assert ("[LoRA Lab] TrainLoRA: text-encoder LoRA in clip_l; not in t5xxl (T5, 4.8 B parameters): T5 trains only "
             "with train_t5 on") in capsys.readouterr().out
