@@ -6,8 +6,9 @@ and steps.
 
 Arms: ComfyUI's TrainLoraNode (LoRA on every weight of 2+ dimensions, convolutions and time embedding
 included, plus a trained difference on every bias and norm); LoRA Lab with its default target; LoRA Lab on
-the layers closest to native's (every linear layer: ``all_linear``); the bare peft loop on LoRA Lab's default
-layers. Every arm prints its trainable parameter count and what it trains, so the ratios say what they compare.
+the layers closest to native's (every linear layer, ``all_linear``, and the ResBlock convolutions at the same
+rank, ``conv_rank``); the bare peft loop on LoRA Lab's default layers. Every arm prints its trainable
+parameter count and what it trains, so the ratios say what they compare.
 
 Each arm runs ``--repeats`` times in its own child process (interleaved, so a machine getting busier weighs on
 all alike) on a fixed number of threads; seconds per step are timed over the steps after a warm-up; peak
@@ -58,7 +59,7 @@ def prepare(args):
     return checkpoint, dataset
 
 
-def _lora_lab(args, target: str) -> dict:
+def _lora_lab(args, target: str, conv_rank: int = 0) -> dict:
     import torch
 
     checkpoint, folder = prepare(args)
@@ -78,16 +79,18 @@ def _lora_lab(args, target: str) -> dict:
         with MemoryPeak() as memory:  # encoding (inside train_lora) and training, as in every arm
             result = train_lora(
                 bridge.ComfyDenoiser(patcher), bridge.ComfyTextEncoder(clip), bridge.ComfyLatentCodec(vae, patcher),
-                dataset, LoRAConfig(rank=args.rank, alpha=args.rank, target=target),
+                dataset, LoRAConfig(rank=args.rank, alpha=args.rank, target=target, conv_rank=conv_rank,
+                                    conv_alpha=float(args.rank)),
                 TrainingConfig(steps=args.steps + args.warmup, learning_rate=1e-4, batch_size=args.batch,
                                mixed_precision="fp32", min_snr_gamma=5.0),
                 caption_for=dataset.caption_for, key_namer=bridge.kohya_key_namer(patcher),
                 on_step=lambda report: stamps.append(time.perf_counter()),
             )
     trained = {key.split(".")[0] for key in result.weights}
+    conv = f", conv_rank {conv_rank}" if conv_rank else ""
     return {"s_per_step": seconds_per_step(stamps, args.warmup), "peak_mib": memory.mib,
             "trainable": sum(t.numel() for k, t in result.weights.items() if not k.endswith(".alpha")),
-            "trains": f"LoRA on {len(trained)} layers (target {target})"}
+            "trains": f"LoRA on {len(trained)} layers (target {target}{conv})"}
 
 
 def run_lora_lab(args) -> dict:
@@ -95,8 +98,10 @@ def run_lora_lab(args) -> dict:
 
 
 def run_lora_lab_like_native(args) -> dict:
-    """The layers closest to what ComfyUI's trainer adapts: every linear layer of the blocks."""
-    return _lora_lab(args, "all_linear")
+    """The layers closest to what ComfyUI's trainer adapts: every linear layer of the blocks and the ResBlock
+    convolutions (LoCon) at the same rank. (Native also adapts the UNet's input/output convs and trains every
+    bias and norm in full: the parameter counts printed say how close this is.)"""
+    return _lora_lab(args, "all_linear", conv_rank=args.rank)
 
 
 def _native_inputs(args, folder, clip, vae):
