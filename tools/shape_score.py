@@ -35,28 +35,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage, signal
 
-try:
-    from tools.toy_scenes import (
-        BORDER_WIDTH,
-        CENTRE_WIDTH,
-        TOY_COLOURS,
-        TOY_SHAPES,
-        TOY_SIZE,
-        Scene,
-        draw_shape_mask,
-        picture_colours,
-    )
-except ImportError:  # run as a script from tools/
-    from toy_scenes import (  # type: ignore[no-redef]
-        BORDER_WIDTH,
-        CENTRE_WIDTH,
-        TOY_COLOURS,
-        TOY_SHAPES,
-        TOY_SIZE,
-        Scene,
-        draw_shape_mask,
-        picture_colours,
-    )
+from tools.toy_scenes import (
+    BORDER_WIDTH,
+    CENTRE_WIDTH,
+    TOY_COLOURS,
+    TOY_SHAPES,
+    TOY_SIZE,
+    Scene,
+    draw_shape_mask,
+    picture_colours,
+)
 
 CONCEPT_SHAPE = "plus"  # a cross whose arms are a third of its side: never among the toy's shapes
 ARM_SHARE = 1 / 3
