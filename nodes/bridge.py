@@ -3,8 +3,8 @@
 ``ModelPatcher`` → ``Denoiser`` (its diffusion network, noise schedule and prediction type, called
 through ``BaseModel.extra_conds`` + ``apply_model`` exactly as the sampler calls it), ``CLIP`` →
 ``TextEncoder`` (as ``CLIPTextEncode`` encodes), ``VAE`` → ``LatentCodec`` (as ``VAEEncode`` plus the
-model's own latent scaling). Also: LoRA key names for the model's layers (the per-family table is in
-``key_formats``), and ComfyUI's LoRA loader.
+model's own latent scaling; in ``latent_codec``, clips included). Also: LoRA key names for the model's
+layers (the per-family table is in ``key_formats``), and ComfyUI's LoRA loader.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from ..trainer_core.models.protocols import PredictionType, TextEmbedding
 from ..trainer_core.training.memory import base_weight_dtype, low_precision_copy, needs_low_precision_copy
 from .attention import autograd_safe_attention
+from .latent_codec import ComfyLatentCodec  # noqa: F401  (the VAE's side of the bridge lives there)
 
 
 class UnsupportedModelError(ValueError):
@@ -252,20 +253,6 @@ def check_vae_fits(vae: Any, patcher: Any, where: str) -> None:
         print(f"[LoRA Lab] Warning: {where}: {problem}", flush=True)
         return
     raise ValueError(f"{where}: {problem}")
-
-
-class ComfyLatentCodec:
-    """``VAE.encode`` then the model's ``process_latent_in`` (SD1.5's x0.18215 and the like)."""
-
-    def __init__(self, vae: Any, patcher: Any):
-        if vae is None:
-            raise ValueError("TrainLoRA needs the VAE output of the checkpoint loader: connect it to 'vae'")
-        self.vae = vae
-        self.base_model = patcher.model
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        latent = self.vae.encode(images[..., :3])
-        return self.base_model.process_latent_in(latent.to(torch.float32))
 
 
 def kohya_key_namer(patcher: Any) -> Any:

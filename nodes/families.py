@@ -33,6 +33,26 @@ UNTRAINABLE_FAMILIES = {
 }
 
 
+# Image-to-video models whose input concatenates a first-frame latent and mask (and, for Wan 2.1 I2V, CLIP-vision
+# features): Train LoRA trains text-to-video only, so the first frame would be missing from what they learn.
+I2V_MODEL_CLASSES = ("HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V")
+
+
+def image_to_video_refusal(model: Any) -> str | None:
+    """Why Train LoRA does not train ``model``: an image-to-video model (Wan 2.1 / 2.2 14B I2V, HunyuanVideo
+    I2V); None otherwise. Wan 2.2 5B (TI2V) trains: its image conditioning is the latent's own first frame."""
+    family = type(model).__name__
+    wan_i2v = family == "WAN21" and getattr(model, "image_to_video", False)
+    if not wan_i2v and family not in I2V_MODEL_CLASSES:
+        return None
+    return (
+        f"TrainLoRA: this MODEL is ComfyUI's {family}, an image-to-video model (its input adds a first-frame "
+        "latent and mask, as WanImageToVideo / HunyuanImageToVideo build them). LoRA Lab trains text-to-video "
+        "LoRAs only: load the text-to-video model of the same family (Wan 2.1 / 2.2 T2V, HunyuanVideo T2V) and "
+        "train on it (such LoRAs usually load on the I2V model too), or train this one with musubi-tuner."
+    )
+
+
 def training_refusal(model: Any) -> str | None:
     """Why Train LoRA cannot train ``model`` (a ComfyUI ``BaseModel``), naming its class; None when it can try.
 
@@ -47,7 +67,7 @@ def training_refusal(model: Any) -> str | None:
         elif not hasattr(model, "diffusion_model"):
             kind = "a model without a diffusion network"
     if kind is None:
-        return None
+        return image_to_video_refusal(model)
     return (
         f"TrainLoRA: this MODEL is ComfyUI's {family}, {kind}. LoRA Lab trains LoRAs for image models "
         "(SD1.5, SDXL, Flux and other image or video diffusion models): connect an image model's MODEL, "

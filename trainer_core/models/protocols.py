@@ -61,5 +61,9 @@ class TrainableTextEncoder(TextEncoder, Protocol):
 
 
 class LatentCodec(Protocol):
+    """Pixels to latents. A codec over a video VAE also has ``video_vae = True`` and ``encode_clip(frames)``
+    (one clip's frames [F,H,W,3] to [1,C,T,h,w]), and ``trains_clips = True`` when its model is a video
+    model (clips train as clips; otherwise each item's first frame trains as an image)."""
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B,H,W,3] in 0..1 to latents in the space the denoiser works in."""

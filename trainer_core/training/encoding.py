@@ -1,4 +1,9 @@
-"""Encoding a dataset once: latents per image, text embeddings per distinct caption."""
+"""Encoding a dataset once: latents per image or clip, text embeddings per distinct caption.
+
+A codec that says ``video_vae`` (a VAE that reads a batch of pixels as the frames of one clip: Wan's,
+HunyuanVideo's) encodes one item at a time, ``[F, H, W, 3]`` -> ``[1, C, T, h, w]``; with ``trains_clips``
+(a video model) an item gives all its frames (``load_frames``), else its first sampled frame
+(``load_image``), which is also what an image model's VAE gets from a clip."""
 
 from __future__ import annotations
 
@@ -17,6 +22,19 @@ class _Data(Protocol):
     def items(self) -> Sequence[Any]: ...
 
     def load_image(self, item: Any) -> np.ndarray: ...
+
+
+def item_frames(item: Any) -> int:
+    """How many frames ``item`` trains: 1 for an image, the clip window's frame count for a clip."""
+    return max(1, int(getattr(item, "frames", 1) or 1))
+
+
+def load_frames(data: Any, item: Any) -> np.ndarray:
+    """``item``'s frames [F, H, W, 3] (the dataset's ``load_frames``; an image is one frame)."""
+    loader = getattr(data, "load_frames", None)
+    if loader is not None:
+        return np.asarray(loader(item))
+    return np.asarray(data.load_image(item))[None]
 
 
 def text_groups(embeddings: Sequence[TextEmbedding]) -> list[list[int]]:
@@ -60,7 +78,10 @@ def _repeat_tokens(tensor: torch.Tensor, axis: int, length: int) -> torch.Tensor
 
 
 def encode_latents(data: _Data, codec: LatentCodec, chunk: int = 8) -> list[torch.Tensor]:
-    """Each image encoded once, at its bucket size, in small same-size chunks."""
+    """Each image encoded once, at its bucket size, in small same-size chunks; through a video VAE, each
+    item on its own as a clip (see the module's docstring)."""
+    if getattr(codec, "video_vae", False):
+        return _encode_clips(data, codec, trains_clips=bool(getattr(codec, "trains_clips", False)))
     latents: list[torch.Tensor | None] = [None] * len(data.items)
     by_bucket: dict[tuple[int, int], list[int]] = {}
     for index, item in enumerate(data.items):
@@ -74,6 +95,15 @@ def encode_latents(data: _Data, codec: LatentCodec, chunk: int = 8) -> list[torc
                 for i, latent in zip(part, encoded, strict=True):
                     latents[i] = latent.clone()
     return [latent for latent in latents if latent is not None]
+
+
+def _encode_clips(data: _Data, codec: Any, trains_clips: bool) -> list[torch.Tensor]:
+    latents = []
+    with torch.no_grad():
+        for item in data.items:
+            pixels = load_frames(data, item) if trains_clips else np.asarray(data.load_image(item))[None]
+            latents.append(codec.encode_clip(torch.from_numpy(pixels)).float().cpu()[0].clone())
+    return latents
 
 
 class TextCache:

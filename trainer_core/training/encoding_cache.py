@@ -31,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..models.protocols import LatentCodec, TextEmbedding
-from .encoding import TextCache, encode_latents
+from .encoding import TextCache, encode_latents, item_frames, load_frames
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def entry_path(folder: Path, kind: str, key: str) -> Path:
 def cached_latents(data: KeyedData, codec: LatentCodec, cache: EncodingCache, counts: EncodingCounts,
                    used: set[Path]) -> list[torch.Tensor]:
     """Each item's latent: read from the cache, else encoded (as ``encode_latents`` does) and stored."""
-    paths = [entry_path(cache.folder, "latents", entry_key("latent", cache.latent_codec, data.pixel_key(item)))
+    paths = [entry_path(cache.folder, "latents", entry_key("latent", *latent_key_parts(cache, data, item, codec)))
              for item in data.items]
     latents: list[torch.Tensor | None] = []
     for path in paths:
@@ -142,6 +142,17 @@ def cached_latents(data: KeyedData, codec: LatentCodec, cache: EncodingCache, co
     counts.latents_cached += len(paths) - len(missing)
     counts.latents_encoded += len(missing)
     return [latent for latent in latents if latent is not None]
+
+
+def latent_key_parts(cache: EncodingCache, data: KeyedData, item: Any, codec: LatentCodec) -> tuple[str, ...]:
+    """What decides an item's latent: the codec, the item's pixels and, for a clip, its window (the exact
+    source frame indices and frame count, in ``item.clip``; another window of the same file is another
+    entry) and whether it is encoded whole or as its first frame (an image model). Images keep the key
+    they always had."""
+    clip = getattr(item, "clip", None)
+    whole = "whole clip" if getattr(codec, "trains_clips", False) else "first frame"
+    window = () if clip is None else (f"frames={item_frames(item)}", repr(clip), whole)
+    return (cache.latent_codec, data.pixel_key(item), *window)
 
 
 def cached_texts(texts: TextCache, captions: Sequence[str], cache: EncodingCache, clip_skip: int,
@@ -249,3 +260,6 @@ class _Subset:
 
     def load_image(self, item: Any) -> np.ndarray:
         return self.data.load_image(item)
+
+    def load_frames(self, item: Any) -> np.ndarray:
+        return load_frames(self.data, item)

@@ -34,16 +34,18 @@ CaptionFunction = Callable[[Any, "random.Random | None"], str]
 
 
 def batches(data: TrainingData, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Endless epochs: every item ``repeats`` times, shuffled, batched within one bucket.
+    """Endless epochs: every item ``repeats`` times, shuffled, batched within one bucket (its size and,
+    for clips, its frame count: latents of one batch have one shape).
 
     Epoch ``e`` is shuffled by its own ``Random((seed, e))``, so the sequence is a pure function of the
     seed and a resumed run can skip to any position."""
     epoch = 0
     while True:
         generator = random.Random(f"{seed}:{epoch}")
-        by_bucket: dict[tuple[int, int], list[int]] = {}
+        by_bucket: dict[tuple[int, ...], list[int]] = {}
         for index in epoch_indices(data, epoch):
-            by_bucket.setdefault(tuple(data.items[index].bucket), []).append(index)
+            item = data.items[index]
+            by_bucket.setdefault((*item.bucket, max(1, int(getattr(item, "frames", 1) or 1))), []).append(index)
         epoch_batches: list[list[int]] = []
         for indices in by_bucket.values():
             generator.shuffle(indices)
