@@ -40,3 +40,32 @@ class ComfyLatentCodec:
     def encode_clip(self, frames: torch.Tensor) -> torch.Tensor:
         """One clip's frames [F, H, W, 3] in 0..1 → its latent [1, C, T, h, w], as ``VAEEncode`` gives it."""
         return self.encode(frames)
+
+
+# Wan 2.1 / 2.2's and HunyuanVideo's VAEs keep the first frame and fold every 4 after it into one latent frame.
+TEMPORAL_COMPRESSION = 4
+
+
+def latent_frames(frames: int) -> int:
+    """Latent frames of a clip of ``frames`` frames through a video VAE (17 -> 5; an image -> 1)."""
+    return 1 + (max(1, frames) - 1) // TEMPORAL_COMPRESSION
+
+
+def longest_clip(data: Any) -> int:
+    """The most frames one item of ``data`` trains (1 for an image dataset)."""
+    return max((max(1, int(getattr(item, "frames", 1) or 1)) for item in data.items), default=1)
+
+
+def clips_on_image_model_note(data: Any, codec: ComfyLatentCodec) -> str | None:
+    """The warning for clips given to a model that trains images: each clip window trains as its first
+    sampled frame. None when the dataset has no clips or the model trains them as clips."""
+    clips = sum(1 for item in data.items if int(getattr(item, "frames", 1) or 1) > 1)
+    if clips == 0 or codec.trains_clips:
+        return None
+    family = type(codec.base_model).__name__
+    why = "an image model" if not is_video_model(codec.base_model) else "a video model whose VAE is an image VAE"
+    return (
+        f"Warning: the dataset has {clips} clip(s), but ComfyUI's {family} is {why}: each clip window trains as "
+        "its first sampled frame, an image (motion is not learnt). To train on the clips, connect a video "
+        "model (Wan 2.1 / 2.2, HunyuanVideo) and its own VAE."
+    )

@@ -44,6 +44,7 @@ from . import bridge, families, train_validation
 from .encoding_cache import encoding_cache
 from .encoding_cache import summary as encoding_summary
 from .key_formats import key_format
+from .latent_codec import clips_on_image_model_note, latent_frames, longest_clip
 from .optimizer_settings import LoRALabOptimizerSettings, optimizer_config
 from .run_context import current_run_context
 from .train_checks import SETTINGS_NODES, combination_problem, refuse_moved_inputs
@@ -314,8 +315,14 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
     copied_base = bridge.use_base_weights(patcher, settings["base_weights"])
     denoiser = bridge.ComfyDenoiser(patcher)
     context = current_run_context()
+    codec = bridge.ComfyLatentCodec(vae, patcher)
+    clips_note = clips_on_image_model_note(training_data, codec)
+    if clips_note and context.is_main_process:
+        print(f"[LoRA Lab] TrainLoRA: {clips_note}", flush=True)
+        send_text(clips_note, node_id)
+    frames = latent_frames(longest_clip(training_data)) if codec.trains_clips else 1
     show_memory_estimate(denoiser, clip.cond_stage_model if train_text else None, run.lora, training,
-                         optimizer, dataset.resolution, node_id, announce=context.is_main_process)
+                         optimizer, dataset.resolution, node_id, announce=context.is_main_process, frames=frames)
     bridge.load_for_training(patcher, settings["unload_other_models"], clip=training_clip if train_text else None)
     base_weight_bytes = stored_weight_bytes(denoiser.network)  # the network that trains: the copy, if any
     trigger = dataset.caption_options.trigger_word
@@ -330,7 +337,7 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
                             CanvasProgress(total, node_id, samples))
     try:
         result = train_lora(
-            denoiser, bridge.ComfyTextEncoder(clip), bridge.ComfyLatentCodec(vae, patcher), training_data,
+            denoiser, bridge.ComfyTextEncoder(clip), codec, training_data,
             run.lora, training, caption_for=training_data.caption_for,
             random_captions=regularization.random_captions(training_data), key_namer=bridge.kohya_key_namer(patcher),
             on_step=on_step, checkpoints=run.checkpoints,

@@ -139,9 +139,9 @@ class SampleImages:
 
 
 def memory_estimate_for(denoiser, text_network, lora_config: LoRAConfig, training: TrainingConfig, optimizer: str,
-                        resolution: int, device: torch.device) -> MemoryEstimate:
+                        resolution: int, device: torch.device, frames: int = 1) -> MemoryEstimate:
     """The GPU memory estimate of this run: the diffusion network as it will train (and the text encoder,
-    when ``text_network`` trains too), at ``resolution`` px."""
+    when ``text_network`` trains too), at ``resolution`` px and ``frames`` latent frames per item (clips)."""
     network = denoiser.network
     parameters = network_adapter_parameters(network, adapter_targets(network, lora_config, note=False), lora_config)
     base_bytes = tensor_bytes(network)  # the low-precision copy when base_weights asks for one
@@ -156,22 +156,26 @@ def memory_estimate_for(denoiser, text_network, lora_config: LoRAConfig, trainin
         optimizer_state_on_cpu=training.optimizer_state_on_cpu, ema=training.ema_decay > 0,
         width=resolution, height=resolution, precision=resolve_precision(training.mixed_precision, device),
         gradient_checkpointing=training.gradient_checkpointing, network_linear_inputs=linear_inputs(network),
+        latent_frames=frames,
     )
 
 
 def show_memory_estimate(denoiser, text_network, lora_config: LoRAConfig, training: TrainingConfig,
-                          optimizer: str, resolution: int, node_id: str | None, announce: bool = True) -> None:
+                          optimizer: str, resolution: int, node_id: str | None, announce: bool = True,
+                          frames: int = 1) -> None:
     """Before the first step: the GPU memory this run needs, on the node and in the console (``announce``:
-    only one process of a data parallel run says it); stop at once when even the exact parts cannot fit."""
+    only one process of a data parallel run says it); stop at once when even the exact parts cannot fit.
+    ``frames``: latent frames of the longest clip (1 for images)."""
     import comfy.model_management
 
     device = comfy.model_management.get_torch_device()
-    estimate = memory_estimate_for(denoiser, text_network, lora_config, training, optimizer, resolution, device)
+    estimate = memory_estimate_for(denoiser, text_network, lora_config, training, optimizer, resolution, device,
+                                   frames)
     text = estimate.describe()
     if device.type == "cuda":
         card = comfy.model_management.get_total_memory(device)
         verdict, advice = memory_advice(estimate, card, gradient_checkpointing=training.gradient_checkpointing,
-                                        optimizer=optimizer, batch_size=training.batch_size)
+                                        optimizer=optimizer, batch_size=training.batch_size, latent_frames=frames)
         if verdict == "no":
             raise MemoryError(advice)
         if advice:

@@ -83,3 +83,19 @@ def test_advice_stops_only_a_run_that_cannot_fit_and_says_what_to_change():
     verdict, message = memory_advice(estimate, exact // 2, gradient_checkpointing=True, optimizer="AdamW8bit",
                                      batch_size=1)
     assert verdict == "no" and "GiB" in message and "gradient_checkpointing" not in message
+
+
+def test_clips_cost_memory_in_proportion_to_their_latent_frames():
+    """A 17-frame Wan clip is 5 latent frames: its activations are five images' of the same size; the rest
+    (weights, adapter, optimizer) does not change with the clip."""
+    image, clip = _estimate(family="WAN21"), _estimate(family="WAN21", latent_frames=5)
+    assert clip.activations == pytest.approx(5 * image.activations, rel=1e-6)
+    assert (clip.base_weights, clip.adapter, clip.optimizer_state) == (
+        image.base_weights, image.adapter, image.optimizer_state)
+    exact = clip.total - clip.activations
+    verdict, message = memory_advice(clip, exact + GIB // 10, gradient_checkpointing=True, optimizer="AdamW8bit",
+                                     batch_size=1, latent_frames=5)
+    assert verdict == "tight" and "shorter clips" in message and "5 latent frames" in message
+    _, image_message = memory_advice(image, image.total - 1, gradient_checkpointing=True, optimizer="AdamW8bit",
+                                     batch_size=1)
+    assert "shorter clips" not in image_message

@@ -185,14 +185,17 @@ def estimate_training_memory(
     optimizer_state_on_cpu: bool = False,
     ema: bool = False,
     network_linear_inputs: int = 0,
+    latent_frames: int = 1,
 ) -> MemoryEstimate:
     """``family`` is ComfyUI's model class name; ``network_linear_inputs`` (``linear_inputs`` of the
-    network) scales the activations of families without a reported figure. ``optimizer_state_on_cpu``:
+    network) scales the activations of families without a reported figure. ``latent_frames``: the latent
+    frames of the longest clip (a 17-frame Wan clip has 5): a video model's tokens, and so its activations,
+    grow in proportion to them, one latent frame costing what one image of the same size does. ``optimizer_state_on_cpu``:
     the optimizer's state (and its fp32 copies, and the EMA) live in RAM, so none of it counts; ``ema``:
     an fp32 average of the adapter next to it."""
     megapixels = width * height / 1e6
     per_megapixel, basis = activation_gib_per_megapixel(family, network_linear_inputs)
-    activations = per_megapixel * GIB * megapixels * batch_size
+    activations = per_megapixel * GIB * megapixels * batch_size * max(1, latent_frames)
     if precision == "fp32":
         activations *= 2
     if gradient_checkpointing:
@@ -210,15 +213,20 @@ def estimate_training_memory(
 
 
 def memory_advice(
-    estimate: MemoryEstimate, available: int, *, gradient_checkpointing: bool, optimizer: str, batch_size: int
+    estimate: MemoryEstimate, available: int, *, gradient_checkpointing: bool, optimizer: str, batch_size: int,
+    latent_frames: int = 1,
 ) -> tuple[str, str | None]:
     """("fits", None), ("tight", warning) when the total with its approximate activations exceeds
-    ``available`` bytes, or ("no", error) when even the exact parts do."""
+    ``available`` bytes, or ("no", error) when even the exact parts do. ``latent_frames`` above 1 (clips)
+    adds the advice to train fewer frames."""
     if estimate.total <= available:
         return "fits", None
     tips = []
     if not gradient_checkpointing:
         tips.append("turn on gradient_checkpointing")
+    if latent_frames > 1:
+        tips.append(f"train shorter clips (Load Dataset's frame count: memory grows with the {latent_frames} latent "
+                    "frames of the longest clip)")
     if batch_size > 1:
         tips.append("lower batch_size (raise gradient_accumulation to keep the effective batch)")
     if optimizer in ("AdamW", "Prodigy", "Lion"):
