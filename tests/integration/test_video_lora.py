@@ -1,0 +1,178 @@
+"""Video LoRAs at the MODEL level: tiny Wan 2.1 and HunyuanVideo (ComfyUI's own model classes and VAEs,
+built tiny in this process) trained on tiny generated clips through Train LoRA's own path.
+
+The clips come from the contract's stand-in dataset (tests/helpers/clip_data.py); their frames go through the
+family's own VAE (Wan 2.1's 3-D causal VAE, TAEHV for HunyuanVideo) and the model's latent scaling, the
+conditioning is what ComfyUI's CLIPTextEncode returns for the family (``family_models.FakeClip``, with
+HunyuanVideo's guidance as ComfyUI's model fills it). Each test says what a user would see.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+from clip_data import StandInClips, clip_item  # noqa: E402
+from comfy_inproc import load_pack  # noqa: E402
+from family_models import FakeClip, family_patcher, family_vae  # noqa: E402
+
+pytestmark = pytest.mark.comfy
+
+VIDEO = ("wan21", "hunyuan_video")
+FRAMES = 5  # 4k+1: two latent frames through Wan's and HunyuanVideo's VAEs
+SIZE = (32, 32)
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return load_pack()
+
+
+def clip_dataset(count=2, frames=FRAMES):
+    return StandInClips([clip_item(i, frames, size=SIZE, stride=2) for i in range(count)])
+
+
+def test_clips_encode_as_comfyuis_vae_encode_gives_them(pack):
+    """A clip's latent is what VAEEncode gives for its frames, through the model's own latent scaling:
+    5 frames -> 2 latent frames for Wan 2.1 (and its TAEHV for HunyuanVideo); an image is one frame."""
+    from lora_lab.nodes import bridge
+    from lora_lab.trainer_core.training.encoding import encode_latents
+
+    for family in VIDEO:
+        patcher, vae = family_patcher(family), family_vae(family)
+        codec = bridge.ComfyLatentCodec(vae, patcher)
+        assert codec.video_vae and codec.trains_clips
+        data = StandInClips([clip_item(0, FRAMES, size=SIZE), clip_item(1, 1, size=SIZE)])
+        clip_latent, image_latent = encode_latents(data, codec)
+        frames = torch.from_numpy(data.load_frames(data.items[0]))
+        expected = patcher.model.process_latent_in(vae.encode(frames).float())
+        assert tuple(clip_latent.shape) == (16, 2, SIZE[1] // 8, SIZE[0] // 8), family
+        torch.testing.assert_close(clip_latent, expected[0])
+        assert tuple(image_latent.shape) == (16, 1, SIZE[1] // 8, SIZE[0] // 8), family
+
+
+@pytest.mark.parametrize("family", VIDEO)
+def test_a_video_lora_trains_on_clips_leaves_the_model_alone_and_loads_back_as_trained(pack, family, caplog):
+    """On 5-frame clips: the loss on a fixed clip batch falls, the shared model's weights stay bit-identical,
+    ComfyUI's LoraLoader places every key of the file (musubi-tuner's names for Wan), and the LoRA loaded on
+    a fresh model gives the train-time output on a 5-D latent with two frames."""
+    from lora_lab.nodes import bridge
+    from lora_lab.trainer_core.adapters.config import LoRAConfig
+    from lora_lab.trainer_core.training.config import TrainingConfig
+    from lora_lab.trainer_core.training.encoding import encode_latents
+    from lora_lab.trainer_core.training.loop import train_lora
+    from lora_lab.trainer_core.training.losses import add_noise, diffusion_loss
+    from lora_lab.trainer_core.training.step import denoise_in_text_groups
+
+    from tests.integration.test_model_families import assert_loads_back_as_trained
+
+    patcher, vae = family_patcher(family), family_vae(family)
+    network = patcher.model.diffusion_model
+    parameters = {n: (p, p.clone()) for n, p in network.named_parameters()}
+    denoiser = bridge.ComfyDenoiser(patcher.clone())
+    encoder, codec, data = bridge.ComfyTextEncoder(FakeClip(family)), bridge.ComfyLatentCodec(vae, patcher), clip_dataset()
+
+    x0 = torch.stack(encode_latents(data, codec))
+    assert x0.ndim == 5 and x0.shape[2] == 2  # [B, C, T, h, w], T > 1
+    texts = encoder.encode([item.caption for item in data.items])
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(x0.shape, generator=g)
+    sigmas = denoiser.training_sigmas
+    sigma = torch.stack([sigmas[len(sigmas) // 3], sigmas[2 * len(sigmas) // 3]])
+    noisy = add_noise(x0, noise, sigma, denoiser.prediction)
+    assert denoiser.prediction == "flow"
+
+    def fixed_batch_loss():
+        with torch.no_grad():
+            estimate = denoise_in_text_groups(denoiser, noisy, sigma, texts)
+            return diffusion_loss(estimate, x0, sigma, denoiser.prediction, 0.0).item()
+
+    probe = (noisy[:1], sigma[:1], encoder.encode(["sks probe"])[0])
+    with torch.no_grad():
+        base_output = denoiser.denoise(*probe)
+    loss_before = fixed_batch_loss()
+    steps, seen = 20, {}
+
+    def on_step(report):
+        if report.step == steps:  # the adapter is live: this is the train-time LoRA
+            seen["loss"] = fixed_batch_loss()
+            with torch.no_grad():
+                seen["train_time"] = denoiser.denoise(*probe)
+
+    result = train_lora(denoiser, encoder, codec, data, LoRAConfig(rank=4, alpha=4),
+                        TrainingConfig(steps=steps, batch_size=2, learning_rate=1e-2, mixed_precision="fp32"),
+                        key_namer=bridge.kohya_key_namer(patcher), on_step=on_step)
+    assert len(result.losses) == steps and all(np.isfinite(result.losses))
+    assert seen["loss"] < loss_before, (loss_before, seen["loss"])
+
+    for name, param in network.named_parameters():
+        assert param is parameters[name][0] and torch.equal(param, parameters[name][1]), name
+    if family == "wan21":  # musubi-tuner's Wan names (lora_unet_blocks_0_self_attn_q...)
+        assert "lora_unet_blocks_0_self_attn_q.lora_down.weight" in result.weights
+    assert_loads_back_as_trained(bridge, family_patcher(family), result.weights, probe, seen["train_time"],
+                                 base_output, caplog)
+
+
+def test_masked_loss_on_clips_without_masks_just_works(pack):
+    """A clip dataset with no masks trains with masked_loss off as before; with it on, the user is told no
+    item has a mask (the same message as for images), not a shape error from a 5-D latent."""
+    from lora_lab.nodes import bridge
+    from lora_lab.trainer_core.adapters.config import LoRAConfig
+    from lora_lab.trainer_core.training.config import TrainingConfig
+    from lora_lab.trainer_core.training.loop import TrainingError, train_lora
+
+    patcher = family_patcher("wan21")
+    args = (bridge.ComfyDenoiser(patcher.clone()), bridge.ComfyTextEncoder(FakeClip("wan21")),
+            bridge.ComfyLatentCodec(family_vae("wan21"), patcher), clip_dataset(count=1), LoRAConfig(rank=2, alpha=2))
+    result = train_lora(*args, TrainingConfig(steps=2, mixed_precision="fp32"), key_namer=bridge.kohya_key_namer(patcher))
+    assert len(result.losses) == 2
+    with pytest.raises(TrainingError, match="no image has a mask"):
+        train_lora(*args, TrainingConfig(steps=2, mixed_precision="fp32", masked_loss=True),
+                   key_namer=bridge.kohya_key_namer(patcher))
+
+
+def test_an_image_model_given_clips_warns_and_trains_on_their_first_frames(pack, caplog):
+    """SDXL given a clip dataset: Train LoRA's warning names the clips and what happens (each window trains
+    as its first frame), and training runs on image latents."""
+    from lora_lab.nodes import bridge
+    from lora_lab.nodes.latent_codec import clips_on_image_model_note
+    from lora_lab.trainer_core.adapters.config import LoRAConfig
+    from lora_lab.trainer_core.training.config import TrainingConfig
+    from lora_lab.trainer_core.training.encoding import encode_latents
+    from lora_lab.trainer_core.training.loop import train_lora
+
+    patcher, vae, data = family_patcher("sdxl"), family_vae("sdxl"), clip_dataset()
+    codec = bridge.ComfyLatentCodec(vae, patcher)
+    note = clips_on_image_model_note(data, codec)
+    assert note is not None and "2 clip(s)" in note and "first sampled frame" in note and "SDXL" in note
+    latents = encode_latents(data, codec)
+    first = torch.from_numpy(data.load_image(data.items[0]))[None]
+    torch.testing.assert_close(latents[0], codec.encode(first)[0])  # the first frame, as an image
+    result = train_lora(bridge.ComfyDenoiser(patcher.clone()), bridge.ComfyTextEncoder(FakeClip("sdxl")), codec, data,
+                        LoRAConfig(rank=2, alpha=2), TrainingConfig(steps=3, mixed_precision="fp32"),
+                        key_namer=bridge.kohya_key_namer(patcher))
+    assert len(result.losses) == 3 and all(np.isfinite(result.losses))
+    # A video model trains the same clips as clips: no warning; an image dataset on it trains one-frame clips.
+    wan = bridge.ComfyLatentCodec(family_vae("wan21"), family_patcher("wan21"))
+    assert clips_on_image_model_note(data, wan) is None
+    assert clips_on_image_model_note(StandInClips([clip_item(0, 1, size=SIZE)]), codec) is None
+
+
+def test_image_to_video_models_are_refused_naming_why_and_what_to_use(pack):
+    """Wan 2.1 I2V (its input adds a first-frame latent and mask) is refused before training, naming the
+    class, why, and the text-to-video model to train instead; Wan 2.1 T2V and Wan 2.2 5B are not."""
+    import comfy.supported_models
+    from lora_lab.nodes.families import training_refusal
+    from tiny_families import FAMILIES
+
+    assert training_refusal(family_patcher("wan21").model) is None
+    assert training_refusal(family_patcher("wan22_5b").model) is None
+    i2v_class = comfy.supported_models.WAN21_I2V
+    config = dict(i2v_class.unet_config, **dict(FAMILIES["wan21"].config, model_type="i2v", in_dim=36))
+    message = training_refusal(i2v_class(config).get_model({}))
+    assert message is not None and "WAN21" in message and "image-to-video" in message and "T2V" in message
