@@ -24,7 +24,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from ..trainer_core.adapters.export import LoRAWeights
 from ..trainer_core.pictures.grids import error_tile, labelled_grid
-from . import bridge, sampler
+from . import bridge, clip_cells, sampler
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,12 @@ class Sampling:
     width: int
     height: int
     batch_prompts: bool = False
+    frames: int = 1  # a video model's clip length per cell (clip_cells); 1 = still images
+
+    @property
+    def cell_width(self) -> int:
+        """A cell's width in the grid: a clip's frame strip is ``strip_count`` frames wide."""
+        return self.width * clip_cells.strip_count(self.frames)
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,10 @@ def check_cell_size(model, vae, width: int, height: int) -> None:
 
 
 def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[list[Cell]], sampling: Sampling,
-                 problems: dict[str, str]) -> list[list[np.ndarray]]:
+                 problems: dict[str, str], clips: dict[tuple[int, int], np.ndarray] | None = None,
+                 ) -> list[list[np.ndarray]]:
+    """Each cell's picture, row by row; with ``sampling.frames`` above 1 (a video model) each cell is a clip,
+    shown as its frame strip, and the clips [F, H, W, 3] are put in ``clips`` by (row, column)."""
     bridge.check_vae_fits(vae, model, "vae")
     check_cell_size(model, vae, sampling.width, sampling.height)
     out: list[list[np.ndarray | None]] = [[None] * len(row) for row in cells]
@@ -194,7 +203,7 @@ def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[li
         bad = [problems[name] for name, _, _ in active if name in problems]
         if bad:
             for r, c in positions:
-                out[r][c] = error_tile(sampling.width, sampling.height, bad[0])
+                out[r][c] = error_tile(sampling.cell_width, sampling.height, bad[0])
             continue
         patched_model, patched_clip = model, clip
         for name, strength_model, strength_clip in active:
@@ -202,7 +211,7 @@ def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[li
                                                             strength_clip)
         negative = sampler.encode_prompt(patched_clip, sampling.negative)
         encoded: dict[str, list] = {}
-        if sampling.batch_prompts and len(positions) > 1:
+        if sampling.batch_prompts and len(positions) > 1 and sampling.frames == 1:
             if _render_batched(patched_model, patched_clip, vae, cells, positions, negative, sampling, out):
                 continue
         for r, c in positions:
@@ -213,11 +222,14 @@ def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[li
                     encoded[prompt] = sampler.encode_prompt(patched_clip, prompt)
                 samples = sampler.ksample(patched_model, encoded[prompt], negative, sampling.seed, sampling.steps,
                                          sampling.cfg, sampling.sampler_name, sampling.scheduler, sampling.width,
-                                         sampling.height, vae)
-                out[r][c] = sampler.decode(vae, samples)[0].float().cpu().numpy()
+                                         sampling.height, vae, sampling.frames)
+                decoded = sampler.decode(vae, samples).float().cpu().numpy()
+                out[r][c] = clip_cells.frame_strip(decoded) if sampling.frames > 1 else decoded[0]
+                if sampling.frames > 1 and clips is not None:
+                    clips[(r, c)] = decoded
             except torch.cuda.OutOfMemoryError as error:  # one cell too big: say so in it, render the others
                 log.warning("grid cell %s: %s", (r, c), error)
-                out[r][c] = error_tile(sampling.width, sampling.height, "out of memory")
+                out[r][c] = error_tile(sampling.cell_width, sampling.height, "out of memory")
     return [[cell for cell in row if cell is not None] for row in out]
 
 
@@ -249,16 +261,20 @@ def grid_outputs(*, grid: str, report: str) -> list:
 
 
 def finish_grid(cls, rows: list[list[np.ndarray]], column_labels: list[str], row_labels: list[str], header: list[str],
-                notes: list[str], prefix: str, info: dict):
+                notes: list[str], prefix: str, info: dict, animated: list[dict] | None = None):
     """The node's result for ``grid_outputs``: the labelled grid (saved under ``prefix`` and shown on the
-    node), every cell as a batch, and the notes as the report."""
+    node), every cell as a batch, and the notes as the report; ``animated`` (saved clips' UI entries) are
+    shown on the node after the grid."""
     from comfy_api.latest import io
 
     grid = labelled_grid(rows, column_labels, row_labels, header)
     images = torch.from_numpy(np.stack([cell for row in rows for cell in row]))
     saved = save_grid(cls, grid, prefix, info)
     report = "\n".join(notes)
-    return io.NodeOutput(torch.from_numpy(grid)[None], images, report, ui={"images": [saved], "text": [report]})
+    shown = {"images": [saved, *(animated or [])], "text": [report]}
+    if animated:
+        shown["animated"] = (True,)  # as SaveAnimatedWEBP says it: the frontend shows them as animations
+    return io.NodeOutput(torch.from_numpy(grid)[None], images, report, ui=shown)
 
 
 def save_grid(cls, grid: np.ndarray, prefix: str, info: dict) -> dict:

@@ -14,6 +14,7 @@ import comfy.model_management
 import torch
 
 from .bridge import UnsupportedModelError, model_family
+from .latent_codec import is_video_model, latent_frames
 
 
 def encode_prompt(clip: Any, text: str) -> list:
@@ -21,11 +22,12 @@ def encode_prompt(clip: Any, text: str) -> list:
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
-def empty_latent(patcher: Any, width: int, height: int, batch: int = 1, vae: Any = None) -> torch.Tensor:
+def empty_latent(patcher: Any, width: int, height: int, batch: int = 1, vae: Any = None, frames: int = 1) -> torch.Tensor:
     """The zeros the model family's own empty-latent node gives (``EmptyLatentImage``, ``EmptySD3LatentImage``,
-    ``EmptyFlux2LatentImage``, ``EmptyHunyuanLatentVideo`` with length 1, ...) for one image of
-    ``width`` x ``height``: the channels and axes of the MODEL's latent format, one frame for video models,
-    and ``latent_downscale``."""
+    ``EmptyFlux2LatentImage``, ``EmptyHunyuanLatentVideo`` with length ``frames``, ...) for one image of
+    ``width`` x ``height`` (a clip of ``frames`` frames on a video model): the channels and axes of the
+    MODEL's latent format, [B, C, T, h, w] with T = 1 + (frames-1)/4 for video models (one frame for other
+    3-D latents), and ``latent_downscale``."""
     latent_format = patcher.get_model_object("latent_format")
     channels = latent_format.latent_channels
     dimensions = latent_format.latent_dimensions
@@ -35,8 +37,8 @@ def empty_latent(patcher: Any, width: int, height: int, batch: int = 1, vae: Any
             "axes, not an image or video latent: connect an image model's MODEL"
         )
     downscale = latent_downscale(patcher, vae)
-    frames = [1] if dimensions == 3 else []
-    shape = [batch, channels, *frames, height // downscale, width // downscale]
+    time_axis = [] if dimensions == 2 else [latent_frames(frames) if is_video_model(patcher.model) else 1]
+    shape = [batch, channels, *time_axis, height // downscale, width // downscale]
     return torch.zeros(shape, device=comfy.model_management.intermediate_device())
 
 
@@ -98,13 +100,13 @@ def fitted_size(patcher: Any, vae: Any, width: int, height: int, where: str) -> 
 
 
 def ksample(model: Any, positive: list, negative: list, seed: int, steps: int, cfg: float, sampler_name: str,
-            scheduler: str, width: int, height: int, vae: Any = None) -> torch.Tensor:
-    """What the family's empty-latent node + ``KSampler`` give (one image), through ComfyUI's own
-    ``common_ksampler``."""
+            scheduler: str, width: int, height: int, vae: Any = None, frames: int = 1) -> torch.Tensor:
+    """What the family's empty-latent node + ``KSampler`` give (one image; one clip of ``frames`` frames on a
+    video model), through ComfyUI's own ``common_ksampler``."""
     import importlib
 
     comfy_nodes = importlib.import_module("nodes")  # ComfyUI's nodes.py, the module KSampler lives in
-    latent = {"samples": empty_latent(model, width, height, 1, vae)}
+    latent = {"samples": empty_latent(model, width, height, 1, vae, frames)}
     (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent)
     return out["samples"]
 

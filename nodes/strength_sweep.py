@@ -15,7 +15,7 @@ from ..trainer_core.pictures.sweep import (
     plan_grid,
     strength_label,
 )
-from . import grid_render
+from . import clip_cells, grid_render
 
 CLIP_MODES = ["same as model", "fixed"]
 
@@ -63,6 +63,12 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                     tooltip="Checkpoint x strength: more LoRA files of the same training, one per line, or a pattern "
                     "such as lora_lab_checkpoints/my_lora_step*. Each adds a row per prompt.",
                 ),
+                io.Int.Input(
+                    "frames", default=clip_cells.DEFAULT_FRAMES, min=1, max=1025, optional=True,
+                    tooltip="Video models only (Wan, HunyuanVideo): each cell is a clip of this many frames (4k+1 "
+                    "suits their VAEs), shown in the grid as a strip of 4 frames and saved as an animated WebP in "
+                    "ComfyUI's output folder. 1 = still images. Image models always draw still images.",
+                ),
             ],
             outputs=grid_render.grid_outputs(grid="The labelled grid.",
                                              report="What was rendered, and any cell that could not be."),
@@ -85,7 +91,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
     def execute(cls, model, clip, vae, lora_name: str, prompts: str, negative: str, strengths: str,
                 include_baseline: bool, clip_strength_mode: str, clip_strength: float, seed: int, steps: int,
                 cfg: float, sampler_name: str, scheduler: str, width: int, height: int, checkpoints: str = "",
-                batch_prompts: bool = False, lora=None) -> io.NodeOutput:
+                batch_prompts: bool = False, lora=None, frames: int = clip_cells.DEFAULT_FRAMES) -> io.NodeOutput:
         lora, display_name = grid_render.resolve_new_lora(
             lora, lora_name, unnamed="trained LoRA",
             missing="lora: connect a LoRA (from Train LoRA or Save LoRA) or pick a file in lora_name")
@@ -103,7 +109,8 @@ class TestLoRAStrengthSweep(io.ComfyNode):
             row_labels += [f"step {step}: {prompt}" for prompt in prompt_list]
         if len(loras) > 1:
             row_labels[: len(prompt_list)] = [f"step {metadata.get('ss_steps', '?')}: {p}" for p in prompt_list]
-        plan_grid(row_labels, strength_list, width, height)
+        frames = clip_cells.clip_frames(model, frames)
+        plan_grid(row_labels, strength_list, width * clip_cells.strip_count(frames), height)
 
         def clip_for(strength: float) -> float:
             return strength if clip_strength_mode == CLIP_MODES[0] else clip_strength
@@ -112,21 +119,28 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                  for name, prompt in row_loras]
         problems, notes = grid_render.check_fit(model, clip, loras)
         sampling, size_note = grid_render.fit_cell_size(model, vae, grid_render.Sampling(
-            negative, seed, steps, cfg, sampler_name, scheduler, width, height, batch_prompts))
+            negative, seed, steps, cfg, sampler_name, scheduler, width, height, batch_prompts, frames))
         notes += [size_note] if size_note else []
-        rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems)
+        clips: dict = {}
+        rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems, clips)
+        animated = clip_cells.save_clips(cls, [clips[key] for key in sorted(clips)], "lora_lab/sweeps/clip")
+        if animated:
+            notes.append(f"{len(animated)} clips of {frames} frames saved as animated WebP in the output folder "
+                         f"({animated[0]['subfolder']}), row by row; each grid cell shows 4 of their frames")
         header = [
             f"LoRA: {display_name}   steps: {metadata.get('ss_steps', '?')}   trigger: {trigger or '-'}   seed: {seed}",
             f"{sampler_name} / {scheduler}, {steps} steps, cfg {cfg:g}, {sampling.width}x{sampling.height}"
+            + (f", {frames} frames" if frames > 1 else "")
             + ("" if clip_strength_mode == CLIP_MODES[0] else f", clip strength {clip_strength:g}"),
         ]
         info = {
             "lora": display_name, "lora_hash": metadata.get("sshs_model_hash") or tensor_data_hash(lora),
             "steps": metadata.get("ss_steps", ""), "seed": seed, "strengths": strength_list, "prompts": prompt_list,
-            "checkpoints": list(loras)[1:],
+            "checkpoints": list(loras)[1:], "frames": frames,
         }
         column_labels = [strength_label(s) for s in strength_list]
-        return grid_render.finish_grid(cls, rows, column_labels, row_labels, header, notes, "lora_lab/sweeps/grid", info)
+        return grid_render.finish_grid(cls, rows, column_labels, row_labels, header, notes, "lora_lab/sweeps/grid", info,
+                                       animated)
 
 
 def resolve_lora_names(text: str) -> list[str]:

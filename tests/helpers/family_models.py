@@ -155,6 +155,12 @@ class FakeClip:
     def tokenize(self, text):
         return text
 
+    def clone(self):  # what ComfyUI's LoRA loader patches: there are no text-encoder layers to patch
+        return self
+
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
+        return []
+
     def encode_from_tokens_scheduled(self, text):
         generator = torch.Generator().manual_seed(sum(map(ord, text)))
         used = len(text.split()) + 2
