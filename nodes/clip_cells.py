@@ -47,3 +47,15 @@ def save_clips(cls: Any, clips: list[np.ndarray], prefix: str, fps: float = CLIP
             frames, filename_prefix=prefix, folder_type=io.FolderType.output, cls=cls, fps=fps, lossless=True,
             quality=80, method=4)))
     return saved
+
+
+def save_cell_clips(cls: Any, clips: dict[tuple[int, int], np.ndarray], frames: int, prefix: str,
+                    ) -> tuple[list[dict], list[str]]:
+    """The grid's clips (by (row, column), from ``grid_render.render_cells``) saved row by row under ``prefix``:
+    their UI entries and the report's note about them (nothing for a grid of still images)."""
+    animated = save_clips(cls, [clips[key] for key in sorted(clips)], prefix)
+    if not animated:
+        return [], []
+    note = (f"{len(animated)} clips of {frames} frames saved as animated WebP in the output folder "
+            f"({animated[0]['subfolder']}), row by row; each grid cell shows {strip_count(frames)} of their frames")
+    return animated, [note]

@@ -11,7 +11,7 @@ from ..trainer_core.pictures.sweep import (
     plan_grid,
     stack_strengths,
 )
-from . import grid_render
+from . import clip_cells, grid_render
 
 
 class CompareLoRAStack(io.ComfyNode):
@@ -45,6 +45,12 @@ class CompareLoRAStack(io.ComfyNode):
                                 tooltip="One prompt per line: one grid row each. {trigger} becomes the new LoRA's trigger word."),
                 io.String.Input("negative", multiline=True, default="", tooltip="Negative prompt for every cell."),
                 *grid_render.sampling_inputs(),
+                io.Int.Input(
+                    "frames", default=clip_cells.DEFAULT_FRAMES, min=1, max=1025, optional=True,
+                    tooltip="Video models only (Wan, HunyuanVideo): each cell is a clip of this many frames (4k+1 "
+                    "suits their VAEs), shown in the grid as a strip of 4 frames and saved as an animated WebP in "
+                    "ComfyUI's output folder. 1 = still images. Image models always draw still images.",
+                ),
             ],
             outputs=grid_render.grid_outputs(grid="The labelled comparison grid.",
                                              report="Which LoRAs were applied, and any that do not fit."),
@@ -55,7 +61,7 @@ class CompareLoRAStack(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, lora_name: str, lora_strength: float, other_loras: str, stack_strengths: str,
                 prompts: str, negative: str, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
-                width: int, height: int, lora=None) -> io.NodeOutput:
+                width: int, height: int, lora=None, frames: int = clip_cells.DEFAULT_FRAMES) -> io.NodeOutput:
         lora, new_name = grid_render.resolve_new_lora(lora, lora_name, unnamed="new LoRA",
                                                       missing="lora: connect the new LoRA or pick it in lora_name")
         others = parse_lora_lines(other_loras)
@@ -72,18 +78,23 @@ class CompareLoRAStack(io.ComfyNode):
         columns += [(f"{name} {strength:g}", ((name, strength, strength),)) for name, strength in others]
         if others:
             columns.append(("stack: " + " + ".join(f"{s:g}" for _, s, _ in in_stack), in_stack))
-        plan_grid(prompt_list, [0.0] * len(columns), width, height)
+        frames = clip_cells.clip_frames(model, frames)
+        plan_grid(prompt_list, [0.0] * len(columns), width * clip_cells.strip_count(frames), height)
         cells = [[grid_render.Cell(stack, prompt) for _, stack in columns] for prompt in prompt_list]
         problems, notes = grid_render.check_fit(model, clip, loras)
         sampling, size_note = grid_render.fit_cell_size(model, vae, grid_render.Sampling(
-            negative, seed, steps, cfg, sampler_name, scheduler, width, height))
+            negative, seed, steps, cfg, sampler_name, scheduler, width, height, frames=frames))
         notes += [size_note] if size_note else []
-        rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems)
+        clips: dict = {}
+        rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems, clips)
+        animated, clip_notes = clip_cells.save_cell_clips(cls, clips, frames, "lora_lab/stacks/clip")
+        notes += clip_notes
         header = [f"Stack test, seed {seed}, {sampler_name} / {scheduler}, {steps} steps, cfg {cfg:g}",
                   "stack order: " + ", ".join(f"{name} {s:g}" for name, s, _ in in_stack)]
         labels = [label for label, _ in columns]
         return grid_render.finish_grid(cls, rows, labels, prompt_list, header, notes, "lora_lab/stacks/grid",
-                                       {"columns": labels, "prompts": prompt_list, "seed": seed})
+                                       {"columns": labels, "prompts": prompt_list, "seed": seed, "frames": frames},
+                                       animated)
 
 
 def stack_strengths_for(text: str, names: list[str]) -> tuple[tuple[str, float, float], ...]:

@@ -123,10 +123,8 @@ class TestLoRAStrengthSweep(io.ComfyNode):
         notes += [size_note] if size_note else []
         clips: dict = {}
         rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems, clips)
-        animated = clip_cells.save_clips(cls, [clips[key] for key in sorted(clips)], "lora_lab/sweeps/clip")
-        if animated:
-            notes.append(f"{len(animated)} clips of {frames} frames saved as animated WebP in the output folder "
-                         f"({animated[0]['subfolder']}), row by row; each grid cell shows 4 of their frames")
+        animated, clip_notes = clip_cells.save_cell_clips(cls, clips, frames, "lora_lab/sweeps/clip")
+        notes += clip_notes
         header = [
             f"LoRA: {display_name}   steps: {metadata.get('ss_steps', '?')}   trigger: {trigger or '-'}   seed: {seed}",
             f"{sampler_name} / {scheduler}, {steps} steps, cfg {cfg:g}, {sampling.width}x{sampling.height}"

@@ -124,3 +124,20 @@ def test_frames_1_draws_still_images_and_an_image_model_ignores_frames(output_fo
     _, images, report = result.result
     assert tuple(images.shape) == (2, HEIGHT, WIDTH, 3) and "frames" not in report
     assert not list(output_folder.rglob("*.webp"))
+
+
+def test_the_stack_comparison_on_a_video_model_renders_clips_too(output_folder):
+    """Compare LoRA Stack shares the sweep's cells: on Wan each column (base, the LoRA) is a clip shown as a
+    strip, each saved as an animated WebP of every frame."""
+    from lora_lab.nodes import grid_render, stack_compare
+
+    patcher, clip, vae = family_patcher("wan21"), FakeClip("wan21"), family_vae("wan21")
+    with torch.inference_mode():
+        result = stack_compare.CompareLoRAStack.execute(
+            model=patcher, clip=clip, vae=vae, lora_name=grid_render.NO_FILE, lora_strength=1.0, other_loras="",
+            stack_strengths="0.7", prompts="sks square", negative="", seed=3, steps=2, cfg=1.0, sampler_name="euler",
+            scheduler="simple", width=WIDTH, height=HEIGHT, lora=random_lora(patcher), frames=FRAMES)
+    _, images, report = result.result
+    assert tuple(images.shape) == (2, HEIGHT, 4 * WIDTH, 3) and "2 clips of 5 frames" in report
+    files = sorted(output_folder.rglob("*.webp"))
+    assert len(files) == 2 and all(read_webp(path).shape == (FRAMES, HEIGHT, WIDTH, 3) for path in files)
