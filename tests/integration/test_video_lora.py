@@ -54,6 +54,17 @@ def test_clips_encode_as_comfyuis_vae_encode_gives_them(pack):
         assert tuple(clip_latent.shape) == (16, 2, SIZE[1] // 8, SIZE[0] // 8), family
         torch.testing.assert_close(clip_latent, expected[0])
         assert tuple(image_latent.shape) == (16, 1, SIZE[1] // 8, SIZE[0] // 8), family
+    # Qwen-Image, an image model on Wan 2.1's VAE: its images are encoded one at a time too (a batch of images
+    # through that VAE would be one clip's frames), and a clip trains as its first frame.
+    patcher, vae = family_patcher("qwen_image"), family_vae("qwen_image")
+    codec = bridge.ComfyLatentCodec(vae, patcher)
+    assert codec.video_vae and not codec.trains_clips
+    data = StandInClips([clip_item(i, 1, size=SIZE) for i in range(3)] + [clip_item(3, FRAMES, size=SIZE)])
+    latents = encode_latents(data, codec)
+    assert [tuple(latent.shape) for latent in latents] == [(16, 1, SIZE[1] // 8, SIZE[0] // 8)] * 4
+    for item, latent in zip(data.items, latents, strict=True):
+        alone = patcher.model.process_latent_in(vae.encode(torch.from_numpy(data.load_image(item))[None]).float())
+        torch.testing.assert_close(latent, alone[0])
 
 
 @pytest.mark.parametrize("family", VIDEO)
