@@ -2,6 +2,10 @@
 
 Files and folders whose names start with '.' are skipped (``.ipynb_checkpoints``, macOS ``._x.png``).
 Mask files (``<name>_mask.png`` beside ``<name>.png``, see ``masks``) are not images to train on.
+Clips are found too: video files (``CLIP_EXTENSIONS``), animated .gif/.webp (told apart from still .webp by
+``clips``) and folders of numbered frames: a folder holding only images named by numbers (``0001.png``,
+``0002.png`` ...; two or more, no captions, no sub-folders) is one clip, found as the folder's path, its
+caption ``<folder>.txt`` beside it (musubi-tuner's layout: a video path may be a folder of images).
 ``folder_fingerprint`` tells whether any image, caption or mask file changed without opening one.
 """
 
@@ -19,6 +23,8 @@ _DIGITS = re.compile(r"(\d+)")
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 MASK_SUFFIX = "_mask"
 _MANY_REPEATS = 100
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
+CLIP_EXTENSIONS: tuple[str, ...] = (*VIDEO_EXTENSIONS, ".gif")  # and animated .webp, an image extension
 
 
 def folder_fingerprint(folder: str | Path) -> str:
@@ -85,16 +91,34 @@ def find_images(root: Path, warnings: list[str], confine_to: Sequence[Path] = ()
                                     "server may read")
             dirnames[:] = [name for name in dirnames if inside(Path(dirpath) / name, confine_to)]
             names = [name for name in names if inside(Path(dirpath) / name, confine_to)]
+        if dirpath != str(root) and not dirnames and is_frame_folder(names):
+            images.append(Path(dirpath))  # a clip: one entry, its frames are not images of their own
+            continue
         masks = mask_files(names)
         for name in names:
             if name in masks:
                 continue
-            if os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS:
+            if os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS + CLIP_EXTENSIONS:
                 images.append(Path(dirpath) / name)
             elif not name.lower().endswith(".txt"):
                 other_count += 1
     images.sort(key=lambda path: natural_key(path.relative_to(root).as_posix()))
     return images, other_count
+
+
+def is_frame_folder(names: Sequence[str]) -> bool:
+    """Whether a folder's file ``names`` are a clip's numbered frames: two or more images named by numbers
+    (``0001.png``), nothing else."""
+    stems = [os.path.splitext(name) for name in names]
+    return len(names) >= 2 and all(
+        stem.isdigit() and ext.lower() in SUPPORTED_EXTENSIONS for stem, ext in stems
+    )
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """A frames folder's frames in number order (``2.png`` before ``10.png``)."""
+    names = [name for name in os.listdir(folder) if not name.startswith(".")]
+    return [folder / name for name in sorted(names, key=natural_key)]
 
 
 def mask_files(names: Iterable[str]) -> set[str]:

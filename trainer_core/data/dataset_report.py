@@ -26,6 +26,7 @@ from PIL import Image
 
 from .buckets import Size
 from .captions import CaptionOptions, normalize_tag, split_tags, tag_frequencies
+from .clip_items import read_clip_fingerprint
 from .dataset import Dataset, DatasetError, DatasetItem, DatasetOptions, load_dataset
 from .image_fingerprints import (
     ImageFingerprint,
@@ -148,6 +149,10 @@ def inspect_dataset(
     sheet = _evenly_spaced(len(items), options.sheet_images)
     prints = _fingerprints(items, dataset.options.background, options, set(sheet), known or {})
     trigger = captioned.caption_options.trigger_word.strip()
+    first_of: dict[Path, ImageFingerprint] = {}
+    for fingerprint in prints:  # a clip's windows count once for duplicates (its first window)
+        first_of.setdefault(fingerprint.path, fingerprint)
+    per_file = list(first_of.values())
     center_crop = dataset.options.center_crop
     report = DatasetReport(
         root=dataset.root,
@@ -165,8 +170,8 @@ def inspect_dataset(
         without_caption=tuple(item.image_path for item in items if not item.has_caption),
         trigger_word=trigger,
         with_trigger_word=sum(_mentions(item.caption, trigger) for item in items) if trigger else 0,
-        exact_duplicates=exact_duplicate_groups(prints),
-        near_duplicates=near_duplicate_groups(prints, options.near_duplicate_distance),
+        exact_duplicates=exact_duplicate_groups(per_file),
+        near_duplicates=near_duplicate_groups(per_file, options.near_duplicate_distance),
         top_tags=tuple(
             list(tag_frequencies(captioned.caption_for(i) for i in items).items())[: options.top_tags]
         ),
@@ -295,7 +300,9 @@ def _fingerprints(
     """One fingerprint per item, read by a few threads (Pillow decodes without holding the GIL)."""
 
     def fingerprint(index: int) -> ImageFingerprint:
-        path = items[index].image_path
+        path, clip = items[index].image_path, items[index].clip
+        if clip is not None:  # each window of a clip has its own frames: never one read for all
+            return read_clip_fingerprint(path, clip, background, options.thumbnail_size, index in on_sheet)
         previous = known.get(path)
         if previous is not None and (previous.thumbnail is not None or index not in on_sheet):
             return previous
