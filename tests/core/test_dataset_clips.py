@@ -247,3 +247,16 @@ def test_the_frame_options_are_checked_with_the_field_named() -> None:
                           ({"clip_windows": 0}, "clip_windows"), ({"short_clips": "pad"}, "short_clips")):
         with pytest.raises(DatasetError, match=field):
             options(**change)
+
+
+def test_numbered_images_are_a_clip_only_with_a_caption_beside_their_folder(tmp_path: Path) -> None:
+    write_frame_folder(tmp_path / "steps.v2", 6)  # a dot in the name: the caption is steps.v2.txt
+    (tmp_path / "steps.v2.txt").write_text("steps")
+    write_frame_folder(tmp_path / "scraped", 3)  # no caption beside it: three images
+    write_frame_folder(tmp_path / "5_cat", 3)  # a kohya repeat folder: three images, even with 5_cat.txt
+    (tmp_path / "5_cat.txt").write_text("not a clip caption")
+    dataset = load_dataset(tmp_path, options(frame_count=5))
+    kinds = sorted((item.image_path.relative_to(tmp_path).as_posix(), item.frames) for item in dataset.items)
+    assert kinds == [("5_cat/0001.png", 1), ("5_cat/0002.png", 1), ("5_cat/0003.png", 1), ("scraped/0001.png", 1),
+                     ("scraped/0002.png", 1), ("scraped/0003.png", 1), ("steps.v2", 5)]
+    assert next(item for item in dataset.items if item.frames == 5).caption == "steps"

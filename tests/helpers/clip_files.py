@@ -38,10 +38,13 @@ def frame_number(frame: np.ndarray) -> int:
 
 def write_video(
     path: Path, count: int, fps: int = 24, codec: str = "libx264", size: tuple[int, int] = SIZE, gop: int = 12,
+    faststart: bool = False,
 ) -> Path:
-    """A video of ``count`` numbered frames at ``fps`` (key frame every ``gop`` frames)."""
+    """A video of ``count`` numbered frames at ``fps`` (key frame every ``gop`` frames). ``faststart``: an mp4's
+    index (frame count, timestamps) before its frames, so a truncated copy still has its header."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"

@@ -30,7 +30,7 @@ from .buckets import Size, closest_bucket
 from .captions import CaptionOptions, process_caption, read_caption_file, tag_frequencies
 from .clip_items import ClipInfo, clip_pixel_key, clip_stamp, load_clip_frames, plan_clip
 from .clips import clip_kind, read_clip_header
-from .dataset_folder import CLIP_EXTENSIONS, find_images, inside, repeat_warnings, repeats_of
+from .dataset_folder import CLIP_EXTENSIONS, caption_file, find_images, inside, repeat_warnings, repeats_of
 from .dataset_options import (  # noqa: F401  (DatasetOptions and its errors are imported from here too)
     ON_BAD_FILE_CHOICES,
     DatasetError,
@@ -299,9 +299,9 @@ def _image_paths(folder: str | Path, warnings: list[str], confine_to: Sequence[P
 
 
 def _caption_of(image_path: Path, warnings: list[str], confine_to: Sequence[Path] = ()) -> tuple[str, Path | None]:
-    caption_path = image_path.with_suffix(".txt")
+    caption_path = caption_file(image_path, ".txt")
     if not caption_path.is_file():
-        caption_path = image_path.with_suffix(".TXT")  # case matters on Linux and macOS volumes
+        caption_path = caption_file(image_path, ".TXT")  # case matters on Linux and macOS volumes
         if not caption_path.is_file():
             return "", None
     if confine_to and not inside(caption_path, confine_to):

@@ -27,6 +27,7 @@ from PIL import Image
 from .buckets import Size
 from .captions import CaptionOptions, normalize_tag, split_tags, tag_frequencies
 from .clip_items import read_clip_fingerprint
+from .clip_report import clip_summary
 from .dataset import Dataset, DatasetError, DatasetItem, DatasetOptions, load_dataset
 from .image_fingerprints import (
     ImageFingerprint,
@@ -117,6 +118,7 @@ class DatasetReport:
     mask_files: tuple[Path, ...] = ()  # images with a <name>_mask file (masks.py)
     alpha_masks: tuple[Path, ...] = ()  # images whose alpha channel is their mask
     bad_masks: dict[Path, str] = field(default_factory=dict)  # mask files left out -> why
+    clip_lines: tuple[str, ...] = ()  # clips: counts, lengths, rates, sizes, windows (clip_report)
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -182,6 +184,7 @@ def inspect_dataset(
         mask_files=tuple(item.image_path for item in items if item.mask_path is not None),
         alpha_masks=tuple(item.image_path for item in items if item.mask_path is None and item.alpha_mask),
         bad_masks={bad.path: bad.reason for bad in dataset.bad_masks},
+        clip_lines=clip_summary(items, dataset.root),
     )
     return replace(report, problems=find_problems(report, captioned))
 
