@@ -13,7 +13,7 @@ from trainer_core.data.captions import CaptionOptions
 from trainer_core.data.clip_items import read_clip_fingerprint, strip_indices
 from trainer_core.data.clip_report import clip_label
 from trainer_core.data.dataset import DatasetError, DatasetOptions
-from trainer_core.data.dataset_report import ReportOptions, load_checked_dataset
+from trainer_core.data.dataset_report import load_checked_dataset
 from trainer_core.pictures.contact_sheet import contact_sheet_image
 
 CLIPS = DatasetOptions(resolution=64, bucket_step=8, frame_count=9, frame_start="uniform", clip_windows=2)
@@ -41,10 +41,10 @@ def test_the_report_counts_clips_apart_and_lists_their_length_rate_size_and_wind
         in text
     assert "steps: 18 frames, no frame rate (a folder of frames), 80x48; trains 2 window(s)" in text
     assert "(width x height x frames: samples): 80x48 x 1f: 2, 80x48 x 9f: 6." in text
-    strided = load_checked_dataset(folder / "..", DatasetOptions(resolution=64, bucket_step=8, frame_count=5,
-                                                                 frame_stride=3), CaptionOptions(trigger_word="s"))
+    strided = DatasetOptions(resolution=64, bucket_step=8, frame_count=5, frame_stride=3)
+    _, report = load_checked_dataset(folder, strided, CaptionOptions(trigger_word="sks"))
     assert "walk.mp4: 50 frames, 2.1 s at 24 fps, 160x96; trains 1 window(s) of 5 frames: frames 0-12 every 3" \
-        in strided[1].summary()
+        in report.summary()
 
 
 def test_an_image_dataset_report_says_nothing_of_clips(tmp_path: Path) -> None:
