@@ -22,6 +22,7 @@ from comfy_api.latest import io, ui
 from ..trainer_core.data.captions import CaptionOptions, split_tags
 from ..trainer_core.data.dataset import ON_BAD_FILE_CHOICES, DatasetError, DatasetOptions
 from ..trainer_core.data.dataset_folder import folder_fingerprint
+from ..trainer_core.data.dataset_options import FRAME_START_CHOICES, MAX_FRAME_COUNT, SHORT_CLIP_CHOICES
 from ..trainer_core.data.dataset_report import ReportOptions, load_checked_dataset
 from ..trainer_core.data.image_files import parse_color
 from ..trainer_core.fields import default_of, help_text
@@ -31,7 +32,8 @@ from .types import Dataset
 
 _FOLDER_HELP = (
     "Folder of images with same-name .txt captions (cat.png + cat.txt); kohya folders like 10_cat/ give "
-    "their images 10 repeats. A name like 'my_dataset' is looked up in ComfyUI's input folder; an "
+    "their images 10 repeats. Clips too: .mp4/.webm/.mov, animated .gif/.webp, or a folder of numbered frames "
+    "(walk/0001.png ...) with walk.txt beside it. A name like 'my_dataset' is looked up in ComfyUI's input folder; an "
     "absolute path is used as typed."
 )
 
@@ -71,7 +73,7 @@ class LoadDataset(io.ComfyNode):
             display_name="Load Dataset",
             category="LoRA Lab/Dataset",
             description=(
-                "Reads a folder of images and .txt captions into a dataset for Train LoRA, checks it (missing "
+                "Reads a folder of images, clips and .txt captions into a dataset for Train LoRA, checks it (missing "
                 "captions, duplicates, small or damaged images, trigger-word coverage) and shows a contact sheet. "
                 "Pixels are read when training needs them, so large folders load quickly."
             ),
@@ -161,6 +163,15 @@ class LoadDataset(io.ComfyNode):
                     max=256,
                     tooltip=help_text(ReportOptions, "sheet_images"),
                 ),
+                io.Int.Input("frame_count", default=default_of(DatasetOptions, "frame_count"), min=1,
+                             max=MAX_FRAME_COUNT, **_data("frame_count")),
+                io.Int.Input("frame_stride", default=1, min=1, max=100, **_data("frame_stride")),
+                io.Float.Input("target_fps", default=0.0, min=0.0, max=240.0, step=1.0, **_data("target_fps")),
+                io.Combo.Input("frame_start", options=list(FRAME_START_CHOICES), default="head",
+                               **_data("frame_start")),
+                io.Int.Input("clip_windows", default=1, min=1, max=64, **_data("clip_windows")),
+                io.Combo.Input("short_clips", options=list(SHORT_CLIP_CHOICES), default="as_bad_file",
+                               **_data("short_clips")),
             ],
             outputs=[
                 Dataset.Output(
@@ -256,6 +267,12 @@ class LoadDataset(io.ComfyNode):
         on_bad_file: str,
         stop_on_errors: bool,
         sheet_images: int,
+        frame_count: int = 17,
+        frame_stride: int = 1,
+        target_fps: float = 0.0,
+        frame_start: str = "head",
+        clip_windows: int = 1,
+        short_clips: str = "as_bad_file",
     ) -> io.NodeOutput:
         try:
             dataset_options = DatasetOptions(
@@ -267,6 +284,12 @@ class LoadDataset(io.ComfyNode):
                 center_crop=center_crop,
                 background=parse_color(background),
                 on_bad_file=on_bad_file,  # type: ignore[arg-type]
+                frame_count=frame_count,
+                frame_stride=frame_stride,
+                target_fps=target_fps,
+                frame_start=frame_start,  # type: ignore[arg-type]
+                clip_windows=clip_windows,
+                short_clips=short_clips,  # type: ignore[arg-type]
             )
             caption_options = CaptionOptions(
                 trigger_word=trigger_word.strip(),

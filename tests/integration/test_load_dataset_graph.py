@@ -1,5 +1,6 @@
 """LoadDataset in a real ComfyUI server: listed with its tooltips, runs in a graph, previews its
-contact sheet, re-runs only when the folder's files change, and stops with a readable error."""
+contact sheet, re-runs only when the folder's files change, stops with a readable error, and reads clips
+(the clip report and a frame strip per clip on the contact sheet)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers.clip_files import frame_picture, write_animation, write_frame_folder, write_video
 from tools.comfy_server import ComfyServer, PromptRejected
 from tools.graph import Graph
 
@@ -21,7 +23,8 @@ WIDGETS = dict(
     center_crop=True, background="white", trigger_word="ohwx", shuffle_tags=False, keep_tokens=1,
     caption_dropout_rate=0.0, tag_dropout_rate=0.0, blacklist="", prepend_tags="", append_tags="",
     underscores_to_spaces=True, max_tags=0, deduplicate=True, on_bad_file="error", stop_on_errors=True,
-    sheet_images=16,
+    sheet_images=16, frame_count=17, frame_stride=1, target_fps=0.0, frame_start="head", clip_windows=1,
+    short_clips="as_bad_file",
 )  # fmt: skip
 
 
@@ -83,3 +86,43 @@ def test_dataset_errors_stop_the_graph_with_the_reason(comfy_server: ComfyServer
     result = comfy_server.run(load_graph("lld_uncaptioned", trigger_word="").to_api())
     assert result.status == "error"
     assert "DatasetError" in (result.error or "") and "no trigger word" in (result.error or "")
+
+
+def test_clips_give_the_clip_report_and_a_frame_strip_each(comfy_server: ComfyServer) -> None:
+    from trainer_core.data.captions import CaptionOptions
+    from trainer_core.data.dataset import DatasetOptions
+    from trainer_core.data.dataset_report import ReportOptions, load_checked_dataset
+    from trainer_core.pictures.contact_sheet import contact_sheet_image
+
+    folder = comfy_server.input_dir / "lld_clips"
+    write_video(folder / "walk.mp4", 50, fps=24, size=(160, 96))
+    (folder / "walk.txt").write_text("a walk")
+    write_animation(folder / "spin.gif", 20, fps=10)
+    write_frame_folder(folder / "steps", 18)
+    (folder / "steps.txt").write_text("steps")
+    frame_picture(5).save(folder / "still.png")
+    choices = dict(frame_count=10, frame_start="uniform", clip_windows=2, target_fps=12.0)
+    graph = Graph()
+    load = graph.node("LoadDataset", **{**WIDGETS, "folder": "lld_clips", **choices})
+    report = graph.node("PreviewAny", source=load[1])
+    preview = graph.node("PreviewImage", images=load[2])
+    result = comfy_server.run(graph.to_api()).raise_for_error()
+
+    text = result.outputs[report.id]["text"][0]
+    assert "Clips: 3 clip(s) giving 6 training window(s), and 1 image(s)" in text, text
+    assert ("walk.mp4: 50 frames, 2.1 s at 24 fps, 160x96; trains 2 window(s) of 9 frames: frames 0-16 every 2, "
+            "frames 33-49 every 2") in text, text
+    assert "spin.gif: 20 frames, 2.0 s at 10 fps, 80x48; trains 2 window(s) of 9 frames: frames 0-8, frames 11-19" \
+        in text, text
+    assert "steps: 18 frames, no frame rate (a folder of frames), 80x48; trains 2 window(s) of 9 frames" in text
+    assert "frame_count 10 snapped down to 9" in text
+    [sheet] = comfy_server.output_files(result, preview.id)
+    options = DatasetOptions(resolution=64, bucket_step=8, **choices)  # the node's widgets, as trainer_core options
+    dataset, local_report = load_checked_dataset(folder, options, CaptionOptions(trigger_word="ohwx"),
+                                                 ReportOptions(sheet_images=16))
+    expected = np.asarray(contact_sheet_image(dataset, local_report), dtype=np.int16)
+    with Image.open(sheet) as image:
+        shown = np.asarray(image.convert("RGB"), dtype=np.int16)
+    assert shown.shape == expected.shape and np.abs(shown - expected).max() <= 1  # strips and labels as rendered
+    strips = [thumb for thumb in local_report.thumbnails if thumb.width > 3 * thumb.height]
+    assert len(strips) == 6  # one per clip window; the still image is a plain thumbnail

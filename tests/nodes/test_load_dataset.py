@@ -24,7 +24,8 @@ DEFAULTS = dict(
     center_crop=True, background="white", trigger_word="", shuffle_tags=False, keep_tokens=1,
     caption_dropout_rate=0.0, tag_dropout_rate=0.0, blacklist="", prepend_tags="", append_tags="",
     underscores_to_spaces=True, max_tags=0, deduplicate=True, on_bad_file="error", stop_on_errors=True,
-    sheet_images=16,
+    sheet_images=16, frame_count=17, frame_stride=1, target_fps=0.0, frame_start="head", clip_windows=1,
+    short_clips="as_bad_file",
 )  # fmt: skip
 
 

@@ -23,16 +23,22 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 
-from .buckets import Size, closest_bucket, make_buckets
+from .buckets import Size, closest_bucket
 from .captions import CaptionOptions, process_caption, read_caption_file, tag_frequencies
-from .dataset_folder import find_images, inside, repeat_warnings, repeats_of
+from .clip_items import ClipInfo, clip_pixel_key, clip_stamp, load_clip_frames, plan_clip
+from .clips import clip_kind, read_clip_header
+from .dataset_folder import CLIP_EXTENSIONS, caption_file, find_images, inside, repeat_warnings, repeats_of
+from .dataset_options import (  # noqa: F401  (DatasetOptions and its errors are imported from here too)
+    ON_BAD_FILE_CHOICES,
+    DatasetError,
+    DatasetOptions,
+    OnBadFile,
+)
 from .image_files import (
     SUPPORTED_EXTENSIONS,
-    Color,
     ImageFileError,
     decode_rgb,
     read_header,
@@ -44,104 +50,11 @@ from .masks import load_mask, mask_of
 
 logger = logging.getLogger(__name__)
 
-OnBadFile = Literal["error", "skip"]
-ON_BAD_FILE_CHOICES: tuple[str, ...] = ("error", "skip")
 _HOW_TO_LAY_OUT = (
     "Put .png/.jpg/.webp files with same-name .txt captions in it (cat.png + cat.txt); "
-    "kohya folders like 10_cat/ give their images 10 repeats."
+    "kohya folders like 10_cat/ give their images 10 repeats. Clips (.mp4/.webm/.mov, animated .gif/.webp, or a "
+    "folder of numbered frames 0001.png...) take same-name captions too (walk.mp4 + walk.txt; frames/ + frames.txt)."
 )
-
-
-class DatasetError(ValueError):
-    """A dataset problem a person has to fix; the message names the folder, file or field."""
-
-
-def _help(text: str, default: Any) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
-@dataclass(frozen=True)
-class DatasetOptions:
-    """How images are found, checked and sized for training."""
-
-    resolution: int = _help(
-        "Training resolution: buckets hold at most resolution² pixels (512 for SD1.5, 1024 for SDXL/Flux)."
-        " A multiple of 8, and of bucket_step when bucketing.",
-        512,
-    )
-    enable_bucketing: bool = _help(
-        "Aspect-ratio bucketing: each image trains at the bucket size closest to its own shape. Off = every"
-        " image is centre-cropped to a resolution x resolution square.",
-        True,
-    )
-    bucket_step: int = _help("Bucket sides are multiples of this many pixels (64 is kohya's default).", 64)
-    min_bucket_side: int = _help(
-        "Shortest bucket side in pixels, a multiple of bucket_step. 0 = half the resolution.", 0
-    )
-    max_bucket_side: int = _help(
-        "Longest bucket side in pixels, a multiple of bucket_step. 0 = twice the resolution.", 0
-    )
-    center_crop: bool = _help(
-        "On: scale each image to cover its bucket and crop the overflow equally from both sides. Off: scale"
-        " it to fit inside and fill the rest with the background colour (nothing is cut off).",
-        True,
-    )
-    background: Color = _help(
-        "Colour (R, G, B 0-255) that transparent pixels and padding are flattened onto.", (255, 255, 255)
-    )
-    on_bad_file: OnBadFile = _help(
-        "What to do with unreadable images (empty, truncated, not an image, too large): 'error' stops and"
-        " names them all at once (the count and the first five; every one in the console); 'skip' leaves them"
-        " out with a warning.",
-        "error",
-    )
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.resolution, int) or self.resolution < 64 or self.resolution % 8:
-            raise DatasetError(f"resolution must be a multiple of 8 and at least 64, got {self.resolution}")
-        if self.resolution > 8192:
-            raise DatasetError(f"resolution {self.resolution} is above 8192: use 512, 768 or 1024")
-        if self.bucket_step < 8 or self.bucket_step > 256 or self.bucket_step % 8:
-            raise DatasetError(f"bucket_step must be a multiple of 8 from 8 to 256, got {self.bucket_step}")
-        if self.on_bad_file not in ON_BAD_FILE_CHOICES:
-            raise DatasetError(f"on_bad_file must be 'error' or 'skip', got {self.on_bad_file!r}")
-        if len(self.background) != 3 or not all(0 <= int(c) <= 255 for c in self.background):
-            raise DatasetError(f"background must be three numbers 0-255 (R, G, B), got {self.background!r}")
-        if not self.enable_bucketing:
-            return
-        step = self.bucket_step
-        if self.resolution % step:
-            lower = max(step, self.resolution // step * step)
-            raise DatasetError(
-                f"resolution {self.resolution} is not a multiple of bucket_step {step}: "
-                f"use {lower} or {lower + step}, or a smaller bucket_step"
-            )
-        for name in ("min_bucket_side", "max_bucket_side"):
-            value = getattr(self, name)
-            if value < 0 or value % step:
-                raise DatasetError(
-                    f"{name} must be 0 (automatic) or a multiple of bucket_step {step}, got {value}"
-                )
-        low, high = self.bucket_side_range
-        if not low <= self.resolution <= high:
-            raise DatasetError(
-                f"min_bucket_side {low} .. max_bucket_side {high} must include the resolution {self.resolution}"
-            )
-
-    @property
-    def bucket_side_range(self) -> tuple[int, int]:
-        """(shortest, longest) bucket side, with the automatic values filled in."""
-        step = self.bucket_step
-        low = self.min_bucket_side or max(step, -(-self.resolution // 2 // step) * step)
-        high = self.max_bucket_side or self.resolution * 2 // step * step
-        return low, high
-
-    def bucket_sizes(self) -> tuple[Size, ...]:
-        """Every (width, height) an image can be trained at."""
-        if not self.enable_bucketing:
-            return ((self.resolution, self.resolution),)
-        low, high = self.bucket_side_range
-        return make_buckets(self.resolution, self.bucket_step, low, high)
 
 
 @dataclass(frozen=True)
@@ -158,6 +71,8 @@ class DatasetItem:
     folder: str = ""  # the kohya folder it belongs to ('10_cat'), '' for images outside one
     mask_path: Path | None = None  # its loss mask, <name>_mask.png beside it (see masks.py)
     alpha_mask: bool = False  # without a mask file: its own alpha channel is its loss mask
+    frames: int = 1  # frames this item trains: 1 for an image, the window's length for a clip
+    clip: ClipInfo | None = None  # for a clip (image_path is the clip file or frames folder): its exact frames
 
 
 @dataclass(frozen=True)
@@ -193,7 +108,10 @@ class Dataset:
             raise DatasetError(f"mask {path} cannot be read any more ({error}): run LoadDataset again") from error
 
     def load_image(self, item: DatasetItem) -> np.ndarray:
-        """The item's pixels: float32 HxWx3 in [0, 1] at exactly its bucket size (H = bucket[1])."""
+        """The item's pixels: float32 HxWx3 in [0, 1] at exactly its bucket size (H = bucket[1]).
+        For a clip: its first trained frame."""
+        if item.clip is not None:
+            return self.load_frames(replace(item, frames=1, clip=replace(item.clip, indices=item.clip.indices[:1])))[0]
         try:
             image = decode_rgb(item.image_path, self.options.background, draft_size=item.bucket)
             fitted = resize_to_bucket(image, item.bucket, self.options.center_crop, self.options.background)
@@ -205,8 +123,27 @@ class Dataset:
             ) from error
         return to_float_array(fitted)
 
+    def load_frames(self, item: DatasetItem) -> np.ndarray:
+        """The item's frames: float32 [F, H, W, 3] in [0, 1] at its bucket size, F = ``item.frames`` (an image
+        gives [1, H, W, 3]). A clip's frames are decoded now, seeking to its window."""
+        if item.clip is None:
+            return self.load_image(item)[None]
+        try:
+            options = self.options
+            return load_clip_frames(item.image_path, item.clip, item.bucket, options.center_crop, options.background)
+        except ImageFileError as error:
+            raise DatasetError(str(error)) from error
+
+    @property
+    def has_clips(self) -> bool:
+        """Whether any item is a clip (an image model trains clips' frames as images)."""
+        return any(item.clip is not None for item in self.items)
+
     def pixel_key(self, item: DatasetItem) -> str:
-        """Names ``load_image``'s pixels for ``item``, for caches of latents that outlive a run."""
+        """Names ``load_frames``'s pixels for ``item`` (``load_image``'s for an image), for latent caches."""
+        if item.clip is not None:
+            options = self.options
+            return clip_pixel_key(item.image_path, item.clip, item.bucket, options.center_crop, options.background)
         return pixel_key(item.image_path, item.bucket, self.options.center_crop, self.options.background)
 
     def buckets(self) -> dict[Size, list[int]]:
@@ -214,6 +151,13 @@ class Dataset:
         groups: dict[Size, list[int]] = {}
         for index, item in enumerate(self.items):
             groups.setdefault(item.bucket, []).append(index)
+        return dict(sorted(groups.items()))
+
+    def frame_buckets(self) -> dict[tuple[Size, int], list[int]]:
+        """Each (bucket size, frame count) and the indices of its items: what can share a batch of clips."""
+        groups: dict[tuple[Size, int], list[int]] = {}
+        for index, item in enumerate(self.items):
+            groups.setdefault((item.bucket, item.frames), []).append(index)
         return dict(sorted(groups.items()))
 
     @property
@@ -279,7 +223,7 @@ def load_dataset(
     skipped: list[SkippedFile] = []
     for path in image_paths:
         try:
-            header = read_header(path)
+            new_items = _items_of(path, root, options, bucket_sizes, warnings, listings, bad_masks, confine_to)
         except ImageFileError as error:
             if bad_files is not None:
                 bad_files[path] = error.reason
@@ -289,23 +233,7 @@ def load_dataset(
             skipped.append(SkippedFile(path, error.reason))
             warnings.append(f"skipped {path}: {error.reason}")
             continue
-        caption, caption_path = _caption_of(path, warnings, confine_to)
-        folder, repeats = repeats_of(path, root)
-        mask_path, alpha_mask = mask_of(path, header, listings, warnings, bad_masks, confine_to)
-        items.append(
-            DatasetItem(
-                image_path=path,
-                caption=caption,
-                has_caption=bool(caption),
-                repeats=repeats,
-                size=header.size,
-                bucket=closest_bucket(header.size, bucket_sizes),
-                caption_path=caption_path,
-                folder=folder,
-                mask_path=mask_path,
-                alpha_mask=alpha_mask,
-            )
-        )
+        items.extend(new_items)
     if not items:
         first_path, first_reason = next(iter({**{s.path: s.reason for s in skipped}, **(bad_files or {})}.items()))
         raise DatasetError(
@@ -313,6 +241,9 @@ def load_dataset(
             f"{first_reason}). Replace the damaged files. {_HOW_TO_LAY_OUT}"
         )
     warnings.extend(repeat_warnings((item.folder, item.repeats) for item in items))
+    if options.frames_per_clip != options.frame_count and any(item.clip is not None for item in items):
+        warnings.append(f"frame_count {options.frame_count} snapped down to {options.frames_per_clip}: Wan and "
+                        "HunyuanVideo take 4k+1 frames (17, 33, 49, 81)")
     for message in warnings:
         logger.warning("LoadDataset: %s", message)
     return Dataset(
@@ -327,6 +258,28 @@ def load_dataset(
     )
 
 
+def _items_of(
+    path: Path, root: Path, options: DatasetOptions, bucket_sizes: tuple[Size, ...], warnings: list[str],
+    listings: dict[Path, list[str]], bad_masks: dict[Path, str], confine_to: Sequence[Path],
+) -> list[DatasetItem]:
+    """The items of one image (one) or clip (one per frame window). Raises ``ImageFileError`` for a bad file."""
+    kind = clip_kind(path)
+    header = read_clip_header(path, kind) if kind else read_header(path)
+    clips = plan_clip(path, header, options) if kind else ()
+    caption, caption_path = _caption_of(path, warnings, confine_to)
+    folder, repeats = repeats_of(path, root)
+    bucket = closest_bucket(header.size, bucket_sizes)
+    common = {"image_path": path, "caption": caption, "has_caption": bool(caption), "repeats": repeats,
+              "size": header.size, "bucket": bucket, "caption_path": caption_path, "folder": folder}
+    if kind:
+        if clips[0].shortened:
+            warnings.append(f"{path} has {header.frame_count} frames, fewer than frame_count asks: it trains "
+                            f"{len(clips[0].indices)} (short_clips 'shorten')")
+        return [DatasetItem(**common, frames=len(clip.indices), clip=clip) for clip in clips]
+    mask_path, alpha_mask = mask_of(path, header, listings, warnings, bad_masks, confine_to)
+    return [DatasetItem(**common, mask_path=mask_path, alpha_mask=alpha_mask)]
+
+
 def _image_paths(folder: str | Path, warnings: list[str], confine_to: Sequence[Path]) -> tuple[Path, list[Path]]:
     """The resolved folder and its images; an error saying how to fill it when it has none."""
     root = Path(folder).expanduser()
@@ -339,16 +292,16 @@ def _image_paths(folder: str | Path, warnings: list[str], confine_to: Sequence[P
     if not image_paths:
         found = f"it holds {other_count} file(s), none with an image extension" if other_count else "it is empty"
         raise DatasetError(
-            f"No images in dataset folder {root} ({found}; looked for {', '.join(SUPPORTED_EXTENSIONS)}). "
+            f"No images in dataset folder {root} ({found}; looked for {', '.join(SUPPORTED_EXTENSIONS + CLIP_EXTENSIONS)}). "
             + _HOW_TO_LAY_OUT
         )
     return root, image_paths
 
 
 def _caption_of(image_path: Path, warnings: list[str], confine_to: Sequence[Path] = ()) -> tuple[str, Path | None]:
-    caption_path = image_path.with_suffix(".txt")
+    caption_path = caption_file(image_path, ".txt")
     if not caption_path.is_file():
-        caption_path = image_path.with_suffix(".TXT")  # case matters on Linux and macOS volumes
+        caption_path = caption_file(image_path, ".TXT")  # case matters on Linux and macOS volumes
         if not caption_path.is_file():
             return "", None
     if confine_to and not inside(caption_path, confine_to):
@@ -380,6 +333,9 @@ def _content_hash(root: Path, items: list[DatasetItem], options: DatasetOptions)
         "center_crop": options.center_crop,
         "background": list(options.background),
     }
+    if any(item.clip is not None for item in items):  # only then: hashes of image datasets stay
+        sizing["frames"] = [options.frames_per_clip, options.frame_stride, options.target_fps,
+                            options.frame_start, options.clip_windows, options.short_clips]
     digest.update(json.dumps(sizing, sort_keys=True).encode())
     for item in items:
         stat = item.image_path.stat()
@@ -394,6 +350,8 @@ def _content_hash(root: Path, items: list[DatasetItem], options: DatasetOptions)
         if item.mask_path is not None or item.alpha_mask:  # only then: hashes of datasets without masks stay
             mask_stat = (item.mask_path or item.image_path).stat()
             record += [str(item.mask_path and item.mask_path.name), mask_stat.st_size, mask_stat.st_mtime_ns]
+        if item.clip is not None:
+            record += [clip_stamp(item.image_path), list(item.clip.indices)]
         digest.update(json.dumps(record, ensure_ascii=False).encode())
         digest.update(b"\n")
     return digest.hexdigest()[:16]

@@ -2,6 +2,12 @@
 
 Files and folders whose names start with '.' are skipped (``.ipynb_checkpoints``, macOS ``._x.png``).
 Mask files (``<name>_mask.png`` beside ``<name>.png``, see ``masks``) are not images to train on.
+Clips are found too: video files (``CLIP_EXTENSIONS``), animated .gif/.webp (told apart from still .webp by
+``clips``) and folders of numbered frames: a folder holding only images named by numbers (``0001.png``,
+``0002.png`` ...; two or more, no captions, no sub-folders) with its caption ``<folder>.txt`` beside it is
+one clip, found as the folder's path (musubi-tuner's layout: a video path may be a folder of images). The
+caption beside it is what makes it a clip (it may be empty): a folder of numbered images without one, or
+a kohya ``N_name`` folder, stays a folder of images.
 ``folder_fingerprint`` tells whether any image, caption or mask file changed without opening one.
 """
 
@@ -19,6 +25,8 @@ _DIGITS = re.compile(r"(\d+)")
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 MASK_SUFFIX = "_mask"
 _MANY_REPEATS = 100
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
+CLIP_EXTENSIONS: tuple[str, ...] = (*VIDEO_EXTENSIONS, ".gif")  # and animated .webp, an image extension
 
 
 def folder_fingerprint(folder: str | Path) -> str:
@@ -34,7 +42,7 @@ def folder_fingerprint(folder: str | Path) -> str:
     images, _ = find_images(root, [])
     listings: dict[Path, list[str]] = {}
     for path in images:
-        for file in (path, path.with_suffix(".txt"), find_mask_file(path, listings)):
+        for file in (path, caption_file(path, ".txt"), find_mask_file(path, listings)):
             if file is None:
                 continue
             try:
@@ -85,16 +93,47 @@ def find_images(root: Path, warnings: list[str], confine_to: Sequence[Path] = ()
                                     "server may read")
             dirnames[:] = [name for name in dirnames if inside(Path(dirpath) / name, confine_to)]
             names = [name for name in names if inside(Path(dirpath) / name, confine_to)]
+        if dirpath != str(root) and not dirnames and is_frame_folder(names) and _has_caption_beside(dirpath):
+            images.append(Path(dirpath))  # a clip: one entry, its frames are not images of their own
+            continue
         masks = mask_files(names)
         for name in names:
             if name in masks:
                 continue
-            if os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS:
+            if os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS + CLIP_EXTENSIONS:
                 images.append(Path(dirpath) / name)
             elif not name.lower().endswith(".txt"):
                 other_count += 1
     images.sort(key=lambda path: natural_key(path.relative_to(root).as_posix()))
     return images, other_count
+
+
+def is_frame_folder(names: Sequence[str]) -> bool:
+    """Whether a folder's file ``names`` are a clip's numbered frames: two or more images named by numbers
+    (``0001.png``), nothing else."""
+    stems = [os.path.splitext(name) for name in names]
+    return len(names) >= 2 and all(
+        stem.isdigit() and ext.lower() in SUPPORTED_EXTENSIONS for stem, ext in stems
+    )
+
+
+def caption_file(path: Path, extension: str) -> Path:
+    """The same-name caption of an image or clip file (``cat.png`` -> ``cat.txt``) or frames folder (``walk/``
+    -> ``walk.txt``)."""
+    return path.parent / f"{path.name}{extension}" if path.is_dir() else path.with_suffix(extension)
+
+
+def _has_caption_beside(folder: str) -> bool:
+    path = Path(folder)
+    return not _REPEAT_FOLDER.match(path.name) and any(
+        (path.parent / f"{path.name}{extension}").is_file() for extension in (".txt", ".TXT")
+    )
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """A frames folder's frames in number order (``2.png`` before ``10.png``)."""
+    names = [name for name in os.listdir(folder) if not name.startswith(".")]
+    return [folder / name for name in sorted(names, key=natural_key)]
 
 
 def mask_files(names: Iterable[str]) -> set[str]:

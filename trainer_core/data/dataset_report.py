@@ -26,6 +26,8 @@ from PIL import Image
 
 from .buckets import Size
 from .captions import CaptionOptions, normalize_tag, split_tags, tag_frequencies
+from .clip_items import read_clip_fingerprint
+from .clip_report import clip_summary
 from .dataset import Dataset, DatasetError, DatasetItem, DatasetOptions, load_dataset
 from .image_fingerprints import (
     ImageFingerprint,
@@ -116,6 +118,7 @@ class DatasetReport:
     mask_files: tuple[Path, ...] = ()  # images with a <name>_mask file (masks.py)
     alpha_masks: tuple[Path, ...] = ()  # images whose alpha channel is their mask
     bad_masks: dict[Path, str] = field(default_factory=dict)  # mask files left out -> why
+    clip_lines: tuple[str, ...] = ()  # clips: counts, lengths, rates, sizes, windows (clip_report)
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -148,6 +151,10 @@ def inspect_dataset(
     sheet = _evenly_spaced(len(items), options.sheet_images)
     prints = _fingerprints(items, dataset.options.background, options, set(sheet), known or {})
     trigger = captioned.caption_options.trigger_word.strip()
+    first_of: dict[Path, ImageFingerprint] = {}
+    for fingerprint in prints:  # a clip's windows count once for duplicates (its first window)
+        first_of.setdefault(fingerprint.path, fingerprint)
+    per_file = list(first_of.values())
     center_crop = dataset.options.center_crop
     report = DatasetReport(
         root=dataset.root,
@@ -165,8 +172,8 @@ def inspect_dataset(
         without_caption=tuple(item.image_path for item in items if not item.has_caption),
         trigger_word=trigger,
         with_trigger_word=sum(_mentions(item.caption, trigger) for item in items) if trigger else 0,
-        exact_duplicates=exact_duplicate_groups(prints),
-        near_duplicates=near_duplicate_groups(prints, options.near_duplicate_distance),
+        exact_duplicates=exact_duplicate_groups(per_file),
+        near_duplicates=near_duplicate_groups(per_file, options.near_duplicate_distance),
         top_tags=tuple(
             list(tag_frequencies(captioned.caption_for(i) for i in items).items())[: options.top_tags]
         ),
@@ -177,6 +184,7 @@ def inspect_dataset(
         mask_files=tuple(item.image_path for item in items if item.mask_path is not None),
         alpha_masks=tuple(item.image_path for item in items if item.mask_path is None and item.alpha_mask),
         bad_masks={bad.path: bad.reason for bad in dataset.bad_masks},
+        clip_lines=clip_summary(items, dataset.root),
     )
     return replace(report, problems=find_problems(report, captioned))
 
@@ -295,7 +303,9 @@ def _fingerprints(
     """One fingerprint per item, read by a few threads (Pillow decodes without holding the GIL)."""
 
     def fingerprint(index: int) -> ImageFingerprint:
-        path = items[index].image_path
+        path, clip = items[index].image_path, items[index].clip
+        if clip is not None:  # each window of a clip has its own frames: never one read for all
+            return read_clip_fingerprint(path, clip, background, options.thumbnail_size, index in on_sheet)
         previous = known.get(path)
         if previous is not None and (previous.thumbnail is not None or index not in on_sheet):
             return previous

@@ -120,7 +120,7 @@ def decode_rgb(
             image.draft(image.mode, stored_draft)
         try:
             image.load()
-            rgb = _to_rgb(image, background)
+            rgb = to_rgb(image, background)
         except _DECODE_ERRORS as error:
             raise ImageFileError(path, f"is truncated or damaged and cannot be decoded ({error})") from error
     transpose = _TRANSPOSE_FOR_ORIENTATION.get(orientation)
@@ -233,7 +233,8 @@ def _tail_looks_truncated(path: Path, image_format: str, byte_count: int) -> boo
     return marker not in tail
 
 
-def _to_rgb(image: Image.Image, background: Color) -> Image.Image:
+def to_rgb(image: Image.Image, background: Color) -> Image.Image:
+    """Any Pillow image (palette, grey, 16-bit, alpha) as 8-bit RGB, transparency flattened onto ``background``."""
     mode = image.mode
     if mode.startswith("I;16") or mode == "I":
         # 16/32-bit grey: Pillow's convert would clip at 255 (an almost white image), so rescale.

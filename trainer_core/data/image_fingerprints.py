@@ -50,11 +50,21 @@ def read_fingerprint(
     digest = bytes_digest(data)
     del data
     image.thumbnail((thumbnail_size, thumbnail_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return fingerprint_of(path, digest, image, thumbnail_size, image if keep_thumbnail else None)
+
+
+def fingerprint_of(
+    path: Path, digest: str, image: Image.Image, thumbnail_size: int, thumbnail: Image.Image | None
+) -> ImageFingerprint:
+    """The fingerprint of a decoded picture (the hashes read a copy reduced to ``thumbnail_size``)."""
+    if max(image.size) > thumbnail_size:
+        image = image.copy()
+        image.thumbnail((thumbnail_size, thumbnail_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     grey = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
     bits = (grey[:, 1:] > grey[:, :-1]).flatten()
     difference_hash = int.from_bytes(np.packbits(bits).tobytes(), "big")
-    colour = np.asarray(image.resize((4, 4), Image.Resampling.BOX), dtype=np.uint8)
-    return ImageFingerprint(path, digest, difference_hash, colour, image if keep_thumbnail else None)
+    colour = np.asarray(image.convert("RGB").resize((4, 4), Image.Resampling.BOX), dtype=np.uint8)
+    return ImageFingerprint(path, digest, difference_hash, colour, thumbnail)
 
 
 def bytes_digest(data: bytes) -> str:

@@ -25,6 +25,7 @@ def format_report(report: DatasetReport) -> str:
         f"Dataset {report.root}",
         f"{report.image_count} images, {report.sample_count} samples per epoch with repeats; "
         f"resolution {report.resolution}.",
+        *(["", *report.clip_lines] if report.clip_lines else []),
         "",
         f"Buckets ({len(report.bucket_histogram)}), width x height: images",
     ]

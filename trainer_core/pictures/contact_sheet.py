@@ -4,7 +4,9 @@ Thumbnails come from the report (read once, at most ``ReportOptions.sheet_images
 sheet costs no extra decoding. Each cell shows the picture fitted into a square, its number and
 training size; a red frame marks damaged or duplicated images, an orange one images without a
 caption or smaller than their training size. Where an image has a loss mask (``data.masks``), the
-pixels the loss ignores are tinted blue and its label ends in 'mask'.
+pixels the loss ignores are tinted blue and its label ends in 'mask'. A clip's cell shows a strip of
+frames from its trained window (first to last) labelled with the clip's length, rate and size
+('2.1 s · 24 fps · 640×360'); its label gives the window's frame count ('17f').
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..data.clip_report import clip_label
 from ..data.dataset import Dataset, DatasetItem
 from ..data.dataset_report import DatasetReport
 from ..data.image_files import ImageFileError
@@ -56,6 +59,9 @@ def contact_sheet_image(dataset: Dataset, report: DatasetReport, columns: int = 
         f"{shown} | {len(report.bucket_histogram)} buckets | "
         f"{len(report.errors)} errors | {len(report.warnings)} warnings"
     )
+    clips = {item.image_path for item in dataset.items if item.clip is not None}
+    if clips:
+        header += f" | {len(clips)} clips"
     if report.mask_files or report.alpha_masks:
         header += f" | {len(report.mask_files) + len(report.alpha_masks)} masks (blue = not trained)"
     draw.text((_GAP, 4), header, fill=_TEXT, font=font)
@@ -71,8 +77,19 @@ def contact_sheet_image(dataset: Dataset, report: DatasetReport, columns: int = 
         if colour is not None:
             draw.rectangle((left, top, left + cell - 1, top + cell - 1), outline=colour, width=_FRAME)
         label = f"#{index + 1} {item.bucket[0]}x{item.bucket[1]}" + (" mask" if masked else "")
+        if item.clip is not None:
+            label += f" {item.frames}f"
+            _label_strip(draw, font, item, (left, top + (cell + thumbnail.height) // 2 + 2), cell)
         draw.text((left + 1, top + cell + 2), label, fill=colour or _TEXT, font=font)
     return sheet
+
+
+def _label_strip(draw: ImageDraw.ImageDraw, font, item: DatasetItem, at: tuple[int, int], width: int) -> None:
+    """The clip's length, rate and size under its frame strip (the compact form when the full one is too wide)."""
+    text = clip_label(item)
+    if draw.textlength(text, font=font) > width - 2:
+        text = clip_label(item, compact=True)
+    draw.text((at[0] + 1, at[1]), text, fill=_TEXT, font=font)
 
 
 def _with_mask(thumbnail: Image.Image, item: DatasetItem) -> tuple[Image.Image, bool]:
