@@ -23,7 +23,7 @@ from family_models import FakeClip, family_patcher, family_vae  # noqa: E402
 
 pytestmark = pytest.mark.comfy
 
-VIDEO = ("wan21", "hunyuan_video")
+VIDEO = ("wan21", "wan22_14b", "hunyuan_video")  # Wan 2.2 14B T2V is Wan 2.1's architecture and VAE
 FRAMES = 5  # 4k+1: two latent frames through Wan's and HunyuanVideo's VAEs
 SIZE = (32, 32)
 
