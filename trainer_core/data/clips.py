@@ -161,7 +161,7 @@ def _video_frames(path: Path, wanted: list[int]) -> dict[int, Image.Image]:
         stream = _video_stream(path, container)
         rate, base, start = _frame_rate(stream), stream.time_base, stream.start_time or 0
         seek = bool(wanted) and wanted[0] > 0 and bool(rate) and base is not None
-        if seek:
+        if seek and base is not None:
             container.seek(start + int(wanted[0] / rate / base), stream=stream, backward=True, any_frame=False)
         found = _collect(container, stream, wanted, rate, base, start, seek)
         if found is None:  # the seek landed after the first wanted frame, or frames have no time: from the top
