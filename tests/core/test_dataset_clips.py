@@ -312,3 +312,13 @@ def test_the_folder_fingerprint_sees_a_frame_rewritten_in_a_frames_folder(tmp_pa
     stat = frame.stat()
     os.utime(frame, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert folder_fingerprint(tmp_path) != before
+
+
+@pytest.mark.parametrize(("name", "codec", "bframes"), [("b.mp4", "libx264", 3), ("m.mkv", "libx264", 0),
+                                                         ("a.avi", "mpeg4", 0)])
+def test_windows_are_exact_with_b_frames_and_in_mkv_and_avi(tmp_path: Path, name: str, codec: str, bframes: int):
+    write_video(tmp_path / name, 120, fps=30, codec=codec, gop=30, bframes=bframes)
+    dataset = load_dataset(tmp_path, options(frame_count=9, frame_stride=2, frame_start="uniform", clip_windows=3))
+    assert [item.clip.indices[0] for item in dataset.items] == [0, 52, 103]
+    for item in dataset.items:
+        assert frame_numbers(dataset.load_frames(item)) == list(item.clip.indices)

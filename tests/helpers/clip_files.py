@@ -38,7 +38,7 @@ def frame_number(frame: np.ndarray) -> int:
 
 def write_video(
     path: Path, count: int, fps: int = 24, codec: str = "libx264", size: tuple[int, int] = SIZE, gop: int = 12,
-    faststart: bool = False,
+    faststart: bool = False, bframes: int = 0,
 ) -> Path:
     """A video of ``count`` numbered frames at ``fps`` (key frame every ``gop`` frames). ``faststart``: an mp4's
     index (frame count, timestamps) before its frames, so a truncated copy still has its header."""
@@ -50,7 +50,7 @@ def write_video(
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = gop
         if codec == "libx264":
-            stream.options = {"crf": "8", "bf": "0"}
+            stream.options = {"crf": "8", "bf": str(bframes)}  # B-frames: decoded out of order, shown in order
         elif codec == "mpeg4":
             stream.options = {"qscale": "2"}
         for index in range(count):
