@@ -243,7 +243,7 @@ def test_a_clip_damaged_after_its_header_is_named_when_its_frames_are_read(tmp_p
 
 def test_the_frame_options_are_checked_with_the_field_named() -> None:
     for change, field in (({"frame_count": 0}, "frame_count"), ({"frame_stride": 0}, "frame_stride"),
-                          ({"target_fps": -1.0}, "target_fps"), ({"frame_start": "middle"}, "frame_start"),
+                          ({"target_fps": -1.0}, "target_fps"), ({"target_fps": float("nan")}, "target_fps"), ({"frame_start": "middle"}, "frame_start"),
                           ({"clip_windows": 0}, "clip_windows"), ({"short_clips": "pad"}, "short_clips")):
         with pytest.raises(DatasetError, match=field):
             options(**change)
@@ -253,13 +253,14 @@ def test_numbered_images_are_a_clip_only_with_a_caption_beside_their_folder(tmp_
     write_frame_folder(tmp_path / "steps.v2", 6)  # a dot in the name: the caption is steps.v2.txt
     (tmp_path / "steps.v2.txt").write_text("steps")
     write_frame_folder(tmp_path / "scraped", 3)  # no caption beside it: three images
-    frame_picture(7).save(tmp_path / "still.webp")  # a still webp: an image
+    frame_picture(7).save(tmp_path / "still.webp")  # a still webp or gif: an image
+    frame_picture(8).save(tmp_path / "still.gif")
     write_frame_folder(tmp_path / "5_cat", 3)  # a kohya repeat folder: three images, even with 5_cat.txt
     (tmp_path / "5_cat.txt").write_text("not a clip caption")
     dataset = load_dataset(tmp_path, options(frame_count=5))
     kinds = sorted((item.image_path.relative_to(tmp_path).as_posix(), item.frames) for item in dataset.items)
     assert kinds == [("5_cat/0001.png", 1), ("5_cat/0002.png", 1), ("5_cat/0003.png", 1), ("scraped/0001.png", 1),
-                     ("scraped/0002.png", 1), ("scraped/0003.png", 1), ("steps.v2", 5), ("still.webp", 1)]
+                     ("scraped/0002.png", 1), ("scraped/0003.png", 1), ("steps.v2", 5), ("still.gif", 1), ("still.webp", 1)]
     assert next(item for item in dataset.items if item.frames == 5).caption == "steps"
 
 

@@ -62,8 +62,8 @@ def clip_kind(path: Path) -> ClipKind | None:
     extension = path.suffix.lower()
     if extension in VIDEO_EXTENSIONS:
         return "video"
-    if extension == ".gif" or (extension == ".webp" and _is_animated(path)):
-        return "animation"
+    if extension in (".gif", ".webp") and _is_animated(path):
+        return "animation"  # a still gif or webp is an image
     return None
 
 
