@@ -15,6 +15,7 @@ from tests.helpers.clip_files import (
     frame_picture,
     write_animation,
     write_frame_folder,
+    write_variable_rate_video,
     write_video,
 )
 from trainer_core.data import clips
@@ -322,4 +323,12 @@ def test_windows_are_exact_with_b_frames_and_in_mkv_and_avi(tmp_path: Path, name
     dataset = load_dataset(tmp_path, options(frame_count=9, frame_stride=2, frame_start="uniform", clip_windows=3))
     assert [item.clip.indices[0] for item in dataset.items] == [0, 52, 103]
     for item in dataset.items:
+        assert frame_numbers(dataset.load_frames(item)) == list(item.clip.indices)
+
+
+def test_a_variable_rate_clip_gives_the_frames_in_the_order_shown(tmp_path: Path) -> None:
+    write_variable_rate_video(tmp_path / "phone.mp4", 90)
+    dataset = load_dataset(tmp_path, options(frame_count=9, frame_start="uniform", clip_windows=3))
+    assert dataset.items[0].clip.source_frames == 90 and 25 < dataset.items[0].clip.fps < 30  # the average rate
+    for item in dataset.items:  # windows 0-8, 40-48, 81-89: frame i is the i-th frame shown
         assert frame_numbers(dataset.load_frames(item)) == list(item.clip.indices)
