@@ -11,6 +11,10 @@ trainer asks. ``Dataset.content_hash`` lets a trainer reuse cached latents and e
 when an image file (path, size or modification time), a caption, a repeat count or a bucketing option
 changes; ``Dataset.pixel_key`` names one image's pixels as trained. ``Dataset.caption_options`` carries
 the caption processing the LoadDataset node chose; ``Dataset.caption_for`` applies it.
+
+Clips (videos, animated gif/webp, folders of numbered frames: ``clips``) become one item per frame window
+(``clip_items``): ``DatasetItem.frames`` and ``DatasetItem.clip`` say which source frames it trains and
+``Dataset.load_frames`` decodes them; an image is a one-frame item. The options are in ``dataset_options``.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ _HOW_TO_LAY_OUT = (
 
 @dataclass(frozen=True)
 class DatasetItem:
-    """One training image: where it is, its caption and the size it trains at."""
+    """One training image or clip window: where it is, its caption, the size (and frames) it trains at."""
 
     image_path: Path
     caption: str  # raw caption text from the .txt ('' if none)
