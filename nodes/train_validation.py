@@ -13,7 +13,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..trainer_core.data.validation_split import ValidationSplit, split_for_validation
-from ..trainer_core.training.report import run_report
+from ..trainer_core.training.report import diagnose_run, run_report
 from ..trainer_core.training.results import TrainingResult
 from ..trainer_core.training.validation import ValidationConfig, validation_metadata
 from .types import Dataset
@@ -57,9 +57,11 @@ def checkpoint_name(path: Path) -> str:
 
 
 def validation_curve(result: TrainingResult) -> dict[str, Any]:
-    """The loss curve's validation arguments: the held-out losses and the best checkpoint's step."""
+    """The loss curve's validation arguments (the held-out losses and the best checkpoint's step) and the loss
+    diagnosis's verdicts, written under the plot."""
     best = result.best_checkpoint
-    return {"validation": result.validation_losses, "best_step": best[0] if best else None}
+    return {"validation": result.validation_losses, "best_step": best[0] if best else None,
+            "verdicts": diagnose_run(result, checkpoint_name)}
 
 
 def finish_report(weights, result: TrainingResult, config: ValidationConfig, seed: int,
