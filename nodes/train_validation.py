@@ -34,8 +34,9 @@ def report_output() -> io.Output:
     """Train LoRA's last output: the run in words."""
     return io.String.Output(
         "report", display_name="report",
-        tooltip="The run in a few lines: steps, final loss, validation losses and the best checkpoint's file "
-        "name as LoraLoader lists it.",
+        tooltip="The run in a few lines: steps, final loss, validation losses, the best checkpoint's file "
+        "name as LoraLoader lists it, and the loss diagnosis (the curve's shape with its rule and numbers, and "
+        "what to do).",
     )
 
 
