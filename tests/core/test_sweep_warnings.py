@@ -41,3 +41,13 @@ def test_a_stack_equal_to_one_lora_alone_is_called_an_override_and_near_equal_is
     # A LoRA that changes nothing alone is not said to override: the stack equals the base too.
     unchanged = [base, base, weak_other, base]
     assert stack_override_warnings([unchanged], ["a ring"], 0, 3, {"new": 1, "style": 2}) == []
+
+
+def test_a_lora_trained_elsewhere_gets_its_trigger_word_from_the_tag_every_caption_had():
+    kohya = {"ss_tag_frequency": '{"10_ohwx": {"ohwx": 12, "1girl": 11, "smile": 4}}',
+             "ss_dataset_dirs": '{"10_ohwx": {"n_repeats": 10, "img_count": 12}}'}
+    warning = trigger_word_warning(["a portrait"], kohya)
+    assert warning is not None and "'ohwx'" in warning
+    assert trigger_word_warning(["ohwx, a portrait"], kohya) is None
+    no_common_tag = {**kohya, "ss_tag_frequency": '{"10_ohwx": {"ohwx": 11, "1girl": 11}}'}
+    assert trigger_word_warning(["a portrait"], no_common_tag) is None  # no tag in every caption: no claim

@@ -5,6 +5,7 @@ for a person at the canvas. Pure functions of the LoRA's ``ss_*`` metadata, the 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -13,12 +14,37 @@ SAME_CELL_LEVELS = 1.0  # two cells are "the same picture" within this mean diff
 
 
 def trigger_word_warning(prompts: Sequence[str], metadata: Mapping[str, str]) -> str | None:
-    """A warning when the LoRA has a trigger word (``ss_trigger_word``) and no prompt contains it."""
-    trigger = str(metadata.get("ss_trigger_word", "") or "").strip()
+    """A warning when the LoRA has a trigger word (``trigger_word``) and no prompt contains it."""
+    trigger = trigger_word(metadata)
     if not trigger or any(trigger.lower() in prompt.lower() for prompt in prompts):
         return None
     return (f"Warning: no prompt contains the LoRA's trigger word '{trigger}' — results look like the base model? "
             f"Check your trigger word: write {{trigger}} (or '{trigger}') in the prompts.")
+
+
+def trigger_word(metadata: Mapping[str, str]) -> str:
+    """The LoRA's trigger word: ``ss_trigger_word`` (LoRA Lab writes it), else, for LoRAs trained elsewhere,
+    the most frequent tag that every training caption had (kohya's ``ss_tag_frequency`` against the image
+    counts in ``ss_dataset_dirs``); "" when neither says."""
+    written = str(metadata.get("ss_trigger_word", "") or "").strip()
+    if written:
+        return written
+    try:
+        frequencies = json.loads(metadata.get("ss_tag_frequency", "") or "{}")
+        folders = json.loads(metadata.get("ss_dataset_dirs", "") or "{}")
+        counts = {folder: int(folders[folder]["img_count"]) for folder in frequencies}
+    except (ValueError, TypeError, KeyError):
+        return ""
+    if not frequencies:
+        return ""
+    totals: dict[str, int] = {}
+    for folder, tags in frequencies.items():
+        for tag, count in tags.items():
+            if int(count) >= counts[folder] > 0:
+                totals[tag] = totals.get(tag, 0) + int(count)
+    everywhere = [tag for tag in totals if all(int(tags.get(tag, 0)) >= counts[folder] > 0
+                                               for folder, tags in frequencies.items())]
+    return max(everywhere, key=lambda tag: (totals[tag], tag), default="")
 
 
 def clip_skip_warning(metadata: Mapping[str, str], sweep_clip_skip: int) -> str | None:
