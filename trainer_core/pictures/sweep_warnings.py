@@ -18,8 +18,9 @@ def trigger_word_warning(prompts: Sequence[str], metadata: Mapping[str, str]) ->
     trigger = trigger_word(metadata)
     if not trigger or any(trigger.lower() in prompt.lower() for prompt in prompts):
         return None
+    write = f"{{trigger}} (or '{trigger}')" if metadata.get("ss_trigger_word") else f"'{trigger}'"
     return (f"Warning: no prompt contains the LoRA's trigger word '{trigger}' — results look like the base model? "
-            f"Check your trigger word: write {{trigger}} (or '{trigger}') in the prompts.")
+            f"Check your trigger word: write {write} in the prompts.")
 
 
 def trigger_word(metadata: Mapping[str, str]) -> str:
