@@ -15,7 +15,7 @@ from ..trainer_core.pictures.sweep import (
     plan_grid,
     strength_label,
 )
-from . import grid_render
+from . import grid_render, sweep_warnings
 
 CLIP_MODES = ["same as model", "fixed"]
 
@@ -114,6 +114,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
         sampling, size_note = grid_render.fit_cell_size(model, vae, grid_render.Sampling(
             negative, seed, steps, cfg, sampler_name, scheduler, width, height, batch_prompts))
         notes += [size_note] if size_note else []
+        notes += sweep_warnings.lora_warnings("TestLoRAStrengthSweep", metadata, prompt_list, clip)
         rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems)
         header = [
             f"LoRA: {display_name}   steps: {metadata.get('ss_steps', '?')}   trigger: {trigger or '-'}   seed: {seed}",

@@ -13,7 +13,7 @@ packages some of them need), ``optimizer_settings``, ``schedulers``, ``ema``, ``
 ``encoding_cache`` (the same kept on disk between runs),
 ``activations``, ``train_log`` (loss and learning rate per step: CSV, TensorBoard), ``metadata`` (the ``ss_*``
 keys kohya writes), ``presets``, ``validation`` with ``validation_loss`` (the loss on held-out images at fixed
-noise, the best checkpoint), ``report`` (a run's summary in words), and ``config``
+noise, the best checkpoint), ``report`` (a run's summary in words) with ``diagnosis`` (the loss curve read as the guides' table), and ``config``
 (``TrainingConfig``).
 
 The loop reads a dataset through its ``TrainingData`` protocol, so this room does not import ``data``.
