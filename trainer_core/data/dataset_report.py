@@ -3,8 +3,9 @@
 ``inspect_dataset`` reads every image once (a few threads; thumbnails decoded at a reduced scale;
 per image only a digest and two small hashes are kept, plus a bounded number of thumbnails) and
 returns a ``DatasetReport``: counts, bucket histogram, size spread, images below the training size,
-missing captions, trigger-word coverage, exact and near duplicates, the most frequent tags, and
-``problems`` split into errors (the training run would be wasted) and warnings. ``report.summary()``
+missing captions, trigger-word coverage, exact and near duplicates, the most frequent tags, quality
+flags (blurry, too dark or bright, heavy JPEG artefacts, far below the training resolution: ``quality``),
+and ``problems`` split into errors (the training run would be wasted) and warnings. ``report.summary()``
 is the text the node shows; ``contact_sheet.render_contact_sheet`` draws the thumbnails.
 
 ``load_checked_dataset`` is the whole LoadDataset step: scan, attach caption options, inspect, and
@@ -33,6 +34,7 @@ from .image_fingerprints import (
     near_duplicate_groups,
     read_fingerprint,
 )
+from .quality import QualityFlag, find_quality_flags, flag_message
 from .report_text import format_report, listing
 
 logger = logging.getLogger(__name__)
@@ -116,6 +118,7 @@ class DatasetReport:
     mask_files: tuple[Path, ...] = ()  # images with a <name>_mask file (masks.py)
     alpha_masks: tuple[Path, ...] = ()  # images whose alpha channel is their mask
     bad_masks: dict[Path, str] = field(default_factory=dict)  # mask files left out -> why
+    quality_flags: tuple[QualityFlag, ...] = ()  # blurry, dark, bright, JPEG artefacts, far too small
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -177,6 +180,12 @@ def inspect_dataset(
         mask_files=tuple(item.image_path for item in items if item.mask_path is not None),
         alpha_masks=tuple(item.image_path for item in items if item.mask_path is None and item.alpha_mask),
         bad_masks={bad.path: bad.reason for bad in dataset.bad_masks},
+        quality_flags=find_quality_flags(
+            [(p.path, p.quality) for p in prints],
+            [(i.image_path, i.size, i.bucket) for i in items],
+            center_crop,
+            dataset.resolution,
+        ),
     )
     return replace(report, problems=find_problems(report, captioned))
 
@@ -249,10 +258,12 @@ def find_problems(report: DatasetReport, dataset: Dataset) -> tuple[Problem, ...
     if count < FEW_IMAGES:
         add("warning", f"Only {count} image(s): the guides use 15-50 for a subject or a style; expect a LoRA "
             "that copies these pictures.")  # fmt: skip
-    if report.below_resolution:
-        files = report.below_resolution
+    far_below = {path for flag in report.quality_flags if flag.label == "small" for path in flag.files}
+    if files := tuple(path for path in report.below_resolution if path not in far_below):  # the rest: a flag
         add("warning", f"{len(files)} image(s) are smaller than their training size and will be upscaled (soft "
             f"results): {listing(files, root=root)}. Use larger originals or a lower resolution.", files)  # fmt: skip
+    for flag in report.quality_flags:
+        add("warning", flag_message(flag, [listing([path], root=root) for path in flag.files]), flag.files)
     if report.heavily_cropped:
         files = report.heavily_cropped
         add("warning", f"{len(files)} image(s) lose more than {HEAVY_CROP:.0%} of the picture to centre cropping "

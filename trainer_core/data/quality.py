@@ -6,7 +6,8 @@ figures whatever its file's size; only a few numbers per image are kept:
 
 - sharpness: the variance of the Laplacian (4-neighbour kernel) of that grey copy, in its sharpest tile
   of ``SHARPNESS_TILE`` px: the whole picture's variance would call flat drawings (sparse edges) and
-  photos with a blurred background blurry;
+  photos with a blurred background blurry; flat pictures (contrast under ``FLAT_CONTRAST``) have no
+  detail to judge and are not called blurry;
 - exposure: its mean luminance (0-255) and the shares of pixels clipped to black (<= 5) or white (>= 250);
   too bright needs both a high mean and clipped whites (white paper is fine, burnt-out whites are not);
 - JPEG quality: estimated from the file's luminance quantisation table (Pillow's ``quantization``), the
@@ -37,6 +38,7 @@ BLUR_THRESHOLD = 100.0  # sharpest tile's variance of the Laplacian below which 
 DARK_THRESHOLD = 50.0  # mean luminance (0-255) below which a picture counts as too dark
 BRIGHT_THRESHOLD = 200.0  # mean luminance above which, with CLIPPED_WHITE_SHARE clipped, it is too bright
 CLIPPED_WHITE_SHARE = 0.10
+FLAT_CONTRAST = 4.0  # standard deviation of the luminance below which a picture is flat, not blurry
 JPEG_QUALITY_THRESHOLD = 30  # estimated JPEG quality below which the file has heavy artefacts
 UPSCALE_LIMIT = 2.0  # enlarged more than this to fill its bucket: far below the training resolution
 _BLACK, _WHITE = 5, 250  # luminance at or beyond which a pixel counts as clipped
@@ -57,6 +59,7 @@ class ImageQuality:
     brightness: float  # mean luminance 0-255
     clipped_black: float  # share of pixels at or below _BLACK
     clipped_white: float  # share of pixels at or above _WHITE
+    contrast: float = 0.0  # standard deviation of the luminance
     jpeg_quality: int | None = None  # estimated; None for other formats
 
 
@@ -85,6 +88,7 @@ def measure_quality(image: Image.Image, data: bytes | None = None) -> ImageQuali
         brightness=float(pixels.mean()),
         clipped_black=float((pixels <= _BLACK).mean()),
         clipped_white=float((pixels >= _WHITE).mean()),
+        contrast=float(pixels.std()),
         jpeg_quality=estimate_jpeg_quality(data) if data is not None else None,
     )
 
@@ -141,7 +145,7 @@ def find_quality_flags(
     rules = (
         ("blurry", "blurry", f"variance of the Laplacian below {BLUR_THRESHOLD:g} in the sharpest {SHARPNESS_TILE} px "
          f"tile at {ANALYSIS_SIZE} px",
-         [(p, f"{q.sharpness:.0f}") for p, q in read if q.sharpness < BLUR_THRESHOLD],
+         [(p, f"{q.sharpness:.0f}") for p, q in read if q.sharpness < BLUR_THRESHOLD and q.contrast >= FLAT_CONTRAST],
          "Replace them with sharp pictures or leave them out: the LoRA learns the blur."),
         ("dark", "too dark", f"mean luminance below {DARK_THRESHOLD:g} of 255",
          [(p, f"{q.brightness:.0f}, {q.clipped_black:.0%} black") for p, q in read if q.brightness < DARK_THRESHOLD],
@@ -170,11 +174,11 @@ def find_quality_flags(
 
 
 def flag_message(flag: QualityFlag, names: Sequence[str], shown: int = 8) -> str:
-    """'2 image(s) blurry (variance of the Laplacian below 100 ...): a.png (12), b.png (31). Fix.'
+    """'Blurry: 2 image(s) (variance of the Laplacian below 100 ...): a.png (12), b.png (31). Fix.'
     ``names`` are the files as the report names them (relative to the dataset)."""
     listed = ", ".join(f"{name} ({figure})" for name, figure in zip(names[:shown], flag.figures[:shown], strict=False))
     more = f" and {len(flag.files) - shown} more" if len(flag.files) > shown else ""
-    return f"{len(flag.files)} image(s) {flag.title} ({flag.rule}): {listed}{more}. {flag.fix}"
+    return f"{flag.title[0].upper()}{flag.title[1:]}: {len(flag.files)} image(s) ({flag.rule}): {listed}{more}. {flag.fix}"
 
 
 def flag_labels(flags: Sequence[QualityFlag]) -> dict[Path, list[str]]:
