@@ -72,7 +72,8 @@ class LoadDataset(io.ComfyNode):
             category="LoRA Lab/Dataset",
             description=(
                 "Reads a folder of images and .txt captions into a dataset for Train LoRA, checks it (missing "
-                "captions, duplicates, small or damaged images, trigger-word coverage) and shows a contact sheet. "
+                "captions, duplicates, small or damaged images, trigger-word coverage; blurry, too dark or bright "
+                "and heavily compressed pictures) and shows a contact sheet. "
                 "Pixels are read when training needs them, so large folders load quickly."
             ),
             inputs=[
@@ -167,13 +168,16 @@ class LoadDataset(io.ComfyNode):
                     "dataset", tooltip="Images, captions, buckets and caption settings for Train LoRA."
                 ),
                 io.String.Output(
-                    "report", tooltip="The dataset check as text: counts, buckets, tags, errors, warnings."
+                    "report",
+                    tooltip="The dataset check as text: counts, buckets, tags, errors, warnings (quality flags name "
+                    "their files and state their thresholds).",
                 ),
                 io.Image.Output(
                     "contact_sheet",
                     tooltip="Thumbnails of the dataset; red frame = damaged or "
-                    "duplicate, orange = no caption or smaller than the training size; blue tint = what a loss "
-                    "mask leaves out.",
+                    "duplicate, orange = no caption or smaller than the training size, magenta = a quality flag "
+                    "(blurry, dark, bright, jpeg, small: written on the picture); blue tint = what a loss mask "
+                    "leaves out. A legend underneath.",
                 ),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
