@@ -11,8 +11,8 @@ Printed per size: median and min-max over the repeats of the time per image and 
 time per image of the near-duplicate check (the one step that compares every image with every other,
 timed again on its own after the rest); then the ratios of the largest size to the smallest (time per
 image: 1.0 = linear; peak RSS: 1.0 = flat). Every measurement is made twice, with the quality flags'
-measurements (``trainer_core.data.quality``) and without them (the reference: the same code with
-``measure_quality`` and the larger JPEG draft switched off in the child), interleaved, and the ratio of the
+measurements (``trainer_core.data.quality``) and without them (the reference: ``ReportOptions(quality_checks=False)``,
+Load Dataset's ``quality_checks`` off: no measurement, JPEGs drafted for the thumbnail only), interleaved, and the ratio of the
 two times is printed per size: the cost of the quality pass.
 """
 
@@ -57,7 +57,6 @@ def peak_rss_mib() -> float:
 
 def measure(folder: Path, workers: int, resolution: int, quality: bool = True) -> dict:
     """In the child: Load Dataset's work on ``folder``; without ``quality``, as before the quality flags."""
-    from trainer_core.data import image_fingerprints
     from trainer_core.data.captions import CaptionOptions
     from trainer_core.data.dataset import DatasetOptions
     from trainer_core.data.dataset_folder import folder_fingerprint
@@ -65,14 +64,11 @@ def measure(folder: Path, workers: int, resolution: int, quality: bool = True) -
     from trainer_core.data.image_fingerprints import near_duplicate_groups
     from trainer_core.pictures.contact_sheet import render_contact_sheet
 
-    if not quality:
-        image_fingerprints.measure_quality = lambda image, data=None: None  # type: ignore[assignment]
-        image_fingerprints.ANALYSIS_SIZE = 0  # JPEGs drafted for the thumbnail only
     before = peak_rss_mib()
     started = time.perf_counter()
     folder_fingerprint(folder)
     dataset, report = load_checked_dataset(folder, DatasetOptions(resolution=resolution, bucket_step=32),
-                                           CaptionOptions(), ReportOptions(workers=workers))
+                                           CaptionOptions(), ReportOptions(workers=workers, quality_checks=quality))
     report.summary()
     render_contact_sheet(dataset, report)
     seconds = time.perf_counter() - started
@@ -138,7 +134,9 @@ def main() -> int:
               f"{statistics.median([r['rss_before'] for r in runs]):12.1f} MiB")
     for size, runs in references.items():
         per_image = [1000 * run["seconds"] / run["images"] for run in runs]
-        print(f"{size:7d} {spread(per_image, 'ms', 3):>32}  <- without the quality pass (reference)")
+        near = statistics.median([1000 * run["near_duplicates"] / run["images"] for run in runs])
+        print(f"{size:7d} {spread(per_image, 'ms', 3):>32} {near:16.3f} ms {spread([r['rss_peak'] for r in runs], 'MiB', 1):>28} "
+              f"{statistics.median([r['rss_before'] for r in runs]):12.1f} MiB  <- quality_checks off (reference)")
     for size in results:
         ratio = [a["seconds"] / b["seconds"] for a, b in zip(results[size], references[size], strict=True)]
         print(f"quality pass, {size} images: time with / without {spread(ratio, 'x')}")

@@ -162,6 +162,12 @@ class LoadDataset(io.ComfyNode):
                     max=256,
                     tooltip=help_text(ReportOptions, "sheet_images"),
                 ),
+                io.Boolean.Input(  # optional: API graphs written before it still run
+                    "quality_checks",
+                    default=default_of(ReportOptions, "quality_checks"),
+                    optional=True,
+                    tooltip=help_text(ReportOptions, "quality_checks"),
+                ),
             ],
             outputs=[
                 Dataset.Output(
@@ -260,6 +266,7 @@ class LoadDataset(io.ComfyNode):
         on_bad_file: str,
         stop_on_errors: bool,
         sheet_images: int,
+        quality_checks: bool = True,
     ) -> io.NodeOutput:
         try:
             dataset_options = DatasetOptions(
@@ -292,7 +299,7 @@ class LoadDataset(io.ComfyNode):
         role = _role(cls.hidden.prompt, cls.hidden.unique_id)
         try:
             dataset, report = load_checked_dataset(path, dataset_options, caption_options,
-                                                   ReportOptions(sheet_images=sheet_images), folder_access.confine_to())
+                                                   ReportOptions(sheet_images=sheet_images, quality_checks=quality_checks), folder_access.confine_to())
         except DatasetError as error:
             raise DatasetError(f"{role}{error}") from error
         summary = report.summary()

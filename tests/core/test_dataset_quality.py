@@ -11,7 +11,7 @@ from PIL import Image
 from tests.helpers.quality_pictures import blurred, brightness, save, sharp_picture
 from trainer_core.data.captions import CaptionOptions
 from trainer_core.data.dataset import DatasetOptions, load_dataset
-from trainer_core.data.dataset_report import DatasetReport, inspect_dataset
+from trainer_core.data.dataset_report import DatasetReport, ReportOptions, inspect_dataset
 from trainer_core.data.quality import (
     BLUR_THRESHOLD,
     JPEG_QUALITY_THRESHOLD,
@@ -149,3 +149,17 @@ def test_a_flat_picture_is_not_called_blurry(tmp_path: Path) -> None:
     save(Image.new("RGB", (384, 256), (120, 160, 90)), tmp_path / "flat.png")
     assert measure_quality(Image.open(tmp_path / "flat.png")).sharpness == 0
     assert report_of(tmp_path).quality_flags == ()
+
+
+def test_quality_checks_off_measures_nothing_but_still_flags_far_too_small_pictures(tmp_path: Path) -> None:
+    picture = sharp_picture()
+    save(blurred(picture), tmp_path / "blurred.png")
+    save(picture.resize((96, 64), Image.Resampling.LANCZOS), tmp_path / "tiny.png")
+    dataset = load_dataset(tmp_path, OPTIONS)
+
+    report = inspect_dataset(dataset, ReportOptions(quality_checks=False), caption_options=TRIGGER)
+
+    assert flagged(report) == {"small": {"tiny.png"}}
+    assert all(fingerprint.quality is None for fingerprint in report.fingerprints.values())
+    assert "not checked: quality_checks is off" in report.summary()
+    assert flagged(inspect_dataset(dataset, caption_options=TRIGGER)) == {"blurry": {"blurred.png"}, "small": {"tiny.png"}}

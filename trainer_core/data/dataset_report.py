@@ -62,6 +62,12 @@ class ReportOptions:
     thumbnail_size: int = _help("Side of each contact-sheet cell in pixels.", 128)
     top_tags: int = _help("How many of the most frequent tags the report lists.", 15)
     workers: int = _help("Threads that read images (0 = one per CPU core, at most 8).", 0)
+    quality_checks: bool = _help(
+        "Measure each picture's sharpness, exposure and JPEG quality and flag blurry, too dark or too bright"
+        " pictures and heavy JPEG artefacts. Off: the check reads large JPEGs faster (benchmarks/dataset.py"
+        " measures how much); pictures far below the training resolution are flagged either way.",
+        True,
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.near_duplicate_distance <= 32:
@@ -119,6 +125,7 @@ class DatasetReport:
     alpha_masks: tuple[Path, ...] = ()  # images whose alpha channel is their mask
     bad_masks: dict[Path, str] = field(default_factory=dict)  # mask files left out -> why
     quality_flags: tuple[QualityFlag, ...] = ()  # blurry, dark, bright, JPEG artefacts, far too small
+    quality_checked: bool = True  # sharpness, exposure and JPEG quality measured (ReportOptions.quality_checks)
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -186,6 +193,7 @@ def inspect_dataset(
             center_crop,
             dataset.resolution,
         ),
+        quality_checked=options.quality_checks,
     )
     return replace(report, problems=find_problems(report, captioned))
 
@@ -310,7 +318,7 @@ def _fingerprints(
         previous = known.get(path)
         if previous is not None and (previous.thumbnail is not None or index not in on_sheet):
             return previous
-        return read_fingerprint(path, background, options.thumbnail_size, index in on_sheet)
+        return read_fingerprint(path, background, options.thumbnail_size, index in on_sheet, options.quality_checks)
 
     workers = options.workers or min(8, os.cpu_count() or 1)
     if workers <= 1 or len(items) <= 1:

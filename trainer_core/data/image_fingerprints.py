@@ -40,11 +40,11 @@ class ImageFingerprint:
 
 
 def read_fingerprint(
-    path: Path, background: Color, thumbnail_size: int, keep_thumbnail: bool
+    path: Path, background: Color, thumbnail_size: int, keep_thumbnail: bool, check_quality: bool = True
 ) -> ImageFingerprint:
-    """Read the file once: digest its bytes, decode a reduced picture, hash it and measure its quality.
-    Never raises for bad data."""
-    draft = max(thumbnail_size, ANALYSIS_SIZE)
+    """Read the file once: digest its bytes, decode a reduced picture, hash it and (``check_quality``)
+    measure its quality. Never raises for bad data."""
+    draft = max(thumbnail_size, ANALYSIS_SIZE) if check_quality else thumbnail_size
     try:
         data = path.read_bytes()
         image = decode_rgb(path, background, draft_size=(draft, draft), data=data)
@@ -53,7 +53,7 @@ def read_fingerprint(
     except OSError as error:
         return ImageFingerprint(path, error=f"cannot be read ({error.strerror or error})")
     digest = bytes_digest(data)
-    quality = measure_quality(image, data)
+    quality = measure_quality(image, data) if check_quality else None
     del data
     image.thumbnail((thumbnail_size, thumbnail_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     grey = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)

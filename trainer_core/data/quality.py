@@ -82,13 +82,17 @@ def measure_quality(image: Image.Image, data: bytes | None = None) -> ImageQuali
         scale = ANALYSIS_SIZE / max(grey.size)
         size = (max(3, round(grey.width * scale)), max(3, round(grey.height * scale)))
         grey = grey.resize(size, Image.Resampling.BOX)
-    pixels = np.asarray(grey, dtype=np.float32)
+    pixels = np.asarray(grey)
+    counts = np.bincount(pixels.ravel(), minlength=256)  # exposure from one pass over the pixels
+    levels = np.arange(256)
+    total = max(1, int(counts.sum()))
+    mean = float(counts @ levels) / total
     return ImageQuality(
-        sharpness=laplacian_variance(pixels),
-        brightness=float(pixels.mean()),
-        clipped_black=float((pixels <= _BLACK).mean()),
-        clipped_white=float((pixels >= _WHITE).mean()),
-        contrast=float(pixels.std()),
+        sharpness=laplacian_variance(pixels.astype(np.float32)),
+        brightness=mean,
+        clipped_black=float(counts[: _BLACK + 1].sum()) / total,
+        clipped_white=float(counts[_WHITE:].sum()) / total,
+        contrast=float(np.sqrt(counts @ (levels - mean) ** 2 / total)),
         jpeg_quality=estimate_jpeg_quality(data) if data is not None else None,
     )
 
@@ -104,7 +108,10 @@ def laplacian_variance(pixels: np.ndarray, tile: int = SHARPNESS_TILE) -> float:
     if rows == 0 or columns == 0:
         return float(laplacian.var())
     tiles = laplacian[: rows * tile, : columns * tile].reshape(rows, tile, columns, tile)
-    return float(tiles.var(axis=(1, 3)).max())
+    count = tile * tile
+    means = tiles.sum(axis=(1, 3)) / count
+    squares = np.einsum("ijkl,ijkl->ik", tiles, tiles) / count
+    return float((squares - means * means).max())
 
 
 def estimate_jpeg_quality(data: bytes) -> int | None:

@@ -82,10 +82,13 @@ def _far_below(report: DatasetReport) -> str:
 
 
 def _quality_line(report: DatasetReport) -> str:
+    checked = "" if report.quality_checked else " (sharpness, exposure and JPEG quality not checked: quality_checks is off)"
     if not report.quality_flags:
+        if not report.quality_checked:
+            return "Quality: no picture far below the training resolution" + checked + "."
         return "Quality: no blurry, too dark or bright, heavily compressed or far too small pictures."
     counts = ", ".join(f"{flag.title} {len(flag.files)}" for flag in report.quality_flags)
-    return f"Quality: {counts} (thresholds and files in the warnings; marked on the contact sheet)."
+    return f"Quality: {counts} (thresholds and files in the warnings; marked on the contact sheet){checked}."
 
 
 def _relative(path: Path, root: Path | None) -> str:
