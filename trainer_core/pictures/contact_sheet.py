@@ -81,7 +81,10 @@ def contact_sheet_image(dataset: Dataset, report: DatasetReport, columns: int = 
             inset = _FRAME if colour is not None else 0
             box = (left + inset, top + inset, left + cell - 1 - inset, top + cell - 1 - inset)
             draw.rectangle(box, outline=MAGENTA, width=_FRAME)
-            text = " ".join(flagged[item.image_path])
+            labels = flagged[item.image_path]
+            text = " ".join(labels)
+            if len(labels) > 1 and font.getlength(text) > box[2] - box[0] - 2 * _FRAME - 4:
+                text = f"{labels[0]} +{len(labels) - 1}"  # the rest are in the report
             corner = (box[0] + _FRAME, box[1] + _FRAME)
             draw.rectangle((*corner, corner[0] + font.getlength(text) + 3, corner[1] + 12), fill=MAGENTA)
             draw.text((corner[0] + 2, corner[1]), text, fill=(0, 0, 0), font=font)
@@ -93,7 +96,9 @@ def contact_sheet_image(dataset: Dataset, report: DatasetReport, columns: int = 
     return sheet
 
 
-def _legend_layout(report: DatasetReport, width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> list:
+def _legend_layout(
+    report: DatasetReport, width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont
+) -> list[tuple[tuple[int, int, int], str, int, int]]:
     """(colour, text, x, y) of each legend entry, wrapped to ``width``; y counts from the grid's bottom."""
     entries = [
         (RED, "damaged or duplicate"),
@@ -102,7 +107,8 @@ def _legend_layout(report: DatasetReport, width: int, font: ImageFont.ImageFont 
     ]
     if report.mask_files or report.alpha_masks:
         entries.append((MASKED_TINT, "not trained (mask)"))
-    layout, x, y = [], _GAP, 0
+    layout: list[tuple[tuple[int, int, int], str, int, int]] = []
+    x, y = _GAP, 0
     for colour, text in entries:
         entry_width = 13 + int(font.getlength(text)) + 10
         if x > _GAP and x + entry_width > width:
