@@ -24,7 +24,7 @@ DEFAULTS = dict(
     center_crop=True, background="white", trigger_word="", shuffle_tags=False, keep_tokens=1,
     caption_dropout_rate=0.0, tag_dropout_rate=0.0, blacklist="", prepend_tags="", append_tags="",
     underscores_to_spaces=True, max_tags=0, deduplicate=True, on_bad_file="error", stop_on_errors=True,
-    sheet_images=16,
+    sheet_images=16, quality_checks=True,
 )  # fmt: skip
 
 
