@@ -4,7 +4,8 @@ Scanning folders for images (``dataset_folder``, ``image_files``), captions' tex
 files, trigger word, shuffling, dropout, tags: ``captions``), repeats and aspect-ratio buckets
 (``dataset``, ``buckets``), loss masks (``masks``), regularisation images balanced against the training
 images (``regularization``), and the checks and report a person reads before training
-(``dataset_report``, ``report_text``, ``image_fingerprints``); images held out for validation
+(``dataset_report``, ``report_text``, ``image_fingerprints``, and the pictures' quality flags:
+``quality``); images held out for validation
 (``validation_split``).
 
 May use: no other room.
