@@ -89,6 +89,17 @@ def test_schema_names_and_tooltips(node: type) -> None:
     assert [output.io_type for output in schema.outputs] == ["LORALAB_DATASET", "STRING", "IMAGE"]
 
 
+def test_quality_checks_can_be_turned_off(node: type, comfy_dirs: Path) -> None:
+    from tests.helpers.quality_pictures import blurred, save, sharp_picture
+
+    save(sharp_picture(), comfy_dirs / "pics" / "sharp.png")
+    save(blurred(sharp_picture()), comfy_dirs / "pics" / "soft.png")
+    checked = run(node, folder="pics", trigger_word="ohwx").result[1]
+    unchecked = run(node, folder="pics", trigger_word="ohwx", quality_checks=False).result[1]
+    assert "Blurry: 1 image(s)" in checked and "soft.png (" in checked
+    assert "Blurry" not in unchecked and "quality_checks is off" in unchecked
+
+
 def test_validation_is_cheap_and_names_the_fix(node: type, comfy_dirs: Path) -> None:
     make_dataset(comfy_dirs / "cats")
     good = dict(folder="cats", background="white", resolution=64, enable_bucketing=True, bucket_step=8,
