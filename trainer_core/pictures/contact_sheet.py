@@ -5,8 +5,8 @@ sheet costs no extra decoding. Each cell shows the picture fitted into a square,
 training size; a red frame marks damaged or duplicated images, an orange one images without a
 caption or smaller than their training size, a magenta one (inside the other when there is one) images
 with a quality flag (``data.quality``), whose short names ('blurry', 'dark', 'bright', 'jpeg', 'small')
-are written on the picture. A legend under the cells says what each colour means. Where an image has a loss mask (``data.masks``), the
-pixels the loss ignores are tinted blue and its label ends in 'mask'.
+are written on the picture. Where an image has a loss mask (``data.masks``), the pixels the loss ignores
+are tinted blue and its label ends in 'mask'. A legend under the cells says what each colour means.
 """
 
 from __future__ import annotations
