@@ -3,7 +3,7 @@
 // (nodes/train_progress.py) sends "lora_lab.train_progress" events, at most 4 a second and always the last
 // step, each with only the points since the previous one; this keeps a bounded series per node. A page
 // opened or reloaded mid-run, or one that missed events, asks /lora_lab/train_progress for the run so far.
-// Sample images stay in ComfyUI's own preview on the node, below the chart. Nothing here runs without a
+// Sample images stay in ComfyUI's own preview on the node, below the chart (the node grows to fit both). Nothing here runs without a
 // training: the chart is added to a Train LoRA node by its first event.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -61,16 +61,26 @@ function chartWidget(node) {
   widget.serializeValue = () => undefined;
   widget.line = line;
   widget.canvas = canvas;
-  const size = node.computeSize();
-  node.setSize([Math.max(node.size[0], size[0], 340), Math.max(node.size[1], size[1])]);
+  node.setSize([Math.max(node.size[0], 340), node.size[1]]);
+  fit(node);
   new ResizeObserver(() => draw(node)).observe(canvas);
   return widget;
+}
+
+// The node as tall as its widgets need: the chart, and ComfyUI's sample image preview added below it
+// (the frontend adds that widget without growing the node, so the picture would hang below the node).
+function fit(node) {
+  const needed = node.computeSize();
+  if (node.size[1] < needed[1] || node.size[0] < needed[0]) {
+    node.setSize([Math.max(node.size[0], needed[0]), Math.max(node.size[1], needed[1])]);
+  }
 }
 
 function draw(node) {
   const live = node.loraLabLive;
   const widget = node.widgets?.find((w) => w.name === "lora_lab_live");
   if (!live || !widget || node.flags?.collapsed) return; // collapsed: drawn again on the next event
+  fit(node);
   widget.line.textContent = statusLine(live);
   const canvas = widget.canvas;
   const ratio = window.devicePixelRatio || 1;

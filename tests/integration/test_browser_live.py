@@ -44,7 +44,7 @@ PREPARE_JS = """() => {
     set(samples, 'sample_steps', 2);
     set(samples, 'sample_prompts', '{trigger}, a green ring on a red background');
     app.canvas.ds.scale = 1;
-    app.canvas.ds.offset = [-trainer.pos[0] + 80, -trainer.pos[1] + 80];
+    app.canvas.ds.offset = [-trainer.pos[0] + 80, -trainer.pos[1] + 160];  // below the tab bar
     app.graph.setDirtyCanvas(true, true);
     return trainer.id;
 }"""
@@ -65,7 +65,8 @@ READ_CHART_JS = """(id) => {
     const previews = (node.imgs || []).filter(i => i.complete && i.naturalWidth > 0).length;
     const previewUrls = (app.nodePreviewImages?.[String(id)] || []).length;
     return {step: live.step, total: live.total, points: live.points.length, text: widget.line.textContent,
-            drawn, visible: box.width > 100 && box.height > 100, previews, previewUrls};
+            drawn, visible: box.width > 100 && box.height > 100, previews, previewUrls,
+            fits: node.size[1] >= node.computeSize()[1]};
 }"""
 
 NODE_BOX_JS = """(id) => {
@@ -114,7 +115,7 @@ def test_the_train_lora_node_shows_a_live_chart_and_samples_while_it_trains(
     assert second["visible"] and second["drawn"] > 500, second
 
     # Mid-run, after the first sample images: the chart and the samples both on the node.
-    shown = _read_when(page, node_id, f"c.previews > 0 && c.points >= 10 && c.step < {STEPS}", errors)
+    shown = _read_when(page, node_id, f"c.previews > 0 && c.fits && c.points >= 10 && c.step < {STEPS}", errors)
     assert shown["drawn"] > second["drawn"] / 2 and shown["visible"], shown
     page.wait_for_timeout(300)
     _screenshot(page, "train_lora_live", clip=page.evaluate(NODE_BOX_JS, node_id))
