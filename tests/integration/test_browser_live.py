@@ -28,10 +28,11 @@ pytestmark = pytest.mark.skipif(_MISSING is not None and not _REQUIRED, reason=s
 
 STEPS = 30  # at batch 1 on the toy: a few seconds on an idle 2-core machine, long enough to read twice
 
-# Train LoRA only (the sweep and its preview off the canvas), with sample images every 10 steps from a
+# Train LoRA only (the sweep, the previews and the dataset report, which sits under Train LoRA, off the
+# canvas: the node grows over it once sample images show), with sample images every 10 steps from a
 # Samples and Checkpoints node wired in, and the view on Train LoRA at 100 %.
 PREPARE_JS = """() => {
-    for (const node of app.graph._nodes.filter(n => ['TestLoRAStrengthSweep', 'PreviewImage'].includes(n.type))) {
+    for (const node of app.graph._nodes.filter(n => ['TestLoRAStrengthSweep', 'PreviewImage', 'PreviewAny'].includes(n.type))) {
         app.graph.remove(node);
     }
     const trainer = app.graph._nodes.find(n => n.type === 'TrainLoRA');
