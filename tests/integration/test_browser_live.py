@@ -94,6 +94,7 @@ def test_the_train_lora_node_shows_a_live_chart_and_samples_while_it_trains(
     fresh_page, comfy_server: ComfyServer  # noqa: F811 - the fixture imported above
 ):
     page = fresh_page
+    page.set_viewport_size({"width": 1920, "height": 1400})  # the node grows taller than 1080 px with samples
     errors: list[str] = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     install_toy_workflow_inputs(comfy_server)
