@@ -97,6 +97,8 @@ def test_the_train_lora_node_shows_a_live_chart_and_samples_while_it_trains(
     page.set_viewport_size({"width": 1920, "height": 1400})  # the node grows taller than 1080 px with samples
     errors: list[str] = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    uncaught: list[str] = []
+    page.on("pageerror", lambda error: uncaught.append(f"{error}\n{error.stack}"))
     install_toy_workflow_inputs(comfy_server)
     _load(page, load_ui("train_then_test"), "live_training")
     node_id = page.evaluate(PREPARE_JS)
@@ -122,7 +124,14 @@ def test_the_train_lora_node_shows_a_live_chart_and_samples_while_it_trains(
     page.wait_for_timeout(300)
     _screenshot(page, "train_lora_live", clip=page.evaluate(NODE_BOX_JS, node_id))
 
+    # Collapsed, the node hides the chart and the updates go on arriving; opened again, it draws the run.
+    collapse = "(id) => app.graph.getNodeById(id).collapse()"
+    page.evaluate(collapse, node_id)
     done = _read_when(page, node_id, f"c.step === {STEPS}", errors)
-    assert "done" in done["text"] and done["points"] >= STEPS // 2
+    assert not done["visible"] and "done" not in done["text"], done
+    page.evaluate(collapse, node_id)
+    opened = _read_when(page, node_id, "c.visible && c.text.includes('done')", errors)
+    assert opened["points"] >= STEPS // 2 and opened["drawn"] > 500, opened
+    assert not [e for e in uncaught if "lora_lab" in e], uncaught
     page.wait_for_function("() => window.__loraLabRun !== null", timeout=240_000)
     assert page.evaluate("() => window.__loraLabRun") == "success"
