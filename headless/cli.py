@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         if chosen.grid is not None:
             runner.outputs(chosen.grid)
     _report(runner, chosen.grid, lora_name, api[chosen.train]["inputs"].get("run_name", ""))
+    print(runner.outputs(chosen.train)[-1], flush=True)  # Train LoRA's report: the run and its loss diagnosis
     return 0
 
 

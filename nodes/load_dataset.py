@@ -74,7 +74,8 @@ class LoadDataset(io.ComfyNode):
             category="LoRA Lab/Dataset",
             description=(
                 "Reads a folder of images, clips and .txt captions into a dataset for Train LoRA, checks it (missing "
-                "captions, duplicates, small or damaged images, trigger-word coverage) and shows a contact sheet. "
+                "captions, duplicates, small or damaged images, trigger-word coverage; blurry, too dark or bright "
+                "and heavily compressed pictures) and shows a contact sheet. "
                 "Pixels are read when training needs them, so large folders load quickly."
             ),
             inputs=[
@@ -172,19 +173,28 @@ class LoadDataset(io.ComfyNode):
                 io.Int.Input("clip_windows", default=1, min=1, max=64, **_data("clip_windows")),
                 io.Combo.Input("short_clips", options=list(SHORT_CLIP_CHOICES), default="as_bad_file",
                                **_data("short_clips")),
+                io.Boolean.Input(  # optional: API graphs written before it still run
+                    "quality_checks",
+                    default=default_of(ReportOptions, "quality_checks"),
+                    optional=True,
+                    tooltip=help_text(ReportOptions, "quality_checks"),
+                ),
             ],
             outputs=[
                 Dataset.Output(
                     "dataset", tooltip="Images, captions, buckets and caption settings for Train LoRA."
                 ),
                 io.String.Output(
-                    "report", tooltip="The dataset check as text: counts, buckets, tags, errors, warnings."
+                    "report",
+                    tooltip="The dataset check as text: counts, buckets, tags, errors, warnings (quality flags name "
+                    "their files and state their thresholds).",
                 ),
                 io.Image.Output(
                     "contact_sheet",
                     tooltip="Thumbnails of the dataset; red frame = damaged or "
-                    "duplicate, orange = no caption or smaller than the training size; blue tint = what a loss "
-                    "mask leaves out.",
+                    "duplicate, orange = no caption or smaller than the training size, magenta = a quality flag "
+                    "(blurry, dark, bright, jpeg, small: written on the picture); blue tint = what a loss mask "
+                    "leaves out. A legend underneath.",
                 ),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
@@ -273,6 +283,7 @@ class LoadDataset(io.ComfyNode):
         frame_start: str = "head",
         clip_windows: int = 1,
         short_clips: str = "as_bad_file",
+        quality_checks: bool = True,
     ) -> io.NodeOutput:
         try:
             dataset_options = DatasetOptions(
@@ -311,7 +322,7 @@ class LoadDataset(io.ComfyNode):
         role = _role(cls.hidden.prompt, cls.hidden.unique_id)
         try:
             dataset, report = load_checked_dataset(path, dataset_options, caption_options,
-                                                   ReportOptions(sheet_images=sheet_images), folder_access.confine_to())
+                                                   ReportOptions(sheet_images=sheet_images, quality_checks=quality_checks), folder_access.confine_to())
         except DatasetError as error:
             raise DatasetError(f"{role}{error}") from error
         summary = report.summary()

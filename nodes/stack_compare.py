@@ -11,7 +11,7 @@ from ..trainer_core.pictures.sweep import (
     plan_grid,
     stack_strengths,
 )
-from . import clip_cells, grid_render
+from . import clip_cells, grid_render, sweep_warnings
 
 
 class CompareLoRAStack(io.ComfyNode):
@@ -85,8 +85,11 @@ class CompareLoRAStack(io.ComfyNode):
         sampling, size_note = grid_render.fit_cell_size(model, vae, grid_render.Sampling(
             negative, seed, steps, cfg, sampler_name, scheduler, width, height, frames=frames))
         notes += [size_note] if size_note else []
+        notes += sweep_warnings.lora_warnings("CompareLoRAStack", dict(getattr(lora, "metadata", {})), prompt_list, clip)
         clips: dict = {}
         rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems, clips)
+        notes += sweep_warnings.stack_warnings("CompareLoRAStack", rows, prompt_list, [label for label, _ in columns],
+                                               [new_name] + [name for name, _ in others])
         animated, clip_notes = clip_cells.save_cell_clips(cls, clips, frames, "lora_lab/stacks/clip")
         notes += clip_notes
         header = [f"Stack test, seed {seed}, {sampler_name} / {scheduler}, {steps} steps, cfg {cfg:g}",

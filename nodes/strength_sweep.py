@@ -15,7 +15,7 @@ from ..trainer_core.pictures.sweep import (
     plan_grid,
     strength_label,
 )
-from . import clip_cells, grid_render
+from . import clip_cells, grid_render, sweep_warnings
 
 CLIP_MODES = ["same as model", "fixed"]
 
@@ -121,6 +121,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
         sampling, size_note = grid_render.fit_cell_size(model, vae, grid_render.Sampling(
             negative, seed, steps, cfg, sampler_name, scheduler, width, height, batch_prompts, frames))
         notes += [size_note] if size_note else []
+        notes += sweep_warnings.lora_warnings("TestLoRAStrengthSweep", metadata, prompt_list, clip)
         clips: dict = {}
         rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems, clips)
         animated, clip_notes = clip_cells.save_cell_clips(cls, clips, frames, "lora_lab/sweeps/clip")

@@ -163,7 +163,7 @@ class TrainLoRA(io.ComfyNode):
             outputs=[
                 LoraModel.Output("lora", display_name="lora", tooltip="The trained LoRA: connect to Save LoRA or the strength sweep."),
                 io.Model.Output("model_with_lora", display_name="model_with_lora", tooltip="The MODEL with the LoRA applied at strength 1."),
-                io.Image.Output("loss_curve", display_name="loss_curve", tooltip="Loss per step, raw and smoothed."),
+                io.Image.Output("loss_curve", display_name="loss_curve", tooltip="Loss per step, raw and smoothed; the loss diagnosis is written under it."),
                 io.Image.Output("samples", display_name="samples",
                                 tooltip="The sample images, in order of step then prompt (a black square when off)."),
                 # Last, so links of workflows saved before it keep their output indices.

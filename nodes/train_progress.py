@@ -1,5 +1,5 @@
-"""What Train LoRA shows while it trains: the progress bar and loss text, sample images through
-ComfyUI's own sampler, and the memory estimate before the first step."""
+"""What Train LoRA shows while it trains: the progress bar and loss text, the live chart's events, sample
+images through ComfyUI's own sampler, and the memory estimate before the first step."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from ..trainer_core.adapters.config import LoRAConfig
 from ..trainer_core.adapters.inject import adapter_targets
 from ..trainer_core.training.config import TrainingConfig
+from ..trainer_core.training.live_progress import LiveProgress
 from ..trainer_core.training.loop import StepReport, resolve_precision
 from ..trainer_core.training.memory_estimate import (
     MemoryEstimate,
@@ -26,15 +27,25 @@ from ..trainer_core.training.memory_estimate import (
 from ..trainer_core.training.text_encoder import find_text_encoder_targets
 from . import bridge, sampler
 
+TRAIN_PROGRESS_EVENT = "lora_lab.train_progress"  # web/lora_lab_live.js draws it inside Train LoRA's node
+_live_runs: dict[str, dict[str, Any]] = {}  # node id -> its latest run: prompt id, LiveProgress, running
+
 
 class CanvasProgress:
-    """Forwards each step to ComfyUI's progress bar (which also raises on Cancel) and shows the loss."""
+    """Forwards each step to ComfyUI's progress bar (which also raises on Cancel), shows the loss, and sends
+    the live chart's updates (``TRAIN_PROGRESS_EVENT``: step, loss, smoothed loss, learning rate, it/s,
+    time left and the new points, at most 4 a second and always the last step) to the canvas."""
 
-    def __init__(self, total: int, node_id: str | None, samples: SampleImages | None = None):
+    def __init__(self, total: int, node_id: str | None, samples: SampleImages | None = None,
+                 live: LiveProgress | None = None):
         self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
         self.node_id = node_id
         self.last_text = 0.0
         self.samples = samples
+        self.live = live or LiveProgress()
+        self.prompt_id = _executing_prompt_id()
+        if node_id is not None:
+            _live_runs[node_id] = {"prompt_id": self.prompt_id, "live": self.live, "running": True}
 
     def __call__(self, report: StepReport) -> None:
         import comfy.model_management
@@ -44,10 +55,45 @@ class CanvasProgress:
         if self.samples is not None and self.samples.due(report):
             preview = ("JPEG", self.samples(report), 512)
         self.bar.update_absolute(report.step, report.total, preview=preview)
+        update = self.live.update(report)
+        if self.node_id is None:
+            return
+        if update is not None:
+            send_event(TRAIN_PROGRESS_EVENT, dict(update, node=self.node_id, prompt_id=self.prompt_id))
         now = time.monotonic()
-        if self.node_id is not None and (now - self.last_text > 0.5 or report.step == report.total):
+        if now - self.last_text > 0.5 or report.step == report.total:
             self.last_text = now
             send_text(f"step {report.step}/{report.total}  loss {report.loss:.4f}", self.node_id)
+
+    def close(self) -> None:
+        run = _live_runs.get(self.node_id) if self.node_id is not None else None
+        if run is not None and run["live"] is self.live:
+            run["running"] = False
+
+
+def live_history(node_id: str) -> dict[str, Any] | None:
+    """The latest run of Train LoRA node ``node_id`` so far (for a page opened or reloaded mid-run), or None."""
+    run = _live_runs.get(node_id)
+    if run is None:
+        return None
+    return dict(run["live"].history(), node=node_id, prompt_id=run["prompt_id"], running=run["running"])
+
+
+def _executing_prompt_id() -> str | None:
+    try:
+        from comfy_execution.utils import get_executing_context
+
+        context = get_executing_context()
+        if context is not None:
+            return context.prompt_id
+    except ImportError:
+        pass
+    try:
+        from server import PromptServer
+
+        return getattr(PromptServer.instance, "last_prompt_id", None)
+    except (ImportError, AttributeError):
+        return None
 
 
 class ConsoleProgress:
@@ -185,6 +231,18 @@ def show_memory_estimate(denoiser, text_network, lora_config: LoRAConfig, traini
     if announce:
         print(f"[LoRA Lab] TrainLoRA: {text}", flush=True)
         send_text(text, node_id)
+
+
+def send_event(event: str, data: dict[str, Any]) -> None:
+    """A custom websocket event to the client that queued the running prompt (as ComfyUI sends its
+    progress), or to every client when none did; nothing outside a ComfyUI server."""
+    try:
+        from server import PromptServer
+
+        instance = PromptServer.instance
+        instance.send_sync(event, data, getattr(instance, "client_id", None))
+    except (ImportError, AttributeError):
+        pass
 
 
 def send_text(text: str, node_id: str | None) -> None:

@@ -13,7 +13,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..trainer_core.data.validation_split import ValidationSplit, split_for_validation
-from ..trainer_core.training.report import run_report
+from ..trainer_core.training.report import diagnose_run, run_report
 from ..trainer_core.training.results import TrainingResult
 from ..trainer_core.training.validation import ValidationConfig, validation_metadata
 from .types import Dataset
@@ -34,8 +34,9 @@ def report_output() -> io.Output:
     """Train LoRA's last output: the run in words."""
     return io.String.Output(
         "report", display_name="report",
-        tooltip="The run in a few lines: steps, final loss, validation losses and the best checkpoint's file "
-        "name as LoraLoader lists it.",
+        tooltip="The run in a few lines: steps, final loss, validation losses, the best checkpoint's file "
+        "name as LoraLoader lists it, and the loss diagnosis (the curve's shape with its rule and numbers, and "
+        "what to do).",
     )
 
 
@@ -57,9 +58,11 @@ def checkpoint_name(path: Path) -> str:
 
 
 def validation_curve(result: TrainingResult) -> dict[str, Any]:
-    """The loss curve's validation arguments: the held-out losses and the best checkpoint's step."""
+    """The loss curve's validation arguments (the held-out losses and the best checkpoint's step) and the loss
+    diagnosis's verdicts, written under the plot."""
     best = result.best_checkpoint
-    return {"validation": result.validation_losses, "best_step": best[0] if best else None}
+    return {"validation": result.validation_losses, "best_step": best[0] if best else None,
+            "verdicts": diagnose_run(result, checkpoint_name)}
 
 
 def finish_report(weights, result: TrainingResult, config: ValidationConfig, seed: int,

@@ -33,7 +33,7 @@ from tools.graph import Graph, NodeHandle
 from tools.toy_model import TOY_CKPT
 from tools.toy_scenes import DEMO_CONCEPT, DEMO_DATASET
 from tools.train_graph import add_train_lora
-from tools.workflow_format import api_to_ui, default_inputs, display_name, input_specs
+from tools.workflow_format import api_to_ui, default_inputs, display_name, estimate_size, input_specs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
@@ -74,6 +74,7 @@ TOY_SWEEP = {
 LOSS_CURVE_SIZE = [400, 280]
 GRID_PREVIEW_SIZE = [560, 520]
 SWEEP_SIZE = [400, 860]  # room for the grid it shows below its widgets
+LIVE_CHART_ROOM = [340, 230]  # Train LoRA's live chart (web/lora_lab_live.js): its least width, the height it adds
 
 
 class WorkflowBuilder:
@@ -124,6 +125,8 @@ def _train_then_test(
         dataset=dataset[0],
         **training,
     )
+    width, height = estimate_size(object_info["TrainLoRA"])  # and room below for its live chart
+    flow.sizes[trained.id] = [max(width, LIVE_CHART_ROOM[0]), height + LIVE_CHART_ROOM[1]]
     saved = flow.node("SaveCheckpoint", "Save LoRA (into models/loras)", lora=trained[0], filename=saved_lora)
     sweep = flow.node(
         "TestLoRAStrengthSweep",

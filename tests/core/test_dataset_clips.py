@@ -15,6 +15,7 @@ from tests.helpers.clip_files import (
     frame_picture,
     write_animation,
     write_frame_folder,
+    write_variable_rate_video,
     write_video,
 )
 from trainer_core.data import clips
@@ -243,7 +244,7 @@ def test_a_clip_damaged_after_its_header_is_named_when_its_frames_are_read(tmp_p
 
 def test_the_frame_options_are_checked_with_the_field_named() -> None:
     for change, field in (({"frame_count": 0}, "frame_count"), ({"frame_stride": 0}, "frame_stride"),
-                          ({"target_fps": -1.0}, "target_fps"), ({"frame_start": "middle"}, "frame_start"),
+                          ({"target_fps": -1.0}, "target_fps"), ({"target_fps": float("nan")}, "target_fps"), ({"frame_start": "middle"}, "frame_start"),
                           ({"clip_windows": 0}, "clip_windows"), ({"short_clips": "pad"}, "short_clips")):
         with pytest.raises(DatasetError, match=field):
             options(**change)
@@ -253,10 +254,81 @@ def test_numbered_images_are_a_clip_only_with_a_caption_beside_their_folder(tmp_
     write_frame_folder(tmp_path / "steps.v2", 6)  # a dot in the name: the caption is steps.v2.txt
     (tmp_path / "steps.v2.txt").write_text("steps")
     write_frame_folder(tmp_path / "scraped", 3)  # no caption beside it: three images
+    frame_picture(7).save(tmp_path / "still.webp")  # a still webp or gif: an image
+    frame_picture(8).save(tmp_path / "still.gif")
     write_frame_folder(tmp_path / "5_cat", 3)  # a kohya repeat folder: three images, even with 5_cat.txt
     (tmp_path / "5_cat.txt").write_text("not a clip caption")
     dataset = load_dataset(tmp_path, options(frame_count=5))
     kinds = sorted((item.image_path.relative_to(tmp_path).as_posix(), item.frames) for item in dataset.items)
     assert kinds == [("5_cat/0001.png", 1), ("5_cat/0002.png", 1), ("5_cat/0003.png", 1), ("scraped/0001.png", 1),
-                     ("scraped/0002.png", 1), ("scraped/0003.png", 1), ("steps.v2", 5)]
+                     ("scraped/0002.png", 1), ("scraped/0003.png", 1), ("steps.v2", 5), ("still.gif", 1), ("still.webp", 1)]
     assert next(item for item in dataset.items if item.frames == 5).caption == "steps"
+
+
+def test_auto_caption_sees_each_clip_windows_first_trained_frame(tmp_path: Path) -> None:
+    from trainer_core.captioning import AutoCaptionOptions, caption_dataset
+
+    class FrameNumbers:  # a captioner that says which frame it was shown
+        def caption(self, images):
+            return [f"frame {frame_number(np.asarray(image))}" for image in images]
+
+    write_video(tmp_path / "walk.mp4", 40)
+    write_frame_folder(tmp_path / "steps", 12)
+    (tmp_path / "steps.txt").write_text("")
+    dataset = load_dataset(tmp_path, options(frame_count=9, frame_start="uniform", clip_windows=2))
+    result = caption_dataset(dataset, FrameNumbers(), AutoCaptionOptions(write_sidecar_files=False))
+    assert [item.caption for item in result.dataset.items] == ["frame 0", "frame 3", "frame 0", "frame 31"]
+
+
+def test_a_clips_windows_are_held_out_for_validation_together(tmp_path: Path) -> None:
+    from trainer_core.data.validation_split import split_for_validation
+
+    for name in "abcd":
+        write_video(tmp_path / f"{name}.mp4", 40)
+    dataset = load_dataset(tmp_path, options(frame_count=9, frame_start="uniform", clip_windows=3))
+    split = split_for_validation(dataset, 0.25, seed=0)
+    held = {item.image_path for item in split.held_out.items}
+    trained = {item.image_path for item in split.train.items}
+    assert len(held) == 1 and len(split.held_out.items) == 3 and not held & trained and len(trained) == 3
+    frames = tmp_path / "frames"
+    write_frame_folder(frames / "steps", 6)
+    (frames / "steps.txt").write_text("")
+    copy = tmp_path / "copy"
+    write_frame_folder(copy / "steps", 6)
+    (copy / "steps.txt").write_text("")
+    with pytest.raises(DatasetError, match="validation_images"):  # the same frames as a training clip
+        split_for_validation(load_dataset(frames, options(frame_count=5)), 0.0, 0,
+                             load_dataset(copy, options(frame_count=5)))
+
+
+def test_the_folder_fingerprint_sees_a_frame_rewritten_in_a_frames_folder(tmp_path: Path) -> None:
+    import os
+
+    from trainer_core.data.dataset_folder import folder_fingerprint
+
+    write_frame_folder(tmp_path / "steps", 6)
+    (tmp_path / "steps.txt").write_text("steps")
+    before = folder_fingerprint(tmp_path)
+    frame = tmp_path / "steps" / "0003.png"
+    frame_picture(40).save(frame)
+    stat = frame.stat()
+    os.utime(frame, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert folder_fingerprint(tmp_path) != before
+
+
+@pytest.mark.parametrize(("name", "codec", "bframes"), [("b.mp4", "libx264", 3), ("m.mkv", "libx264", 0),
+                                                         ("a.avi", "mpeg4", 0)])
+def test_windows_are_exact_with_b_frames_and_in_mkv_and_avi(tmp_path: Path, name: str, codec: str, bframes: int):
+    write_video(tmp_path / name, 120, fps=30, codec=codec, gop=30, bframes=bframes)
+    dataset = load_dataset(tmp_path, options(frame_count=9, frame_stride=2, frame_start="uniform", clip_windows=3))
+    assert [item.clip.indices[0] for item in dataset.items] == [0, 52, 103]
+    for item in dataset.items:
+        assert frame_numbers(dataset.load_frames(item)) == list(item.clip.indices)
+
+
+def test_a_variable_rate_clip_gives_the_frames_in_the_order_shown(tmp_path: Path) -> None:
+    write_variable_rate_video(tmp_path / "phone.mp4", 90)
+    dataset = load_dataset(tmp_path, options(frame_count=9, frame_start="uniform", clip_windows=3))
+    assert dataset.items[0].clip.source_frames == 90 and 25 < dataset.items[0].clip.fps < 30  # the average rate
+    for item in dataset.items:  # windows 0-8, 40-48, 81-89: frame i is the i-th frame shown
+        assert frame_numbers(dataset.load_frames(item)) == list(item.clip.indices)

@@ -267,6 +267,9 @@ def test_resume_continues_exactly_where_training_stopped(tmp_path, ema_decay):
     assert resumed.steps == 8 and resumed.losses[:4] == first.losses
     # Same batches, noise, dropout and optimizer moments: equal up to float summation order.
     np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-5)
+    # The files of every step, for the loss diagnosis, before the resume too: 2 accumulated batches of 1.
+    assert resumed.batch_files == straight.batch_files and len(straight.batch_files) == 8
+    assert all(len(files) == 2 for files in straight.batch_files)
     # With EMA the exported weights are the average, which the resume state carries on.
     for key in straight.weights:
         torch.testing.assert_close(resumed.weights[key], straight.weights[key], rtol=1e-5, atol=1e-7)

@@ -8,6 +8,7 @@ animations with Pillow (gif, webp), frame folders as numbered PNGs.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -38,7 +39,7 @@ def frame_number(frame: np.ndarray) -> int:
 
 def write_video(
     path: Path, count: int, fps: int = 24, codec: str = "libx264", size: tuple[int, int] = SIZE, gop: int = 12,
-    faststart: bool = False,
+    faststart: bool = False, bframes: int = 0,
 ) -> Path:
     """A video of ``count`` numbered frames at ``fps`` (key frame every ``gop`` frames). ``faststart``: an mp4's
     index (frame count, timestamps) before its frames, so a truncated copy still has its header."""
@@ -50,11 +51,33 @@ def write_video(
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = gop
         if codec == "libx264":
-            stream.options = {"crf": "8", "bf": "0"}
+            stream.options = {"crf": "8", "bf": str(bframes)}  # B-frames: decoded out of order, shown in order
         elif codec == "mpeg4":
             stream.options = {"qscale": "2"}
         for index in range(count):
             frame = av.VideoFrame.from_image(frame_picture(index, size))
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_variable_rate_video(path: Path, count: int, durations_ms: tuple[int, ...] = (70, 20, 20)) -> Path:
+    """An mp4 whose frames last ``durations_ms`` in turn (variable frame rate, as phones record)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    milliseconds = Fraction(1, 1000)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = stream.time_base = milliseconds
+        stream.options = {"crf": "8", "bf": "0"}
+        time = 0
+        for index in range(count):
+            frame = av.VideoFrame.from_image(frame_picture(index))
+            frame.pts, frame.time_base = time, milliseconds
+            time += durations_ms[index % len(durations_ms)]
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

@@ -189,12 +189,12 @@ def _load(page: Any, workflow: dict[str, Any], name: str) -> None:
     page.wait_for_timeout(500)
 
 
-def _screenshot(page: Any, name: str) -> Path:
-    """A PNG of the page with a 256-colour palette (about a fifth of the size), in .out/browser/
-    and, with LORA_LAB_UPDATE_SCREENSHOTS=1, in docs/images/."""
+def _screenshot(page: Any, name: str, clip: dict[str, float] | None = None) -> Path:
+    """A PNG of the page (or of its ``clip`` box) with a 256-colour palette (about a fifth of the size),
+    in .out/browser/ and, with LORA_LAB_UPDATE_SCREENSHOTS=1, in docs/images/."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path))
+    page.screenshot(path=str(path), clip=clip)
     Image.open(path).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
         path, optimize=True
     )

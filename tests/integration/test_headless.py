@@ -96,6 +96,7 @@ def test_an_api_workflow_trains_headless_with_its_grid_and_loss_log(toy_server: 
     assert all(float(row["learning_rate"]) > 0 for row in log)
     (grid,) = (tmp_path / "out" / "lora_lab" / "sweeps").glob("grid_*.png")
     assert f"grid: {grid}" in done.stdout
+    assert "Loss diagnosis: " in done.stdout  # Train LoRA's report, printed as the canvas shows it
     from PIL import Image
 
     with Image.open(grid) as image:

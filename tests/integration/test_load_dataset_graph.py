@@ -1,6 +1,7 @@
 """LoadDataset in a real ComfyUI server: listed with its tooltips, runs in a graph, previews its
-contact sheet, re-runs only when the folder's files change, stops with a readable error, and reads clips
-(the clip report and a frame strip per clip on the contact sheet)."""
+contact sheet, re-runs only when the folder's files change, stops with a readable error, reads clips
+(the clip report and a frame strip per clip on the contact sheet), and flags blurred and darkened
+pictures by name in its report and on its contact sheet."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import pytest
 from PIL import Image
 
 from tests.helpers.clip_files import frame_picture, write_animation, write_frame_folder, write_video
+from tests.helpers.quality_pictures import blurred, brightness, save, sharp_picture
 from tools.comfy_server import ComfyServer, PromptRejected
 from tools.graph import Graph
+from trainer_core.pictures import contact_sheet
 
 pytestmark = pytest.mark.comfy
 
@@ -126,3 +129,38 @@ def test_clips_give_the_clip_report_and_a_frame_strip_each(comfy_server: ComfySe
     assert shown.shape == expected.shape and np.abs(shown - expected).max() <= 1  # strips and labels as rendered
     strips = [thumb for thumb in local_report.thumbnails if thumb.width > 3 * thumb.height]
     assert len(strips) == 6  # one per clip window; the still image is a plain thumbnail
+
+
+def test_a_blurred_and_a_darkened_copy_are_flagged_by_name_and_framed_on_the_sheet(comfy_server: ComfyServer) -> None:
+    folder = comfy_server.input_dir / "lld_quality"
+    names = ["1_sharp", "2_blurred", "3_sharp", "4_darkened", "5_sharp", "6_sharp"]
+    pictures = [sharp_picture((192, 128), seed=seed) for seed in range(4)]
+    images = [pictures[0], blurred(pictures[0]), pictures[1], brightness(pictures[1], 0.3), pictures[2], pictures[3]]
+    for name, image in zip(names, images, strict=True):
+        save(image, folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text("smiling, outdoors")
+    graph = load_graph("lld_quality")
+    report = graph.node("PreviewAny", source=graph.handle(LOAD)[1])
+
+    result = comfy_server.run(graph.to_api()).raise_for_error()
+
+    text = result.outputs[report.id]["text"][0]
+    blurry = next(line for line in text.splitlines() if "Blurry:" in line)
+    dark = next(line for line in text.splitlines() if "Too dark:" in line)
+    assert "1 image(s) (variance of the Laplacian below 100" in blurry and "2_blurred.png (" in blurry
+    assert "1 image(s) (mean luminance below 50 of 255)" in dark and "4_darkened.png (" in dark
+    assert "_sharp" not in blurry + dark
+    [sheet_file] = comfy_server.output_files(result, PREVIEW)
+    with Image.open(sheet_file) as image:
+        sheet = np.asarray(image.convert("RGB"))
+    cell = 128  # thumbnails of the report's default size, 3 columns
+    magenta = []
+    for position in range(len(names)):
+        left = contact_sheet._GAP + (position % 3) * (cell + contact_sheet._GAP)
+        top = contact_sheet._HEADER_HEIGHT + (position // 3) * (cell + contact_sheet._LABEL_HEIGHT + contact_sheet._GAP)
+        pixels = sheet[top : top + cell, left : left + cell]
+        # the IMAGE's floats become bytes again when ComfyUI saves the preview: within 1 of the colour
+        close = np.abs(pixels.astype(int) - np.array(contact_sheet.MAGENTA)).max(axis=-1) <= 1
+        magenta.append(int(close.sum()))
+    assert magenta[1] > 2 * cell and magenta[3] > 2 * cell, magenta  # a frame around each flagged picture
+    assert magenta[0] == magenta[2] == magenta[4] == magenta[5] == 0, magenta

@@ -25,7 +25,7 @@ DEFAULTS = dict(
     caption_dropout_rate=0.0, tag_dropout_rate=0.0, blacklist="", prepend_tags="", append_tags="",
     underscores_to_spaces=True, max_tags=0, deduplicate=True, on_bad_file="error", stop_on_errors=True,
     sheet_images=16, frame_count=17, frame_stride=1, target_fps=0.0, frame_start="head", clip_windows=1,
-    short_clips="as_bad_file",
+    short_clips="as_bad_file", quality_checks=True,
 )  # fmt: skip
 
 
@@ -88,6 +88,17 @@ def test_schema_names_and_tooltips(node: type) -> None:
     assert inputs["resolution"].tooltip == help_text(DatasetOptions, "resolution")
     assert inputs["keep_tokens"].tooltip == help_text(CaptionOptions, "keep_tokens")
     assert [output.io_type for output in schema.outputs] == ["LORALAB_DATASET", "STRING", "IMAGE"]
+
+
+def test_quality_checks_can_be_turned_off(node: type, comfy_dirs: Path) -> None:
+    from tests.helpers.quality_pictures import blurred, save, sharp_picture
+
+    save(sharp_picture(), comfy_dirs / "pics" / "sharp.png")
+    save(blurred(sharp_picture()), comfy_dirs / "pics" / "soft.png")
+    checked = run(node, folder="pics", trigger_word="ohwx").result[1]
+    unchecked = run(node, folder="pics", trigger_word="ohwx", quality_checks=False).result[1]
+    assert "Blurry: 1 image(s)" in checked and "soft.png (" in checked
+    assert "Blurry" not in unchecked and "quality_checks is off" in unchecked
 
 
 def test_validation_is_cheap_and_names_the_fix(node: type, comfy_dirs: Path) -> None:

@@ -27,6 +27,7 @@ from PIL import Image
 
 from ..data.buckets import Size
 from ..data.captions import normalize_tag, split_tags
+from ..data.clip_items import first_frame
 from ..data.dataset import Dataset, DatasetError, DatasetItem
 from ..data.image_files import ImageFileError, decode_rgb
 from .base import Captioner
@@ -232,7 +233,9 @@ def _decode_batch(
     images: list[Image.Image] = []
     for position, item in enumerate(batch):
         try:
-            images.append(decode_rgb(item.image_path, dataset.options.background, _draft_size(item.size)))
+            background = dataset.options.background
+            images.append(first_frame(item.image_path, item.clip, background) if item.clip is not None  # a clip: its
+                          else decode_rgb(item.image_path, background, _draft_size(item.size)))  # first trained frame
         except ImageFileError as error:
             if dataset.options.on_bad_file != "skip":
                 raise DatasetError(str(error)) from error

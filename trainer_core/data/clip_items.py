@@ -126,7 +126,7 @@ def read_clip_fingerprint(
     """The report's read of one clip item: its strip frames decoded (so a truncated window shows as damaged),
     hashed by its first frame; the thumbnail is the strip. Never raises for bad data."""
     try:
-        digest = _clip_digest(path)
+        digest = clip_digest(path)
         frames = _decoded(path, clip, strip_indices(clip), background)
     except ImageFileError as error:
         return ImageFingerprint(path, error=error.reason)
@@ -134,6 +134,11 @@ def read_clip_fingerprint(
         return ImageFingerprint(path, error=f"cannot be read ({error.strerror or error})")
     strip = frame_strip(frames, thumbnail_size) if keep_thumbnail else None
     return fingerprint_of(path, digest, frames[0], thumbnail_size, strip)
+
+
+def first_frame(path: Path, clip: ClipInfo, background: Color) -> Image.Image:
+    """The first frame the item trains, as decoded (for captioners and other readers of one picture)."""
+    return _decoded(path, clip, clip.indices[:1], background)[0]
 
 
 def frame_strip(frames: list[Image.Image], width: int) -> Image.Image:
@@ -175,7 +180,7 @@ def _decoded(path: Path, clip: ClipInfo, indices: tuple[int, ...], background: C
         raise ImageFileError(path, "was removed after the dataset was loaded", "Run LoadDataset again.") from error
 
 
-def _clip_digest(path: Path) -> str:
+def clip_digest(path: Path) -> str:
     """Tells identical clip files apart without reading gigabytes: the size and the first and last MiB."""
     if path.is_dir():
         return bytes_digest(b"".join(file.read_bytes() for file in frame_files(path)))

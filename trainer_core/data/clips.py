@@ -5,9 +5,9 @@ Three kinds of clip, each read by one library:
 - video files (``.mp4 .webm .mov .mkv .avi .m4v``) through PyAV (FFmpeg's decoders, which ComfyUI itself
   depends on). The scan opens the container and reads its stream header: frame count (counted from the
   demuxed packets, without decoding, when the container does not state it), frame rate and size.
-  ``decode_frames`` seeks to the key frame before the first wanted frame, then decodes up to the last
-  one; a frame's index is its timestamp x the stream's frame rate (exact for constant-rate clips;
-  variable-rate clips are indexed by time).
+  ``decode_frames`` gives frame i = the i-th frame shown. For a constant-rate stream (average rate = base
+  rate) it seeks to the key frame before the first wanted frame and indexes frames by timestamp x rate;
+  a variable-rate stream is decoded from its first frame, counting (exact, slower for late windows).
 - animated ``.gif`` and ``.webp`` through Pillow (frame disposal and transparency as browsers show them);
   the rate comes from the first frame's duration (10 fps when it has none, as browsers do; for WebP,
   Pillow gives the duration once the first frame is read, so its scan reads that one frame).
@@ -62,8 +62,8 @@ def clip_kind(path: Path) -> ClipKind | None:
     extension = path.suffix.lower()
     if extension in VIDEO_EXTENSIONS:
         return "video"
-    if extension == ".gif" or (extension == ".webp" and _is_animated(path)):
-        return "animation"
+    if extension in (".gif", ".webp") and _is_animated(path):
+        return "animation"  # a still gif or webp is an image
     return None
 
 
@@ -160,8 +160,9 @@ def _video_frames(path: Path, wanted: list[int]) -> dict[int, Image.Image]:
     try:
         stream = _video_stream(path, container)
         rate, base, start = _frame_rate(stream), stream.time_base, stream.start_time or 0
-        seek = bool(wanted) and wanted[0] > 0 and bool(rate) and base is not None
-        if seek:
+        constant = stream.average_rate is not None and stream.average_rate == stream.base_rate
+        seek = constant and bool(wanted) and wanted[0] > 0 and bool(rate) and base is not None
+        if seek and base is not None:
             container.seek(start + int(wanted[0] / rate / base), stream=stream, backward=True, any_frame=False)
         found = _collect(container, stream, wanted, rate, base, start, seek)
         if found is None:  # the seek landed after the first wanted frame, or frames have no time: from the top
@@ -178,10 +179,10 @@ def _collect(container, stream, wanted: list[int], rate, base, start: int, seeke
     wanted_set, found, counted = set(wanted), {}, -1
     for frame in decoded_frames(container, stream):
         counted += 1
-        if frame.pts is None or not rate or base is None:
-            if seeked:
-                return None
-            index = counted
+        if not seeked:
+            index = counted  # from the top: the frames in the order shown
+        elif frame.pts is None or not rate or base is None:
+            return None
         else:
             index = round(float((frame.pts - start) * base * rate))
         if seeked and counted == 0 and index > wanted[0]:

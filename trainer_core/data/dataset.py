@@ -11,6 +11,10 @@ trainer asks. ``Dataset.content_hash`` lets a trainer reuse cached latents and e
 when an image file (path, size or modification time), a caption, a repeat count or a bucketing option
 changes; ``Dataset.pixel_key`` names one image's pixels as trained. ``Dataset.caption_options`` carries
 the caption processing the LoadDataset node chose; ``Dataset.caption_for`` applies it.
+
+Clips (videos, animated gif/webp, folders of numbered frames: ``clips``) become one item per frame window
+(``clip_items``): ``DatasetItem.frames`` and ``DatasetItem.clip`` say which source frames it trains and
+``Dataset.load_frames`` decodes them; an image is a one-frame item. The options are in ``dataset_options``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 from .buckets import Size, closest_bucket
 from .captions import CaptionOptions, process_caption, read_caption_file, tag_frequencies
 from .clip_items import ClipInfo, clip_pixel_key, clip_stamp, load_clip_frames, plan_clip
-from .clips import clip_kind, read_clip_header
+from .clips import ClipHeader, clip_kind, read_clip_header
 from .dataset_folder import CLIP_EXTENSIONS, caption_file, find_images, inside, repeat_warnings, repeats_of
 from .dataset_options import (  # noqa: F401  (DatasetOptions and its errors are imported from here too)
     ON_BAD_FILE_CHOICES,
@@ -59,7 +63,7 @@ _HOW_TO_LAY_OUT = (
 
 @dataclass(frozen=True)
 class DatasetItem:
-    """One training image: where it is, its caption and the size it trains at."""
+    """One training image or clip window: where it is, its caption, the size (and frames) it trains at."""
 
     image_path: Path
     caption: str  # raw caption text from the .txt ('' if none)
@@ -265,19 +269,18 @@ def _items_of(
     """The items of one image (one) or clip (one per frame window). Raises ``ImageFileError`` for a bad file."""
     kind = clip_kind(path)
     header = read_clip_header(path, kind) if kind else read_header(path)
-    clips = plan_clip(path, header, options) if kind else ()
+    clips = plan_clip(path, header, options) if isinstance(header, ClipHeader) else ()
     caption, caption_path = _caption_of(path, warnings, confine_to)
     folder, repeats = repeats_of(path, root)
-    bucket = closest_bucket(header.size, bucket_sizes)
-    common = {"image_path": path, "caption": caption, "has_caption": bool(caption), "repeats": repeats,
-              "size": header.size, "bucket": bucket, "caption_path": caption_path, "folder": folder}
-    if kind:
+    base = DatasetItem(image_path=path, caption=caption, has_caption=bool(caption), repeats=repeats, size=header.size,
+                       bucket=closest_bucket(header.size, bucket_sizes), caption_path=caption_path, folder=folder)
+    if isinstance(header, ClipHeader):
         if clips[0].shortened:
             warnings.append(f"{path} has {header.frame_count} frames, fewer than frame_count asks: it trains "
                             f"{len(clips[0].indices)} (short_clips 'shorten')")
-        return [DatasetItem(**common, frames=len(clip.indices), clip=clip) for clip in clips]
+        return [replace(base, frames=len(clip.indices), clip=clip) for clip in clips]
     mask_path, alpha_mask = mask_of(path, header, listings, warnings, bad_masks, confine_to)
-    return [DatasetItem(**common, mask_path=mask_path, alpha_mask=alpha_mask)]
+    return [replace(base, mask_path=mask_path, alpha_mask=alpha_mask)]
 
 
 def _image_paths(folder: str | Path, warnings: list[str], confine_to: Sequence[Path]) -> tuple[Path, list[Path]]:

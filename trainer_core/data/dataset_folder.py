@@ -42,7 +42,8 @@ def folder_fingerprint(folder: str | Path) -> str:
     images, _ = find_images(root, [])
     listings: dict[Path, list[str]] = {}
     for path in images:
-        for file in (path, caption_file(path, ".txt"), find_mask_file(path, listings)):
+        frames = frame_files(path) if path.is_dir() else []  # a frames folder: each frame counts
+        for file in (path, caption_file(path, ".txt"), find_mask_file(path, listings), *frames):
             if file is None:
                 continue
             try:

@@ -30,7 +30,7 @@ def _help(text: str, default: Any) -> Any:
 
 @dataclass(frozen=True)
 class DatasetOptions:
-    """How images are found, checked and sized for training."""
+    """How images and clips are found, checked and sized for training, and which frames a clip trains."""
 
     resolution: int = _help(
         "Training resolution: buckets hold at most resolution² pixels (512 for SD1.5, 1024 for SDXL/Flux)."
@@ -58,7 +58,8 @@ class DatasetOptions:
         "Colour (R, G, B 0-255) that transparent pixels and padding are flattened onto.", (255, 255, 255)
     )
     on_bad_file: OnBadFile = _help(
-        "What to do with unreadable images (empty, truncated, not an image, too large): 'error' stops and"
+        "What to do with unreadable images and clips (empty, truncated, not an image or a video PyAV can read, too"
+        " large, a clip shorter than a window unless short_clips is 'shorten'): 'error' stops and"
         " names them all at once (the count and the first five; every one in the console); 'skip' leaves them"
         " out with a warning.",
         "error",

@@ -3,8 +3,9 @@
 ``inspect_dataset`` reads every image once (a few threads; thumbnails decoded at a reduced scale;
 per image only a digest and two small hashes are kept, plus a bounded number of thumbnails) and
 returns a ``DatasetReport``: counts, bucket histogram, size spread, images below the training size,
-missing captions, trigger-word coverage, exact and near duplicates, the most frequent tags, and
-``problems`` split into errors (the training run would be wasted) and warnings. ``report.summary()``
+missing captions, trigger-word coverage, exact and near duplicates, the most frequent tags, quality
+flags (blurry, too dark or bright, heavy JPEG artefacts, far below the training resolution: ``quality``),
+and ``problems`` split into errors (the training run would be wasted) and warnings. ``report.summary()``
 is the text the node shows; ``contact_sheet.render_contact_sheet`` draws the thumbnails.
 
 ``load_checked_dataset`` is the whole LoadDataset step: scan, attach caption options, inspect, and
@@ -35,6 +36,7 @@ from .image_fingerprints import (
     near_duplicate_groups,
     read_fingerprint,
 )
+from .quality import QualityFlag, find_quality_flags, flag_message
 from .report_text import format_report, listing
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,12 @@ class ReportOptions:
     thumbnail_size: int = _help("Side of each contact-sheet cell in pixels.", 128)
     top_tags: int = _help("How many of the most frequent tags the report lists.", 15)
     workers: int = _help("Threads that read images (0 = one per CPU core, at most 8).", 0)
+    quality_checks: bool = _help(
+        "Measure each picture's sharpness, exposure and JPEG quality and flag blurry, too dark or too bright"
+        " pictures and heavy JPEG artefacts. Off: the check reads large JPEGs faster (benchmarks/dataset.py"
+        " measures how much); pictures far below the training resolution are flagged either way.",
+        True,
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.near_duplicate_distance <= 32:
@@ -119,6 +127,8 @@ class DatasetReport:
     alpha_masks: tuple[Path, ...] = ()  # images whose alpha channel is their mask
     bad_masks: dict[Path, str] = field(default_factory=dict)  # mask files left out -> why
     clip_lines: tuple[str, ...] = ()  # clips: counts, lengths, rates, sizes, windows (clip_report)
+    quality_flags: tuple[QualityFlag, ...] = ()  # blurry, dark, bright, JPEG artefacts, far too small
+    quality_checked: bool = True  # sharpness, exposure and JPEG quality measured (ReportOptions.quality_checks)
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -185,6 +195,13 @@ def inspect_dataset(
         alpha_masks=tuple(item.image_path for item in items if item.mask_path is None and item.alpha_mask),
         bad_masks={bad.path: bad.reason for bad in dataset.bad_masks},
         clip_lines=clip_summary(items, dataset.root),
+        quality_flags=find_quality_flags(
+            [(p.path, p.quality) for p in prints],
+            [(i.image_path, i.size, i.bucket) for i in items],
+            center_crop,
+            dataset.resolution,
+        ),
+        quality_checked=options.quality_checks,
     )
     return replace(report, problems=find_problems(report, captioned))
 
@@ -257,10 +274,12 @@ def find_problems(report: DatasetReport, dataset: Dataset) -> tuple[Problem, ...
     if count < FEW_IMAGES:
         add("warning", f"Only {count} image(s): the guides use 15-50 for a subject or a style; expect a LoRA "
             "that copies these pictures.")  # fmt: skip
-    if report.below_resolution:
-        files = report.below_resolution
+    far_below = {path for flag in report.quality_flags if flag.label == "small" for path in flag.files}
+    if files := tuple(path for path in report.below_resolution if path not in far_below):  # the rest: a flag
         add("warning", f"{len(files)} image(s) are smaller than their training size and will be upscaled (soft "
             f"results): {listing(files, root=root)}. Use larger originals or a lower resolution.", files)  # fmt: skip
+    for flag in report.quality_flags:
+        add("warning", flag_message(flag, [listing([path], root=root) for path in flag.files]), flag.files)
     if report.heavily_cropped:
         files = report.heavily_cropped
         add("warning", f"{len(files)} image(s) lose more than {HEAVY_CROP:.0%} of the picture to centre cropping "
@@ -309,7 +328,7 @@ def _fingerprints(
         previous = known.get(path)
         if previous is not None and (previous.thumbnail is not None or index not in on_sheet):
             return previous
-        return read_fingerprint(path, background, options.thumbnail_size, index in on_sheet)
+        return read_fingerprint(path, background, options.thumbnail_size, index in on_sheet, options.quality_checks)
 
     workers = options.workers or min(8, os.cpu_count() or 1)
     if workers <= 1 or len(items) <= 1:

@@ -4,7 +4,8 @@ Exact duplicates share their file bytes (BLAKE2 digest). Near duplicates (resize
 lightly edited copies) share their picture: a 64-bit difference hash of a 9x8 grey thumbnail differs
 in at most a few bits *and* a 4x4 colour signature is close; the colour check keeps flat or simple
 pictures of different colours (whose difference hashes are all alike) apart. ``pixel_key`` names the
-pixels an image trains with, for caches of latents.
+pixels an image trains with, for caches of latents. The same read measures the picture's quality
+(``quality.measure_quality``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import PIL
 from PIL import Image
 
 from .image_files import Color, ImageFileError, Size, decode_rgb
+from .quality import ANALYSIS_SIZE, ImageQuality, measure_quality
 
 COLOUR_TOLERANCE = 8  # mean absolute difference (0-255) of two near duplicates' colour signatures
 
@@ -34,27 +36,32 @@ class ImageFingerprint:
     colour: np.ndarray = field(default_factory=lambda: np.zeros((4, 4, 3), np.uint8), repr=False)
     thumbnail: Image.Image | None = field(default=None, repr=False)
     error: str | None = None  # why the image could not be decoded
+    quality: ImageQuality | None = None  # sharpness, exposure, JPEG quality (quality.py)
 
 
 def read_fingerprint(
-    path: Path, background: Color, thumbnail_size: int, keep_thumbnail: bool
+    path: Path, background: Color, thumbnail_size: int, keep_thumbnail: bool, check_quality: bool = True
 ) -> ImageFingerprint:
-    """Read the file once: digest its bytes, decode a reduced picture, hash it. Never raises for bad data."""
+    """Read the file once: digest its bytes, decode a reduced picture, hash it and (``check_quality``)
+    measure its quality. Never raises for bad data."""
+    draft = max(thumbnail_size, ANALYSIS_SIZE) if check_quality else thumbnail_size
     try:
         data = path.read_bytes()
-        image = decode_rgb(path, background, draft_size=(thumbnail_size, thumbnail_size), data=data)
+        image = decode_rgb(path, background, draft_size=(draft, draft), data=data)
     except ImageFileError as error:
         return ImageFingerprint(path, error=error.reason)
     except OSError as error:
         return ImageFingerprint(path, error=f"cannot be read ({error.strerror or error})")
     digest = bytes_digest(data)
+    quality = measure_quality(image, data) if check_quality else None
     del data
     image.thumbnail((thumbnail_size, thumbnail_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return fingerprint_of(path, digest, image, thumbnail_size, image if keep_thumbnail else None)
+    return fingerprint_of(path, digest, image, thumbnail_size, image if keep_thumbnail else None, quality)
 
 
 def fingerprint_of(
-    path: Path, digest: str, image: Image.Image, thumbnail_size: int, thumbnail: Image.Image | None
+    path: Path, digest: str, image: Image.Image, thumbnail_size: int, thumbnail: Image.Image | None,
+    quality: ImageQuality | None = None,
 ) -> ImageFingerprint:
     """The fingerprint of a decoded picture (the hashes read a copy reduced to ``thumbnail_size``)."""
     if max(image.size) > thumbnail_size:
@@ -64,7 +71,7 @@ def fingerprint_of(
     bits = (grey[:, 1:] > grey[:, :-1]).flatten()
     difference_hash = int.from_bytes(np.packbits(bits).tobytes(), "big")
     colour = np.asarray(image.convert("RGB").resize((4, 4), Image.Resampling.BOX), dtype=np.uint8)
-    return ImageFingerprint(path, digest, difference_hash, colour, thumbnail)
+    return ImageFingerprint(path, digest, difference_hash, colour, thumbnail, quality=quality)
 
 
 def bytes_digest(data: bytes) -> str:

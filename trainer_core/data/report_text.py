@@ -39,7 +39,8 @@ def format_report(report: DatasetReport) -> str:
         f"Sizes: width {spread.width[0]}-{spread.width[2]} (median {spread.width[1]:g}), "
         f"height {spread.height[0]}-{spread.height[2]} (median {spread.height[1]:g}), "
         f"aspect {spread.aspect[0]:.2f}-{spread.aspect[1]:.2f}.",
-        f"Below training size (upscaled): {len(report.below_resolution)}.",
+        f"Below training size (upscaled): {len(report.below_resolution)}{_far_below(report)}.",
+        _quality_line(report),
         f"Captions: {report.image_count - len(report.without_caption)} of {report.image_count} images have one.",
     ]
     if report.trigger_word:
@@ -74,6 +75,21 @@ def format_report(report: DatasetReport) -> str:
     if not errors and not warnings:
         lines.append("No problems found.")
     return "\n".join(lines)
+
+
+def _far_below(report: DatasetReport) -> str:
+    far = sum(len(flag.files) for flag in report.quality_flags if flag.label == "small")
+    return f", of which {far} far below it (listed under quality)" if far else ""
+
+
+def _quality_line(report: DatasetReport) -> str:
+    checked = "" if report.quality_checked else " (sharpness, exposure and JPEG quality not checked: quality_checks is off)"
+    if not report.quality_flags:
+        if not report.quality_checked:
+            return "Quality: no picture far below the training resolution" + checked + "."
+        return "Quality: no blurry, too dark or bright, heavily compressed or far too small pictures."
+    counts = ", ".join(f"{flag.title} {len(flag.files)}" for flag in report.quality_flags)
+    return f"Quality: {counts} (thresholds and files in the warnings; marked on the contact sheet){checked}."
 
 
 def _relative(path: Path, root: Path | None) -> str:

@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .clip_items import clip_digest
 from .dataset import Dataset, DatasetError
 
 _SHARE_FIELD = "validation_share (on the LoRA Lab Samples and Checkpoints node)"
@@ -50,7 +51,8 @@ def split_for_validation(
         return ValidationSplit(dataset, validation_images, note)
     if share <= 0:
         return ValidationSplit(dataset, None)
-    images = len(dataset.items)
+    paths = list(dict.fromkeys(item.image_path for item in dataset.items))  # a clip's windows are held out together
+    images = len(paths)
     count = held_out_count(images, share)
     if count >= images:
         most = math.floor((images - 1) / images * 100) / 100
@@ -61,10 +63,11 @@ def split_for_validation(
             f"train on: {fix}, add images, or connect a second Load Dataset to Train LoRA's validation_images "
             "and set validation_share to 0."
         )
-    chosen = set(random.Random(f"validation:{seed}").sample(range(images), count))
-    train = _subset(dataset, [i for i in range(images) if i not in chosen], "train")
-    held_out = _subset(dataset, sorted(chosen), "held out")
-    note = f"validation: {count} of {images} images held out ({', '.join(i.image_path.name for i in held_out.items)})"
+    chosen = {paths[i] for i in random.Random(f"validation:{seed}").sample(range(images), count)}
+    train = _subset(dataset, [i for i, item in enumerate(dataset.items) if item.image_path not in chosen], "train")
+    held_out = _subset(dataset, [i for i, item in enumerate(dataset.items) if item.image_path in chosen], "held out")
+    names = ", ".join(dict.fromkeys(i.image_path.name for i in held_out.items))
+    note = f"validation: {count} of {images} images held out ({names})"
     if math.floor(images * share + 0.5) == 0:
         note += f"; validation_share {share} of {images} images is {images * share:g} image, rounded up to 1"
     return ValidationSplit(train, held_out, note)
@@ -86,7 +89,8 @@ def _check_apart(dataset: Dataset, validation_images: Dataset) -> None:
 
     def digest(path: Path) -> str:
         if path not in digests:
-            digests[path] = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+            digests[path] = clip_digest(path) if path.is_dir() else hashlib.blake2b(path.read_bytes(),
+                                                                                      digest_size=16).hexdigest()
         return digests[path]
 
     shared: list[tuple[Path, Path]] = []

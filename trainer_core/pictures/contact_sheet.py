@@ -3,10 +3,12 @@
 Thumbnails come from the report (read once, at most ``ReportOptions.sheet_images`` of them), so the
 sheet costs no extra decoding. Each cell shows the picture fitted into a square, its number and
 training size; a red frame marks damaged or duplicated images, an orange one images without a
-caption or smaller than their training size. Where an image has a loss mask (``data.masks``), the
-pixels the loss ignores are tinted blue and its label ends in 'mask'. A clip's cell shows a strip of
-frames from its trained window (first to last) labelled with the clip's length, rate and size
-('2.1 s · 24 fps · 640×360'); its label gives the window's frame count ('17f').
+caption or smaller than their training size, a magenta one (inside the other when there is one) images
+with a quality flag (``data.quality``), whose short names ('blurry', 'dark', 'bright', 'jpeg', 'small')
+are written on the picture. Where an image has a loss mask (``data.masks``), the pixels the loss ignores
+are tinted blue and its label ends in 'mask'. A clip's cell shows a strip of frames from its trained
+window (first to last) labelled with the clip's length, rate and size ('2.1 s · 24 fps · 640x360'); its
+label gives the window's frame count ('17f'). A legend under the cells says what each colour means.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from ..data.dataset import Dataset, DatasetItem
 from ..data.dataset_report import DatasetReport
 from ..data.image_files import ImageFileError
 from ..data.masks import mask_thumbnail
+from ..data.quality import flag_labels
 
 RED = (220, 40, 40)
 ORANGE = (240, 150, 20)
+MAGENTA = (230, 40, 230)  # quality flags
 _BACKGROUND = (32, 32, 32)
 _TEXT = (230, 230, 230)
 _LABEL_HEIGHT = 16
@@ -50,10 +54,12 @@ def contact_sheet_image(dataset: Dataset, report: DatasetReport, columns: int = 
     columns = columns or max(1, min(12, math.ceil(math.sqrt(max(count, 1)))))
     rows = max(1, math.ceil(count / columns))
     width = max(320, columns * (cell + _GAP) + _GAP)
-    height = _HEADER_HEIGHT + rows * (cell + _LABEL_HEIGHT + _GAP) + _GAP
+    font = _font()
+    legend = _legend_layout(report, width, font)
+    grid_bottom = _HEADER_HEIGHT + rows * (cell + _LABEL_HEIGHT + _GAP)
+    height = grid_bottom + _GAP + (max(y for *_, y in legend) + _LABEL_HEIGHT if legend else 0)
     sheet = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    font = _font()
     shown = f"showing {count} of {report.image_count}" if count < report.image_count else f"{count} images"
     header = (
         f"{shown} | {len(report.bucket_histogram)} buckets | "
@@ -67,6 +73,7 @@ def contact_sheet_image(dataset: Dataset, report: DatasetReport, columns: int = 
     draw.text((_GAP, 4), header, fill=_TEXT, font=font)
 
     red, orange = _marked_paths(report)
+    flagged = flag_labels(report.quality_flags)
     for position, (index, thumbnail) in enumerate(zip(report.sheet_items, report.thumbnails, strict=True)):
         item = dataset.items[index]
         left = _GAP + (position % columns) * (cell + _GAP)
@@ -76,11 +83,25 @@ def contact_sheet_image(dataset: Dataset, report: DatasetReport, columns: int = 
         colour = RED if item.image_path in red else ORANGE if item.image_path in orange else None
         if colour is not None:
             draw.rectangle((left, top, left + cell - 1, top + cell - 1), outline=colour, width=_FRAME)
+        if item.image_path in flagged:
+            inset = _FRAME if colour is not None else 0
+            box = (left + inset, top + inset, left + cell - 1 - inset, top + cell - 1 - inset)
+            draw.rectangle(box, outline=MAGENTA, width=_FRAME)
+            labels = flagged[item.image_path]
+            text = " ".join(labels)
+            if len(labels) > 1 and font.getlength(text) > box[2] - box[0] - 2 * _FRAME - 4:
+                text = f"{labels[0]} +{len(labels) - 1}"  # the rest are in the report
+            corner = (box[0] + _FRAME, box[1] + _FRAME)
+            draw.rectangle((*corner, corner[0] + font.getlength(text) + 3, corner[1] + 12), fill=MAGENTA)
+            draw.text((corner[0] + 2, corner[1]), text, fill=(0, 0, 0), font=font)
         label = f"#{index + 1} {item.bucket[0]}x{item.bucket[1]}" + (" mask" if masked else "")
         if item.clip is not None:
             label += f" {item.frames}f"
             _label_strip(draw, font, item, (left, top + (cell + thumbnail.height) // 2 + 2), cell)
         draw.text((left + 1, top + cell + 2), label, fill=colour or _TEXT, font=font)
+    for colour, text, x, y in legend:
+        draw.rectangle((x, grid_bottom + y + 2, x + 9, grid_bottom + y + 11), fill=colour)
+        draw.text((x + 13, grid_bottom + y), text, fill=_TEXT, font=font)
     return sheet
 
 
@@ -90,6 +111,28 @@ def _label_strip(draw: ImageDraw.ImageDraw, font, item: DatasetItem, at: tuple[i
     if draw.textlength(text, font=font) > width - 2:
         text = clip_label(item, compact=True)
     draw.text((at[0] + 1, at[1]), text, fill=_TEXT, font=font)
+
+
+def _legend_layout(
+    report: DatasetReport, width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont
+) -> list[tuple[tuple[int, int, int], str, int, int]]:
+    """(colour, text, x, y) of each legend entry, wrapped to ``width``; y counts from the grid's bottom."""
+    entries = [
+        (RED, "damaged or duplicate"),
+        (ORANGE, "no caption or upscaled"),
+        (MAGENTA, "quality: blurry, dark, bright, jpeg, small"),
+    ]
+    if report.mask_files or report.alpha_masks:
+        entries.append((MASKED_TINT, "not trained (mask)"))
+    layout: list[tuple[tuple[int, int, int], str, int, int]] = []
+    x, y = _GAP, 0
+    for colour, text in entries:
+        entry_width = 13 + int(font.getlength(text)) + 10
+        if x > _GAP and x + entry_width > width:
+            x, y = _GAP, y + _LABEL_HEIGHT
+        layout.append((colour, text, x, y))
+        x += entry_width
+    return layout
 
 
 def _with_mask(thumbnail: Image.Image, item: DatasetItem) -> tuple[Image.Image, bool]:

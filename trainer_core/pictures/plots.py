@@ -1,13 +1,24 @@
-"""Pictures of a training run: the loss curve (raw and smoothed) with labelled axes, and the validation
-loss on held-out images beside it."""
+"""Pictures of a training run: the loss curve (raw and smoothed) with labelled axes, the validation
+loss on held-out images beside it, and the loss diagnosis's verdicts written under it."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 
 VALIDATION_COLOUR = "#d62728"  # the validation curve's red: apart from the loss's blues and the rate's orange
+VERDICT_OK_COLOUR = "#dff0d8"  # the box behind a verdict that training went well (light green)
+VERDICT_WARNING_COLOUR = "#fcebc6"  # ... and behind one that something went wrong (light amber)
+VERDICT_LINE_PIXELS = 15  # height of a line of verdict text at 9 pt
+VERDICT_WRAP_PIXELS = 6.2  # about one character of 9 pt text, to wrap the verdicts to the picture's width
+
+
+class _Verdict(Protocol):  # trainer_core.training.diagnosis.Verdict, without importing the training room
+    shape: str
+    text: str
 
 
 def smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
@@ -27,15 +38,21 @@ def loss_curve_image(
     size: tuple[int, int] = (768, 432),
     validation: Mapping[int, float] | None = None,
     best_step: int | None = None,
+    verdicts: Sequence[_Verdict] = (),
 ) -> np.ndarray:
     """The loss per step (faint), its moving average (bold), optionally the learning rate on a second
     axis, vertical marks at checkpoint steps, and the validation loss per step (``validation``: red dots
-    joined, the best checkpoint's ``best_step`` ringed). Returns an RGB float32 array in 0..1."""
+    joined, the best checkpoint's ``best_step`` ringed). ``verdicts`` (the loss diagnosis) are written under
+    the plot, each in a box: green for a run going well, amber for a problem; the picture grows taller by
+    their lines. Returns an RGB float32 array in 0..1."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     dpi = 96
-    figure = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    wrapped = [textwrap.fill(verdict.text, width=max(40, int(size[0] / VERDICT_WRAP_PIXELS))) for verdict in verdicts]
+    text_height = sum(VERDICT_LINE_PIXELS * (text.count("\n") + 1) + 10 for text in wrapped)
+    height = size[1] + text_height
+    figure = Figure(figsize=(size[0] / dpi, height / dpi), dpi=dpi)
     axes = figure.add_subplot(1, 1, 1)
     steps = np.arange(1, len(losses) + 1)
     if len(losses):
@@ -67,8 +84,18 @@ def loss_curve_image(
         handles, labels = handles + more_handles, labels + more_labels
     if handles:
         axes.legend(handles, labels, loc="upper right")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, text_height / height, 1, 1))
+    _draw_verdicts(figure, verdicts, wrapped, text_height, height)
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
     return rgba[:, :, :3].astype(np.float32) / 255.0
+
+
+def _draw_verdicts(figure, verdicts: Sequence[_Verdict], wrapped: list[str], top: int, height: int) -> None:
+    """Each verdict's text in a coloured box, from ``top`` pixels above the picture's bottom down."""
+    for verdict, text in zip(verdicts, wrapped, strict=True):
+        colour = VERDICT_OK_COLOUR if verdict.shape == "decreasing" else VERDICT_WARNING_COLOUR
+        figure.text(0.01, (top - 4) / height, text, fontsize=9, va="top", ha="left", family="DejaVu Sans",
+                    bbox={"boxstyle": "square,pad=0.3", "facecolor": colour, "edgecolor": "none"})
+        top -= VERDICT_LINE_PIXELS * (text.count("\n") + 1) + 10

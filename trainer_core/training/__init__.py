@@ -11,9 +11,10 @@ packages some of them need), ``optimizer_settings``, ``schedulers``, ``ema``, ``
 ``text_encoder`` (a LoRA in the text encoders) with ``text_encoder_parts`` (which of them: CLIP, T5 with
 ``train_t5``, never a language model), ``encoding`` (latents of images and clips, caption embeddings, cached) with
 ``encoding_cache`` (the same kept on disk between runs),
-``activations``, ``train_log`` (loss and learning rate per step: CSV, TensorBoard), ``metadata`` (the ``ss_*``
+``activations``, ``train_log`` (loss and learning rate per step: CSV, TensorBoard), ``live_progress`` (the
+live chart's updates: smoothed loss, it/s, time left, throttled), ``metadata`` (the ``ss_*``
 keys kohya writes), ``presets``, ``validation`` with ``validation_loss`` (the loss on held-out images at fixed
-noise, the best checkpoint), ``report`` (a run's summary in words), and ``config``
+noise, the best checkpoint), ``report`` (a run's summary in words) with ``diagnosis`` (the loss curve read as the guides' table), and ``config``
 (``TrainingConfig``).
 
 The loop reads a dataset through its ``TrainingData`` protocol, so this room does not import ``data``.

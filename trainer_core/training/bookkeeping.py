@@ -14,6 +14,7 @@ from ..adapters.export import KeyNamer, LoRAWeights, peft_tensor_names, save_lor
 from ..adapters.inject import InjectedAdapter
 from .checkpoints import CheckpointPolicy, restore_random_state, save_training_state
 from .ema import AdapterEMA, averaged
+from .epochs import next_step_batch
 from .results import TrainingError
 from .run import TrainingRun
 from .text_encoder import restore_text_encoder_state, text_encoder_state
@@ -149,8 +150,9 @@ def load_state(run: TrainingRun, state: dict[str, Any], source: Path | None) -> 
     run.learning_rates = list(state["learning_rates"])
     run.validation_losses = dict(state.get("validation_losses", {}))  # states before validation: none
     run.validated_checkpoints = dict(state.get("validated_checkpoints", {}))
-    for _ in range(run.step * run.training.gradient_accumulation):
-        next(run.batches)
+    run.step_items = []
+    for _ in range(run.step):  # the batches trained before: skipped, their files kept for the loss diagnosis
+        next_step_batch(run.batches, run.training.gradient_accumulation, run.step_items)
 
 
 def _check_global_batch(run: TrainingRun, state: dict[str, Any], where: str) -> None:

@@ -29,6 +29,8 @@ class TrainingData(Protocol):
     def load_image(self, item: Any) -> np.ndarray: ...
 
 
+RECORDED_STEPS = 100_000  # steps whose items a run keeps (a tuple of a few ints each: a few MB at most)
+
 # (dataset item, rng) -> the caption a step trains with; rng=None means no random processing.
 CaptionFunction = Callable[[Any, "random.Random | None"], str]
 
@@ -67,6 +69,21 @@ def loss_weights(data: TrainingData) -> list[float]:
     """Each item's loss weight (``prior_loss_weight`` for regularisation images; 1 otherwise)."""
     weights = getattr(data, "loss_weights", None)
     return [1.0] * len(data.items) if weights is None else list(weights)
+
+
+def next_step_batch(data_batches: Iterator[list[int]], accumulation: int, record: list[tuple[int, ...]]) -> list[list[int]]:
+    """The ``accumulation`` batches of the next optimizer step; the items they hold are added to ``record``
+    (one tuple per step, at most ``RECORDED_STEPS``: the loss diagnosis names the files of a step)."""
+    batch = [next(data_batches) for _ in range(accumulation)]
+    if len(record) < RECORDED_STEPS:
+        record.append(tuple(index for indices in batch for index in indices))
+    return batch
+
+
+def item_files(data: TrainingData, steps: Sequence[tuple[int, ...]]) -> list[tuple[str, ...]]:
+    """Each recorded step's items as file paths (``image_path``), or as "item <n>" for items without one."""
+    names = [str(getattr(item, "image_path", f"item {index}")) for index, item in enumerate(data.items)]
+    return [tuple(names[index] for index in step) for step in steps]
 
 
 def samples_per_epoch(data: TrainingData) -> int:

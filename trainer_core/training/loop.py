@@ -32,7 +32,7 @@ from .checkpoints import CheckpointPolicy, load_training_state
 from .config import MIXED_PRECISION_CHOICES, TrainingConfig
 from .encoding import TextCache
 from .encoding_cache import EncodingCache, EncodingCounts, encode_dataset
-from .epochs import CaptionFunction, TrainingData, samples_per_epoch
+from .epochs import CaptionFunction, TrainingData, item_files, next_step_batch, samples_per_epoch
 from .masked_loss import latent_masks, masked_loss_problem
 from .optimizers import OptimizerConfig, effective_learning_rate
 from .parallel import SingleProcess
@@ -189,7 +189,7 @@ def _optimise(
                 torch.manual_seed(run.training.seed)  # LoRA dropout draws from the global stream
             while run.step < run.total_steps:
                 run.streams_at_step_start = run.random_streams()
-                batch = [next(run.batches) for _ in range(run.training.gradient_accumulation)]
+                batch = next_step_batch(run.batches, run.training.gradient_accumulation, run.step_items)
                 try:
                     loss = forward_backward(run, batch)
                 except RuntimeError as error:
@@ -231,6 +231,7 @@ def _optimise(
         steps=run.step,
         checkpoints=list(run.saved_checkpoints),
         validation_losses=dict(run.validation_losses),
+        batch_files=item_files(run.data, run.step_items),
         best_checkpoint=best_checkpoint(run, checkpoints, on_disk=run.parallel.is_main),
     )
 

@@ -1,7 +1,7 @@
 """A training run in a few lines of text, for a person: Train LoRA's ``report`` output.
 
 ``run_report`` builds it from the ``TrainingResult`` alone (plus how to name a checkpoint file and notes the
-front end adds), one line per topic, so later topics (a diagnosis of the loss curve) add their own lines.
+front end adds), one line per topic; the loss diagnosis (``diagnosis.py``) adds its verdicts.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .diagnosis import Verdict, diagnose_losses, diagnosis_lines
 from .results import TrainingResult
 
 LISTED_VALIDATIONS = 10  # more validations than this are summed up as first, lowest and last
@@ -24,8 +25,16 @@ def run_report(result: TrainingResult, checkpoint_name: Callable[[Path], str], n
         step, path = result.best_checkpoint
         lines.append(f"Best checkpoint: {checkpoint_name(path)} (step {step}, validation loss "
                      f"{result.validation_losses[step]:.5f}).")
+    lines.extend(diagnosis_lines(diagnose_run(result, checkpoint_name)))
     lines.extend(note for note in notes if note)
     return "\n".join(lines)
+
+
+def diagnose_run(result: TrainingResult, checkpoint_name: Callable[[Path], str]) -> list[Verdict]:
+    """The loss diagnosis of a run (``diagnosis.py``): its losses, validation, checkpoints and batch files."""
+    checkpoints = {step: checkpoint_name(path)
+                   for step, path in zip(result.checkpoint_steps(), result.checkpoints, strict=True)}
+    return diagnose_losses(result.losses, result.validation_losses, checkpoints, result.batch_files)
 
 
 def _loss_line(losses: Sequence[float]) -> str:

@@ -44,4 +44,9 @@ class TrainingResult:
     encode_seconds: float = 0.0
     validation_losses: dict[int, float] = field(default_factory=dict)  # step -> held-out loss (validation.py)
     best_checkpoint: tuple[int, Path] | None = None  # (step, file) of the lowest held-out loss among checkpoints
+    batch_files: list[tuple[str, ...]] = field(default_factory=list)  # per step: the image files it trained on
     encoding: EncodingCounts | None = None  # latents and captions read from the encoding cache, or encoded
+
+    def checkpoint_steps(self) -> list[int]:
+        """The step of each checkpoint file (named ``<run>_step<NNNNNN>.safetensors``)."""
+        return [int(path.stem.rsplit("_step", 1)[1]) for path in self.checkpoints]

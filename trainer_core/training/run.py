@@ -102,6 +102,7 @@ class TrainingRun:
         self.batches = batches(data, self.global_batch_size, training.seed + 1)
         self.step = 0
         self.losses: list[float] = []
+        self.step_items: list[tuple[int, ...]] = []  # the dataset items of each step (``epochs.next_step_batch``)
         self.learning_rates: list[float] = []
         self.global_rng_state: torch.Tensor | None = None  # dropout's stream, restored on resume
         self.saved_checkpoints: list[Path] = []
