@@ -147,6 +147,7 @@ class FakeClip:
     to a fixed length; attention masks are ComfyUI's (int64, 1 over the caption's own tokens)."""
 
     cond_stage_model = torch.nn.Module()  # no text-encoder layers for a LoRA to match
+    layer_idx = None  # a CLIP's last layer as loaded (no CLIPSetLastLayer)
 
     def __init__(self, family: str):
         self.shapes = text_shapes(family)
