@@ -164,16 +164,18 @@ class LoadDataset(io.ComfyNode):
                     max=256,
                     tooltip=help_text(ReportOptions, "sheet_images"),
                 ),
+                # the clip inputs and quality_checks are optional: API graphs written before them still run
                 io.Int.Input("frame_count", default=default_of(DatasetOptions, "frame_count"), min=1,
-                             max=MAX_FRAME_COUNT, **_data("frame_count")),
-                io.Int.Input("frame_stride", default=1, min=1, max=100, **_data("frame_stride")),
-                io.Float.Input("target_fps", default=0.0, min=0.0, max=240.0, step=1.0, **_data("target_fps")),
-                io.Combo.Input("frame_start", options=list(FRAME_START_CHOICES), default="head",
+                             max=MAX_FRAME_COUNT, optional=True, **_data("frame_count")),
+                io.Int.Input("frame_stride", default=1, min=1, max=100, optional=True, **_data("frame_stride")),
+                io.Float.Input("target_fps", default=0.0, min=0.0, max=240.0, step=1.0, optional=True,
+                               **_data("target_fps")),
+                io.Combo.Input("frame_start", options=list(FRAME_START_CHOICES), default="head", optional=True,
                                **_data("frame_start")),
-                io.Int.Input("clip_windows", default=1, min=1, max=64, **_data("clip_windows")),
+                io.Int.Input("clip_windows", default=1, min=1, max=64, optional=True, **_data("clip_windows")),
                 io.Combo.Input("short_clips", options=list(SHORT_CLIP_CHOICES), default="as_bad_file",
-                               **_data("short_clips")),
-                io.Boolean.Input(  # optional: API graphs written before it still run
+                               optional=True, **_data("short_clips")),
+                io.Boolean.Input(
                     "quality_checks",
                     default=default_of(ReportOptions, "quality_checks"),
                     optional=True,
@@ -317,20 +319,27 @@ class LoadDataset(io.ComfyNode):
             )
         except ValueError as error:  # DatasetError, CaptionError, or a background colour parse_color refused
             raise DatasetError(f"Load Dataset: {error}") from error
-        path = resolve_folder(folder)
-        folder_access.check_dataset_folder(path, "Load Dataset: folder")
-        role = _role(cls.hidden.prompt, cls.hidden.unique_id)
-        try:
-            dataset, report = load_checked_dataset(path, dataset_options, caption_options,
-                                                   ReportOptions(sheet_images=sheet_images, quality_checks=quality_checks), folder_access.confine_to())
-        except DatasetError as error:
-            raise DatasetError(f"{role}{error}") from error
-        summary = report.summary()
-        if stop_on_errors and report.errors:
-            problems = "\n".join(f"- {problem.message}" for problem in report.errors)
-            raise DatasetError(
-                f"{role}The dataset in {dataset.root} has problems that would waste the training run:\n{problems}\n"
-                "Fix them, or turn stop_on_errors off to train anyway."
-            )
-        sheet = torch.from_numpy(render_contact_sheet(dataset, report)).unsqueeze(0)
-        return io.NodeOutput(dataset, summary, sheet, ui=ui.PreviewImage(sheet, cls=cls))
+        report_options = ReportOptions(sheet_images=sheet_images, quality_checks=quality_checks)
+        return _load_and_check(cls, folder, dataset_options, caption_options, report_options, stop_on_errors)
+
+
+def _load_and_check(cls, folder: str, dataset_options: DatasetOptions, caption_options: CaptionOptions,
+                    report_options: ReportOptions, stop_on_errors: bool) -> io.NodeOutput:
+    """Scan and check the folder; stop on the report's errors when asked; the outputs and the sheet's preview."""
+    path = resolve_folder(folder)
+    folder_access.check_dataset_folder(path, "Load Dataset: folder")
+    role = _role(cls.hidden.prompt, cls.hidden.unique_id)
+    try:
+        dataset, report = load_checked_dataset(path, dataset_options, caption_options, report_options,
+                                               folder_access.confine_to())
+    except DatasetError as error:
+        raise DatasetError(f"{role}{error}") from error
+    summary = report.summary()
+    if stop_on_errors and report.errors:
+        problems = "\n".join(f"- {problem.message}" for problem in report.errors)
+        raise DatasetError(
+            f"{role}The dataset in {dataset.root} has problems that would waste the training run:\n{problems}\n"
+            "Fix them, or turn stop_on_errors off to train anyway."
+        )
+    sheet = torch.from_numpy(render_contact_sheet(dataset, report)).unsqueeze(0)
+    return io.NodeOutput(dataset, summary, sheet, ui=ui.PreviewImage(sheet, cls=cls))
