@@ -15,7 +15,8 @@ from ..trainer_core.pictures.sweep import (
     plan_grid,
     strength_label,
 )
-from . import grid_render
+from . import grid_render, sweep_scoring
+from .types import Dataset
 
 CLIP_MODES = ["same as model", "fixed"]
 
@@ -63,9 +64,24 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                     tooltip="Checkpoint x strength: more LoRA files of the same training, one per line, or a pattern "
                     "such as lora_lab_checkpoints/my_lora_step*. Each adds a row per prompt.",
                 ),
+                Dataset.Input(
+                    "dataset", optional=True,
+                    tooltip="The training dataset (from Load Dataset): connect it to score every cell's likeness "
+                    "to it, mark a recommended strength (and checkpoint) and plot the scores.",
+                ),
+                io.ClipVision.Input(
+                    "clip_vision", optional=True,
+                    tooltip="A CLIP vision model (Load CLIP Vision, models/clip_vision) to judge likeness with. "
+                    "Without one the cells are compared in the VAE's latent space.",
+                ),
             ],
-            outputs=grid_render.grid_outputs(grid="The labelled grid.",
-                                             report="What was rendered, and any cell that could not be."),
+            outputs=[
+                *grid_render.grid_outputs(grid="The labelled grid; the recommended strength framed in green.",
+                                          report="What was rendered, any cell that could not be, the scores and "
+                                          "the recommendation."),
+                io.Image.Output("scores", display_name="scores",
+                                tooltip="Concept score and bleed against strength (needs the dataset input)."),
+            ],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
         )
@@ -85,7 +101,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
     def execute(cls, model, clip, vae, lora_name: str, prompts: str, negative: str, strengths: str,
                 include_baseline: bool, clip_strength_mode: str, clip_strength: float, seed: int, steps: int,
                 cfg: float, sampler_name: str, scheduler: str, width: int, height: int, checkpoints: str = "",
-                batch_prompts: bool = False, lora=None) -> io.NodeOutput:
+                batch_prompts: bool = False, lora=None, dataset=None, clip_vision=None) -> io.NodeOutput:
         lora, display_name = grid_render.resolve_new_lora(
             lora, lora_name, unnamed="trained LoRA",
             missing="lora: connect a LoRA (from Train LoRA or Save LoRA) or pick a file in lora_name")
@@ -115,6 +131,9 @@ class TestLoRAStrengthSweep(io.ComfyNode):
             negative, seed, steps, cfg, sampler_name, scheduler, width, height, batch_prompts))
         notes += [size_note] if size_note else []
         rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems)
+        verdict = sweep_scoring.score_sweep(rows, row_loras, strength_list, trigger, dataset, vae, model,
+                                            clip_vision, set(problems))
+        notes += verdict.lines + [line for line in [sweep_scoring.write_into_file(lora, display_name, verdict)] if line]
         header = [
             f"LoRA: {display_name}   steps: {metadata.get('ss_steps', '?')}   trigger: {trigger or '-'}   seed: {seed}",
             f"{sampler_name} / {scheduler}, {steps} steps, cfg {cfg:g}, {sampling.width}x{sampling.height}"
@@ -123,10 +142,13 @@ class TestLoRAStrengthSweep(io.ComfyNode):
         info = {
             "lora": display_name, "lora_hash": metadata.get("sshs_model_hash") or tensor_data_hash(lora),
             "steps": metadata.get("ss_steps", ""), "seed": seed, "strengths": strength_list, "prompts": prompt_list,
-            "checkpoints": list(loras)[1:],
+            "checkpoints": list(loras)[1:], **verdict.info,
         }
         column_labels = [strength_label(s) for s in strength_list]
-        return grid_render.finish_grid(cls, rows, column_labels, row_labels, header, notes, "lora_lab/sweeps/grid", info)
+        row_labels = sweep_scoring.mark_labels(row_labels, row_loras, verdict)
+        header += sweep_scoring.header_lines(verdict)
+        return grid_render.finish_grid(cls, rows, column_labels, row_labels, header, notes, "lora_lab/sweeps/grid",
+                                       info, marked=verdict.marked, more_outputs=(sweep_scoring.plot_tensor(verdict),))
 
 
 def resolve_lora_names(text: str) -> list[str]:

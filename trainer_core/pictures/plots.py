@@ -31,7 +31,6 @@ def loss_curve_image(
     """The loss per step (faint), its moving average (bold), optionally the learning rate on a second
     axis, vertical marks at checkpoint steps, and the validation loss per step (``validation``: red dots
     joined, the best checkpoint's ``best_step`` ringed). Returns an RGB float32 array in 0..1."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     dpi = 96
@@ -67,8 +66,52 @@ def loss_curve_image(
         handles, labels = handles + more_handles, labels + more_labels
     if handles:
         axes.legend(handles, labels, loc="upper right")
+    return _pixels(figure)
+
+
+def _pixels(figure) -> np.ndarray:
+    """A matplotlib figure as an RGB float32 array in 0..1."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     figure.tight_layout()
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
     return rgba[:, :, :3].astype(np.float32) / 255.0
+
+
+SCORE_COLOURS = ("#1f4e9c", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def sweep_scores_image(curves: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[float], float | None]],
+                       title: str, size: tuple[int, int] = (512, 320)) -> np.ndarray:
+    """Concept score (solid) and bleed (dashed) against strength, one colour per LoRA file; ``curves`` holds
+    (name, strengths, concept, bleed, recommended strength or None), NaNs are left out; the recommended
+    strength is ringed. Returns an RGB float32 array in 0..1."""
+    from matplotlib.figure import Figure
+
+    dpi = 96
+    figure = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    axes = figure.add_subplot(1, 1, 1)
+    for index, (name, strengths, concept, bleed, chosen) in enumerate(curves):
+        colour = SCORE_COLOURS[index % len(SCORE_COLOURS)]
+        order = np.argsort(strengths)
+        xs = np.asarray(strengths, dtype=float)[order]
+        for values, style, what in ((concept, "-", "concept"), (bleed, "--", "bleed")):
+            ys = np.asarray(values, dtype=float)[order]
+            keep = ~np.isnan(ys)
+            if keep.any():
+                axes.plot(xs[keep], ys[keep], style, color=colour, marker="o", markersize=4, label=f"{what}: {name}")
+        if chosen is not None:
+            axes.axvline(chosen, color=colour, linestyle=":", linewidth=1.2)
+            value = np.asarray(concept, dtype=float)[list(strengths).index(chosen)]
+            axes.plot([chosen], [value], linestyle="none", marker="o", markersize=11, markerfacecolor="none",
+                      markeredgecolor=colour, markeredgewidth=2, label=f"recommended {chosen:g}")
+    axes.axhline(0, color="#999999", linewidth=0.8)
+    axes.set_xlabel("LoRA strength")
+    axes.set_ylabel("score (0 = baseline)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(True, alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="upper left", fontsize=7)
+    return _pixels(figure)
