@@ -1,5 +1,5 @@
 """Pictures of a training run: the loss curve (raw and smoothed) with labelled axes, and the validation
-loss on held-out images beside it."""
+loss on held-out images beside it; and the strength sweep's concept score and bleed against strength."""
 
 from __future__ import annotations
 
