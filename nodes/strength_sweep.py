@@ -132,7 +132,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
         notes += [size_note] if size_note else []
         rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems)
         verdict = sweep_scoring.score_sweep(rows, row_loras, strength_list, trigger, dataset, vae, model,
-                                            clip_vision, set(problems))
+                                            clip_vision, set(problems), training_steps(loras))
         notes += verdict.lines + [line for line in [sweep_scoring.write_into_file(lora, display_name, verdict)] if line]
         header = [
             f"LoRA: {display_name}   steps: {metadata.get('ss_steps', '?')}   trigger: {trigger or '-'}   seed: {seed}",
@@ -149,6 +149,17 @@ class TestLoRAStrengthSweep(io.ComfyNode):
         header += sweep_scoring.header_lines(verdict)
         return grid_render.finish_grid(cls, rows, column_labels, row_labels, header, notes, "lora_lab/sweeps/grid",
                                        info, marked=verdict.marked, more_outputs=(sweep_scoring.plot_tensor(verdict),))
+
+
+def training_steps(loras: dict) -> dict[str, int]:
+    """Each LoRA file's ``ss_steps`` (0 when missing or not a number)."""
+    out = {}
+    for name, weights in loras.items():
+        try:
+            out[name] = int(float(getattr(weights, "metadata", {}).get("ss_steps", 0) or 0))
+        except (TypeError, ValueError):
+            out[name] = 0
+    return out
 
 
 def resolve_lora_names(text: str) -> list[str]:

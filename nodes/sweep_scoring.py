@@ -82,9 +82,11 @@ def embed(images: torch.Tensor, vae, model, clip_vision) -> np.ndarray:
 
 
 def score_sweep(rows: list[list[np.ndarray]], row_loras: list[tuple[str, str]], strengths: list[float],
-                trigger: str, dataset, vae, model, clip_vision, skipped: set[str]) -> Verdict:
+                trigger: str, dataset, vae, model, clip_vision, skipped: set[str],
+                steps: dict[str, int] | None = None) -> Verdict:
     """Scores, recommendations and marks for a rendered sweep; ``row_loras[row]`` is (LoRA name, prompt),
-    ``skipped`` the LoRAs whose cells are error tiles."""
+    ``skipped`` the LoRAs whose cells are error tiles, ``steps`` each LoRA file's training steps (the
+    checkpoint rule prefers the less trained of near-equal files)."""
     verdict = Verdict()
     if dataset is None:
         return _unscored(verdict, "not scored: connect the dataset to score the cells and get a recommended strength")
@@ -101,6 +103,7 @@ def score_sweep(rows: list[list[np.ndarray]], row_loras: list[tuple[str, str]], 
     info = [(row_loras[r][0], has_trigger(row_loras[r][1], trigger)) for r in kept]
     scores = score_rows(features, reference, strengths.index(0.0), info)
     names = list(dict.fromkeys(name for name, _ in row_loras if name not in skipped))
+    names.sort(key=lambda name: (steps or {}).get(name, 0))  # stable: files without a step count keep their order
     verdict.recommendations = [recommend_strength(name, strengths, [s for s in scores if s.checkpoint == name])
                                for name in names]
     if len(names) > 1:
@@ -144,8 +147,8 @@ def report_lines(verdict: Verdict) -> list[str]:
             lines.append(f"{rec.checkpoint}: recommended strength {rec.strength:g} (green frame): {rec.reason}")
     if verdict.checkpoint is not None:
         lines.append(f"recommended checkpoint: {verdict.checkpoint.checkpoint} at strength "
-                     f"{verdict.checkpoint.strength:g} (highest concept score minus bleed; near-ties go to the "
-                     "earlier file)")
+                     f"{verdict.checkpoint.strength:g} (highest concept score minus bleed within the bleed limit; "
+                     "near-ties go to the file with fewer training steps)")
     return lines
 
 

@@ -147,7 +147,7 @@ def recommend_strength(checkpoint: str, strengths: Sequence[float], rows: Sequen
 def recommend_checkpoint(recommendations: Sequence[Recommendation]) -> Recommendation | None:
     """Of several files of one training (each with a recommended strength), the one reaching the highest concept
     score minus bleed at a strength whose bleed is within the limit; within ``CHECKPOINT_TIE`` of that, the
-    earliest in the list (less trained, less overfit)."""
+    earliest in the list (the caller lists them by training steps: less trained, less overfit)."""
     chosen = [r for r in recommendations if r.strength is not None]
     if not chosen:
         return None
