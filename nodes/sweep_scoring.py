@@ -69,15 +69,16 @@ def dataset_pixels(dataset, width: int, height: int) -> torch.Tensor:
 def embed(images: torch.Tensor, vae, model, clip_vision) -> np.ndarray:
     """One feature vector per image ``[B, H, W, 3]``: the CLIP vision embedding (length 1) when a model is
     connected, else ``latent_features`` of its latent (one image at a time: a video VAE reads a batch as frames)."""
-    if clip_vision is not None:
-        embeds = clip_vision.encode_image(images).image_embeds
-        return unit(embeds.float().cpu().numpy().reshape(len(images), -1))
-    codec = ComfyLatentCodec(vae, model)
-    features = []
-    for image in images:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        latent = codec.encode(image[None]).float().cpu().numpy()[0]
-        features.append(latent_features(latent.reshape(latent.shape[0], latent.shape[-2], -1)))
+    with torch.no_grad():
+        if clip_vision is not None:
+            embeds = clip_vision.encode_image(images).image_embeds
+            return unit(embeds.detach().float().cpu().numpy().reshape(len(images), -1))
+        codec = ComfyLatentCodec(vae, model)
+        features = []
+        for image in images:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            latent = codec.encode(image[None]).detach().float().cpu().numpy()[0]
+            features.append(latent_features(latent.reshape(latent.shape[0], latent.shape[-2], -1)))
     return np.stack(features)
 
 

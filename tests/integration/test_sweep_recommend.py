@@ -126,7 +126,7 @@ def test_a_checkpoint_by_strength_grid_marks_a_checkpoint(toy_sweep):
     dataset_id = next(k for k, n in api.items() if n["class_type"] == "LoadDataset")
     checkpoint_id = next(k for k, n in api.items() if n["class_type"] == "CheckpointLoaderSimple")
     inputs = dict(api[sweep_id]["inputs"], lora_name=toy_sweep["lora_name"],
-                  checkpoints="lora_lab_checkpoints/toy_rings_weak_step*")
+                  checkpoints="lora_lab_checkpoints/toy_rings_weak_step*", strengths="0.5, 1.0", steps=10)
     inputs.pop("lora")
     graph = {checkpoint_id: api[checkpoint_id], dataset_id: api[dataset_id],
              "sweep": {"class_type": "TestLoRAStrengthSweep", "inputs": inputs}}
