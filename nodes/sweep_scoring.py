@@ -137,7 +137,7 @@ def _rounded(values: list[float]) -> list[float | None]:
 
 def report_lines(verdict: Verdict) -> list[str]:
     """The recommendation block of the sweep's report (its own lines; other report lines come from elsewhere)."""
-    lines = [f"scores: {verdict.scorer}; concept = share of the way from the baseline to the dataset, bleed = how "
+    lines = [f"scores: {verdict.scorer}; concept = share of the way from the baseline to the dataset (along that line), bleed = how "
              "far a row without the trigger word moved from its baseline (same unit)", rule_text()]
     for rec in verdict.recommendations:
         table = ", ".join(f"{s:g}: {_pair(c, b)}" for s, c, b in zip(rec.strengths, rec.concept, rec.bleed, strict=True))

@@ -66,11 +66,12 @@ def test_negative_strengths_and_the_baseline_are_never_recommended():
 
 def test_scores_are_shares_of_the_way_from_the_baseline_to_the_dataset():
     reference = np.array([10.0, 0.0])
-    trigger_row = np.array([[0.0, 0], [5.0, 0], [10.0, 0]])  # baseline 10 away; halfway; at the dataset
-    plain_row = np.array([[0.0, 5], [0.0, 5], [0.0, 0]])  # moved 5 of its 11.18 from the baseline at 1.0
+    # baseline 10 away; halfway; halfway with drift off the line (not likeness); at the dataset; past it
+    trigger_row = np.array([[0.0, 0], [5.0, 0], [5.0, 4], [10.0, 0], [12.0, 0]])
+    plain_row = np.array([[0.0, 5], [0.0, 5], [0.0, 5], [0.0, 5], [0.0, 0]])  # moved 5 of its 11.18 at the end
     scored = score_rows([trigger_row, plain_row], reference, 0, [("a", True), ("a", False)])
-    assert scored[0].values == pytest.approx([0.0, 0.5, 1.0])
-    assert scored[1].values == pytest.approx([0.0, 0.0, 5 / math.hypot(10, 5)])
+    assert scored[0].values == pytest.approx([0.0, 0.5, 0.5, 1.0, 1.2])
+    assert scored[1].values == pytest.approx([0.0, 0.0, 0.0, 0.0, 5 / math.hypot(10, 5)])
 
 
 def test_the_checkpoint_with_the_best_net_score_wins_and_near_ties_go_to_the_earlier():

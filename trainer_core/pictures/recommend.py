@@ -4,8 +4,10 @@ Every cell becomes a feature vector (a CLIP vision embedding, or the model-free 
 its VAE latent); the dataset's images give a reference vector (their mean). Within a row, the
 strength-0 cell is the baseline:
 
-- **concept score** of a cell = ``1 - d(cell, dataset) / d(baseline, dataset)``: the share of the
-  baseline's distance to the dataset that the LoRA closed (0 at the baseline, 1 at the dataset's mean);
+- **concept score** of a cell = how far it moved from the baseline toward the dataset, as a share of the
+  way: its move projected on the line from the baseline to the dataset's mean, divided by that line's
+  length (0 at the baseline, 1 at the dataset's mean, above 1 past it). Drift off that line (blur, colour
+  casts, artefacts) does not count as likeness;
 - **bleed** of a cell in a row without the trigger word = ``d(cell, baseline) / d(baseline, dataset)``:
   how far the LoRA moved a prompt that does not ask for it, in the same unit.
 
@@ -71,7 +73,7 @@ def score_rows(cell_features: Sequence[np.ndarray], reference: np.ndarray, basel
         if span < 1e-9:  # the baseline already is the dataset: nothing to measure against
             values = [float("nan")] * len(features)
         elif has_trigger:
-            values = [1.0 - float(np.linalg.norm(f - reference)) / span for f in features]
+            values = [float((f - base) @ (reference - base)) / span**2 for f in features]
         else:
             values = [float(np.linalg.norm(f - base)) / span for f in features]
         out.append(RowScores(checkpoint, has_trigger, values))
