@@ -20,7 +20,7 @@ score at any strength. Below ``MIN_GAIN`` at every strength there is no recommen
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -90,7 +90,6 @@ class Recommendation:
     bleed: list[float]  # mean bleed per strength (NaN where there is no row without the trigger)
     strength: float | None = None
     reason: str = ""
-    notes: list[str] = field(default_factory=list)
 
     def at(self, values: list[float]) -> float:
         return values[self.strengths.index(self.strength)] if self.strength is not None else float("nan")
