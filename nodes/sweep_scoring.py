@@ -162,7 +162,7 @@ def write_into_file(lora: LoRAWeights, name: str, verdict: Verdict) -> str:
     atomically); the report line saying what happened, '' when the LoRA did not come from Save LoRA."""
     path = getattr(lora, "file", None)
     chosen = next((rec for rec in verdict.recommendations if rec.checkpoint == name), None)
-    if path is None:
+    if path is None or not verdict.scorer:  # not from Save LoRA, or not scored (the report says why)
         return ""
     if chosen is None or chosen.strength is None:
         return f"{Path(path).name}: no recommendation to write into its metadata"
