@@ -261,20 +261,22 @@ def grid_outputs(*, grid: str, report: str) -> list:
 
 
 def finish_grid(cls, rows: list[list[np.ndarray]], column_labels: list[str], row_labels: list[str], header: list[str],
-                notes: list[str], prefix: str, info: dict, animated: list[dict] | None = None):
+                notes: list[str], prefix: str, info: dict, animated: list[dict] | None = None,
+                marked: list[tuple[int, int]] = (), more_outputs: tuple = ()):
     """The node's result for ``grid_outputs``: the labelled grid (saved under ``prefix`` and shown on the
-    node), every cell as a batch, and the notes as the report; ``animated`` (saved clips' UI entries) are
+    node; the (row, column) cells in ``marked`` framed), every cell as a batch, the notes as the report,
+    then ``more_outputs`` (the node's outputs after those three); ``animated`` (saved clips' UI entries) are
     shown on the node after the grid."""
     from comfy_api.latest import io
 
-    grid = labelled_grid(rows, column_labels, row_labels, header)
+    grid = labelled_grid(rows, column_labels, row_labels, header, marked=marked)
     images = torch.from_numpy(np.stack([cell for row in rows for cell in row]))
     saved = save_grid(cls, grid, prefix, info)
     report = "\n".join(notes)
     shown = {"images": [saved, *(animated or [])], "text": [report]}
     if animated:
         shown["animated"] = (True,)  # as SaveAnimatedWEBP says it: the frontend shows them as animations
-    return io.NodeOutput(torch.from_numpy(grid)[None], images, report, ui=shown)
+    return io.NodeOutput(torch.from_numpy(grid)[None], images, report, *more_outputs, ui=shown)
 
 
 def save_grid(cls, grid: np.ndarray, prefix: str, info: dict) -> dict:

@@ -75,5 +75,6 @@ class SaveCheckpoint(io.ComfyNode):
         saved = LoRAWeights(lora, getattr(lora, "metadata", {}))
         saved.metadata["ss_output_name"] = path.stem
         save_lora(saved, path, overwrite=True)
+        saved.file = path  # the strength sweep writes its recommendation back into this file
         name = path.relative_to(root).as_posix()
         return io.NodeOutput(saved, name, ui=ui.PreviewText(f"Saved {name}\n{path}"))

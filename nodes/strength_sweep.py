@@ -15,7 +15,8 @@ from ..trainer_core.pictures.sweep import (
     plan_grid,
     strength_label,
 )
-from . import clip_cells, grid_render, sweep_warnings
+from . import clip_cells, grid_render, sweep_scoring, sweep_warnings
+from .types import Dataset
 
 CLIP_MODES = ["same as model", "fixed"]
 
@@ -69,9 +70,24 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                     "suits their VAEs), shown in the grid as a strip of 4 frames and saved as an animated WebP in "
                     "ComfyUI's output folder. 1 = still images. Image models always draw still images.",
                 ),
+                Dataset.Input(
+                    "dataset", optional=True,
+                    tooltip="The training dataset (from Load Dataset): connect it to score every cell's likeness "
+                    "to it, mark a recommended strength (and checkpoint) and plot the scores.",
+                ),
+                io.ClipVision.Input(
+                    "clip_vision", optional=True,
+                    tooltip="A CLIP vision model (Load CLIP Vision, models/clip_vision) to judge likeness with. "
+                    "Without one the cells are compared in the VAE's latent space.",
+                ),
             ],
-            outputs=grid_render.grid_outputs(grid="The labelled grid.",
-                                             report="What was rendered, and any cell that could not be."),
+            outputs=[
+                *grid_render.grid_outputs(grid="The labelled grid; the recommended strength framed in green.",
+                                          report="What was rendered, any cell that could not be, the scores and "
+                                          "the recommendation."),
+                io.Image.Output("scores", display_name="scores",
+                                tooltip="Concept score and bleed against strength (needs the dataset input)."),
+            ],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
         )
@@ -91,7 +107,8 @@ class TestLoRAStrengthSweep(io.ComfyNode):
     def execute(cls, model, clip, vae, lora_name: str, prompts: str, negative: str, strengths: str,
                 include_baseline: bool, clip_strength_mode: str, clip_strength: float, seed: int, steps: int,
                 cfg: float, sampler_name: str, scheduler: str, width: int, height: int, checkpoints: str = "",
-                batch_prompts: bool = False, lora=None, frames: int = clip_cells.DEFAULT_FRAMES) -> io.NodeOutput:
+                batch_prompts: bool = False, lora=None, frames: int = clip_cells.DEFAULT_FRAMES,
+                dataset=None, clip_vision=None) -> io.NodeOutput:
         lora, display_name = grid_render.resolve_new_lora(
             lora, lora_name, unnamed="trained LoRA",
             missing="lora: connect a LoRA (from Train LoRA or Save LoRA) or pick a file in lora_name")
@@ -126,6 +143,9 @@ class TestLoRAStrengthSweep(io.ComfyNode):
         rows = grid_render.render_cells(model, clip, vae, loras, cells, sampling, problems, clips)
         animated, clip_notes = clip_cells.save_cell_clips(cls, clips, frames, "lora_lab/sweeps/clip")
         notes += clip_notes
+        verdict = sweep_scoring.score_sweep(rows, row_loras, strength_list, trigger, dataset, vae, model,
+                                            clip_vision, set(problems), training_steps(loras))
+        notes += verdict.lines + [line for line in [sweep_scoring.write_into_file(lora, display_name, verdict)] if line]
         header = [
             f"LoRA: {display_name}   steps: {metadata.get('ss_steps', '?')}   trigger: {trigger or '-'}   seed: {seed}",
             f"{sampler_name} / {scheduler}, {steps} steps, cfg {cfg:g}, {sampling.width}x{sampling.height}"
@@ -135,11 +155,24 @@ class TestLoRAStrengthSweep(io.ComfyNode):
         info = {
             "lora": display_name, "lora_hash": metadata.get("sshs_model_hash") or tensor_data_hash(lora),
             "steps": metadata.get("ss_steps", ""), "seed": seed, "strengths": strength_list, "prompts": prompt_list,
-            "checkpoints": list(loras)[1:], "frames": frames,
+            "checkpoints": list(loras)[1:], "frames": frames, **verdict.info,
         }
         column_labels = [strength_label(s) for s in strength_list]
-        return grid_render.finish_grid(cls, rows, column_labels, row_labels, header, notes, "lora_lab/sweeps/grid", info,
-                                       animated)
+        row_labels = sweep_scoring.mark_labels(row_labels, row_loras, verdict)
+        header += sweep_scoring.header_lines(verdict)
+        return grid_render.finish_grid(cls, rows, column_labels, row_labels, header, notes, "lora_lab/sweeps/grid",
+                                       info, animated, marked=verdict.marked, more_outputs=(sweep_scoring.plot_tensor(verdict),))
+
+
+def training_steps(loras: dict) -> dict[str, int]:
+    """Each LoRA file's ``ss_steps`` (0 when missing or not a number)."""
+    out = {}
+    for name, weights in loras.items():
+        try:
+            out[name] = int(float(getattr(weights, "metadata", {}).get("ss_steps", 0) or 0))
+        except (TypeError, ValueError):
+            out[name] = 0
+    return out
 
 
 def resolve_lora_names(text: str) -> list[str]:

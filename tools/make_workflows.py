@@ -135,11 +135,13 @@ def _train_then_test(
         clip=checkpoint[1],
         vae=checkpoint[2],
         lora=saved[0],
+        dataset=dataset[0],
         **sweep_inputs,
     )
     flow.node("PreviewAny", "Dataset report", source=dataset[1])
     flow.node("PreviewImage", "Loss curve", size=LOSS_CURVE_SIZE, images=trained[2])
     flow.node("PreviewImage", "Strength grid", size=GRID_PREVIEW_SIZE, images=sweep[0])
+    flow.node("PreviewImage", "Scores and recommended strength", size=LOSS_CURVE_SIZE, images=sweep[3])
     return flow
 
 

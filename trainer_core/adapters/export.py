@@ -71,6 +71,7 @@ class LoRAWeights(dict):
     """
 
     metadata: dict[str, str]
+    file: Path | None = None  # the file Save LoRA wrote these weights to (None: not saved, or loaded from disk)
 
     def __init__(self, tensors: Mapping[str, torch.Tensor] | None = None, metadata: Mapping[str, str] | None = None):
         super().__init__(tensors or {})
@@ -209,6 +210,21 @@ def load_lora(path: Path) -> LoRAWeights:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     return LoRAWeights(load_file(str(path)), metadata)
+
+
+def rewrite_metadata(path: Path, expected: Mapping[str, torch.Tensor], extra: Mapping[str, str]) -> None:
+    """Add ``extra`` to the metadata of the LoRA file at ``path``, rewritten atomically (the tensors as they
+    are). ``ValueError`` when the file's tensors are no longer ``expected`` (it was replaced since it was
+    saved): then nothing is written. On any error the file is left as it was."""
+    from safetensors import SafetensorError
+
+    try:
+        on_disk = load_lora(path)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} cannot be read ({error})") from error
+    if on_disk.keys() != expected.keys() or tensor_data_hash(on_disk) != tensor_data_hash(expected):
+        raise ValueError(f"{path.name} holds other weights than this LoRA now (replaced since it was saved)")
+    write_safetensors_atomic(on_disk, path, {**on_disk.metadata, **extra})
 
 
 def metadata_json(value: object) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
 ERROR_TILE = (120, 20, 20)
+MARK = (30, 180, 60)  # the frame around a marked cell (the sweep's recommended strength)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -40,8 +41,10 @@ def labelled_grid(
     row_labels: Sequence[str],
     header: Sequence[str] = (),
     gap: int = 4,
+    marked: Collection[tuple[int, int]] = (),
 ) -> np.ndarray:
-    """``cells[row][column]`` float HxWx3 arrays (0..1) of one size, laid out with labels.
+    """``cells[row][column]`` float HxWx3 arrays (0..1) of one size, laid out with labels; each
+    (row, column) in ``marked`` gets a green frame (in the gap around it, over its outer pixel).
 
     Returns a float32 RGB array in 0..1.
     """
@@ -73,4 +76,8 @@ def labelled_grid(
         for column in range(columns):
             x = label_width + gap + column * (width + gap)
             canvas.paste(_to_image(cells[row][column]), (x, y))
+    for row, column in marked:
+        x, y = label_width + gap + column * (width + gap), top + row * (height + gap)
+        draw.rectangle((x - gap // 2 - 1, y - gap // 2 - 1, x + width + gap // 2, y + height + gap // 2), outline=MARK,
+                       width=gap // 2 + 1)
     return np.asarray(canvas, dtype=np.float32) / 255.0

@@ -1,5 +1,6 @@
 """Pictures of a training run: the loss curve (raw and smoothed) with labelled axes, the validation
-loss on held-out images beside it, and the loss diagnosis's verdicts written under it."""
+loss on held-out images beside it, and the loss diagnosis's verdicts written under it; and the strength
+sweep's concept score and bleed against strength."""
 
 from __future__ import annotations
 
@@ -45,7 +46,6 @@ def loss_curve_image(
     joined, the best checkpoint's ``best_step`` ringed). ``verdicts`` (the loss diagnosis) are written under
     the plot, each in a box: green for a run going well, amber for a problem; the picture grows taller by
     their lines. Returns an RGB float32 array in 0..1."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     dpi = 96
@@ -86,6 +86,13 @@ def loss_curve_image(
         axes.legend(handles, labels, loc="upper right")
     figure.tight_layout(rect=(0, text_height / height, 1, 1))
     _draw_verdicts(figure, verdicts, wrapped, text_height, height)
+    return _pixels(figure)
+
+
+def _pixels(figure) -> np.ndarray:
+    """A laid-out matplotlib figure as an RGB float32 array in 0..1."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
@@ -99,3 +106,41 @@ def _draw_verdicts(figure, verdicts: Sequence[_Verdict], wrapped: list[str], top
         figure.text(0.01, (top - 4) / height, text, fontsize=9, va="top", ha="left", family="DejaVu Sans",
                     bbox={"boxstyle": "square,pad=0.3", "facecolor": colour, "edgecolor": "none"})
         top -= VERDICT_LINE_PIXELS * (text.count("\n") + 1) + 10
+
+
+SCORE_COLOURS = ("#1f4e9c", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def sweep_scores_image(curves: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[float], float | None]],
+                       title: str, size: tuple[int, int] = (512, 320)) -> np.ndarray:
+    """Concept score (solid) and bleed (dashed) against strength, one colour per LoRA file; ``curves`` holds
+    (name, strengths, concept, bleed, recommended strength or None), NaNs are left out; the recommended
+    strength is ringed. Returns an RGB float32 array in 0..1."""
+    from matplotlib.figure import Figure
+
+    dpi = 96
+    figure = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    axes = figure.add_subplot(1, 1, 1)
+    for index, (name, strengths, concept, bleed, chosen) in enumerate(curves):
+        colour = SCORE_COLOURS[index % len(SCORE_COLOURS)]
+        order = np.argsort(strengths)
+        xs = np.asarray(strengths, dtype=float)[order]
+        for values, style, what in ((concept, "-", "concept"), (bleed, "--", "bleed")):
+            ys = np.asarray(values, dtype=float)[order]
+            keep = ~np.isnan(ys)
+            if keep.any():
+                axes.plot(xs[keep], ys[keep], style, color=colour, marker="o", markersize=4, label=f"{what}: {name}")
+        if chosen is not None:
+            axes.axvline(chosen, color=colour, linestyle=":", linewidth=1.2)
+            value = np.asarray(concept, dtype=float)[list(strengths).index(chosen)]
+            axes.plot([chosen], [value], linestyle="none", marker="o", markersize=11, markerfacecolor="none",
+                      markeredgecolor=colour, markeredgewidth=2, label=f"recommended {chosen:g}")
+    axes.axhline(0, color="#999999", linewidth=0.8)
+    axes.set_xlabel("LoRA strength")
+    axes.set_ylabel("score (0 = baseline)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(True, alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="upper left", fontsize=7)
+    figure.tight_layout()
+    return _pixels(figure)

@@ -1,0 +1,198 @@
+"""The strength sweep's scores and recommendation: each cell compared with the dataset, through a CLIP
+vision model when one is connected, else in the VAE's latent space (``trainer_core.pictures.recommend``
+holds the scores' definitions and the rule). Also writes the recommendation into the LoRA file that
+Save LoRA wrote."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import comfy.model_management
+import numpy as np
+import torch
+
+from ..trainer_core.adapters.export import LoRAWeights, rewrite_metadata
+from ..trainer_core.pictures.plots import sweep_scores_image
+from ..trainer_core.pictures.recommend import (
+    Recommendation,
+    latent_features,
+    recommend_checkpoint,
+    recommend_strength,
+    recommendation_metadata,
+    rule_text,
+    score_rows,
+    unit,
+)
+from .bridge import ComfyLatentCodec
+
+MAX_DATASET_IMAGES = 32  # evenly spread over the dataset: enough for its mean, bounded in time
+
+
+@dataclass
+class Verdict:
+    """What the sweep adds to its grid: frames on the recommended cells, report lines, PNG info, the plot."""
+
+    marked: list[tuple[int, int]] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+    plot: np.ndarray | None = None
+    recommendations: list[Recommendation] = field(default_factory=list)
+    checkpoint: Recommendation | None = None
+    scorer: str = ""
+
+
+def has_trigger(prompt: str, trigger: str) -> bool:
+    """Whether the prompt names the trigger word (as a word, any case); without a trigger word every
+    prompt shows the concept."""
+    if not trigger.strip():
+        return True
+    return re.search(rf"(?<!\w){re.escape(trigger.strip())}(?!\w)", prompt, flags=re.IGNORECASE) is not None
+
+
+def dataset_pixels(dataset, width: int, height: int) -> torch.Tensor:
+    """Up to ``MAX_DATASET_IMAGES`` of the dataset's images, evenly spread, resized to the cell size:
+    ``[B, height, width, 3]`` in 0..1."""
+    items = list(dataset.items)
+    if not items:
+        raise ValueError("dataset: it holds no images, so the sweep has nothing to compare its cells with")
+    picks = sorted({round(i) for i in np.linspace(0, len(items) - 1, min(len(items), MAX_DATASET_IMAGES))})
+    images = []
+    for index in picks:
+        image = torch.from_numpy(np.ascontiguousarray(dataset.load_image(items[index])))[None].movedim(-1, 1)
+        image = torch.nn.functional.interpolate(image, size=(height, width), mode="bilinear", antialias=True)
+        images.append(image.movedim(1, -1).clamp(0, 1))
+    return torch.cat(images)
+
+
+def embed(images: torch.Tensor, vae, model, clip_vision) -> np.ndarray:
+    """One feature vector per image ``[B, H, W, 3]``: the CLIP vision embedding (length 1) when a model is
+    connected, else ``latent_features`` of its latent (one image at a time: a video VAE reads a batch as frames)."""
+    with torch.no_grad():
+        if clip_vision is not None:
+            embeds = clip_vision.encode_image(images).image_embeds
+            return unit(embeds.detach().float().cpu().numpy().reshape(len(images), -1))
+        codec = ComfyLatentCodec(vae, model)
+        features = []
+        for image in images:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            latent = codec.encode(image[None]).detach().float().cpu().numpy()[0]
+            features.append(latent_features(latent.reshape(latent.shape[0], latent.shape[-2], -1)))
+    return np.stack(features)
+
+
+def score_sweep(rows: list[list[np.ndarray]], row_loras: list[tuple[str, str]], strengths: list[float],
+                trigger: str, dataset, vae, model, clip_vision, skipped: set[str],
+                steps: dict[str, int] | None = None) -> Verdict:
+    """Scores, recommendations and marks for a rendered sweep; ``row_loras[row]`` is (LoRA name, prompt),
+    ``skipped`` the LoRAs whose cells are error tiles, ``steps`` each LoRA file's training steps (the
+    checkpoint rule prefers the less trained of near-equal files)."""
+    verdict = Verdict()
+    if dataset is None:
+        return _unscored(verdict, "not scored: connect the dataset to score the cells and get a recommended strength")
+    if 0.0 not in strengths:
+        return _unscored(verdict, "not scored: the scores compare each cell with its row's strength-0 cell; turn "
+                                  "include_baseline on")
+    verdict.scorer = "CLIP vision" if clip_vision is not None else "VAE latent (model-free)"
+    height, width = rows[0][0].shape[:2]
+    reference = embed(dataset_pixels(dataset, width, height), vae, model, clip_vision).mean(axis=0)
+    if clip_vision is not None:
+        reference = unit(reference)
+    kept = [r for r, (name, _) in enumerate(row_loras) if name not in skipped]
+    features = [embed(torch.from_numpy(np.stack(rows[r])), vae, model, clip_vision) for r in kept]
+    info = [(row_loras[r][0], has_trigger(row_loras[r][1], trigger)) for r in kept]
+    scores = score_rows(features, reference, strengths.index(0.0), info)
+    names = list(dict.fromkeys(name for name, _ in row_loras if name not in skipped))
+    names.sort(key=lambda name: (steps or {}).get(name, 0))  # stable: files without a step count keep their order
+    verdict.recommendations = [recommend_strength(name, strengths, [s for s in scores if s.checkpoint == name])
+                               for name in names]
+    if len(names) > 1:
+        verdict.checkpoint = recommend_checkpoint(verdict.recommendations)
+    for r, (name, _) in enumerate(row_loras):
+        chosen = next((rec for rec in verdict.recommendations if rec.checkpoint == name), None)
+        if chosen is not None and chosen.strength is not None:
+            verdict.marked.append((r, strengths.index(chosen.strength)))
+    verdict.lines = report_lines(verdict)
+    verdict.info = {"scorer": verdict.scorer, "recommendations": [
+        {"lora": rec.checkpoint, "strength": rec.strength, "concept": _rounded(rec.concept),
+         "bleed": _rounded(rec.bleed), "reason": rec.reason} for rec in verdict.recommendations],
+        "recommended_checkpoint": verdict.checkpoint.checkpoint if verdict.checkpoint else None}
+    verdict.plot = sweep_scores_image(
+        [(rec.checkpoint, strengths, rec.concept, rec.bleed, rec.strength) for rec in verdict.recommendations],
+        f"concept score (solid) and bleed (dashed), {verdict.scorer}")
+    return verdict
+
+
+def _unscored(verdict: Verdict, reason: str) -> Verdict:
+    verdict.lines = [reason]
+    verdict.info = {"scorer": None, "recommendations": [], "recommended_checkpoint": None}
+    verdict.plot = sweep_scores_image([], reason if len(reason) < 70 else "not scored (see the report)")
+    return verdict
+
+
+def _rounded(values: list[float]) -> list[float | None]:
+    return [None if np.isnan(v) else round(float(v), 4) for v in values]
+
+
+def report_lines(verdict: Verdict) -> list[str]:
+    """The recommendation block of the sweep's report (its own lines; other report lines come from elsewhere)."""
+    lines = [f"scores: {verdict.scorer}; concept = share of the way from the baseline to the dataset (along that line), bleed = how "
+             "far a row without the trigger word moved from its baseline (same unit)", rule_text()]
+    for rec in verdict.recommendations:
+        table = ", ".join(f"{s:g}: {_pair(c, b)}" for s, c, b in zip(rec.strengths, rec.concept, rec.bleed, strict=True))
+        lines.append(f"{rec.checkpoint}: concept/bleed per strength {table}")
+        if rec.strength is None:
+            lines.append(f"{rec.checkpoint}: no recommended strength: {rec.reason}")
+        else:
+            lines.append(f"{rec.checkpoint}: recommended strength {rec.strength:g} (green frame): {rec.reason}")
+    if verdict.checkpoint is not None:
+        lines.append(f"recommended checkpoint: {verdict.checkpoint.checkpoint} at strength "
+                     f"{verdict.checkpoint.strength:g} (highest concept score minus bleed within the bleed limit; "
+                     "near-ties go to the file with fewer training steps)")
+    return lines
+
+
+def _pair(concept: float, bleed: float) -> str:
+    return "/".join("-" if np.isnan(v) else f"{v:.2f}" for v in (concept, bleed))
+
+
+def write_into_file(lora: LoRAWeights, name: str, verdict: Verdict) -> str:
+    """Put the recommendation into the metadata of the file Save LoRA wrote for ``lora`` (rewritten
+    atomically); the report line saying what happened, '' when the LoRA did not come from Save LoRA."""
+    path = getattr(lora, "file", None)
+    chosen = next((rec for rec in verdict.recommendations if rec.checkpoint == name), None)
+    if path is None or not verdict.scorer:  # not from Save LoRA, or not scored (the report says why)
+        return ""
+    if chosen is None or chosen.strength is None:
+        return f"{Path(path).name}: no recommendation to write into its metadata"
+    keys = recommendation_metadata(chosen, verdict.scorer, verdict.checkpoint)
+    try:
+        rewrite_metadata(Path(path), lora, keys)
+    except (OSError, ValueError) as error:
+        return f"{path}: the recommendation was not written into the file ({error}); the file is unchanged"
+    return f"{Path(path).name}: lora_lab_recommended_strength = {chosen.strength:g} written into its metadata"
+
+
+def mark_labels(row_labels: list[str], row_loras: list[tuple[str, str]], verdict: Verdict) -> list[str]:
+    """Row labels with 'recommended checkpoint' before the rows of the recommended file."""
+    if verdict.checkpoint is None:
+        return row_labels
+    return [f"[recommended checkpoint] {label}" if name == verdict.checkpoint.checkpoint else label
+            for label, (name, _) in zip(row_labels, row_loras, strict=True)]
+
+
+def header_lines(verdict: Verdict) -> list[str]:
+    """The grid's header line with the recommendation (green frame = recommended strength)."""
+    chosen = [rec for rec in verdict.recommendations if rec.strength is not None]
+    if not verdict.scorer:
+        return []
+    if not chosen:
+        return [f"no recommended strength ({verdict.scorer} scores): see the report"]
+    best = verdict.checkpoint or chosen[0]
+    return [f"recommended strength {best.strength:g} (green frame), scored by {verdict.scorer}"]
+
+
+def plot_tensor(verdict: Verdict) -> torch.Tensor:
+    """The scores plot as an IMAGE batch of one."""
+    return torch.from_numpy(np.ascontiguousarray(verdict.plot))[None]
