@@ -211,7 +211,7 @@ def test_the_sweep_nodes_report_the_size_they_drew(sampler, capsys, monkeypatch)
     with torch.inference_mode():  # as ComfyUI runs every node
         result = strength_sweep.TestLoRAStrengthSweep.execute(
             model=patcher, clip=FakeClip("flux2"), vae=family_vae("flux2"), **inputs)
-    _, images, report = result.result
+    _, images, report, _ = result.result  # grid, cells, report, scores plot
     assert tuple(images.shape[1:3]) == (48, 80)  # 40 -> 48 (nearest step of 16), 72 -> 80
     assert "72x40 is drawn at 80x48" in report and "72x40 is drawn at 80x48" in capsys.readouterr().out
 
@@ -269,7 +269,7 @@ def test_pixart_draws_small_sizes_at_the_nearest_it_can_make(sampler, capsys, mo
                   sampler_name="euler", scheduler="simple", width=WIDTH, height=HEIGHT, lora_name=grid_render.NO_FILE,
                   lora=zero_lora(patcher, "blocks.0."))
     with torch.inference_mode():
-        _, images, report = strength_sweep.TestLoRAStrengthSweep.execute(model=patcher, clip=clip, vae=vae,
+        _, images, report, _ = strength_sweep.TestLoRAStrengthSweep.execute(model=patcher, clip=clip, vae=vae,
                                                                          **inputs).result
     assert tuple(images.shape[1:3]) == (208, 336)  # 80x48 grown 4.125x (330x198), keeping its shape, to steps of 16
     assert "80x48 is drawn at 336x208" in report

@@ -87,7 +87,7 @@ def test_the_sweep_on_a_video_model_shows_frame_strips_and_saves_the_clips_comfy
     patcher, clip, vae = family_patcher("wan21"), FakeClip("wan21"), family_vae("wan21")
     lora = random_lora(patcher)
     result = sweep(patcher, clip, vae, lora)
-    grid, images, report = result.result
+    grid, images, report, _scores = result.result
     ui = result.ui if isinstance(result.ui, dict) else result.ui.as_dict()
 
     # Two cells (strength 0 and 1), each a strip of 4 frames side by side.
@@ -115,13 +115,13 @@ def test_the_sweep_on_a_video_model_shows_frame_strips_and_saves_the_clips_comfy
 def test_frames_1_draws_still_images_and_an_image_model_ignores_frames(output_folder):
     patcher, clip, vae = family_patcher("wan21"), FakeClip("wan21"), family_vae("wan21")
     result = sweep(patcher, clip, vae, random_lora(patcher), frames=1)
-    _, images, report = result.result
+    _, images, report, _ = result.result
     assert tuple(images.shape) == (2, HEIGHT, WIDTH, 3) and "animated" not in report
     assert not list(output_folder.rglob("*.webp"))
 
     sdxl = family_patcher("sdxl")
     result = sweep(sdxl, FakeClip("sdxl"), family_vae("sdxl"), random_lora(sdxl), strengths="1", frames=17)
-    _, images, report = result.result
+    _, images, report, _ = result.result
     assert tuple(images.shape) == (2, HEIGHT, WIDTH, 3) and "frames" not in report
     assert not list(output_folder.rglob("*.webp"))
 
