@@ -7,7 +7,8 @@ and steps.
 Arms: ComfyUI's TrainLoraNode (LoRA on every weight of 2+ dimensions, convolutions and time embedding
 included, plus a trained difference on every bias and norm); LoRA Lab with its default target; LoRA Lab on
 the layers closest to native's (every linear layer, ``all_linear``, and the ResBlock convolutions at the same
-rank, ``conv_rank``); the bare peft loop on LoRA Lab's default layers. Every arm prints its trainable
+rank, ``conv_rank``); LoRA Lab's default arm again as a process's first training run (the libraries Train LoRA
+imports on first use, peft and diffusers' schedules, imported inside the memory window); the bare peft loop on LoRA Lab's default layers. Every arm prints its trainable
 parameter count and what it trains, so the ratios say what they compare.
 
 Each arm runs ``--repeats`` times in its own child process (interleaved, so a machine getting busier weighs on
@@ -68,11 +69,12 @@ def import_training_libraries() -> None:
     import peft  # noqa: F401
 
 
-def _lora_lab(args, target: str, conv_rank: int = 0) -> dict:
+def _lora_lab(args, target: str, conv_rank: int = 0, first_run: bool = False) -> dict:
     import torch
 
     checkpoint, folder = prepare(args)
-    import_training_libraries()
+    if not first_run:
+        import_training_libraries()
     import comfy.sd
     from lora_lab.nodes import bridge
     from lora_lab.trainer_core.adapters.config import LoRAConfig
@@ -105,6 +107,12 @@ def _lora_lab(args, target: str, conv_rank: int = 0) -> dict:
 
 def run_lora_lab(args) -> dict:
     return _lora_lab(args, args.target)
+
+
+def run_lora_lab_first_run(args) -> dict:
+    """The default arm as the first training run in a fresh ComfyUI process: peft and diffusers' schedules are
+    imported inside the memory window, where Train LoRA first needs them."""
+    return _lora_lab(args, args.target, first_run=True)
 
 
 def run_lora_lab_like_native(args) -> dict:
@@ -208,11 +216,12 @@ def run_peft_floor(args) -> dict:
             "trainable": sum(p.numel() for p in params), "trains": f"LoRA on {len(targets)} layers (target {args.target})"}
 
 
-VARIANTS = {"comfy_native": run_comfy_native, "lora_lab": run_lora_lab,
+VARIANTS = {"comfy_native": run_comfy_native, "lora_lab": run_lora_lab, "lora_lab_first_run": run_lora_lab_first_run,
             "lora_lab_like_native": run_lora_lab_like_native, "peft_floor": run_peft_floor}
 LABELS = {
     "comfy_native": "ComfyUI TrainLoraNode",
     "lora_lab": "LoRA Lab TrainLoRA",
+    "lora_lab_first_run": "LoRA Lab, 1st run in process",
     "lora_lab_like_native": "LoRA Lab, native's layers",
     "peft_floor": "bare peft loop (floor)",
 }
