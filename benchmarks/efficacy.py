@@ -3,7 +3,7 @@ ComfyUI's own TrainLoraNode, on the same images, steps, batch 1, rank and learni
 
     .venv/bin/python benchmarks/efficacy.py                  # 7 min on 2 CPU cores at load ~2, 12 at ~15
     .venv/bin/python benchmarks/efficacy.py --seeds 8 --train-seeds 2    # more repeats (opt-in)
-    .venv/bin/python benchmarks/efficacy.py --variant "a64_g1:alpha=64,min_snr_gamma=1"   # README's table
+    .venv/bin/python benchmarks/efficacy.py --seeds 4 --train-seeds 2 --variant "a64:alpha=64"   # README's table
 
 The concept is a plus-shaped cross (tools/shape_score.py), a shape the toy base (tools/toy_model.py)
 never drew, on 12 procedural pictures, each in its own colour pair so that only the shape is common;

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import common  # noqa: E402
-from train import prepare  # noqa: E402
+from train import import_training_libraries, prepare  # noqa: E402
 
 VARIANTS = {
     "as_loaded": {},
@@ -39,6 +39,7 @@ def run(args, options: dict) -> dict:
     import torch
 
     checkpoint, folder = prepare(args)
+    import_training_libraries()  # a one-time import is not what a memory option saves or costs
     import comfy.sd
     from lora_lab.nodes import bridge
     from lora_lab.trainer_core.adapters.config import LoRAConfig

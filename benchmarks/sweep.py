@@ -4,7 +4,8 @@
 
 In one ComfyUI session on the tiny SD1.5 checkpoint, with a LoRA trained first (not timed):
   A. the sweep node: 7 strengths x 4 prompts (28 images, one grid), then again with batch_prompts;
-  B. one graph with 28 plain KSampler + VAEDecode chains (no LoRA): the sampling floor;
+  B. one graph with the 4 prompts encoded once and 28 plain KSampler + VAEDecode chains (no LoRA): the sampling
+     floor, like for like;
   C. 28 queued graphs, each LoraLoader + CLIPTextEncode + KSampler + VAEDecode: what a user does by hand.
 Every arm is timed the same way, by this client from queueing its graphs to the end of the last, repeated
 (interleaved, a new seed each round so that ComfyUI's cache answers nothing) and reported as median and
@@ -39,11 +40,13 @@ CKPT = "tiny.safetensors"
 LORA = "bench/rings.safetensors"
 
 
-def sampler_chain(graph: Graph, checkpoint, model, clip, prompt: str, args, prefix: str, seed: int = 1) -> None:
-    positive = graph.node("CLIPTextEncode", clip=clip, text=prompt)
-    negative = graph.node("CLIPTextEncode", clip=clip, text="")
+def encode(graph: Graph, clip, prompt: str):
+    return graph.node("CLIPTextEncode", clip=clip, text=prompt)[0]
+
+
+def sampler_chain(graph: Graph, checkpoint, model, positive, negative, args, prefix: str, seed: int = 1) -> None:
     latent = graph.node("EmptyLatentImage", width=args.size, height=args.size, batch_size=1)
-    sampled = graph.node("KSampler", model=model, positive=positive[0], negative=negative[0], latent_image=latent[0],
+    sampled = graph.node("KSampler", model=model, positive=positive, negative=negative, latent_image=latent[0],
                          seed=seed, steps=args.steps, cfg=4.0, sampler_name="euler", scheduler="normal", denoise=1.0)
     decoded = graph.node("VAEDecode", samples=sampled[0], vae=checkpoint[2])
     graph.node("SaveImage", images=decoded[0], filename_prefix=prefix)
@@ -73,13 +76,17 @@ def sweep_graph(server: ComfyServer, args, seed: int, batch_prompts: bool) -> li
 
 
 def plain_graph(server: ComfyServer, args, seed: int) -> list[dict]:
-    """The same number of plain KSampler images (no LoRA) in one graph: the sampling floor."""
+    """The same images as the sweep without a LoRA, in one graph: its 4 prompts (and the empty negative) encoded
+    once, as the sweep encodes them, and one KSampler + VAEDecode per image (a sampling seed per strength, so no
+    two chains are the same graph node and ComfyUI's cache answers none): the sampling floor."""
     graph = Graph()
     checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    negative = encode(graph, checkpoint[1], "")
+    positives = [encode(graph, checkpoint[1], prompt) for prompt in PROMPTS]
     for index in range(len(STRENGTHS)):
-        for prompt in PROMPTS:
-            sampler_chain(graph, checkpoint, checkpoint[0], checkpoint[1], f"{prompt} {index}", args, f"plain_{index}",
-                          seed)
+        for number, positive in enumerate(positives):
+            sampler_chain(graph, checkpoint, checkpoint[0], positive, negative, args, f"plain_{index}_{number}",
+                          seed * 100 + index)
     return [graph.to_api()]
 
 
@@ -92,7 +99,8 @@ def separate_graphs(server: ComfyServer, args, seed: int) -> list[dict]:
             checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
             loaded = graph.node("LoraLoader", model=checkpoint[0], clip=checkpoint[1], lora_name=LORA,
                                 strength_model=strength, strength_clip=strength)
-            sampler_chain(graph, checkpoint, loaded[0], loaded[1], prompt, args, f"separate_{strength}", seed)
+            sampler_chain(graph, checkpoint, loaded[0], encode(graph, loaded[1], prompt), encode(graph, loaded[1], ""),
+                          args, f"separate_{strength}", seed)
             graphs.append(graph.to_api())
     return graphs
 

@@ -51,7 +51,7 @@ def test_unconnected_settings_mean_the_core_defaults():
     from lora_lab.trainer_core.training.schedulers import SchedulerConfig
 
     settings = train_settings.merged_settings(train_lora.SETTINGS_NODES, {})
-    widgets = {"steps": 0, "epochs": 10, "learning_rate": 1e-4, "batch_size": 1, "seed": 0,
+    widgets = {"steps": 0, "epochs": 10, "learning_rate": 5e-4, "batch_size": 1, "seed": 0,
                "weight_decay": optimizer_config(settings, "AdamW").weight_decay}
     training = train_lora._training_config(settings, **widgets)
     assert training == TrainingConfig()

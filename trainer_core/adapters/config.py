@@ -34,7 +34,8 @@ class LoRAConfig:
     )
     rank: int = described("LoRA rank (network dim): how much the LoRA can learn. 8-32 for most subjects.", 16)
     alpha: float = described(
-        "LoRA alpha: the LoRA is scaled by alpha / rank. alpha = rank gives scale 1; rank/2 is gentler.", 16.0
+        "LoRA alpha: the LoRA is scaled by alpha / rank. The default 32 at rank 16 is scale 2, for short runs;"
+        " alpha = rank gives scale 1, rank/2 is gentler (the presets' values for longer runs).", 32.0
     )
     dropout: float = described(
         "Dropout inside the LoRA layers during training only (0 = off, 0.1 typical). lora and dora only.", 0.0

@@ -2,7 +2,8 @@
 
 Every field carries its help text (``trainer_core.fields``); the nodes reuse it as the tooltip so the
 canvas and the headless runner describe a setting the same way. Defaults follow the guides in
-``ANCHORS.md`` (learning rate 1e-4, min-SNR gamma 5).
+``ANCHORS.md`` (the UNet learning rate 5e-4 some guides use, min-SNR gamma 5; the presets carry the
+1e-4 of the longer runs).
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ class TrainingConfig:
         "Optimizer steps. 0 = derive from the dataset: images x repeats x epochs / batch size.", 0
     )
     epochs: int = described("Used only when steps is 0: how many passes over the dataset (with repeats).", 10)
-    learning_rate: float = described("Learning rate of the LoRA weights (1e-4 is the guides' default).", 1e-4)
+    learning_rate: float = described(
+        "Learning rate of the LoRA weights. 5e-4 (the guides' UNet rate) teaches a short run; the presets"
+        " use 1e-4 for their longer runs.", 5e-4
+    )
     text_encoder_lr: float = described(
         "Learning rate of a LoRA in the text encoder(s): the CLIP encoders' attention and MLP layers (T5's too"
-        " with train_t5; language-model encoders are refused). 0 = the text encoder is not trained: UNet only (the default). kohya's usual value is about half the UNet's, e.g. 5e-5. With"
+        " with train_t5; language-model encoders are refused). 0 = the text encoder is not trained: UNet only (the default). The guides use 1e-4 with the UNet at 5e-4, or 5e-5 with it at 1e-4. With"
         " Prodigy it scales Prodigy's own step size like learning_rate does: use about 0.5-1.0 there.",
         0.0,
     )
