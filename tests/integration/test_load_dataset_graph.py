@@ -55,8 +55,11 @@ def test_load_dataset_is_listed_with_tooltips(comfy_server: ComfyServer) -> None
     assert info["output"] == ["LORALAB_DATASET", "STRING", "IMAGE"]
     required = info["input"]["required"]
     assert required["folder"][0] == "STRING" and required["on_bad_file"][0] == "COMBO"
-    assert list(required) == list(WIDGETS)
-    assert all(spec[1].get("tooltip") for spec in required.values())
+    optional = info["input"]["optional"]  # appended after the first release: API graphs without them still run
+    assert list(required) + list(optional) == [*WIDGETS, "quality_checks"]
+    assert list(optional) == ["frame_count", "frame_stride", "target_fps", "frame_start", "clip_windows",
+                              "short_clips", "quality_checks"]
+    assert all(spec[1].get("tooltip") for spec in [*required.values(), *optional.values()])
 
 
 def test_runs_in_a_graph_and_reruns_only_when_files_change(comfy_server: ComfyServer) -> None:
