@@ -69,19 +69,23 @@ export async function applyPreset(node, name) {
   return applied;
 }
 
-// Prodigy finds its own step size and wants learning rate 1.0; the others want about 1e-4. Picking an
-// optimizer moves a learning rate that is clearly for the other kind (a user's own value in range stays).
+// Train LoRA's own default learning rate, read from its definition when the node type registers.
+let defaultRate = 5e-4;
+
+// Prodigy finds its own step size and wants learning rate 1.0; the others want Train LoRA's default. Picking
+// an optimizer moves a learning rate that is clearly for the other kind (a user's own value in range stays).
 function followOptimizer(node, optimizer) {
   const lr = node.widgets?.find((w) => w.name === "learning_rate");
   if (!lr) return;
   if (optimizer === "Prodigy" && lr.value < 0.1) setWidget(node, "learning_rate", 1.0);
-  else if (optimizer !== "Prodigy" && lr.value >= 0.1) setWidget(node, "learning_rate", 1e-4);
+  else if (optimizer !== "Prodigy" && lr.value >= 0.1) setWidget(node, "learning_rate", defaultRate);
 }
 
 app.registerExtension({
   name: "LoRALab.TrainPresets",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== "TrainLoRA") return;
+    defaultRate = nodeData.input?.required?.learning_rate?.[1]?.default ?? defaultRate;
     const created = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const result = created?.apply(this, arguments);

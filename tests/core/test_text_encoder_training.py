@@ -230,6 +230,6 @@ def test_metadata_records_text_encoder_training_and_clip_skip():
     unet_only = meta()
     assert unet_only["ss_network_train_unet_only"] == "true" and unet_only["ss_text_encoder_lr"] == "0.0"
     assert unet_only["ss_clip_skip"] == "1"
-    both = meta(text_encoder_lr=5e-5, clip_skip=2)
+    both = meta(learning_rate=1e-4, text_encoder_lr=5e-5, clip_skip=2)
     assert both["ss_network_train_unet_only"] == "false" and both["ss_text_encoder_lr"] == "5e-05"
     assert both["ss_clip_skip"] == "2" and both["ss_unet_lr"] == "0.0001"

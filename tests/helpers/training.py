@@ -113,3 +113,15 @@ def trained_and_loaded_back(server: ComfyServer, folder: str, runs: dict[str, di
     after_result = server.run(after.to_api()).raise_for_error()
     return dict(server=server, train=train_result, after=after_result, nodes=nodes, base=(base_image, base_latent),
                 after_log=server.log_text(since=log_start))
+
+
+def colour_pixels(path, colour: str, tolerance: int) -> int:
+    """How many pixels of the picture at ``path`` are within ``tolerance`` (0-255, per channel) of ``colour``
+    ('#rrggbb')."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(pixels - rgb).max(axis=-1) <= tolerance).sum())

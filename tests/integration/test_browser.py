@@ -342,8 +342,11 @@ def test_an_sdxl_preset_wires_memory_settings_into_the_shipped_workflow(page, co
 
 
 def test_picking_prodigy_sets_its_learning_rate_and_back(page):
-    """Prodigy wants learning rate 1.0 (it finds its own step size); AdamW's 1e-4 would make every
-    step 10,000 times too small. Picking it in the canvas moves the rate; picking AdamW moves it back."""
+    """Prodigy wants learning rate 1.0 (it finds its own step size); AdamW's 5e-4 would make every
+    step 2,000 times too small. Picking it in the canvas moves the rate; picking AdamW moves it back to
+    Train LoRA's default."""
+    from trainer_core.training.config import TrainingConfig
+
     _load(page, load_ui("train_then_test_sd15"), "prodigy_check")
     pick = """(name) => {
         const trainer = app.graph._nodes.find(n => n.type === 'TrainLoRA');
@@ -353,6 +356,6 @@ def test_picking_prodigy_sets_its_learning_rate_and_back(page):
         return trainer.widgets.find(w => w.name === 'learning_rate').value;
     }"""
     assert page.evaluate(pick, "Prodigy") == 1.0
-    assert page.evaluate(pick, "AdamW") == 1e-4
+    assert page.evaluate(pick, "AdamW") == TrainingConfig().learning_rate == 5e-4
     assert page.evaluate(SET_WIDGETS_JS, {"TrainLoRA": {"learning_rate": 3e-4}}) == []
     assert page.evaluate(pick, "Lion") == 3e-4  # a user's own rate for an Adam-like optimizer stays

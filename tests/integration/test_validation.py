@@ -16,12 +16,11 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tests.helpers.toy import install_toy_checkpoint
-from tests.helpers.training import load_dataset_node, refusal_message, train_node
+from tests.helpers.training import colour_pixels, load_dataset_node, refusal_message, train_node
 from tools.comfy_server import ComfyServer
 from tools.graph import Graph
 from tools.toy_scenes import DEMO_CONCEPT, write_concept_dataset
@@ -51,9 +50,7 @@ def lora_file(server: ComfyServer, name: str) -> tuple[dict, dict]:
 
 
 def red_pixels(path) -> int:
-    image = np.asarray(Image.open(path).convert("RGB")).astype(int)
-    red = np.array([int(VALIDATION_COLOUR[i : i + 2], 16) for i in (1, 3, 5)])
-    return int((np.abs(image - red).max(axis=-1) <= 12).sum())
+    return colour_pixels(path, VALIDATION_COLOUR, tolerance=12)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,16 @@ import av
 from PIL import Image, ImageSequence
 
 from .dataset_folder import VIDEO_EXTENSIONS, frame_files
-from .image_files import _DECODE_ERRORS, Color, ImageFileError, Size, decode_rgb, read_header, to_rgb
+from .image_files import (
+    _DECODE_ERRORS,
+    Color,
+    ImageFileError,
+    Size,
+    decode_rgb,
+    nonempty_size,
+    read_header,
+    to_rgb,
+)
 
 ClipKind = Literal["video", "animation", "frames"]
 _VIDEO_FIX = (
@@ -75,12 +84,7 @@ def read_clip_header(path: Path, kind: ClipKind) -> ClipHeader:
             raise ImageFileError(path, "holds no frames any more")
         header = read_header(frames[0])
         return ClipHeader("frames", len(frames), 0.0, header.size)
-    try:
-        byte_count = path.stat().st_size
-    except OSError as error:
-        raise ImageFileError(path, f"cannot be read ({error.strerror or error})") from error
-    if byte_count == 0:
-        raise ImageFileError(path, "is empty (0 bytes)")
+    nonempty_size(path)
     return _video_header(path) if kind == "video" else _animation_header(path)
 
 

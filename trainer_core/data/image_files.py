@@ -75,18 +75,24 @@ def parse_color(text: str) -> Color:
     return int(rgb[0]), int(rgb[1]), int(rgb[2])
 
 
-def read_header(path: Path) -> ImageHeader:
-    """Size, format and orientation of an image file, reading only its header (and its last bytes).
-
-    Raises ``ImageFileError`` for empty, unreadable, non-image, oversized or truncated files.
-    """
-    path = Path(path)
+def nonempty_size(path: Path) -> int:
+    """The file's size in bytes; raises ``ImageFileError`` when it cannot be looked at or holds no bytes."""
     try:
         byte_count = path.stat().st_size
     except OSError as error:
         raise ImageFileError(path, f"cannot be read ({error.strerror or error})") from error
     if byte_count == 0:
         raise ImageFileError(path, "is empty (0 bytes)")
+    return byte_count
+
+
+def read_header(path: Path) -> ImageHeader:
+    """Size, format and orientation of an image file, reading only its header (and its last bytes).
+
+    Raises ``ImageFileError`` for empty, unreadable, non-image, oversized or truncated files.
+    """
+    path = Path(path)
+    byte_count = nonempty_size(path)
     with _open(path) as image:
         orientation = _orientation(image)
         header = ImageHeader(
