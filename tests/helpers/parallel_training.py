@@ -5,7 +5,8 @@ Every process builds the same tiny models and dataset (seeded), trains through `
 report, not a training file). Training's checkpoints go to ``<checkpoints>/rank<r>/``: under data
 parallel only the main process's folder may fill. ``--kill-rank R --kill-at S`` SIGKILLs process R
 right after it finishes step S, as a crash would; ``--fail-rank R --fail-at S`` makes
-process R raise there.
+process R raise there; ``--kill-in state|lora --kill-at S`` SIGKILLs the process as the checkpoint of step S
+starts to write that file (its resume state, or its LoRA, written after the state).
 
     accelerate launch --multi_gpu --num_processes 2 ... tests/helpers/parallel_training.py --report R ...
 """
@@ -53,7 +54,25 @@ class WordTextEncoder:
         return out
 
 
+def kill_while_saving(which: str, step: int) -> None:
+    """SIGKILL this process when the checkpoint of ``step`` starts to write ``which`` ("state" or "lora")."""
+    from trainer_core.training import bookkeeping
+
+    name = {"state": "save_training_state", "lora": "save_lora"}[which]
+    write = getattr(bookkeeping, name)
+
+    def killed_at_step(*args, **kwargs):
+        saving = args[1]["step"] if which == "state" else int(args[0].metadata["ss_steps"])
+        if saving == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return write(*args, **kwargs)
+
+    setattr(bookkeeping, name, killed_at_step)
+
+
 def run(args: argparse.Namespace, parallel: SingleProcess) -> dict[str, object]:
+    if getattr(args, "kill_in", ""):
+        kill_while_saving(args.kill_in, args.kill_at)
     unet, vae, alphas = tiny_models()
     training = TrainingConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=2e-3, seed=3,
                               noise_offset=0.05)
@@ -91,6 +110,7 @@ def main() -> None:
     parser.add_argument("--resume", default="")
     parser.add_argument("--kill-rank", type=int, default=-1)
     parser.add_argument("--kill-at", type=int, default=-1)
+    parser.add_argument("--kill-in", choices=["state", "lora"], default="")
     parser.add_argument("--fail-rank", type=int, default=-1)
     parser.add_argument("--fail-at", type=int, default=-1)
     parser.add_argument("--step-seconds", type=float, default=0.0)

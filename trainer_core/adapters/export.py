@@ -158,13 +158,13 @@ def write_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: Path, me
         os.replace(temp_name, path)
     except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
-        if _is_disk_full(error):
+        if is_disk_full(error):
             needed = len(save(on_cpu, metadata=dict(metadata)))
             raise OSError(errno.ENOSPC, disk_full_message(path, needed)) from error
         raise
 
 
-def _is_disk_full(error: BaseException) -> bool:
+def is_disk_full(error: BaseException) -> bool:
     return getattr(error, "errno", None) == errno.ENOSPC or "os error 28" in str(error)
 
 

@@ -4,6 +4,7 @@ makes N steps + resume + N steps equal 2N steps straight."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from .results import TrainingError
 from .run import TrainingRun
 from .text_encoder import restore_text_encoder_state, text_encoder_state
 from .validation import best_checkpoint, checkpoints_to_prune, record_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def extract_weights(adapter: InjectedAdapter, key_namer: KeyNamer) -> dict[str, torch.Tensor]:
@@ -47,18 +50,16 @@ def export_weights(run: TrainingRun) -> LoRAWeights:
 
 
 def save_checkpoint(run: TrainingRun, policy: CheckpointPolicy, wait: bool = True) -> Path:
-    """A LoRA file LoraLoader can load, and the state to resume from (both written atomically).
+    """The state to resume from, then a LoRA file LoraLoader can load (each written atomically): a run
+    stopped between the two has the state of a step whose LoRA is missing, never the reverse.
 
     Only the main process writes; with ``wait`` every process waits until it has, so none reads a
     half-written file (a run stopping on a failure does not wait: the others may be gone)."""
     path = policy.lora_path(run.step)
     validation_keys = record_checkpoint(run, run.step)
     if run.parallel.is_main:
-        weights = export_weights(run)
-        weights.metadata.update({"ss_steps": str(run.step), "lora_lab_checkpoint_step": str(run.step),
-                                 **validation_keys})
-        save_lora(weights, path, overwrite=True)
         save_training_state(policy.state_path, state_dict(run))
+        _save_checkpoint_lora(run, path, validation_keys)
     run.saved_checkpoints.append(path)
     if policy.keep_last > 0:  # the best checkpoint so far (with validation) is kept too
         best = best_checkpoint(run, policy)
@@ -70,6 +71,29 @@ def save_checkpoint(run: TrainingRun, policy: CheckpointPolicy, wait: bool = Tru
                 old.unlink(missing_ok=True)
     if wait:
         run.parallel.barrier()
+    return path
+
+
+def _save_checkpoint_lora(run: TrainingRun, path: Path, validation_keys: dict[str, str]) -> None:
+    weights = export_weights(run)
+    weights.metadata.update({"ss_steps": str(run.step), "lora_lab_checkpoint_step": str(run.step), **validation_keys})
+    save_lora(weights, path, overwrite=True)
+
+
+def write_missing_checkpoint(run: TrainingRun, policy: CheckpointPolicy | None) -> Path | None:
+    """After a resume: the LoRA of the state's step when it is missing (the run stopped after writing the
+    state and before that file), written now from the state, with a note in the console. None otherwise."""
+    if policy is None or run.step == 0:
+        return None
+    path = policy.lora_path(run.step)
+    if path.is_file():
+        return None
+    if run.parallel.is_main:
+        log.warning("LoRA Lab: resume: the checkpoint LoRA of step %d (%s) is missing: the run stopped after "
+                    "writing its resume state and before this file. Writing it now from the resume state; "
+                    "training continues from step %d.", run.step, path, run.step)
+        _save_checkpoint_lora(run, path, record_checkpoint(run, run.step))
+    run.saved_checkpoints.append(path)
     return path
 
 
@@ -97,7 +121,14 @@ def state_dict(run: TrainingRun) -> dict[str, Any]:
     }
 
 
-def load_state(run: TrainingRun, state: dict[str, Any], source: Path | None) -> None:
+def load_state(run: TrainingRun, state: dict[str, Any], source: Path | None,
+               policy: CheckpointPolicy | None = None) -> None:
+    """Continue ``run`` from ``state``; with ``policy``, write the state's checkpoint LoRA if it is missing."""
+    _restore(run, state, source)
+    write_missing_checkpoint(run, policy)
+
+
+def _restore(run: TrainingRun, state: dict[str, Any], source: Path | None) -> None:
     where = f" ({source})" if source is not None else ""
     adapter_type = state.get("adapter_type", "lora")  # states written before adapter types were LoRA
     if adapter_type != run.adapter.config.adapter:

@@ -2,12 +2,15 @@
 
 A checkpoint is a LoRA file LoraLoader loads (``<stem>_step000100.safetensors``) plus one resume state
 (``<stem>.lora_lab_state``: adapter weights, optimizer, loss scaler, random streams, step counter and
-loss history), written atomically. The state is read with ``torch.load(weights_only=True)``: no code in
-it can run.
+loss history), written atomically. The state is written first, so a run stopped between the two files
+leaves no LoRA without its resume state (the LoRA is then written again on resume, from the state). The
+state is read with ``torch.load(weights_only=True)``: no code in it can run.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import pickle
 import re
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..adapters.export import disk_full_message, is_disk_full
 
 
 class ResumeError(RuntimeError):
@@ -45,16 +50,21 @@ STATE_FORMAT = "lora_lab_training_state_v1"
 
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
-    """Write the resume state atomically (temporary file, then rename)."""
-    state = {"format": STATE_FORMAT, **state}
+    """Write the resume state atomically (temporary file, then rename); on a full disk an ``OSError`` that
+    names the state's own size and the space free, with the state of the last checkpoint left as it was."""
+    buffer = io.BytesIO()
+    torch.save({"format": STATE_FORMAT, **state}, buffer)
+    data = buffer.getbuffer()
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
     try:
-        torch.save(state, temp_name)
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
+        if is_disk_full(error):
+            raise OSError(errno.ENOSPC, disk_full_message(path, len(data))) from error
         raise
 
 

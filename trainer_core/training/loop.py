@@ -132,7 +132,7 @@ def train_lora(
                     )
                     run.validation = held_out
                     if resume_state is not None:
-                        load_state(run, resume_state, resume_from)
+                        load_state(run, resume_state, resume_from, checkpoints)
                     result = _optimise(run, on_step, checkpoints)
             finally:
                 adapter.remove()
