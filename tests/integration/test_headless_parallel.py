@@ -98,7 +98,7 @@ def test_a_stopped_two_process_run_is_finished_by_one_process(toy_server: ComfyS
                               env=runner_environment(toy_server.comfy_root), start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        # the resume state is written just after the checkpoint's LoRA file: wait for both before stopping
+        # the resume state is written just before the checkpoint's LoRA file: wait for both before stopping
         while not ((checkpoints / "ddp_resume_step000002.safetensors").exists()
                    and (checkpoints / "ddp_resume.lora_lab_state").exists()):
             assert launch.poll() is None, "the 2-process run ended before its first checkpoint"
