@@ -14,5 +14,6 @@ says what it is for and which rooms it may use (``tests/core/test_rooms.py`` hol
   checkpoints, presets, the file's training metadata. Uses ``models`` and ``adapters``.
 - ``pictures``: labelled grids, loss curves, contact sheets, sweep plans. Uses ``data``.
 
-``fields.py`` (settings fields that carry their help text) may be used by every room.
+``fields.py`` (settings fields that carry their help text) and ``smoothing.py`` (the smoothed loss curve
+that the live chart and the loss image share) may be used by every room.
 """

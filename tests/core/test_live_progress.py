@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainer_core.pictures.plots import smooth
-from trainer_core.training.live_progress import LiveProgress, smoothing_weight
+from trainer_core.pictures import plots
+from trainer_core.training.live_progress import LiveProgress
 from trainer_core.training.results import StepReport
 
 
@@ -70,14 +70,25 @@ def test_the_speed_follows_a_change_of_pace():
     assert update["eta_s"] == pytest.approx(100 / 2.0)
 
 
-def test_smoothed_loss_and_learning_rate_are_those_of_the_loss_image():
-    clock = FakeClock()
-    losses = [1.0, 0.2, 0.9, 0.1, 0.8, 0.3, 0.5, 0.4, 0.6, 0.2] * 3
-    progress = LiveProgress(interval=0.0, clock=clock)
-    updates = run(progress, clock, total=len(losses), seconds_per_step=0.1, losses=losses)
-    points = [p for u in updates for p in u["points"]]
-    assert [p[1] for p in points] == losses
-    assert [p[2] for p in points] == pytest.approx(smooth(losses, weight=smoothing_weight(len(losses))))
+def test_smoothed_loss_and_learning_rate_are_those_of_the_loss_image(monkeypatch):
+    drawn: list[list[float]] = []  # the smoothed curve the loss image draws, as it draws it
+    smoothed = plots.smooth
+
+    def smooth_drawn(values, weight=None):
+        drawn.append(smoothed(values, weight))
+        return drawn[-1]
+
+    monkeypatch.setattr(plots, "smooth", smooth_drawn)
+    runs = [[1.0, 0.2, 0.9, 0.1, 0.8, 0.3, 0.5, 0.4, 0.6, 0.2] * 3, [0.5, 0.1, 0.7], [1 / s for s in range(1, 301)]]
+    for losses in runs:
+        clock = FakeClock()
+        progress = LiveProgress(interval=0.0, clock=clock)
+        updates = run(progress, clock, total=len(losses), seconds_per_step=0.1, losses=losses)
+        points = [p for u in updates for p in u["points"]]
+        plots.loss_curve_image(losses, size=(160, 120))
+        assert [p[1] for p in points] == losses
+        assert [p[2] for p in points] == drawn[-1]  # the same numbers, not only close ones
+        assert drawn[-1] != losses
     assert points[9][3] == pytest.approx(1e-3) and updates[9]["learning_rate"] == pytest.approx(1e-3)
 
 

@@ -25,7 +25,7 @@ ALLOWED = {
     "pictures": {"data"},
     "training": {"models", "adapters"},
 }
-SHARED_MODULES = {"fields"}  # top-level modules every room may use
+SHARED_MODULES = {"fields", "smoothing"}  # top-level modules every room may use
 
 
 def rooms() -> list[str]:

@@ -10,6 +10,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ..smoothing import smooth
+
 VALIDATION_COLOUR = "#d62728"  # the validation curve's red: apart from the loss's blues and the rate's orange
 VERDICT_OK_COLOUR = "#dff0d8"  # the box behind a verdict that training went well (light green)
 VERDICT_WARNING_COLOUR = "#fcebc6"  # ... and behind one that something went wrong (light amber)
@@ -20,15 +22,6 @@ VERDICT_WRAP_PIXELS = 6.2  # about one character of 9 pt text, to wrap the verdi
 class _Verdict(Protocol):  # trainer_core.training.diagnosis.Verdict, without importing the training room
     shape: str
     text: str
-
-
-def smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
-    """Bias-corrected exponential moving average (TensorBoard's smoothing)."""
-    out, average = [], 0.0
-    for i, value in enumerate(values, start=1):
-        average = weight * average + (1 - weight) * value
-        out.append(average / (1 - weight**i))
-    return out
 
 
 def loss_curve_image(
@@ -57,8 +50,7 @@ def loss_curve_image(
     steps = np.arange(1, len(losses) + 1)
     if len(losses):
         axes.plot(steps, losses, color="#9db4d8", linewidth=0.8, label="loss")
-        axes.plot(steps, smooth(losses, weight=min(0.95, max(0.6, 1 - 10 / len(losses)))),
-                  color="#1f4e9c", linewidth=2.0, label="smoothed")
+        axes.plot(steps, smooth(losses), color="#1f4e9c", linewidth=2.0, label="smoothed")
         axes.set_xlim(1, max(2, len(losses)))
     for step in checkpoints:
         axes.axvline(step, color="#999999", linestyle=":", linewidth=1)

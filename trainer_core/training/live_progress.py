@@ -14,15 +14,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ..smoothing import MovingAverage, smoothing_weight
 from .results import StepReport
 
 SPEED_WINDOW_SECONDS = 10.0  # it/s over the last few seconds of steps: follows a change of pace, not noise
-
-
-def smoothing_weight(total: int) -> float:
-    """The moving average's weight for a run of ``total`` steps: the loss image's smoothing
-    (``pictures.plots``) when it has the run's length, so the live curve ends where the image's does."""
-    return min(0.95, max(0.6, 1 - 10 / max(1, total)))
 
 
 class SpeedMeter:
@@ -65,17 +60,13 @@ class LiveProgress:
         self.points: list[list[float]] = []  # [step, loss, smoothed loss, learning rate], bounded
         self.pending: list[list[float]] = []  # points not sent yet
         self.last_sent: float | None = None
-        self.average = 0.0
-        self.averaged = 0
+        self.smoothed = MovingAverage()  # the loss image's smoothing (``trainer_core.smoothing``)
         self.latest: dict[str, Any] = {}
 
     def update(self, report: StepReport) -> dict[str, Any] | None:
         now = self.clock()
         self.speed.mark(now, report.step)
-        weight = smoothing_weight(report.total)
-        self.average = weight * self.average + (1 - weight) * report.loss
-        self.averaged += 1
-        smoothed = self.average / (1 - weight**self.averaged)
+        smoothed = self.smoothed.add(report.loss, smoothing_weight(report.total))
         point = [report.step, report.loss, smoothed, report.learning_rate]
         self._keep(point)
         self.pending.append(point)
