@@ -7,13 +7,18 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
+from tests.helpers.toy import install_toy_checkpoint
+from tools.comfy_result import RunResult
 from tools.comfy_server import ComfyServer, PromptRejected
 from tools.graph import Graph, NodeHandle
 from tools.synthetic_dataset import make_shapes_dataset
+from tools.toy_scenes import DEMO_CONCEPT, write_concept_dataset
 
 CKPT = "tiny_sd15.safetensors"
 STEPS = 150  # train_node's default
+REPORT = 5  # Train LoRA's output index of its report (in words)
 
 
 def make_ring_dataset(server: ComfyServer, folder: str, count: int) -> Path:
@@ -54,6 +59,41 @@ def train_node(server: ComfyServer, graph: Graph, checkpoint, dataset, **options
     )
     inputs.update(options)
     return server.train_lora(graph, **inputs)
+
+
+def train_and_show(server: ComfyServer, graph: Graph, checkpoint, dataset, save_as: str | None = None,
+                   **options) -> dict[str, NodeHandle]:
+    """``train_node`` with its loss curve saved and its report shown (its LoRA saved as ``save_as`` when
+    given): the nodes ``shown`` reads."""
+    trainer = train_node(server, graph, checkpoint, dataset, **options)
+    if save_as is not None:
+        graph.node("SaveCheckpoint", lora=trainer[0], filename=save_as, if_exists="overwrite")
+    prefix = f"curve_{options.get('run_name', 'tests_rings')}"
+    return {"curve": graph.node("SaveImage", images=trainer[2], filename_prefix=prefix),
+            "report": graph.node("PreviewAny", source=trainer[REPORT])}
+
+
+def shown(server: ComfyServer, result: RunResult, nodes: dict[str, NodeHandle]) -> dict[str, Any]:
+    """What ``train_and_show``'s nodes showed in ``result``: "report" (its text) and "curve" (the loss image's
+    file)."""
+    return {"report": "".join(result.outputs[nodes["report"].id]["text"]),
+            "curve": server.output_files(result, nodes["curve"].id, "images")[0]}
+
+
+def toy_runs(server: ComfyServer, folder: str, runs: dict[str, dict[str, Any]], save_as: str | None = None,
+             timeout: float = 900) -> dict[str, dict[str, Any]]:
+    """Short real trainings of the toy base in one prompt, one per entry of ``runs`` (its options for
+    ``train_node``), on five images of the demo concept written afresh into ``folder``; each LoRA saved as
+    ``save_as`` (a pattern with ``{name}``) when given. Per name, what ``shown`` reads."""
+    shutil.rmtree(server.input_dir / folder, ignore_errors=True)
+    write_concept_dataset(server.input_dir / folder, count=5, **DEMO_CONCEPT)
+    graph = Graph()
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=install_toy_checkpoint(server))
+    dataset = load_dataset_node(server, graph, folder)
+    nodes = {name: train_and_show(server, graph, checkpoint, dataset, save_as and save_as.format(name=name),
+                                  **options) for name, options in runs.items()}
+    result = server.run(graph.to_api(), timeout=timeout).raise_for_error()
+    return {name: shown(server, result, run_nodes) for name, run_nodes in nodes.items()}
 
 
 def refusal_message(server: ComfyServer, graph: Graph, trainer: NodeHandle) -> str:

@@ -10,41 +10,19 @@ curve in an amber box.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from tests.helpers.toy import install_toy_checkpoint
-from tests.helpers.training import colour_pixels, load_dataset_node, train_node
+from tests.helpers.training import colour_pixels, toy_runs
 from tools.comfy_server import ComfyServer
-from tools.graph import Graph
-from tools.toy_scenes import DEMO_CONCEPT, write_concept_dataset
 from trainer_core.pictures.plots import VERDICT_OK_COLOUR, VERDICT_WARNING_COLOUR
 
-FOLDER = "diagnosis_rings"
-REPORT = 5  # Train LoRA's output index of the report
 RATES = {"too_low": 1e-7, "too_high": 0.1}
 
 
 @pytest.fixture(scope="module")
 def runs(comfy_server: ComfyServer) -> dict:
-    server = comfy_server
-    toy = install_toy_checkpoint(server)
-    shutil.rmtree(server.input_dir / FOLDER, ignore_errors=True)
-    write_concept_dataset(server.input_dir / FOLDER, count=5, **DEMO_CONCEPT)
-    graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=toy)
-    dataset = load_dataset_node(server, graph, FOLDER)
-    nodes = {}
-    for name, rate in RATES.items():
-        trainer = train_node(server, graph, checkpoint, dataset, run_name=f"tests_diagnosis_{name}", steps=40,
-                             learning_rate=rate)
-        nodes[name] = (graph.node("SaveImage", images=trainer[2], filename_prefix=f"diagnosis_curve_{name}"),
-                       graph.node("PreviewAny", source=trainer[REPORT]))
-    result = server.run(graph.to_api(), timeout=900).raise_for_error()
-    return {name: {"report": "".join(result.outputs[report.id]["text"]),
-                   "curve": server.output_files(result, curve.id, "images")[0]}
-            for name, (curve, report) in nodes.items()}
+    return toy_runs(comfy_server, "diagnosis_rings", {
+        name: dict(run_name=f"tests_diagnosis_{name}", steps=40, learning_rate=rate) for name, rate in RATES.items()})
 
 
 def diagnosis(report: str) -> list[str]:

@@ -20,7 +20,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tests.helpers.toy import install_toy_checkpoint
-from tests.helpers.training import colour_pixels, load_dataset_node, refusal_message, train_node
+from tests.helpers.training import (
+    colour_pixels,
+    load_dataset_node,
+    refusal_message,
+    shown,
+    toy_runs,
+    train_and_show,
+    train_node,
+)
 from tools.comfy_server import ComfyServer
 from tools.graph import Graph
 from tools.toy_scenes import DEMO_CONCEPT, write_concept_dataset
@@ -28,18 +36,12 @@ from trainer_core.pictures.plots import VALIDATION_COLOUR
 
 STEPS, VALIDATE_EVERY, SAVE_EVERY = 20, 5, 10
 FIVE, FOUR, HELD = "validation_five_rings", "validation_four_rings", "validation_held_out"
-REPORT = 5  # Train LoRA's output index of the report
 SETTINGS = dict(steps=STEPS, save_every=SAVE_EVERY, lora_dropout=0.1, learning_rate=2e-3)  # dropout: a random stream
 
 
-def trained(server: ComfyServer, graph: Graph, checkpoint, folder: str, name: str, **options):
-    """Train LoRA on ``folder``; its LoRA saved as tests/<name>, its loss curve saved, its report shown."""
-    dataset = load_dataset_node(server, graph, folder)
-    trainer = train_node(server, graph, checkpoint, dataset, run_name=f"tests_{name}", **{**SETTINGS, **options})
-    graph.node("SaveCheckpoint", lora=trainer[0], filename=f"tests/{name}", if_exists="overwrite")
-    curve = graph.node("SaveImage", images=trainer[2], filename_prefix=f"validation_curve_{name}")
-    report = graph.node("PreviewAny", source=trainer[REPORT])
-    return curve, report
+def options(name: str, **changed) -> dict:
+    """Train LoRA's options for the run ``name``: its LoRA saved as tests/<name>."""
+    return dict(SETTINGS, run_name=f"tests_{name}", **changed)
 
 
 def lora_file(server: ComfyServer, name: str) -> tuple[dict, dict]:
@@ -56,17 +58,11 @@ def red_pixels(path) -> int:
 @pytest.fixture(scope="module")
 def runs(comfy_server: ComfyServer) -> dict:
     server = comfy_server
-    toy = install_toy_checkpoint(server)
-    shutil.rmtree(server.input_dir / FIVE, ignore_errors=True)
-    write_concept_dataset(server.input_dir / FIVE, count=5, **DEMO_CONCEPT)
-    graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=toy)
-    nodes = {name: trained(server, graph, checkpoint, FIVE, name, **options) for name, options in {
-        "share": dict(validation_share=0.2, validate_every=VALIDATE_EVERY),
-        "share_again": dict(validation_share=0.2, validate_every=VALIDATE_EVERY),
-        "plain": {},
-    }.items()}
-    first = server.run(graph.to_api(), timeout=900).raise_for_error()
+    shown_runs = toy_runs(server, FIVE, {
+        "share": options("share", validation_share=0.2, validate_every=VALIDATE_EVERY),
+        "share_again": options("share_again", validation_share=0.2, validate_every=VALIDATE_EVERY),
+        "plain": options("plain"),
+    }, save_as="tests/{name}")
 
     held_out = json.loads(lora_file(server, "tests/share.safetensors")[1]["lora_lab_validation_images"])
     for folder, names in ((FOUR, [p.name for p in (server.input_dir / FIVE).glob("*.png") if p.name not in held_out]),
@@ -77,18 +73,21 @@ def runs(comfy_server: ComfyServer) -> dict:
             for source in (server.input_dir / FIVE / image, (server.input_dir / FIVE / image).with_suffix(".txt")):
                 shutil.copy2(source, server.input_dir / folder / source.name)
     graph = Graph()
-    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=toy)
+    checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=install_toy_checkpoint(server))
+    four = load_dataset_node(server, graph, FOUR)
     validation_images = load_dataset_node(server, graph, HELD)
-    nodes["four"] = trained(server, graph, checkpoint, FOUR, "four")
-    nodes["four_and_held"] = trained(server, graph, checkpoint, FOUR, "four_and_held", validate_every=VALIDATE_EVERY,
-                                     validation_images=validation_images[0])
+    nodes = {
+        "four": train_and_show(server, graph, checkpoint, four, "tests/four", **options("four")),
+        "four_and_held": train_and_show(server, graph, checkpoint, four, "tests/four_and_held", **options(
+            "four_and_held", validate_every=VALIDATE_EVERY, validation_images=validation_images[0])),
+    }
     second = server.run(graph.to_api(), timeout=900).raise_for_error()
-    results = {name: first if name in ("share", "share_again", "plain") else second for name in nodes}
+    shown_runs.update({name: shown(server, second, run_nodes) for name, run_nodes in nodes.items()})
     return {
         "server": server, "held_out": held_out,
-        "report": {name: "".join(results[name].outputs[report.id]["text"]) for name, (_, report) in nodes.items()},
-        "curve": {name: server.output_files(results[name], curve.id, "images")[0] for name, (curve, _) in nodes.items()},
-        "lora": {name: lora_file(server, f"tests/{name}.safetensors") for name in nodes},
+        "report": {name: run["report"] for name, run in shown_runs.items()},
+        "curve": {name: run["curve"] for name, run in shown_runs.items()},
+        "lora": {name: lora_file(server, f"tests/{name}.safetensors") for name in shown_runs},
     }
 
 
