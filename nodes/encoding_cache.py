@@ -1,4 +1,5 @@
-"""Train LoRA's encoding cache on ComfyUI's side: where it lives, its cap, and what identifies a VAE and a CLIP.
+"""Train LoRA's encoding cache on ComfyUI's side: where it lives, its cap, and what identifies a VAE and a CLIP
+(and a CLIP vision model, whose features of the dataset's images the strength sweep keeps there).
 
 The cache itself (``trainer_core.training.encoding_cache``) keeps latents and caption embeddings between
 runs. It lives in ComfyUI's user folder, in the system-user folder the HTTP API never serves
@@ -87,6 +88,16 @@ def clip_identity(clip: Any) -> str:
         "clip", type(clip.cond_stage_model).__name__, type(clip.tokenizer).__name__, clip.layer_idx,
         torch.device(clip.patcher.load_device).type, _patch_set(clip.patcher),
         bridge.weights_fingerprint(clip.cond_stage_model.state_dict()),
+    )
+
+
+def clip_vision_identity(clip_vision: Any) -> str:
+    """Changes whenever an image's CLIP vision features would: the model's weights, class, preprocessing,
+    dtype and device (for the strength sweep's scores)."""
+    return _identity(
+        "clip_vision", type(clip_vision.model).__name__, clip_vision.image_size, clip_vision.image_mean,
+        clip_vision.image_std, str(clip_vision.dtype), torch.device(clip_vision.load_device).type,
+        _patch_set(clip_vision.patcher), bridge.weights_fingerprint(clip_vision.model.state_dict()),
     )
 
 

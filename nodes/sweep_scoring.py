@@ -25,6 +25,15 @@ from ..trainer_core.pictures.recommend import (
     score_rows,
     unit,
 )
+from ..trainer_core.training.encoding_cache import (
+    KeyedData,
+    entry_key,
+    entry_path,
+    read_entry,
+    trim,
+    write_entry,
+)
+from . import encoding_cache
 from .bridge import ComfyLatentCodec
 
 MAX_DATASET_IMAGES = 32  # evenly spread over the dataset: enough for its mean, bounded in time
@@ -51,16 +60,21 @@ def has_trigger(prompt: str, trigger: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(trigger.strip())}(?!\w)", prompt, flags=re.IGNORECASE) is not None
 
 
-def dataset_pixels(dataset, width: int, height: int) -> torch.Tensor:
-    """Up to ``MAX_DATASET_IMAGES`` of the dataset's images, evenly spread, resized to the cell size:
-    ``[B, height, width, 3]`` in 0..1."""
+def compared_items(dataset) -> list:
+    """Up to ``MAX_DATASET_IMAGES`` of the dataset's items, evenly spread: those the cells are compared with."""
     items = list(dataset.items)
     if not items:
         raise ValueError("dataset: it holds no images, so the sweep has nothing to compare its cells with")
     picks = sorted({round(i) for i in np.linspace(0, len(items) - 1, min(len(items), MAX_DATASET_IMAGES))})
+    return [items[index] for index in picks]
+
+
+def dataset_pixels(dataset, width: int, height: int, items: list | None = None) -> torch.Tensor:
+    """The images of ``items`` (default ``compared_items``) resized to the cell size: ``[B, height, width, 3]``
+    in 0..1."""
     images = []
-    for index in picks:
-        image = torch.from_numpy(np.ascontiguousarray(dataset.load_image(items[index])))[None].movedim(-1, 1)
+    for item in compared_items(dataset) if items is None else items:
+        image = torch.from_numpy(np.ascontiguousarray(dataset.load_image(item)))[None].movedim(-1, 1)
         image = torch.nn.functional.interpolate(image, size=(height, width), mode="bilinear", antialias=True)
         images.append(image.movedim(1, -1).clamp(0, 1))
     return torch.cat(images)
@@ -82,6 +96,29 @@ def embed(images: torch.Tensor, vae, model, clip_vision) -> np.ndarray:
     return np.stack(features)
 
 
+def dataset_features(dataset, width: int, height: int, vae, model, clip_vision) -> np.ndarray:
+    """``embed`` of ``dataset_pixels``. With a CLIP vision model, each image's features are kept in the
+    encoding cache (Train LoRA's: ``nodes.encoding_cache``), keyed on the pixels it loads, the cell size and
+    the model, so a sweep of an unchanged dataset encodes none of them again; a changed image is encoded."""
+    if clip_vision is None or not isinstance(dataset, KeyedData):
+        return embed(dataset_pixels(dataset, width, height), vae, model, clip_vision)
+    items = compared_items(dataset)
+    folder, identity = encoding_cache.cache_folder(), encoding_cache.clip_vision_identity(clip_vision)
+    paths = [entry_path(folder, "clip_vision", entry_key("clip_vision", identity, dataset.pixel_key(item),
+                                                         f"{width}x{height}")) for item in items]
+    entries = [read_entry(path) for path in paths]
+    missing = [index for index, entry in enumerate(entries) if entry is None or "features" not in entry]
+    if missing:
+        encoded = embed(dataset_pixels(dataset, width, height, [items[i] for i in missing]), vae, model, clip_vision)
+        for index, features in zip(missing, encoded, strict=True):
+            entries[index] = {"features": torch.from_numpy(np.ascontiguousarray(features))}
+            write_entry(paths[index], entries[index])
+    trim(folder, encoding_cache.max_bytes(), keep=set(paths))
+    print(f"[LoRA Lab] sweep: CLIP vision features of {len(items)} dataset images: {len(items) - len(missing)} "
+          f"cached, {len(missing)} encoded", flush=True)
+    return np.stack([entry["features"].numpy() for entry in entries])
+
+
 def score_sweep(rows: list[list[np.ndarray]], row_loras: list[tuple[str, str]], strengths: list[float],
                 trigger: str, dataset, vae, model, clip_vision, skipped: set[str],
                 steps: dict[str, int] | None = None) -> Verdict:
@@ -96,7 +133,7 @@ def score_sweep(rows: list[list[np.ndarray]], row_loras: list[tuple[str, str]], 
                                   "include_baseline on")
     verdict.scorer = "CLIP vision" if clip_vision is not None else "VAE latent (model-free)"
     height, width = rows[0][0].shape[:2]
-    reference = embed(dataset_pixels(dataset, width, height), vae, model, clip_vision).mean(axis=0)
+    reference = dataset_features(dataset, width, height, vae, model, clip_vision).mean(axis=0)
     if clip_vision is not None:
         reference = unit(reference)
     kept = [r for r, (name, _) in enumerate(row_loras) if name not in skipped]
