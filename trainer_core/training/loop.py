@@ -33,6 +33,7 @@ from .config import MIXED_PRECISION_CHOICES, TrainingConfig
 from .encoding import TextCache
 from .encoding_cache import EncodingCache, EncodingCounts, encode_dataset
 from .epochs import CaptionFunction, TrainingData, item_files, next_step_batch, samples_per_epoch
+from .first_frame import encode_first_frames
 from .masked_loss import latent_masks, masked_loss_problem
 from .optimizers import OptimizerConfig, effective_learning_rate
 from .parallel import SingleProcess
@@ -111,6 +112,7 @@ def train_lora(
             data, codec, text_encoder, caption, randomised or train_text, encoding_cache, training.clip_skip)
         held_out = None if validation_data is None else encode_held_out(
             validation_data, codec, caption, validation or ValidationConfig())
+        first_frames = encode_first_frames(data, codec, encoding_cache, encoding)  # image-to-video models only
         masks = _latent_masks(data, latents, training.masked_loss)
         encode_seconds = time.perf_counter() - started
 
@@ -130,7 +132,7 @@ def train_lora(
                         text_adapter=text_adapter, text_key_namer=text_key_namer, parallel=parallel,
                         latent_masks=masks,
                     )
-                    run.validation = held_out
+                    run.validation, run.first_frames = held_out, first_frames
                     if resume_state is not None:
                         load_state(run, resume_state, resume_from)
                     result = _optimise(run, on_step, checkpoints)
