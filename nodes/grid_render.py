@@ -24,7 +24,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from ..trainer_core.adapters.export import LoRAWeights
 from ..trainer_core.pictures.grids import error_tile, labelled_grid
-from . import bridge, clip_cells, sampler
+from . import bridge, clip_cells, image_to_video, sampler
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,8 @@ def not_a_lora_message(name: str, weights: dict) -> str:
 def fit_cell_size(model, vae, sampling: Sampling) -> tuple[Sampling, str | None]:
     """``sampling`` at the cell size nearest the one asked that the model can make (Flux.2 draws in steps of
     16 px), with the note for the node's report when it had to change (said in the console too). Another
-    family's VAE is refused first: it would misjudge the step."""
+    family's VAE is refused first: it would misjudge the step; so is an image-to-video model (no start image)."""
+    image_to_video.refuse_in_grids(model)
     bridge.check_vae_fits(vae, model, "vae")
     width, height, note = sampler.fitted_size(model, vae, sampling.width, sampling.height, "width/height")
     return replace(sampling, width=width, height=height), note

@@ -43,6 +43,23 @@ def needs_clip_vision(model: Any) -> bool:
     return wan_image_to_video(model) and getattr(model.diffusion_model, "img_emb", None) is not None
 
 
+CLIP_VISION_HELP = (
+    "Only for Wan 2.1 image-to-video models (I2V 14B 480p/720p), which read CLIP-vision features of the start "
+    "image: connect Load CLIP Vision with clip_vision_h. Each clip trains with its own first frame as the start "
+    "image, as WanImageToVideo conditions it. Not needed (and not used) for other models, Wan 2.2 I2V included."
+)
+
+
+def sample_every(codec: Any, every: int) -> int:
+    """Train LoRA's sample-image interval: 0 (with a console note) for an I2V model, whose samples would need
+    a start image the sample prompts do not give; ``every`` otherwise."""
+    if every and getattr(codec, "first_frame_conditioning", False):
+        print("[LoRA Lab] TrainLoRA: no sample images for an image-to-video model (they need a start image): "
+              "test the LoRA with a WanImageToVideo + LoraLoader + KSampler graph.", flush=True)
+        return 0
+    return every
+
+
 def missing_clip_vision_message(family: str) -> str:
     return (
         f"TrainLoRA: clip_vision: this MODEL is ComfyUI's {family}, Wan 2.1 image-to-video, which reads CLIP-vision "
@@ -109,3 +126,19 @@ def clip_vision_identity(clip_vision: Any) -> str:
 
     return json.dumps([type(clip_vision.model).__name__, getattr(clip_vision, "image_size", None),
                        weights_fingerprint(clip_vision.model.state_dict())])
+
+
+def refuse_in_grids(model: Any) -> None:
+    """The strength sweep and stack comparison render text-to-video cells: refuse an image-to-video model
+    (Wan I2V, HunyuanVideo I2V), whose cells would need a start image, naming the graph that tests its LoRA."""
+    patcher_model = getattr(model, "model", model)
+    family = type(patcher_model).__name__
+    hunyuan_i2v = family in ("HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V")
+    if not (hunyuan_i2v or wan_image_to_video(patcher_model)):
+        return
+    start = "HunyuanImageToVideo" if hunyuan_i2v else "WanImageToVideo"
+    raise ValueError(
+        f"model: this MODEL is ComfyUI's {family}, an image-to-video model: its cells would need a start image, "
+        f"which the sweep does not take. Test the LoRA with a {start} (start_image) + LoraLoader + KSampler graph, "
+        "or run the sweep on the text-to-video model of the same family."
+    )

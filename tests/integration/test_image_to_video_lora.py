@@ -155,7 +155,7 @@ def test_the_model_sees_each_clips_own_first_frame_and_clip_vision_features(pack
         denoiser = bridge.ComfyDenoiser(patcher.clone())
         seen = []
         hook = denoiser.network.register_forward_pre_hook(
-            lambda module, args, kwargs: seen.append((args[0].detach().clone(), kwargs["clip_fea"].detach().clone())),
+            lambda module, args, kwargs, seen=seen: seen.append((args[0].clone(), kwargs["clip_fea"].clone())),
             with_kwargs=True)
         try:
             train_lora(denoiser, bridge.ComfyTextEncoder(FakeClip("wan21")), codec, data, LoRAConfig(rank=2, alpha=2),
@@ -192,3 +192,18 @@ def test_wan21_i2v_without_clip_vision_says_what_to_connect(pack):
     assert first_frame_codec(family_vae("wan21"), family_patcher("wan22_i2v"), None).first_frame_conditioning
     assert not getattr(first_frame_codec(family_vae("wan21"), family_patcher("wan21"), None),
                        "first_frame_conditioning", False)
+
+
+@pytest.mark.parametrize("family", ["wan21_i2v", "wan22_i2v"])
+def test_the_sweep_refuses_an_i2v_model_naming_the_graph_that_tests_its_lora(pack, family):
+    """The sweep and stack nodes render text-to-video cells: on an I2V model they stop before rendering and
+    name the WanImageToVideo + LoraLoader + KSampler graph; a text-to-video Wan passes this check."""
+    from lora_lab.nodes import grid_render
+
+    sampling = grid_render.Sampling(negative="", seed=0, steps=1, cfg=1.0, sampler_name="euler",
+                                    scheduler="simple", width=32, height=32, frames=5)
+    with pytest.raises(ValueError, match="image-to-video") as error:
+        grid_render.fit_cell_size(family_patcher(family), family_vae("wan21"), sampling)
+    assert "WanImageToVideo" in str(error.value) and "LoraLoader + KSampler" in str(error.value)
+    fitted, _ = grid_render.fit_cell_size(family_patcher("wan21"), family_vae("wan21"), sampling)
+    assert (fitted.width, fitted.height) == (32, 32)
