@@ -207,3 +207,37 @@ def test_the_sweep_refuses_an_i2v_model_naming_the_graph_that_tests_its_lora(pac
     assert "WanImageToVideo" in str(error.value) and "LoraLoader + KSampler" in str(error.value)
     fitted, _ = grid_render.fit_cell_size(family_patcher("wan21"), family_vae("wan21"), sampling)
     assert (fitted.width, fitted.height) == (32, 32)
+
+
+def test_first_frames_are_encoded_once_and_again_only_when_the_first_frame_changes(pack, clip_vision, tmp_path):
+    """With the encoding cache on, a second run reads every item's first-frame conditioning back (nothing is
+    encoded, the tensors are the same); painting over a clip's first frame encodes it anew, painting over a
+    later frame does not (two clips whose first frames become the same share one entry). The console summary
+    says how many were cached."""
+    from lora_lab.nodes.image_to_video import first_frame_codec
+    from lora_lab.trainer_core.training.encoding_cache import EncodingCache, EncodingCounts
+    from lora_lab.trainer_core.training.first_frame import encode_first_frames
+
+    codec = first_frame_codec(family_vae("wan21"), family_patcher("wan21_i2v"), clip_vision)
+    encoded = []
+    encode = codec.encode_first_frame
+    codec.encode_first_frame = lambda first, length: encoded.append(length) or encode(first, length)
+    cache = EncodingCache(tmp_path / "cache", "vae identity", "clip identity")
+    items = [clip_item(i, FRAMES, size=SIZE, stride=2) for i in range(2)]
+
+    def run(data):
+        counts = EncodingCounts(cache_on=True)
+        return encode_first_frames(data, codec, cache, counts), counts.summary()
+
+    first, summary = run(StandInClips(items))
+    assert len(encoded) == 2 and "first frames (image-to-video) 0 cached, 2 encoded" in summary
+    again, summary = run(StandInClips(items))
+    assert len(encoded) == 2 and "2 cached, 0 encoded" in summary
+    for before, after in zip(first, again, strict=True):
+        assert before.keys() == after.keys() == {"concat_latent_image", "concat_mask", "clip_vision_penultimate"}
+        for key in before:
+            torch.testing.assert_close(before[key], after[key])
+    run(EditedFrames(items, painted=2))
+    assert len(encoded) == 2
+    run(EditedFrames(items, painted=0))  # both first frames now the same grey: one new entry, shared
+    assert len(encoded) == 3

@@ -57,6 +57,7 @@ def encode_first_frames(data: Any, codec: Any, cache: Any = None, counts: Any = 
     from .encoding_cache import entry_path, read_entry, write_entry
 
     out: FirstFrames = []
+    cached = 0
     with torch.no_grad():
         for item in data.items:
             path = None
@@ -65,6 +66,7 @@ def encode_first_frames(data: Any, codec: Any, cache: Any = None, counts: Any = 
                 entry = read_entry(path)
                 if entry:
                     out.append(entry)
+                    cached += 1
                     if used is not None:
                         used.add(path)
                     continue
@@ -77,6 +79,8 @@ def encode_first_frames(data: Any, codec: Any, cache: Any = None, counts: Any = 
                     counts.writable = counts.writable and written
                 if used is not None:
                     used.add(path)
+    if counts is not None:
+        counts.notes.append(f"first frames (image-to-video) {cached} cached, {len(out) - cached} encoded")
     return out
 
 
