@@ -241,3 +241,31 @@ def test_first_frames_are_encoded_once_and_again_only_when_the_first_frame_chang
     assert len(encoded) == 2
     run(EditedFrames(items, painted=0))  # both first frames now the same grey: one new entry, shared
     assert len(encoded) == 3
+
+
+def test_held_out_clips_are_validated_with_their_own_first_frames(pack):
+    """With validation on, every forward pass of an I2V run, the held-out loss's included, carries a start
+    image (the mask keeping the first latent frame), and the held-out loss is measured."""
+    from lora_lab.nodes import bridge
+    from lora_lab.nodes.image_to_video import first_frame_codec
+    from lora_lab.trainer_core.adapters.config import LoRAConfig
+    from lora_lab.trainer_core.training.config import TrainingConfig
+    from lora_lab.trainer_core.training.loop import train_lora
+    from lora_lab.trainer_core.training.validation import ValidationConfig
+
+    patcher = family_patcher("wan22_i2v")
+    denoiser = bridge.ComfyDenoiser(patcher.clone())
+    masks = []
+    hook = denoiser.network.register_forward_pre_hook(lambda module, args: masks.append(args[0][:, 16:20].clone()))
+    held_out = StandInClips([clip_item(5, FRAMES, size=SIZE, stride=2)])
+    try:
+        result = train_lora(denoiser, bridge.ComfyTextEncoder(FakeClip("wan21")),
+                            first_frame_codec(family_vae("wan21"), patcher), clip_dataset(), LoRAConfig(rank=2, alpha=2),
+                            TrainingConfig(steps=2, mixed_precision="fp32"), key_namer=bridge.kohya_key_namer(patcher),
+                            validation_data=held_out, validation=ValidationConfig(share=0.1, every=1))
+    finally:
+        hook.remove()
+    assert sorted(result.validation_losses) == [1, 2]
+    assert len(masks) > 2  # two training steps and the held-out passes
+    for mask in masks:
+        assert bool((mask[:, :, 0] == 1).all()) and bool((mask[:, :, 1:] == 0).all())
