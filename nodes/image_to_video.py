@@ -128,17 +128,58 @@ def clip_vision_identity(clip_vision: Any) -> str:
                        weights_fingerprint(clip_vision.model.state_dict())])
 
 
-def refuse_in_grids(model: Any) -> None:
-    """The strength sweep and stack comparison render text-to-video cells: refuse an image-to-video model
-    (Wan I2V, HunyuanVideo I2V), whose cells would need a start image, naming the graph that tests its LoRA."""
+START_IMAGE_HELP = (
+    "Image-to-video models only (Wan 2.1 I2V, Wan 2.2 I2V 14B): the start image every cell's clip begins from, "
+    "conditioned as WanImageToVideo conditions it (Wan 2.1 I2V also needs a CLIP vision model on clip_vision, "
+    "e.g. clip_vision_h). Without one the sweep refuses an I2V model. Other models ignore it."
+)
+
+
+def refuse_in_grids(model: Any, start_image: Any = None) -> None:
+    """The grids render text-to-video cells unless given a start image (the strength sweep's ``start_image``):
+    refuse an image-to-video model without one (and HunyuanVideo I2V always), naming what tests its LoRA."""
     patcher_model = getattr(model, "model", model)
     family = type(patcher_model).__name__
     hunyuan_i2v = family in ("HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V")
-    if not (hunyuan_i2v or wan_image_to_video(patcher_model)):
+    if not hunyuan_i2v and (start_image is not None or not wan_image_to_video(patcher_model)):
         return
+    fix = ("" if hunyuan_i2v else "Connect a start_image to Test LoRA Strength Sweep (Compare LoRA Stack takes none), "
+           "or test")
     start = "HunyuanImageToVideo" if hunyuan_i2v else "WanImageToVideo"
     raise ValueError(
-        f"model: this MODEL is ComfyUI's {family}, an image-to-video model: its cells would need a start image, "
-        f"which the sweep does not take. Test the LoRA with a {start} (start_image) + LoraLoader + KSampler graph, "
-        "or run the sweep on the text-to-video model of the same family."
+        f"model: this MODEL is ComfyUI's {family}, an image-to-video model: its cells need a start image. "
+        f"{fix or 'Test'} the LoRA with a {start} (start_image) + LoraLoader + KSampler graph, or run the sweep on "
+        "the text-to-video model of the same family."
     )
+
+
+def start_values(model: Any, vae: Any, sampling: Any) -> dict[str, Any] | None:
+    """What ComfyUI's ``WanImageToVideo`` adds to a conditioning for the grid's ``sampling.start_image`` at its
+    cell size and frames (with ``CLIPVisionEncode``'s output of ``sampling.clip_vision`` for Wan 2.1 I2V); None
+    without a start image or on a model that takes none."""
+    if sampling.start_image is None or not wan_image_to_video(model.model):
+        return None
+    from comfy_extras.nodes_wan import WanImageToVideo
+
+    vision = None
+    if needs_clip_vision(model.model):
+        if sampling.clip_vision is None:
+            raise ValueError(
+                f"clip_vision: this MODEL is ComfyUI's {type(model.model).__name__}, Wan 2.1 image-to-video, whose "
+                "cells need CLIP-vision features of the start image: connect Load CLIP Vision with clip_vision_h to "
+                "the sweep's clip_vision input."
+            )
+        vision = sampling.clip_vision.encode_image(sampling.start_image, crop=True)
+    empty = [[torch.zeros(1, 1, 1), {}]]
+    positive = WanImageToVideo.execute(empty, empty, vae, sampling.width, sampling.height, sampling.frames, 1,
+                                       start_image=sampling.start_image, clip_vision_output=vision)[0]
+    return dict(positive[0][1])
+
+
+def with_start(conditioning: list, values: dict[str, Any] | None) -> list:
+    """``conditioning`` with the start image's ``values`` (``start_values``) set, as WanImageToVideo sets them."""
+    if not values:
+        return conditioning
+    import node_helpers
+
+    return node_helpers.conditioning_set_values(conditioning, values)

@@ -195,18 +195,22 @@ def test_wan21_i2v_without_clip_vision_says_what_to_connect(pack):
 
 
 @pytest.mark.parametrize("family", ["wan21_i2v", "wan22_i2v"])
-def test_the_sweep_refuses_an_i2v_model_naming_the_graph_that_tests_its_lora(pack, family):
-    """The sweep and stack nodes render text-to-video cells: on an I2V model they stop before rendering and
-    name the WanImageToVideo + LoraLoader + KSampler graph; a text-to-video Wan passes this check."""
+def test_without_a_start_image_the_grids_refuse_an_i2v_model_naming_what_to_do(pack, family):
+    """The sweep and stack nodes render text-to-video cells unless given a start image: on an I2V model
+    without one they stop before rendering and name the sweep's start_image and the WanImageToVideo +
+    LoraLoader + KSampler graph; a text-to-video Wan, or an I2V model with a start image, passes."""
     from lora_lab.nodes import grid_render
 
     sampling = grid_render.Sampling(negative="", seed=0, steps=1, cfg=1.0, sampler_name="euler",
                                     scheduler="simple", width=32, height=32, frames=5)
     with pytest.raises(ValueError, match="image-to-video") as error:
         grid_render.fit_cell_size(family_patcher(family), family_vae("wan21"), sampling)
-    assert "WanImageToVideo" in str(error.value) and "LoraLoader + KSampler" in str(error.value)
+    assert "start_image" in str(error.value) and "WanImageToVideo" in str(error.value)
+    assert "LoraLoader + KSampler" in str(error.value)
     fitted, _ = grid_render.fit_cell_size(family_patcher("wan21"), family_vae("wan21"), sampling)
     assert (fitted.width, fitted.height) == (32, 32)
+    with_start = dataclasses.replace(sampling, start_image=torch.zeros(1, 32, 32, 3))
+    assert grid_render.fit_cell_size(family_patcher(family), family_vae("wan21"), with_start)[0] == with_start
 
 
 def test_first_frames_are_encoded_once_and_again_only_when_the_first_frame_changes(pack, clip_vision, tmp_path):
