@@ -21,6 +21,7 @@ import torch
 from ..trainer_core.models.protocols import PredictionType, TextEmbedding
 from ..trainer_core.training.memory import base_weight_dtype, low_precision_copy, needs_low_precision_copy
 from .attention import autograd_safe_attention
+from .image_to_video import CLIP_VISION_KEY, clip_vision_output
 from .latent_codec import ComfyLatentCodec  # noqa: F401  (the VAE's side of the bridge lives there)
 
 
@@ -81,6 +82,8 @@ class ComfyDenoiser:
         # (T5, Mistral, Qwen); ComfyUI's sampler passes it on, and Flux's encode_adm reads it.
         params: dict[str, Any] = {"pooled_output": None}
         params.update(text)
+        if CLIP_VISION_KEY in params:  # image-to-video: the start image's CLIP-vision features (image_to_video.py)
+            params["clip_vision_output"] = clip_vision_output(params.pop(CLIP_VISION_KEY))
         params.update(
             device=self.device,
             noise=noisy,
@@ -95,7 +98,6 @@ class ComfyDenoiser:
         }
         options = {"optimized_attention_override": autograd_safe_attention}
         return self.base_model.apply_model(noisy, sigma, transformer_options=options, **kwargs)
-
 
 
 class ComfyTextEncoder:

@@ -33,23 +33,24 @@ UNTRAINABLE_FAMILIES = {
 }
 
 
-# Image-to-video models whose input concatenates a first-frame latent and mask (and, for Wan 2.1 I2V, CLIP-vision
-# features): Train LoRA trains text-to-video only, so the first frame would be missing from what they learn.
+# Image-to-video models Train LoRA does not train: HunyuanVideo I2V (its input concatenates a first-frame latent
+# and mask, v1 "concat", or replaces the first latent frame, v2 "replace"). Wan 2.1 / 2.2 14B I2V train, each
+# clip conditioned by its own first frame (image_to_video.py).
 I2V_MODEL_CLASSES = ("HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V")
 
 
 def image_to_video_refusal(model: Any) -> str | None:
-    """Why Train LoRA does not train ``model``: an image-to-video model (Wan 2.1 / 2.2 14B I2V, HunyuanVideo
-    I2V); None otherwise. Wan 2.2 5B (TI2V) trains: its image conditioning is the latent's own first frame."""
+    """Why Train LoRA does not train ``model``: a HunyuanVideo image-to-video model; None otherwise (Wan 2.1 /
+    2.2 14B I2V train with their first frames; Wan 2.2 5B TI2V trains: its image conditioning is the latent's
+    own first frame)."""
     family = type(model).__name__
-    wan_i2v = family == "WAN21" and getattr(model, "image_to_video", False)
-    if not wan_i2v and family not in I2V_MODEL_CLASSES:
+    if family not in I2V_MODEL_CLASSES:
         return None
     return (
-        f"TrainLoRA: this MODEL is ComfyUI's {family}, an image-to-video model (its input adds a first-frame "
-        "latent and mask, as WanImageToVideo / HunyuanImageToVideo build them). LoRA Lab trains text-to-video "
-        "LoRAs only: load the text-to-video model of the same family (Wan 2.1 / 2.2 T2V, HunyuanVideo T2V) and "
-        "train on it (such LoRAs usually load on the I2V model too), or train this one with musubi-tuner."
+        f"TrainLoRA: this MODEL is ComfyUI's {family}, a HunyuanVideo image-to-video model (its input adds a "
+        "first-frame latent, as HunyuanImageToVideo builds it). LoRA Lab trains image-to-video LoRAs for Wan 2.1 "
+        "and Wan 2.2 14B I2V only: load the HunyuanVideo text-to-video model and train on it (such LoRAs usually "
+        "load on the I2V model too), or train this one with musubi-tuner."
     )
 
 

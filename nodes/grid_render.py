@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import comfy.model_management
 import folder_paths
@@ -24,7 +25,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from ..trainer_core.adapters.export import LoRAWeights
 from ..trainer_core.pictures.grids import error_tile, labelled_grid
-from . import bridge, clip_cells, sampler
+from . import bridge, clip_cells, image_to_video, sampler
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class Sampling:
     height: int
     batch_prompts: bool = False
     frames: int = 1  # a video model's clip length per cell (clip_cells); 1 = still images
+    start_image: Any = None  # image-to-video models: every cell's start image (image_to_video.start_values)
+    clip_vision: Any = None  # and, for Wan 2.1 I2V, the CLIP vision model that encodes it
 
     @property
     def cell_width(self) -> int:
@@ -163,7 +166,8 @@ def not_a_lora_message(name: str, weights: dict) -> str:
 def fit_cell_size(model, vae, sampling: Sampling) -> tuple[Sampling, str | None]:
     """``sampling`` at the cell size nearest the one asked that the model can make (Flux.2 draws in steps of
     16 px), with the note for the node's report when it had to change (said in the console too). Another
-    family's VAE is refused first: it would misjudge the step."""
+    family's VAE is refused first: it would misjudge the step; so is an image-to-video model (no start image)."""
+    image_to_video.refuse_in_grids(model, sampling.start_image)
     bridge.check_vae_fits(vae, model, "vae")
     width, height, note = sampler.fitted_size(model, vae, sampling.width, sampling.height, "width/height")
     return replace(sampling, width=width, height=height), note
@@ -193,6 +197,7 @@ def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[li
     shown as its frame strip, and the clips [F, H, W, 3] are put in ``clips`` by (row, column)."""
     bridge.check_vae_fits(vae, model, "vae")
     check_cell_size(model, vae, sampling.width, sampling.height)
+    start = image_to_video.start_values(model, vae, sampling)  # None unless an I2V model has a start image
     out: list[list[np.ndarray | None]] = [[None] * len(row) for row in cells]
     groups: dict[tuple, list[tuple[int, int]]] = {}
     for r, row in enumerate(cells):
@@ -209,9 +214,9 @@ def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[li
         for name, strength_model, strength_clip in active:
             patched_model, patched_clip = bridge.apply_lora(patched_model, patched_clip, loras[name], strength_model,
                                                             strength_clip)
-        negative = sampler.encode_prompt(patched_clip, sampling.negative)
+        negative = image_to_video.with_start(sampler.encode_prompt(patched_clip, sampling.negative), start)
         encoded: dict[str, list] = {}
-        if sampling.batch_prompts and len(positions) > 1 and sampling.frames == 1:
+        if sampling.batch_prompts and len(positions) > 1 and sampling.frames == 1 and start is None:
             if _render_batched(patched_model, patched_clip, vae, cells, positions, negative, sampling, out):
                 continue
         for r, c in positions:
@@ -219,7 +224,7 @@ def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[li
             prompt = cells[r][c].prompt
             try:
                 if prompt not in encoded:
-                    encoded[prompt] = sampler.encode_prompt(patched_clip, prompt)
+                    encoded[prompt] = image_to_video.with_start(sampler.encode_prompt(patched_clip, prompt), start)
                 samples = sampler.ksample(patched_model, encoded[prompt], negative, sampling.seed, sampling.steps,
                                          sampling.cfg, sampling.sampler_name, sampling.scheduler, sampling.width,
                                          sampling.height, vae, sampling.frames)

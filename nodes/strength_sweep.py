@@ -15,7 +15,7 @@ from ..trainer_core.pictures.sweep import (
     plan_grid,
     strength_label,
 )
-from . import clip_cells, grid_render, sweep_scoring, sweep_warnings
+from . import clip_cells, grid_render, image_to_video, sweep_scoring, sweep_warnings
 from .types import Dataset
 
 CLIP_MODES = ["same as model", "fixed"]
@@ -80,6 +80,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                     tooltip="A CLIP vision model (Load CLIP Vision, models/clip_vision) to judge likeness with. "
                     "Without one the cells are compared in the VAE's latent space.",
                 ),
+                io.Image.Input("start_image", optional=True, tooltip=image_to_video.START_IMAGE_HELP),
             ],
             outputs=[
                 *grid_render.grid_outputs(grid="The labelled grid; the recommended strength framed in green.",
@@ -108,7 +109,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                 include_baseline: bool, clip_strength_mode: str, clip_strength: float, seed: int, steps: int,
                 cfg: float, sampler_name: str, scheduler: str, width: int, height: int, checkpoints: str = "",
                 batch_prompts: bool = False, lora=None, frames: int = clip_cells.DEFAULT_FRAMES,
-                dataset=None, clip_vision=None) -> io.NodeOutput:
+                dataset=None, clip_vision=None, start_image=None) -> io.NodeOutput:
         lora, display_name = grid_render.resolve_new_lora(
             lora, lora_name, unnamed="trained LoRA",
             missing="lora: connect a LoRA (from Train LoRA or Save LoRA) or pick a file in lora_name")
@@ -136,7 +137,8 @@ class TestLoRAStrengthSweep(io.ComfyNode):
                  for name, prompt in row_loras]
         problems, notes = grid_render.check_fit(model, clip, loras)
         sampling, size_note = grid_render.fit_cell_size(model, vae, grid_render.Sampling(
-            negative, seed, steps, cfg, sampler_name, scheduler, width, height, batch_prompts, frames))
+            negative, seed, steps, cfg, sampler_name, scheduler, width, height, batch_prompts, frames, start_image,
+            clip_vision))
         notes += [size_note] if size_note else []
         notes += sweep_warnings.lora_warnings("TestLoRAStrengthSweep", metadata, prompt_list, clip)
         clips: dict = {}

@@ -40,7 +40,7 @@ from ..trainer_core.training.schedulers import SCHEDULER_CHOICES, SchedulerConfi
 from ..trainer_core.training.text_encoder_parts import skipped_text_encoders_note
 from ..trainer_core.training.train_log import TrainingLog, log_paths
 from ..trainer_core.training.validation import ValidationConfig
-from . import bridge, families, train_validation
+from . import bridge, families, image_to_video, train_validation
 from .encoding_cache import encoding_cache
 from .encoding_cache import summary as encoding_summary
 from .key_formats import key_format
@@ -97,6 +97,7 @@ class _Run:
     settings: dict[str, Any]
     validation: ValidationConfig = ValidationConfig()
     held_out: Any = None  # the held-out images' dataset (validation), None = no validation
+    clip_vision: Any = None  # Wan 2.1 I2V: the CLIP vision model for each clip's first frame (image_to_video.py)
 
 
 class TrainLoRA(io.ComfyNode):
@@ -159,6 +160,7 @@ class TrainLoRA(io.ComfyNode):
                 *[_settings_input(node) for node in SETTINGS_NODES],
                 train_validation.validation_images_input(),
                 Dataset.Input("regularization_images", optional=True, tooltip=regularization.REGULARIZATION_HELP),
+                io.ClipVision.Input("clip_vision", optional=True, tooltip=image_to_video.CLIP_VISION_HELP),
             ],
             outputs=[
                 LoraModel.Output("lora", display_name="lora", tooltip="The trained LoRA: connect to Save LoRA or the strength sweep."),
@@ -204,7 +206,7 @@ class TrainLoRA(io.ComfyNode):
         loss_settings: NodeSettings | None = None, memory_settings: NodeSettings | None = None,
         adapter_settings: NodeSettings | None = None, sample_settings: NodeSettings | None = None,
         text_encoder_settings: NodeSettings | None = None, validation_images=None,
-        regularization_images=None,
+        regularization_images=None, clip_vision=None,
     ) -> io.NodeOutput:
         families.check_trainable_family(model)  # before anything is cloned or loaded
         bridge.check_vae_fits(vae, model, "TrainLoRA: vae")
@@ -237,7 +239,7 @@ class TrainLoRA(io.ComfyNode):
             scheduler=SchedulerConfig(name=lr_scheduler, warmup=settings["lr_warmup"]),
             checkpoints=CheckpointPolicy(checkpoint_folder(), run_stem(run_name),
                                          every=settings["save_every"], keep_last=settings["keep_last"]),
-            settings=settings, validation=validation, held_out=split.held_out,
+            settings=settings, validation=validation, held_out=split.held_out, clip_vision=clip_vision,
         )
         check_writable(run.checkpoints.folder)  # before training, not when the first checkpoint is due
         resume_from = _resume_state(run, run_name)
@@ -315,7 +317,7 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
     copied_base = bridge.use_base_weights(patcher, settings["base_weights"])
     denoiser = bridge.ComfyDenoiser(patcher)
     context = current_run_context()
-    codec = bridge.ComfyLatentCodec(vae, patcher)
+    codec = image_to_video.first_frame_codec(vae, patcher, run.clip_vision)  # the plain codec unless I2V
     clips_note = clips_on_image_model_note(training_data, codec)
     if clips_note and context.is_main_process:
         print(f"[LoRA Lab] TrainLoRA: {clips_note}", flush=True)
@@ -327,7 +329,8 @@ def _train(run: _Run, model, clip, vae, dataset, seed: int, optimizer: str, resu
     base_weight_bytes = stored_weight_bytes(denoiser.network)  # the network that trains: the copy, if any
     trigger = dataset.caption_options.trigger_word
     prompts = [p.strip().replace("{trigger}", trigger).strip(" ,") for p in settings["sample_prompts"].splitlines()]
-    samples = SampleImages(settings["sample_every"], [p for p in prompts if p], patcher, training_clip, vae, seed,
+    every = image_to_video.sample_every(codec, settings["sample_every"])  # I2V: no previews without a start image
+    samples = SampleImages(every, [p for p in prompts if p], patcher, training_clip, vae, seed,
                            settings["sample_steps"], settings["sample_cfg"], dataset.resolution,
                            [denoiser.network, clip.cond_stage_model] if train_text else [denoiser.network])
     if samples.size_note:  # in the console already; on the node too, before the first step

@@ -62,9 +62,9 @@ def tiny_model_patcher(family: str, seed: int = 0):
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from tiny_families import FAMILIES
+    from tiny_families import FAMILIES, I2V_FAMILIES
 
-    spec = FAMILIES[family]
+    spec = FAMILIES[family] if family in FAMILIES else I2V_FAMILIES[family]
     model_class = getattr(comfy.supported_models, spec.model_class)
     torch.manual_seed(seed)
     config = dict(model_class.unet_config)

@@ -11,7 +11,7 @@ import functools
 
 import torch
 from comfy_inproc import tiny_model_patcher
-from tiny_families import FAMILIES
+from tiny_families import FAMILIES, I2V_FAMILIES
 
 # SD1.5 is trained through the canvas, not in the family matrix: its tiny config lives here.
 SD15_TINY = (
@@ -50,7 +50,7 @@ def text_shapes(family: str) -> dict[str, tuple]:
 
 def family_patcher(family: str):
     """A ModelPatcher over ComfyUI's own model class for ``family``, tiny and seeded."""
-    if family in FAMILIES:
+    if family in FAMILIES or family in I2V_FAMILIES:
         return tiny_model_patcher(family)
     import comfy.model_patcher
     import comfy.supported_models

@@ -147,3 +147,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
         use_cond_type_embedding=False, vision_in_dim=None,
     ), {"cross_attn": ("T", 4096), "pooled_output": (768,)}, (16, 1, 8, 8), "flow"),
 ]}
+
+
+# Image-to-video Wan, at the MODEL level only (not in the family matrix): Wan 2.1's tiny config with the I2V
+# input (16 noise + 4 mask + 16 start-image channels). Wan 2.1 I2V (WAN21_I2V) also has the image embedding
+# that reads CLIP vision's 1280-wide features; Wan 2.2 I2V 14B has none and ComfyUI detects it as WAN21_T2V.
+I2V_FAMILIES = {
+    "wan21_i2v": Family("wan21_i2v", "WAN21_I2V", dict(FAMILIES["wan21"].config, model_type="i2v", in_dim=36),
+                        FAMILIES["wan21"].text, (16, 1, 8, 8), "flow"),
+    "wan22_i2v": Family("wan22_i2v", "WAN21_T2V", dict(FAMILIES["wan22_14b"].config, in_dim=36),
+                        FAMILIES["wan22_14b"].text, (16, 1, 8, 8), "flow"),
+}

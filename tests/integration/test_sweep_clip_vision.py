@@ -10,42 +10,21 @@ images encodes none of them, and a changed image alone is encoded again."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageOps
 
 from tests.helpers.comfy_inproc import import_comfy, load_pack
+from tests.helpers.tiny_clip_vision import tiny_clip_vision
 from tools.toy_scenes import write_concept_dataset
-
-TINY_CLIP_VISION = {
-    "attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 32, "image_size": 32,
-    "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 64, "layer_norm_eps": 1e-05,
-    "model_type": "clip_vision_model", "num_attention_heads": 2, "num_channels": 3, "num_hidden_layers": 2,
-    "patch_size": 8, "projection_dim": 16, "torch_dtype": "float32",
-}
 
 
 @pytest.fixture(scope="module")
 def clip_vision(tmp_path_factory):
     import_comfy()
-    import comfy.clip_vision
-
-    config = tmp_path_factory.mktemp("models") / "clip_vision" / "tiny_clip_vision.json"
-    config.parent.mkdir(parents=True)
-    config.write_text(json.dumps(TINY_CLIP_VISION))
-    model = comfy.clip_vision.ClipVisionModel(str(config))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # ComfyUI's ops leave weights to a loader: fill them, small and seeded
-        for name, param in model.model.named_parameters():
-            if param.ndim >= 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-            else:
-                param.copy_(torch.zeros(param.shape) if "bias" in name else torch.ones(param.shape))
-    return model
+    return tiny_clip_vision(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(autouse=True)

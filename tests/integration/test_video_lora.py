@@ -174,16 +174,19 @@ def test_an_image_model_given_clips_warns_and_trains_on_their_first_frames(pack,
     assert clips_on_image_model_note(StandInClips([clip_item(0, 1, size=SIZE)]), codec) is None
 
 
-def test_image_to_video_models_are_refused_naming_why_and_what_to_use(pack):
-    """Wan 2.1 I2V (its input adds a first-frame latent and mask) is refused before training, naming the
-    class, why, and the text-to-video model to train instead; Wan 2.1 T2V and Wan 2.2 5B are not."""
+def test_only_hunyuan_video_i2v_is_refused_naming_why_and_what_to_use(pack):
+    """HunyuanVideo I2V (its input adds a first-frame latent) is refused before training, naming the class,
+    why, and the text-to-video model to train instead; Wan 2.1 I2V, Wan 2.1 T2V and Wan 2.2 5B train."""
     import comfy.supported_models
     from lora_lab.nodes.families import training_refusal
     from tiny_families import FAMILIES
 
     assert training_refusal(family_patcher("wan21").model) is None
     assert training_refusal(family_patcher("wan22_5b").model) is None
-    i2v_class = comfy.supported_models.WAN21_I2V
-    config = dict(i2v_class.unet_config, **dict(FAMILIES["wan21"].config, model_type="i2v", in_dim=36))
+    assert training_refusal(family_patcher("wan21_i2v").model) is None
+    assert training_refusal(family_patcher("wan22_i2v").model) is None
+    i2v_class = comfy.supported_models.HunyuanVideoI2V
+    config = dict(i2v_class.unet_config, **dict(FAMILIES["hunyuan_video"].config, in_channels=33))
     message = training_refusal(i2v_class(config).get_model({}))
-    assert message is not None and "WAN21" in message and "image-to-video" in message and "T2V" in message
+    assert message is not None and "HunyuanVideoI2V" in message and "image-to-video" in message
+    assert "text-to-video" in message and "Wan 2.1" in message

@@ -19,9 +19,9 @@ TRAIN_LORA_INPUTS = [
     "model", "clip", "vae", "dataset", "preset", "trigger_word", "adapter_type", "rank", "alpha", "learning_rate",
     "optimizer", "lr_scheduler", "steps", "epochs", "batch_size", "seed", "run_name",
     "optimizer_settings", "loss_settings", "memory_settings", "adapter_settings", "sample_settings",
-    "text_encoder_settings", "validation_images", "regularization_images",
+    "text_encoder_settings", "validation_images", "regularization_images", "clip_vision",
 ]
-SOCKETS = ("model", "clip", "vae", "dataset", "validation_images", "regularization_images")
+SOCKETS = ("model", "clip", "vae", "dataset", "validation_images", "regularization_images", "clip_vision")
 
 
 def _pack():
@@ -39,7 +39,8 @@ def test_train_lora_keeps_the_guides_settings_in_order_and_takes_the_rest_throug
     assert len(widgets) == 13
     assert all(e.optional for e in inputs if e.id.endswith("_settings"))
     assert [node.SOCKET for node in train_lora.SETTINGS_NODES] == [i for i in TRAIN_LORA_INPUTS if i.endswith("_settings")]
-    assert inputs[-1].optional and inputs[-2].optional  # validation_images, regularization_images: appended
+    assert inputs[-1].optional and inputs[-2].optional and inputs[-3].optional  # appended: validation_images,
+    # regularization_images, clip_vision (Wan 2.1 I2V)
 
 
 def test_unconnected_settings_mean_the_core_defaults():

@@ -33,6 +33,7 @@ from .config import MIXED_PRECISION_CHOICES, TrainingConfig
 from .encoding import TextCache
 from .encoding_cache import EncodingCache, EncodingCounts, encode_dataset
 from .epochs import CaptionFunction, TrainingData, item_files, next_step_batch, samples_per_epoch
+from .first_frame import encode_first_frames
 from .masked_loss import latent_masks, masked_loss_problem
 from .optimizers import OptimizerConfig, effective_learning_rate
 from .parallel import SingleProcess
@@ -107,7 +108,7 @@ def train_lora(
     with torch.inference_mode(False), torch.enable_grad():
         # Read inside: tensors loaded under ComfyUI's inference mode could not be updated by the optimizer.
         resume_state = load_training_state(resume_from) if resume_from is not None else None
-        latents, texts, fixed_captions, encoding = _encode_once(
+        latents, texts, fixed_captions, encoding, first_frames = _encode_once(
             data, codec, text_encoder, caption, randomised or train_text, encoding_cache, training.clip_skip)
         held_out = None if validation_data is None else encode_held_out(
             validation_data, codec, caption, validation or ValidationConfig())
@@ -130,7 +131,7 @@ def train_lora(
                         text_adapter=text_adapter, text_key_namer=text_key_namer, parallel=parallel,
                         latent_masks=masks,
                     )
-                    run.validation = held_out
+                    run.validation, run.first_frames = held_out, first_frames
                     if resume_state is not None:
                         load_state(run, resume_state, resume_from, checkpoints)
                     result = _optimise(run, on_step, checkpoints)
@@ -165,14 +166,15 @@ def _latent_masks(data: TrainingData, latents: list[torch.Tensor], masked_loss: 
 def _encode_once(
     data: TrainingData, codec: LatentCodec, text_encoder: TextEncoder, caption: CaptionFunction, per_step: bool,
     cache: EncodingCache | None, clip_skip: int,
-) -> tuple[list[torch.Tensor], TextCache, list[str], EncodingCounts]:
-    """The dataset's latents, a cache of caption embeddings, each item's fixed caption, and how many were
-    read from ``cache``. Unless captions are encoded at every step (``per_step``: random captions, or a
-    text encoder in training), each caption is encoded here, once."""
+) -> tuple[list[torch.Tensor], TextCache, list[str], EncodingCounts, list | None]:
+    """The dataset's latents, a cache of caption embeddings, each item's fixed caption, how many were
+    read from ``cache``, and each item's first-frame conditioning (image-to-video models, else None). Unless
+    captions are encoded at every step (``per_step``: random captions, or a text encoder in training), each
+    caption is encoded here, once."""
     texts = TextCache(text_encoder)
     fixed_captions = [caption(item, None) for item in data.items]
     latents, counts = encode_dataset(data, codec, texts, None if per_step else fixed_captions, cache, clip_skip)
-    return latents, texts, fixed_captions, counts
+    return latents, texts, fixed_captions, counts, encode_first_frames(data, codec, cache, counts)
 
 
 def _optimise(

@@ -16,7 +16,7 @@ import torch
 
 from ..adapters.export import KeyNamer, default_text_key_name
 from ..adapters.inject import InjectedAdapter
-from ..models.protocols import Denoiser
+from ..models.protocols import Denoiser, TextEmbedding
 from .block_weights import check_block_weights_with, optimizer_groups, weighted_parameters
 from .config import TrainingConfig
 from .ema import AdapterEMA
@@ -107,6 +107,7 @@ class TrainingRun:
         self.global_rng_state: torch.Tensor | None = None  # dropout's stream, restored on resume
         self.saved_checkpoints: list[Path] = []
         self.streams_at_step_start: dict[str, Any] | None = None  # what a checkpoint taken mid-step resumes from
+        self.first_frames: list[TextEmbedding] | None = None  # per item, for image-to-video models (first_frame.py)
         self.validation: HeldOut | None = None  # held-out images (validation.py), None = no validation
         self.validation_losses: dict[int, float] = {}  # step -> held-out loss
         self.validated_checkpoints: dict[int, float] = {}  # step of a saved checkpoint -> its held-out loss

@@ -14,6 +14,7 @@ import torch
 from ..models.protocols import Denoiser, TextEmbedding
 from .bookkeeping import export_weights
 from .encoding import concat_text, text_groups
+from .first_frame import with_first_frames
 from .losses import add_noise, diffusion_loss, sample_noise, sample_sigmas
 from .masked_loss import batch_mask
 from .results import NonFiniteLossError
@@ -96,7 +97,8 @@ def _global_batch_loss(run: TrainingRun, indices: list[int]) -> float:
             x0, noise, sigma, weights = x0[mine], noise[mine], sigma[mine], weights[mine]
             mask = mask[mine] if mask is not None else None
             captions = [captions[i] for i in mine]
-        embeddings = run.texts.get(captions)
+        items = [indices[i] for i in mine] if len(mine) < len(indices) else indices
+        embeddings = with_first_frames(run.texts.get(captions), run.first_frames, items)  # image-to-video models
         noisy = add_noise(x0, noise, sigma, denoiser.prediction)
         with _autocast(device, training.mixed_precision):
             estimate = denoise_in_text_groups(denoiser, noisy, sigma, embeddings)

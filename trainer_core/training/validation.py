@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..fields import described
-from ..models.protocols import LatentCodec
+from ..models.protocols import LatentCodec, TextEmbedding
 from .checkpoints import CheckpointPolicy
 from .encoding import encode_latents
 from .epochs import CaptionFunction, TrainingData
+from .first_frame import encode_first_frames
 
 if TYPE_CHECKING:
     from .run import TrainingRun
@@ -69,6 +70,7 @@ class HeldOut:
     latents: list[torch.Tensor]
     captions: list[str]
     config: ValidationConfig
+    first_frames: list[TextEmbedding] | None = None  # image-to-video models: each item's own (first_frame.py)
 
 
 def encode_held_out(
@@ -77,7 +79,8 @@ def encode_held_out(
     """Latents and fixed captions (no random processing) of ``data``; None when it has no image."""
     if not data.items:
         return None
-    return HeldOut(encode_latents(data, codec), [caption(item, None) for item in data.items], config)
+    return HeldOut(encode_latents(data, codec), [caption(item, None) for item in data.items], config,
+                   encode_first_frames(data, codec))
 
 
 def fixed_levels(schedule: torch.Tensor, count: int = VALIDATION_LEVELS) -> torch.Tensor:

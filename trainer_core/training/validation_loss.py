@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import torch
 
 from .ema import averaged
+from .first_frame import with_first_frames
 from .losses import add_noise, diffusion_loss
 from .run import TrainingRun
 from .step import _autocast, denoise_in_text_groups
@@ -35,9 +36,9 @@ def held_out_loss(run: TrainingRun) -> float:
     generator = torch.Generator().manual_seed(training.seed)  # the same noise at every validation
     total, count = 0.0, 0
     with _evaluating(run), averaged(run.ema):
-        for latent, caption in zip(held_out.latents, held_out.captions, strict=True):
+        for index, (latent, caption) in enumerate(zip(held_out.latents, held_out.captions, strict=True)):
             noise = torch.randn((len(levels), *latent.shape), generator=generator)
-            embedding = run.texts.get([caption])[0]
+            embedding = with_first_frames(run.texts.get([caption]), held_out.first_frames, [index])[0]
             for start in range(0, len(levels), training.batch_size):
                 sigma = levels[start : start + training.batch_size].to(device)
                 x0 = latent.unsqueeze(0).expand(len(sigma), *latent.shape).to(device)
