@@ -30,6 +30,12 @@ UNTRAINABLE_FAMILIES = {
     "Hunyuan3Dv2_1": "a 3D model (Hunyuan3D 2.1)",
     "SD_X4Upscaler": "an upscaler (SD x4 upscaler)",
     "HunyuanVideo15_SR_Distilled": "an upscaler (HunyuanVideo 1.5 super-resolution)",
+    # Wan variants whose input adds control video, camera, audio or pose streams Train LoRA does not build.
+    "WAN21_Vace": "a Wan model conditioned on control video (VACE)",
+    "WAN21_Camera": "a camera-controlled Wan model (Wan Fun Camera)",
+    "WAN21_HuMo": "an audio-driven Wan model (HuMo)",
+    "WAN22_Animate": "a pose-driven Wan model (Wan 2.2 Animate)",
+    "WAN22_S2V": "an audio-driven Wan model (Wan 2.2 S2V)",
 }
 
 
@@ -68,6 +74,8 @@ def training_refusal(model: Any) -> str | None:
         elif not hasattr(model, "diffusion_model"):
             kind = "a model without a diffusion network"
     if kind is None:
+        kind = _wan_control_input(model)
+    if kind is None:
         return image_to_video_refusal(model)
     return (
         f"TrainLoRA: this MODEL is ComfyUI's {family}, {kind}. LoRA Lab trains LoRAs for image models "
@@ -93,3 +101,18 @@ def untested_family_note(model: Any) -> str | None:
     if family in TESTED_FAMILIES:
         return None
     return f"{family} is not in LoRA Lab's tested families; training it through the generic path"
+
+
+def _wan_control_input(model: Any) -> str | None:
+    """What a plain ``WAN21`` is when its input adds channels other than an I2V start image and mask (Wan Fun
+    Control's control video, 16 + 32): Train LoRA would feed them zeros; None for T2V and I2V inputs."""
+    if type(model).__name__ != "WAN21":
+        return None
+    embedding = getattr(getattr(model, "diffusion_model", None), "patch_embedding", None)
+    channels = getattr(getattr(model, "latent_format", None), "latent_channels", None)
+    if embedding is None or channels is None:
+        return None
+    extra = embedding.weight.shape[1] - channels
+    if extra in (0, channels + 4):  # text-to-video; image-to-video (start-image latent + mask)
+        return None
+    return f"a Wan model whose input adds {extra} channels of control (e.g. Wan Fun Control)"

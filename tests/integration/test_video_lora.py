@@ -190,3 +190,33 @@ def test_only_hunyuan_video_i2v_is_refused_naming_why_and_what_to_use(pack):
     message = training_refusal(i2v_class(config).get_model({}))
     assert message is not None and "HunyuanVideoI2V" in message and "image-to-video" in message
     assert "text-to-video" in message and "Wan 2.1" in message
+
+
+@pytest.mark.parametrize("model_class_name, kind", [
+    ("WAN21_Vace", "control video (VACE)"), ("WAN21_Camera", "camera-controlled"), ("WAN21_HuMo", "audio-driven"),
+    ("WAN22_Animate", "pose-driven"), ("WAN22_S2V", "audio-driven"),
+])
+def test_wan_variants_with_control_inputs_are_refused_by_class(pack, model_class_name, kind):
+    """Wan variants whose input adds control streams Train LoRA does not build are refused, naming them."""
+    import comfy.model_base
+    from lora_lab.nodes.families import training_refusal
+
+    message = training_refusal(object.__new__(getattr(comfy.model_base, model_class_name)))
+    assert message is not None and f"ComfyUI's {model_class_name}" in message and kind in message
+
+
+def test_a_wan_with_a_control_video_input_is_refused_and_i2v_inputs_are_not(pack):
+    """Wan Fun Control loads as a plain WAN21 whose input adds 32 control channels: training it would feed those
+    zeros, so it is refused before training; the 36-channel I2V input (start image + mask) is not."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    from lora_lab.nodes.families import training_refusal
+    from tiny_families import FAMILIES
+
+    config_class = comfy.supported_models.WAN21_T2V
+    config = dict(config_class.unet_config, **dict(FAMILIES["wan21"].config, in_dim=48))
+    with torch.inference_mode():
+        model = config_class(config).get_model({})
+    message = training_refusal(model)
+    assert message is not None and "ComfyUI's WAN21" in message and "32 channels of control" in message
+    assert training_refusal(family_patcher("wan22_i2v").model) is None
