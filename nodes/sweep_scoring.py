@@ -6,7 +6,7 @@ Save LoRA wrote."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import comfy.model_management
@@ -25,6 +25,7 @@ from ..trainer_core.pictures.recommend import (
     score_rows,
     unit,
 )
+from . import clip_cells
 from .bridge import ComfyLatentCodec
 
 MAX_DATASET_IMAGES = 32  # evenly spread over the dataset: enough for its mean, bounded in time
@@ -51,19 +52,41 @@ def has_trigger(prompt: str, trigger: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(trigger.strip())}(?!\w)", prompt, flags=re.IGNORECASE) is not None
 
 
-def dataset_pixels(dataset, width: int, height: int) -> torch.Tensor:
-    """Up to ``MAX_DATASET_IMAGES`` of the dataset's images, evenly spread, resized to the cell size:
-    ``[B, height, width, 3]`` in 0..1."""
+def dataset_pixels(dataset, width: int, height: int) -> list[torch.Tensor]:
+    """Up to ``MAX_DATASET_IMAGES`` of the dataset's items, evenly spread, resized to the cell size: each a
+    ``[k, height, width, 3]`` batch in 0..1, an image's pixels (k = 1) or a clip window's frames at the
+    positions a clip cell's strip shows (``clip_cells.strip_picks``: first, last and two between)."""
     items = list(dataset.items)
     if not items:
         raise ValueError("dataset: it holds no images, so the sweep has nothing to compare its cells with")
     picks = sorted({round(i) for i in np.linspace(0, len(items) - 1, min(len(items), MAX_DATASET_IMAGES))})
-    images = []
+    groups = []
     for index in picks:
-        image = torch.from_numpy(np.ascontiguousarray(dataset.load_image(items[index])))[None].movedim(-1, 1)
-        image = torch.nn.functional.interpolate(image, size=(height, width), mode="bilinear", antialias=True)
-        images.append(image.movedim(1, -1).clamp(0, 1))
-    return torch.cat(images)
+        item = items[index]
+        if item.clip is None:
+            frames = dataset.load_image(item)[None]
+        else:  # decode only the scored frames of the window
+            chosen = tuple(item.clip.indices[i] for i in clip_cells.strip_picks(len(item.clip.indices)))
+            frames = dataset.load_frames(replace(item, frames=len(chosen), clip=replace(item.clip, indices=chosen)))
+        groups.append(_resized(torch.from_numpy(np.ascontiguousarray(frames)), width, height))
+    return groups
+
+
+def _resized(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    moved = torch.nn.functional.interpolate(frames.movedim(-1, 1), size=(height, width), mode="bilinear",
+                                            antialias=True)
+    return moved.movedim(1, -1).clamp(0, 1)
+
+
+def cell_frames(rows: list[list[np.ndarray]], clips: dict[tuple[int, int], np.ndarray], row: int) -> list[torch.Tensor]:
+    """What is scored of each cell of ``row``: a clip cell's frames at its strip's positions ``[k, H, W, 3]``,
+    else the cell's picture ``[1, H, W, 3]``."""
+    groups = []
+    for column, cell in enumerate(rows[row]):
+        clip = clips.get((row, column))
+        frames = cell[None] if clip is None else clip[clip_cells.strip_picks(clip.shape[0])]
+        groups.append(torch.from_numpy(np.ascontiguousarray(frames)).float())
+    return groups
 
 
 def embed(images: torch.Tensor, vae, model, clip_vision) -> np.ndarray:
@@ -82,12 +105,24 @@ def embed(images: torch.Tensor, vae, model, clip_vision) -> np.ndarray:
     return np.stack(features)
 
 
+def embed_groups(groups: list[torch.Tensor], vae, model, clip_vision) -> np.ndarray:
+    """One feature vector per group of frames ``[k, H, W, 3]`` (a picture, or a clip's scored frames): the mean
+    of its frames' features (``embed``), back to length 1 for CLIP vision embeddings."""
+    features = embed(torch.cat(groups), vae, model, clip_vision)
+    bounds = np.cumsum([len(group) for group in groups])[:-1]
+    means = np.stack([part.mean(axis=0) for part in np.split(features, bounds)])
+    return unit(means) if clip_vision is not None else means
+
+
 def score_sweep(rows: list[list[np.ndarray]], row_loras: list[tuple[str, str]], strengths: list[float],
                 trigger: str, dataset, vae, model, clip_vision, skipped: set[str],
-                steps: dict[str, int] | None = None) -> Verdict:
+                steps: dict[str, int] | None = None, clips: dict[tuple[int, int], np.ndarray] | None = None,
+                ) -> Verdict:
     """Scores, recommendations and marks for a rendered sweep; ``row_loras[row]`` is (LoRA name, prompt),
     ``skipped`` the LoRAs whose cells are error tiles, ``steps`` each LoRA file's training steps (the
-    checkpoint rule prefers the less trained of near-equal files)."""
+    checkpoint rule prefers the less trained of near-equal files), ``clips`` the clip cells' frames
+    ``[F, H, W, 3]`` by (row, column) on a video model: a clip cell scores as the mean of its strip frames'
+    features, against the dataset's clips scored the same way (``dataset_pixels``)."""
     verdict = Verdict()
     if dataset is None:
         return _unscored(verdict, "not scored: connect the dataset to score the cells and get a recommended strength")
@@ -95,12 +130,13 @@ def score_sweep(rows: list[list[np.ndarray]], row_loras: list[tuple[str, str]], 
         return _unscored(verdict, "not scored: the scores compare each cell with its row's strength-0 cell; turn "
                                   "include_baseline on")
     verdict.scorer = "CLIP vision" if clip_vision is not None else "VAE latent (model-free)"
-    height, width = rows[0][0].shape[:2]
-    reference = embed(dataset_pixels(dataset, width, height), vae, model, clip_vision).mean(axis=0)
+    clips = clips or {}
+    height, width = next(iter(clips.values())).shape[1:3] if clips else rows[0][0].shape[:2]
+    reference = embed_groups(dataset_pixels(dataset, width, height), vae, model, clip_vision).mean(axis=0)
     if clip_vision is not None:
         reference = unit(reference)
     kept = [r for r, (name, _) in enumerate(row_loras) if name not in skipped]
-    features = [embed(torch.from_numpy(np.stack(rows[r])), vae, model, clip_vision) for r in kept]
+    features = [embed_groups(cell_frames(rows, clips, r), vae, model, clip_vision) for r in kept]
     info = [(row_loras[r][0], has_trigger(row_loras[r][1], trigger)) for r in kept]
     scores = score_rows(features, reference, strengths.index(0.0), info)
     names = list(dict.fromkeys(name for name, _ in row_loras if name not in skipped))

@@ -65,3 +65,39 @@ def test_a_connected_clip_vision_model_scores_the_cells(clip_vision, tmp_path, m
     assert recommendation.concept[0] == 0 and recommendation.bleed[0] == 0
     assert all(np.isfinite(recommendation.concept)) and all(np.isfinite(recommendation.bleed))
     assert verdict.plot.shape == (320, 512, 3)
+
+
+def test_clip_cells_score_as_the_mean_of_their_frames_against_the_datasets_clips(clip_vision, tmp_path, monkeypatch):
+    """On a video model each cell is a clip: it is scored on the frames its strip shows (first, last, two between),
+    as the mean of their embeddings, against the dataset's clip windows scored the same way. A cell whose frames
+    are the dataset clip's own is at the dataset (concept 1); one that matches only in its first frame gets part
+    of the way; the scored frames come from the clips, not from the strip pictures in the grid."""
+    load_pack()
+    from lora_lab.nodes import clip_cells, sweep_scoring
+    from lora_lab.trainer_core.data.dataset import DatasetOptions, load_dataset
+
+    from tests.helpers.clip_files import write_video
+
+    write_video(tmp_path / "clips" / "walk.mp4", 9, fps=16, size=(64, 64))
+    (tmp_path / "clips" / "walk.txt").write_text("sks, walking")
+    dataset = load_dataset(tmp_path / "clips", DatasetOptions(resolution=64, frame_count=9, frame_start="head"))
+    (item,) = dataset.items
+    own = dataset.load_frames(item)  # [9, 64, 64, 3]
+    rng = np.random.default_rng(1)
+    baseline = rng.random(own.shape, dtype=np.float32)
+    first_only = baseline.copy()
+    first_only[0] = own[0]
+    row_clips = [baseline, first_only, own]
+    clips = {(0, c): clip for c, clip in enumerate(row_clips)}
+    rows = [[clip_cells.frame_strip(clip) for clip in row_clips]]
+    seen = []
+    encode = clip_vision.encode_image
+    monkeypatch.setattr(clip_vision, "encode_image", lambda images, **kw: seen.append(len(images)) or encode(images, **kw))
+    verdict = sweep_scoring.score_sweep(rows, [("my_lora", "sks, walking")], [0.0, 0.5, 1.0], "sks", dataset, None,
+                                        None, clip_vision, set(), clips=clips)
+    assert seen == [4, 12], "the dataset clip's 4 strip frames, then the row's 3 cells x 4 frames"
+    (recommendation,) = verdict.recommendations
+    assert recommendation.concept[0] == 0
+    assert recommendation.concept[2] == pytest.approx(1.0, abs=1e-3)  # the dataset's own frames: at the dataset
+    assert 0.05 < recommendation.concept[1] < 0.9  # one of four frames matches: part of the way
+    assert recommendation.strength is not None and verdict.scorer == "CLIP vision"
