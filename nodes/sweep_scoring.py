@@ -204,7 +204,7 @@ def write_into_file(lora: LoRAWeights, name: str, verdict: Verdict) -> str:
         return f"{Path(path).name}: no recommendation to write into its metadata"
     keys = recommendation_metadata(chosen, verdict.scorer, verdict.checkpoint)
     try:
-        rewrite_metadata(Path(path), lora, keys)
+        rewrite_metadata(Path(path), getattr(lora, "written", None) or lora, keys)
     except (OSError, ValueError) as error:
         return f"{path}: the recommendation was not written into the file ({error}); the file is unchanged"
     return f"{Path(path).name}: lora_lab_recommended_strength = {chosen.strength:g} written into its metadata"
