@@ -15,6 +15,7 @@ import json
 import re
 
 import pytest
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -111,13 +112,25 @@ def test_hunyuan_video_lora_in_both_key_formats_and_a_scored_clip_sweep(comfy_se
     assert unread and not_loaded == {key for key in musubi_keys if key.split(".", 1)[0] in unread}, not_loaded
     assert f"does not read {len(unread)} of its layers" in result.outputs[musubi.id]["text"][0]
 
-    # The scored sweep on clip cells: a recommendation, written into the file Save LoRA wrote (musubi's names).
+    # The scored sweep on clip cells (model-free scorer): every strength's clips scored against the dataset's
+    # clips, the scores in the report and the grid's PNG info. A tiny random HunyuanVideo does not learn the
+    # clips in a test's steps (best concept score 0.06-0.17 in runs of 24-60 steps, below the rule's 0.15), so
+    # whether a strength is recommended is the rule's business (tests/core/test_sweep_recommend.py); writing it
+    # into a renamed file is test_sweep_clip_vision.py's. Here: what the report says matches the file.
     sweep_report = result.outputs[sweep.id]["text"][0]
     print("sweep report:", sweep_report, sep="\n")
     assert "scores: VAE latent (model-free)" in sweep_report, sweep_report
-    match = re.search(r"recommended strength (\S+) \(green frame\)", sweep_report)
-    assert match, sweep_report
-    assert "hv_keys_musubi.safetensors: lora_lab_recommended_strength = " in sweep_report, sweep_report
-    keys_after, meta_after = file_keys(loras / "hv_keys_musubi.safetensors")
-    assert keys_after == musubi_keys and float(meta_after["lora_lab_recommended_strength"]) == float(match.group(1))
-    assert json.loads(meta_after["lora_lab_recommendation"])["scorer"] == "VAE latent (model-free)"
+    scores = re.search(r"hv_keys_musubi: concept/bleed per strength 0: 0\.00/0\.00, 0\.5: (\S+)/(\S+), 1: (\S+)/(\S+)",
+                       sweep_report)
+    assert scores and float(scores.group(2)) > 0 and float(scores.group(4)) > 0, sweep_report  # the clips moved
+    (grid,) = [p for p in comfy_server.output_files(result, sweep.id) if p.suffix == ".png"]
+    with Image.open(grid) as image:
+        (recommendation,) = json.loads(image.info["lora_lab"])["recommendations"]
+    assert recommendation["lora"] == "hv_keys_musubi" and len(recommendation["concept"]) == 3
+    assert all(value is not None for value in recommendation["concept"] + recommendation["bleed"])
+    _, meta_after = file_keys(loras / "hv_keys_musubi.safetensors")
+    if recommendation["strength"] is None:
+        assert "hv_keys_musubi.safetensors: no recommendation to write into its metadata" in sweep_report
+        assert "lora_lab_recommended_strength" not in meta_after
+    else:
+        assert float(meta_after["lora_lab_recommended_strength"]) == recommendation["strength"]
