@@ -113,10 +113,11 @@ def test_hunyuan_video_lora_in_both_key_formats_and_a_scored_clip_sweep(comfy_se
     assert f"does not read {len(unread)} of its layers" in result.outputs[musubi.id]["text"][0]
 
     # The scored sweep on clip cells (model-free scorer): every strength's clips scored against the dataset's
-    # clips, the scores in the report and the grid's PNG info. A tiny random HunyuanVideo does not learn the
-    # clips in a test's steps (best concept score 0.06-0.17 in runs of 24-60 steps, below the rule's 0.15), so
-    # whether a strength is recommended is the rule's business (tests/core/test_sweep_recommend.py); writing it
-    # into a renamed file is test_sweep_clip_vision.py's. Here: what the report says matches the file.
+    # clips, the scores in the report and the grid's PNG info. A tiny random HunyuanVideo hardly learns the
+    # clips in a test's steps (best concept score 0.06 to 0.17 in runs of 24-60 steps: around the rule's 0.15,
+    # too close to be a stable test), so whether a strength is recommended is the rule's business
+    # (tests/core/test_sweep_recommend.py); writing it into a renamed file is test_sweep_clip_vision.py's. Here:
+    # what the report says matches the file.
     sweep_report = result.outputs[sweep.id]["text"][0]
     print("sweep report:", sweep_report, sep="\n")
     assert "scores: VAE latent (model-free)" in sweep_report, sweep_report
