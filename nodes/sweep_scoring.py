@@ -6,6 +6,7 @@ Save LoRA wrote."""
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from . import clip_cells
 from .bridge import ComfyLatentCodec
 
 MAX_DATASET_IMAGES = 32  # evenly spread over the dataset: enough for its mean, bounded in time
+_REFERENCES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # scorer model -> {dataset key: reference}
 
 
 @dataclass
@@ -114,6 +116,24 @@ def embed_groups(groups: list[torch.Tensor], vae, model, clip_vision) -> np.ndar
     return unit(means) if clip_vision is not None else means
 
 
+def dataset_reference(dataset, width: int, height: int, vae, model, clip_vision) -> np.ndarray:
+    """The dataset's mean feature vector at the cell size, kept while its scorer model (the CLIP vision model,
+    else the VAE) lives: a sweep run again on the same dataset (another seed, more strengths, the next
+    checkpoint) does not encode the dataset again. A changed file, caption or sizing option changes the
+    dataset's content hash, and with it the key."""
+    scorer = clip_vision if clip_vision is not None else vae
+    latent_format = None if clip_vision is not None else type(model.get_model_object("latent_format")).__name__
+    key = (str(dataset.root), dataset.content_hash, len(dataset.items), width, height, latent_format)
+    try:
+        cached = _REFERENCES.setdefault(scorer, {})
+    except TypeError:  # a scorer that cannot be weakly referenced: no reuse
+        cached = {}
+    if key not in cached:
+        reference = embed_groups(dataset_pixels(dataset, width, height), vae, model, clip_vision).mean(axis=0)
+        cached[key] = unit(reference) if clip_vision is not None else reference
+    return cached[key]
+
+
 def score_sweep(rows: list[list[np.ndarray]], row_loras: list[tuple[str, str]], strengths: list[float],
                 trigger: str, dataset, vae, model, clip_vision, skipped: set[str],
                 steps: dict[str, int] | None = None, clips: dict[tuple[int, int], np.ndarray] | None = None,
@@ -132,9 +152,7 @@ def score_sweep(rows: list[list[np.ndarray]], row_loras: list[tuple[str, str]], 
     verdict.scorer = "CLIP vision" if clip_vision is not None else "VAE latent (model-free)"
     clips = clips or {}
     height, width = next(iter(clips.values())).shape[1:3] if clips else rows[0][0].shape[:2]
-    reference = embed_groups(dataset_pixels(dataset, width, height), vae, model, clip_vision).mean(axis=0)
-    if clip_vision is not None:
-        reference = unit(reference)
+    reference = dataset_reference(dataset, width, height, vae, model, clip_vision)
     kept = [r for r, (name, _) in enumerate(row_loras) if name not in skipped]
     features = [embed_groups(cell_frames(rows, clips, r), vae, model, clip_vision) for r in kept]
     info = [(row_loras[r][0], has_trigger(row_loras[r][1], trigger)) for r in kept]

@@ -138,3 +138,29 @@ def test_a_clip_sweeps_recommendation_goes_into_the_file_save_lora_wrote_with_mu
     assert set(after) == set(written) == {f"lora_unet_double_blocks_0_img_attn_qkv.{t}"
                                           for t in ("lora_down.weight", "lora_up.weight", "alpha")}
     assert all(torch.equal(after[key], written[key]) for key in written)
+
+
+def test_a_second_sweep_on_the_same_dataset_does_not_encode_the_dataset_again(clip_vision, tmp_path, monkeypatch):
+    """The dataset's reference is kept per scorer model: run again (same dataset, same cell size) only the cells
+    are encoded, with the same scores; another cell size, or a changed dataset, encodes the dataset again."""
+    load_pack()
+    from lora_lab.nodes import sweep_scoring
+
+    dataset, rows, clips = clip_sweep(tmp_path)
+    seen = []
+    encode = clip_vision.encode_image
+    monkeypatch.setattr(clip_vision, "encode_image", lambda images, **kw: seen.append(len(images)) or encode(images, **kw))
+    args = ([("my_lora", "sks, walking")], [0.0, 0.5, 1.0], "sks", dataset, None, None, clip_vision, set())
+    first = sweep_scoring.score_sweep(rows, *args, clips=clips)
+    again = sweep_scoring.score_sweep(rows, *args, clips=clips)
+    assert seen == [4, 12, 12]
+    assert again.recommendations[0].concept == first.recommendations[0].concept
+    smaller = {key: clip[:, :32, :32] for key, clip in clips.items()}
+    sweep_scoring.score_sweep([[cell[:32, :32] for cell in rows[0]]], *args, clips=smaller)
+    assert seen == [4, 12, 12, 4, 12]  # another cell size: the dataset at that size
+    (tmp_path / "clips" / "walk.txt").write_text("sks, walking fast")  # a changed caption: a new content hash
+    from lora_lab.trainer_core.data.dataset import DatasetOptions, load_dataset
+
+    changed = load_dataset(tmp_path / "clips", DatasetOptions(resolution=64, frame_count=9, frame_start="head"))
+    sweep_scoring.score_sweep(rows, args[0], args[1], args[2], changed, None, None, clip_vision, set(), clips=clips)
+    assert seen == [4, 12, 12, 4, 12, 4, 12]
