@@ -27,12 +27,15 @@ def strip_count(frames: int) -> int:
     return 1 if frames <= 1 else min(STRIP_FRAMES, frames)
 
 
+def strip_picks(frames: int) -> list[int]:
+    """The frame indices a cell's strip shows (and the sweep scores) of a ``frames``-frame clip: ``strip_count``
+    evenly spaced, first and last included."""
+    return [int(i) for i in np.linspace(0, frames - 1, strip_count(frames)).round()]
+
+
 def frame_strip(clip: np.ndarray) -> np.ndarray:
-    """``clip`` [F, H, W, 3] as ``strip_count`` evenly spaced frames (first and last included) side by side:
-    [H, n * W, 3]."""
-    count = strip_count(clip.shape[0])
-    picks = np.linspace(0, clip.shape[0] - 1, count).round().astype(int)
-    return np.concatenate([clip[i] for i in picks], axis=1)
+    """``clip`` [F, H, W, 3] as its ``strip_picks`` frames side by side: [H, n * W, 3]."""
+    return np.concatenate([clip[i] for i in strip_picks(clip.shape[0])], axis=1)
 
 
 def save_clips(cls: Any, clips: list[np.ndarray], prefix: str, fps: float = CLIP_FPS) -> list[dict]:

@@ -9,11 +9,13 @@ which ComfyUI maps for every model.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import comfy.lora
 import comfy.utils
+import torch
 
 from .bridge import UnsupportedModelError
 
@@ -181,3 +183,60 @@ def _row_splits(model: Any, key_map: dict[str, Any], prefix: str) -> dict[str, t
             continue
         splits.setdefault(path, []).append((stem, rows))
     return {path: tuple(sorted(parts, key=lambda part: part[1][0])) for path, parts in splits.items()}
+
+
+# Save LoRA's key_names choices. musubi-tuner's HunyuanVideo and Wan generation scripts read kohya names only
+# (networks/lora.py create_network_from_weights takes a module's name from the key up to its first dot and
+# builds only modules named "lora_unet_" + module path with "_", with .lora_down/.lora_up/.alpha;
+# utils/lora_utils.py merges "lora_unet_" + path + ".lora_down.weight" into each weight); its trainer converts
+# diffusion-pipe names only for --base_weights (hv_train_network.py convert_weight_keys).
+KEY_NAMES = ("family default", "musubi-tuner (lora_unet_)")
+MUSUBI = "musubi"  # lora_lab_key_format of a file renamed to musubi-tuner's names
+# musubi-tuner's HunyuanVideo module names that ComfyUI spells otherwise (img_mod.lin, img_mlp.0 / .2,
+# modulation.lin): comfy/lora.py maps them only from diffusion-pipe names, so LoraLoader leaves these
+# layers out of a file with musubi's names.
+COMFY_UNREAD_MUSUBI = re.compile(r"_(img|txt)_mod_linear\.|_(img|txt)_mlp_fc[12]\.|_modulation_linear\.")
+_PEFT_TENSORS = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}
+
+
+def with_key_names(tensors: dict[str, Any], metadata: dict[str, str], choice: str) -> tuple[dict[str, Any], str]:
+    """The LoRA's tensors under Save LoRA's ``key_names`` choice, and the key format the file records.
+
+    "musubi-tuner (lora_unet_)" turns a HunyuanVideo LoRA's diffusion-pipe names into musubi-tuner's, by the
+    rule of musubi's own convert_lora.py (``convert_from_diffusers``): ``diffusion_model.<path>.lora_A.weight``
+    -> ``lora_unet_<path with _>.lora_down.weight`` (lora_B -> lora_up), alpha = rank (the scale is in the
+    down weights already). diffusion-pipe spells HunyuanVideo's layers as musubi's model names them (both
+    follow Tencent's model). A LoRA whose names are kohya's already (Wan, Flux, ...) is written as it is."""
+    family_format = metadata.get("lora_lab_key_format", "")
+    if choice == KEY_NAMES[0]:
+        return tensors, family_format
+    if choice != KEY_NAMES[1]:
+        raise ValueError(f"key_names must be one of {list(KEY_NAMES)}, got {choice!r}")
+    if all(key.startswith("lora_") for key in tensors):
+        return tensors, family_format
+    if family_format != "diffusion_pipe":
+        raise ValueError(
+            f"key_names: musubi-tuner names are offered for HunyuanVideo LoRAs; this LoRA's names are "
+            f"{family_format or 'not kohya'}'s, which its family's tools read: set key_names to 'family default'"
+        )
+    renamed: dict[str, Any] = {}
+    ranks: dict[str, int] = {}
+    for key, tensor in tensors.items():
+        if not key.startswith("diffusion_model."):  # text encoder keys are kohya's already
+            renamed[key] = tensor
+            continue
+        body = key[len("diffusion_model.") :]
+        tail = next((t for t in _PEFT_TENSORS if body.endswith("." + t)), None)
+        path, name = (body[: -len(tail) - 1], _PEFT_TENSORS[tail]) if tail else body.rsplit(".", 1)
+        stem = "lora_unet_" + path.replace(".", "_")
+        renamed[f"{stem}.{name}"] = tensor
+        if name == "lora_down.weight":
+            ranks[stem] = tensor.shape[0]
+    for stem, rank in ranks.items():
+        renamed.setdefault(f"{stem}.alpha", torch.tensor(float(rank)))
+    return renamed, MUSUBI
+
+
+def comfy_unread_layers(tensors: dict[str, Any]) -> list[str]:
+    """The layers of a file with musubi-tuner's HunyuanVideo names that ComfyUI's LoraLoader does not read."""
+    return sorted({key.split(".")[0] for key in tensors if COMFY_UNREAD_MUSUBI.search(key.split(".")[0] + ".")})

@@ -8,6 +8,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..trainer_core.adapters.export import LoRAWeights, sanitize_filename, save_lora, unique_path
+from .key_formats import KEY_NAMES, comfy_unread_layers, with_key_names
 from .types import LoraModel
 
 IF_EXISTS = ["add number", "overwrite", "error"]
@@ -39,6 +40,13 @@ class SaveCheckpoint(io.ComfyNode):
                     "if_exists", options=IF_EXISTS, default="add number",
                     tooltip="When the file exists: add a number (my_lora_0001), overwrite it, or stop with an error.",
                 ),
+                io.Combo.Input(
+                    "key_names", options=list(KEY_NAMES), default=KEY_NAMES[0], optional=True,
+                    tooltip="The file's key names. 'family default': the names ComfyUI and diffusers read for this "
+                    "model family (HunyuanVideo: diffusion-pipe's). 'musubi-tuner (lora_unet_)': HunyuanVideo LoRAs "
+                    "under musubi-tuner's names, which its hv_generate_video.py reads; ComfyUI's LoraLoader then "
+                    "leaves out the modulation and MLP layers. Other families' names are musubi's or kohya's already.",
+                ),
             ],
             outputs=[
                 LoraModel.Output("saved_lora", display_name="lora", tooltip="The same LoRA, now knowing its file name."),
@@ -58,9 +66,10 @@ class SaveCheckpoint(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, lora: LoRAWeights, filename: str, if_exists: str) -> io.NodeOutput:
+    def execute(cls, lora: LoRAWeights, filename: str, if_exists: str, key_names: str = KEY_NAMES[0]) -> io.NodeOutput:
         if not isinstance(lora, dict) or not lora:
             raise ValueError("lora: the input holds no LoRA weights; connect the 'lora' output of Train LoRA")
+        tensors, key_format = with_key_names(lora, dict(getattr(lora, "metadata", {})), key_names)
         root = loras_folder()
         stem = sanitize_filename(filename)
         path = root / f"{stem}.safetensors"
@@ -74,7 +83,16 @@ class SaveCheckpoint(io.ComfyNode):
                 path = unique_path(path.parent, path.stem)
         saved = LoRAWeights(lora, getattr(lora, "metadata", {}))
         saved.metadata["ss_output_name"] = path.stem
-        save_lora(saved, path, overwrite=True)
+        written = LoRAWeights(tensors, {**saved.metadata, **({"lora_lab_key_format": key_format} if key_format else {})})
+        save_lora(written, path, overwrite=True)
         saved.file = path  # the strength sweep writes its recommendation back into this file
+        saved.written = None if tensors is lora else written  # renamed: the file holds these tensors
         name = path.relative_to(root).as_posix()
-        return io.NodeOutput(saved, name, ui=ui.PreviewText(f"Saved {name}\n{path}"))
+        text = f"Saved {name}\n{path}"
+        unread = comfy_unread_layers(written) if tensors is not lora else []
+        if unread:
+            text += (f"\nmusubi-tuner names: ComfyUI's LoraLoader does not read {len(unread)} of its layers under them "
+                     f"(modulation and MLP, e.g. {unread[0]}); for ComfyUI and diffusers save with key_names "
+                     "'family default'")
+            print(f"[LoRA Lab] Save LoRA: {text.splitlines()[-1]}", flush=True)
+        return io.NodeOutput(saved, name, ui=ui.PreviewText(text))

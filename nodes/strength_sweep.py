@@ -146,7 +146,7 @@ class TestLoRAStrengthSweep(io.ComfyNode):
         animated, clip_notes = clip_cells.save_cell_clips(cls, clips, frames, "lora_lab/sweeps/clip")
         notes += clip_notes
         verdict = sweep_scoring.score_sweep(rows, row_loras, strength_list, trigger, dataset, vae, model,
-                                            clip_vision, set(problems), training_steps(loras))
+                                            clip_vision, set(problems), training_steps(loras), clips=clips)
         notes += verdict.lines + [line for line in [sweep_scoring.write_into_file(lora, display_name, verdict)] if line]
         header = [
             f"LoRA: {display_name}   steps: {metadata.get('ss_steps', '?')}   trigger: {trigger or '-'}   seed: {seed}",

@@ -6,7 +6,7 @@ Save LoRA wrote."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import comfy.model_management
@@ -33,7 +33,7 @@ from ..trainer_core.training.encoding_cache import (
     trim,
     write_entry,
 )
-from . import encoding_cache
+from . import clip_cells, encoding_cache
 from .bridge import ComfyLatentCodec
 
 MAX_DATASET_IMAGES = 32  # evenly spread over the dataset: enough for its mean, bounded in time
@@ -69,15 +69,36 @@ def compared_items(dataset) -> list:
     return [items[index] for index in picks]
 
 
-def dataset_pixels(dataset, width: int, height: int, items: list | None = None) -> torch.Tensor:
-    """The images of ``items`` (default ``compared_items``) resized to the cell size: ``[B, height, width, 3]``
-    in 0..1."""
-    images = []
+def dataset_pixels(dataset, width: int, height: int, items: list | None = None) -> list[torch.Tensor]:
+    """The pixels of ``items`` (default ``compared_items``) resized to the cell size: each a ``[k, height, width,
+    3]`` batch in 0..1, an image's pixels (k = 1) or a clip window's frames at the positions a clip cell's strip
+    shows (``clip_cells.strip_picks``: first, last and two between)."""
+    groups = []
     for item in compared_items(dataset) if items is None else items:
-        image = torch.from_numpy(np.ascontiguousarray(dataset.load_image(item)))[None].movedim(-1, 1)
-        image = torch.nn.functional.interpolate(image, size=(height, width), mode="bilinear", antialias=True)
-        images.append(image.movedim(1, -1).clamp(0, 1))
-    return torch.cat(images)
+        if item.clip is None:
+            frames = dataset.load_image(item)[None]
+        else:  # decode only the scored frames of the window
+            chosen = tuple(item.clip.indices[i] for i in clip_cells.strip_picks(len(item.clip.indices)))
+            frames = dataset.load_frames(replace(item, frames=len(chosen), clip=replace(item.clip, indices=chosen)))
+        groups.append(_resized(torch.from_numpy(np.ascontiguousarray(frames)), width, height))
+    return groups
+
+
+def _resized(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    moved = torch.nn.functional.interpolate(frames.movedim(-1, 1), size=(height, width), mode="bilinear",
+                                            antialias=True)
+    return moved.movedim(1, -1).clamp(0, 1)
+
+
+def cell_frames(rows: list[list[np.ndarray]], clips: dict[tuple[int, int], np.ndarray], row: int) -> list[torch.Tensor]:
+    """What is scored of each cell of ``row``: a clip cell's frames at its strip's positions ``[k, H, W, 3]``,
+    else the cell's picture ``[1, H, W, 3]``."""
+    groups = []
+    for column, cell in enumerate(rows[row]):
+        clip = clips.get((row, column))
+        frames = cell[None] if clip is None else clip[clip_cells.strip_picks(clip.shape[0])]
+        groups.append(torch.from_numpy(np.ascontiguousarray(frames)).float())
+    return groups
 
 
 def embed(images: torch.Tensor, vae, model, clip_vision) -> np.ndarray:
@@ -96,12 +117,22 @@ def embed(images: torch.Tensor, vae, model, clip_vision) -> np.ndarray:
     return np.stack(features)
 
 
+def embed_groups(groups: list[torch.Tensor], vae, model, clip_vision) -> np.ndarray:
+    """One feature vector per group of frames ``[k, H, W, 3]`` (a picture, or a clip's scored frames): the mean
+    of its frames' features (``embed``), back to length 1 for CLIP vision embeddings."""
+    features = embed(torch.cat(groups), vae, model, clip_vision)
+    bounds = np.cumsum([len(group) for group in groups])[:-1]
+    means = np.stack([part.mean(axis=0) for part in np.split(features, bounds)])
+    return unit(means) if clip_vision is not None else means
+
+
 def dataset_features(dataset, width: int, height: int, vae, model, clip_vision) -> np.ndarray:
-    """``embed`` of ``dataset_pixels``. With a CLIP vision model, each image's features are kept in the
-    encoding cache (Train LoRA's: ``nodes.encoding_cache``), keyed on the pixels it loads, the cell size and
-    the model, so a sweep of an unchanged dataset encodes none of them again; a changed image is encoded."""
+    """``embed_groups`` of ``dataset_pixels``: one vector per compared item. With a CLIP vision model, each item's
+    features are kept in the encoding cache (Train LoRA's: ``nodes.encoding_cache``), keyed on the pixels it
+    loads (a clip's window included), the cell size and the model, so a sweep of an unchanged dataset encodes
+    none of them again; a changed image is encoded."""
     if clip_vision is None or not isinstance(dataset, KeyedData):
-        return embed(dataset_pixels(dataset, width, height), vae, model, clip_vision)
+        return embed_groups(dataset_pixels(dataset, width, height), vae, model, clip_vision)
     items = compared_items(dataset)
     folder, identity = encoding_cache.cache_folder(), encoding_cache.clip_vision_identity(clip_vision)
     paths = [entry_path(folder, "clip_vision", entry_key("clip_vision", identity, dataset.pixel_key(item),
@@ -109,8 +140,8 @@ def dataset_features(dataset, width: int, height: int, vae, model, clip_vision) 
     entries = [read_entry(path) for path in paths]
     missing = [index for index, entry in enumerate(entries) if entry is None or "features" not in entry]
     if missing:
-        encoded = embed(dataset_pixels(dataset, width, height, [items[i] for i in missing]), vae, model, clip_vision)
-        for index, features in zip(missing, encoded, strict=True):
+        groups = dataset_pixels(dataset, width, height, [items[i] for i in missing])
+        for index, features in zip(missing, embed_groups(groups, vae, model, clip_vision), strict=True):
             entries[index] = {"features": torch.from_numpy(np.ascontiguousarray(features))}
             write_entry(paths[index], entries[index])
     trim(folder, encoding_cache.max_bytes(), keep=set(paths))
@@ -121,10 +152,13 @@ def dataset_features(dataset, width: int, height: int, vae, model, clip_vision) 
 
 def score_sweep(rows: list[list[np.ndarray]], row_loras: list[tuple[str, str]], strengths: list[float],
                 trigger: str, dataset, vae, model, clip_vision, skipped: set[str],
-                steps: dict[str, int] | None = None) -> Verdict:
+                steps: dict[str, int] | None = None, clips: dict[tuple[int, int], np.ndarray] | None = None,
+                ) -> Verdict:
     """Scores, recommendations and marks for a rendered sweep; ``row_loras[row]`` is (LoRA name, prompt),
     ``skipped`` the LoRAs whose cells are error tiles, ``steps`` each LoRA file's training steps (the
-    checkpoint rule prefers the less trained of near-equal files)."""
+    checkpoint rule prefers the less trained of near-equal files), ``clips`` the clip cells' frames
+    ``[F, H, W, 3]`` by (row, column) on a video model: a clip cell scores as the mean of its strip frames'
+    features, against the dataset's clips scored the same way (``dataset_pixels``)."""
     verdict = Verdict()
     if dataset is None:
         return _unscored(verdict, "not scored: connect the dataset to score the cells and get a recommended strength")
@@ -132,12 +166,13 @@ def score_sweep(rows: list[list[np.ndarray]], row_loras: list[tuple[str, str]], 
         return _unscored(verdict, "not scored: the scores compare each cell with its row's strength-0 cell; turn "
                                   "include_baseline on")
     verdict.scorer = "CLIP vision" if clip_vision is not None else "VAE latent (model-free)"
-    height, width = rows[0][0].shape[:2]
+    clips = clips or {}
+    height, width = next(iter(clips.values())).shape[1:3] if clips else rows[0][0].shape[:2]
     reference = dataset_features(dataset, width, height, vae, model, clip_vision).mean(axis=0)
     if clip_vision is not None:
         reference = unit(reference)
     kept = [r for r, (name, _) in enumerate(row_loras) if name not in skipped]
-    features = [embed(torch.from_numpy(np.stack(rows[r])), vae, model, clip_vision) for r in kept]
+    features = [embed_groups(cell_frames(rows, clips, r), vae, model, clip_vision) for r in kept]
     info = [(row_loras[r][0], has_trigger(row_loras[r][1], trigger)) for r in kept]
     scores = score_rows(features, reference, strengths.index(0.0), info)
     names = list(dict.fromkeys(name for name, _ in row_loras if name not in skipped))
@@ -205,7 +240,7 @@ def write_into_file(lora: LoRAWeights, name: str, verdict: Verdict) -> str:
         return f"{Path(path).name}: no recommendation to write into its metadata"
     keys = recommendation_metadata(chosen, verdict.scorer, verdict.checkpoint)
     try:
-        rewrite_metadata(Path(path), lora, keys)
+        rewrite_metadata(Path(path), getattr(lora, "written", None) or lora, keys)
     except (OSError, ValueError) as error:
         return f"{path}: the recommendation was not written into the file ({error}); the file is unchanged"
     return f"{Path(path).name}: lora_lab_recommended_strength = {chosen.strength:g} written into its metadata"

@@ -115,3 +115,43 @@ def test_multires_noise_adds_low_frequencies_and_keeps_unit_variance():
     offset = sample_noise(latents, torch.Generator().manual_seed(0), 0.5)
     channel_means = offset.mean(dim=(2, 3))
     assert channel_means.std().item() > 0.3  # noise offset shifts whole channels
+
+
+def _spatial_low(noise: torch.Tensor) -> torch.Tensor:
+    """Each frame's 8x8-pooled noise: [B, C, T, H/8, W/8] (what a pyramid raises)."""
+    batch, channels, frames, height, width = noise.shape
+    pooled = torch.nn.functional.avg_pool2d(noise.permute(0, 2, 1, 3, 4).reshape(-1, channels, height, width), 8)
+    return pooled.reshape(batch, frames, channels, *pooled.shape[-2:]).permute(0, 2, 1, 3, 4)
+
+
+def test_multires_noise_on_video_latents_is_a_spatial_pyramid_per_frame():
+    latents = torch.zeros(4, 4, 6, 32, 32)  # [B, C, T, H, W]
+    plain = sample_noise(latents, torch.Generator().manual_seed(0), 0.0)
+    pyramid = sample_noise(latents, torch.Generator().manual_seed(0), 0.0, multires_iterations=6, multires_discount=0.5)
+    assert pyramid.shape == latents.shape
+    assert _spatial_low(pyramid).std().item() > 1.4 * _spatial_low(plain).std().item()  # low frequencies, as on images
+    per_sample_std = pyramid.flatten(1).std(dim=1)
+    assert torch.allclose(per_sample_std, torch.ones(4), atol=1e-4)  # rescaled to unit variance per clip
+    low = _spatial_low(pyramid)
+    # Each latent frame has its own pyramid: the low frequencies of neighbouring frames are unrelated, so
+    # a clip's noise is not one picture's noise repeated over time.
+    neighbours = torch.corrcoef(torch.stack([low[:, :, :-1].flatten(), low[:, :, 1:].flatten()]))[0, 1].item()
+    assert abs(neighbours) < 0.15
+    assert pyramid[:, :, 0].sub(pyramid[:, :, 1]).abs().mean().item() > 0.5
+
+
+def test_multires_noise_on_video_is_deterministic_for_a_seed():
+    latents = torch.zeros(2, 4, 3, 16, 24)
+    first = sample_noise(latents, torch.Generator().manual_seed(7), 0.1, multires_iterations=4)
+    again = sample_noise(latents, torch.Generator().manual_seed(7), 0.1, multires_iterations=4)
+    other = sample_noise(latents, torch.Generator().manual_seed(8), 0.1, multires_iterations=4)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+
+
+def test_a_one_frame_clip_gets_the_noise_of_the_same_image():
+    """An image in a video dataset trains as a one-frame clip: its pyramid noise is the image's, number for number
+    (the 4-D path is the one images always had)."""
+    image = sample_noise(torch.zeros(2, 4, 16, 16), torch.Generator().manual_seed(3), 0.05, multires_iterations=5)
+    clip = sample_noise(torch.zeros(2, 4, 1, 16, 16), torch.Generator().manual_seed(3), 0.05, multires_iterations=5)
+    assert torch.equal(clip[:, :, 0], image)

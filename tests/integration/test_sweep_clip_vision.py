@@ -14,6 +14,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageOps
 
 from tests.helpers.comfy_inproc import import_comfy, load_pack
@@ -99,3 +100,102 @@ def test_a_second_sweep_of_the_same_dataset_takes_its_clip_vision_features_from_
     assert calls == [4, 3, 3]
     np.testing.assert_allclose(cold.concept, after_change.concept, rtol=0, atol=1e-6)
     np.testing.assert_allclose(cold.bleed, after_change.bleed, rtol=0, atol=1e-6)
+
+
+def clip_sweep(tmp_path):
+    """A one-clip dataset (9 frames) and a row of clip cells: random frames (the baseline), random frames but the
+    clip's own first frame, the clip's own frames; (dataset, grid rows of strips, clips by (row, column))."""
+    from lora_lab.nodes import clip_cells
+    from lora_lab.trainer_core.data.dataset import DatasetOptions, load_dataset
+
+    from tests.helpers.clip_files import write_video
+
+    write_video(tmp_path / "clips" / "walk.mp4", 9, fps=16, size=(64, 64))
+    (tmp_path / "clips" / "walk.txt").write_text("sks, walking")
+    dataset = load_dataset(tmp_path / "clips", DatasetOptions(resolution=64, frame_count=9, frame_start="head"))
+    (item,) = dataset.items
+    own = dataset.load_frames(item)  # [9, 64, 64, 3]
+    baseline = np.random.default_rng(1).random(own.shape, dtype=np.float32)
+    first_only = baseline.copy()
+    first_only[0] = own[0]
+    row_clips = [baseline, first_only, own]
+    return dataset, [[clip_cells.frame_strip(clip) for clip in row_clips]], {(0, c): clip for c, clip in enumerate(row_clips)}
+
+
+def test_clip_cells_score_as_the_mean_of_their_frames_against_the_datasets_clips(clip_vision, tmp_path, monkeypatch):
+    """On a video model each cell is a clip: it is scored on the frames its strip shows (first, last, two between),
+    as the mean of their embeddings, against the dataset's clip windows scored the same way. A cell whose frames
+    are the dataset clip's own is at the dataset (concept 1); one that matches only in its first frame gets part
+    of the way; the scored frames come from the clips, not from the strip pictures in the grid."""
+    load_pack()
+    from lora_lab.nodes import sweep_scoring
+
+    dataset, rows, clips = clip_sweep(tmp_path)
+    seen = []
+    encode = clip_vision.encode_image
+    monkeypatch.setattr(clip_vision, "encode_image", lambda images, **kw: seen.append(len(images)) or encode(images, **kw))
+    verdict = sweep_scoring.score_sweep(rows, [("my_lora", "sks, walking")], [0.0, 0.5, 1.0], "sks", dataset, None,
+                                        None, clip_vision, set(), clips=clips)
+    assert seen == [4, 12], "the dataset clip's 4 strip frames, then the row's 3 cells x 4 frames"
+    (recommendation,) = verdict.recommendations
+    assert recommendation.concept[0] == 0
+    assert recommendation.concept[2] == pytest.approx(1.0, abs=1e-3)  # the dataset's own frames: at the dataset
+    assert 0.05 < recommendation.concept[1] < 0.9  # one of four frames matches: part of the way
+    assert recommendation.strength is not None and verdict.scorer == "CLIP vision"
+
+
+def test_a_clip_sweeps_recommendation_goes_into_the_file_save_lora_wrote_with_musubi_names(clip_vision, tmp_path,
+                                                                                           monkeypatch):
+    """Save LoRA's key_names 'musubi-tuner (lora_unet_)' renames a HunyuanVideo LoRA's keys in the file; the sweep
+    after it gets the LoRA as trained and writes its recommendation into that renamed file, tensors unchanged."""
+    load_pack()
+    from lora_lab.nodes import key_formats, save_checkpoint, sweep_scoring
+    from lora_lab.trainer_core.adapters.export import LoRAWeights, load_lora
+
+    generator = torch.Generator().manual_seed(0)
+    trained = LoRAWeights({"diffusion_model.double_blocks.0.img_attn_qkv.lora_A.weight": torch.randn(4, 8, generator=generator),
+                           "diffusion_model.double_blocks.0.img_attn_qkv.lora_B.weight": torch.randn(24, 4, generator=generator)},
+                          {"lora_lab_key_format": "diffusion_pipe", "ss_trigger_word": "sks"})
+    monkeypatch.setattr(save_checkpoint, "loras_folder", lambda: tmp_path / "loras")
+    (tmp_path / "loras").mkdir()
+    saved, name = save_checkpoint.SaveCheckpoint.execute(trained, "hv_clip", "error", key_names=key_formats.KEY_NAMES[1]).args
+    assert dict(saved) == dict(trained)  # the canvas goes on with the LoRA as trained
+    written = load_lora(tmp_path / "loras" / name)
+    dataset, rows, clips = clip_sweep(tmp_path)
+    verdict = sweep_scoring.score_sweep(rows, [("my_lora", "sks, walking")], [0.0, 0.5, 1.0], "sks", dataset, None,
+                                        None, clip_vision, set(), clips=clips)
+    line = sweep_scoring.write_into_file(saved, "my_lora", verdict)
+    after = load_lora(tmp_path / "loras" / name)
+    (recommendation,) = verdict.recommendations
+    assert line == f"{name}: lora_lab_recommended_strength = {recommendation.strength:g} written into its metadata"
+    assert after.metadata["lora_lab_recommended_strength"] == f"{recommendation.strength:g}"
+    assert after.metadata["lora_lab_key_format"] == "musubi"
+    assert set(after) == set(written) == {f"lora_unet_double_blocks_0_img_attn_qkv.{t}"
+                                          for t in ("lora_down.weight", "lora_up.weight", "alpha")}
+    assert all(torch.equal(after[key], written[key]) for key in written)
+
+
+def test_a_second_sweep_on_the_same_dataset_does_not_encode_the_dataset_again(clip_vision, tmp_path, monkeypatch):
+    """The dataset's features are kept in the encoding cache: run again (same dataset, same cell size) only the
+    cells are encoded, with the same scores; another cell size encodes the dataset again, a new caption does not."""
+    load_pack()
+    from lora_lab.nodes import sweep_scoring
+
+    dataset, rows, clips = clip_sweep(tmp_path)
+    seen = []
+    encode = clip_vision.encode_image
+    monkeypatch.setattr(clip_vision, "encode_image", lambda images, **kw: seen.append(len(images)) or encode(images, **kw))
+    args = ([("my_lora", "sks, walking")], [0.0, 0.5, 1.0], "sks", dataset, None, None, clip_vision, set())
+    first = sweep_scoring.score_sweep(rows, *args, clips=clips)
+    again = sweep_scoring.score_sweep(rows, *args, clips=clips)
+    assert seen == [4, 12, 12]
+    assert again.recommendations[0].concept == first.recommendations[0].concept
+    smaller = {key: clip[:, :32, :32] for key, clip in clips.items()}
+    sweep_scoring.score_sweep([[cell[:32, :32] for cell in rows[0]]], *args, clips=smaller)
+    assert seen == [4, 12, 12, 4, 12]  # another cell size: the dataset at that size
+    (tmp_path / "clips" / "walk.txt").write_text("sks, walking fast")  # a changed caption: the same pixels
+    from lora_lab.trainer_core.data.dataset import DatasetOptions, load_dataset
+
+    changed = load_dataset(tmp_path / "clips", DatasetOptions(resolution=64, frame_count=9, frame_start="head"))
+    sweep_scoring.score_sweep(rows, args[0], args[1], args[2], changed, None, None, clip_vision, set(), clips=clips)
+    assert seen == [4, 12, 12, 4, 12, 12]  # features are of pixels: a new caption encodes only the cells

@@ -72,6 +72,7 @@ class LoRAWeights(dict):
 
     metadata: dict[str, str]
     file: Path | None = None  # the file Save LoRA wrote these weights to (None: not saved, or loaded from disk)
+    written: Mapping[str, torch.Tensor] | None = None  # the file's tensors, when Save LoRA renamed them (key_names)
 
     def __init__(self, tensors: Mapping[str, torch.Tensor] | None = None, metadata: Mapping[str, str] | None = None):
         super().__init__(tensors or {})

@@ -78,22 +78,33 @@ def sample_noise(
     multires_discount: float = 0.3,
 ) -> torch.Tensor:
     """Gaussian noise, plus optional offset noise (one value per channel) and multires (pyramid) noise:
-    low-resolution noise upsampled and added with weight discount^i, then rescaled to unit variance."""
+    low-resolution noise upsampled and added with weight discount^i, then rescaled to unit variance per sample.
+
+    On video latents ``[B, C, T, H, W]`` the pyramid is spatial and per frame (each latent frame gets its own
+    low-resolution noise over H, W; T is never downsampled), as on a batch of images: kohya's sd-scripts
+    pyramid noise is spatial, and musubi-tuner has no multires noise for video to follow."""
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
-    if multires_iterations > 0 and latents.ndim == 4:
-        batch, channels, height, width = latents.shape
-        for i in range(1, multires_iterations + 1):
-            scale = 2**i
-            h, w = max(1, height // scale), max(1, width // scale)
-            low = torch.randn((batch, channels, h, w), generator=generator)
-            noise = noise + (multires_discount**i) * torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear")
-            if h == 1 and w == 1:
-                break
-        noise = noise / noise.flatten(1).std(dim=1).view(-1, 1, 1, 1)
+    if multires_iterations > 0 and latents.ndim in (4, 5):
+        noise = _add_pyramid(noise, generator, multires_iterations, multires_discount)
     if noise_offset > 0:
         offset = torch.randn((latents.shape[0], latents.shape[1], *([1] * (latents.ndim - 2))), generator=generator)
         noise = noise + noise_offset * offset
     return noise.to(latents.device)
+
+
+def _add_pyramid(noise: torch.Tensor, generator: torch.Generator, iterations: int, discount: float) -> torch.Tensor:
+    """``noise`` [B, C, (T,) H, W] plus spatial low-resolution noise at H/2^i, W/2^i (i = 1..iterations, until
+    1x1), weight discount^i, rescaled to unit standard deviation per sample."""
+    height, width = noise.shape[-2:]
+    for i in range(1, iterations + 1):
+        h, w = max(1, height // 2**i), max(1, width // 2**i)
+        low = torch.randn((*noise.shape[:-2], h, w), generator=generator)
+        frames = low.reshape(noise.shape[0], -1, h, w)  # [B, C*T, h, w]: each frame of each channel on its own
+        up = torch.nn.functional.interpolate(frames, size=(height, width), mode="bilinear")
+        noise = noise + (discount**i) * up.view(noise.shape)
+        if h == 1 and w == 1:
+            break
+    return noise / noise.flatten(1).std(dim=1).view(-1, *([1] * (noise.ndim - 1)))
 
 
 def sample_sigmas(
