@@ -267,7 +267,7 @@ def grid_outputs(*, grid: str, report: str) -> list:
 
 def finish_grid(cls, rows: list[list[np.ndarray]], column_labels: list[str], row_labels: list[str], header: list[str],
                 notes: list[str], prefix: str, info: dict, animated: list[dict] | None = None,
-                marked: list[tuple[int, int]] = (), more_outputs: tuple = ()):
+                marked: list[tuple[int, int]] | tuple = (), more_outputs: tuple = ()):
     """The node's result for ``grid_outputs``: the labelled grid (saved under ``prefix`` and shown on the
     node; the (row, column) cells in ``marked`` framed), every cell as a batch, the notes as the report,
     then ``more_outputs`` (the node's outputs after those three); ``animated`` (saved clips' UI entries) are

@@ -142,12 +142,13 @@ def dataset_features(dataset, width: int, height: int, vae, model, clip_vision) 
     if missing:
         groups = dataset_pixels(dataset, width, height, [items[i] for i in missing])
         for index, features in zip(missing, embed_groups(groups, vae, model, clip_vision), strict=True):
-            entries[index] = {"features": torch.from_numpy(np.ascontiguousarray(features))}
-            write_entry(paths[index], entries[index])
+            entry = {"features": torch.from_numpy(np.ascontiguousarray(features))}
+            write_entry(paths[index], entry)
+            entries[index] = entry
     trim(folder, encoding_cache.max_bytes(), keep=set(paths))
     print(f"[LoRA Lab] sweep: CLIP vision features of {len(items)} dataset images: {len(items) - len(missing)} "
           f"cached, {len(missing)} encoded", flush=True)
-    return np.stack([entry["features"].numpy() for entry in entries])
+    return np.stack([entry["features"].numpy() for entry in entries if entry is not None])
 
 
 def score_sweep(rows: list[list[np.ndarray]], row_loras: list[tuple[str, str]], strengths: list[float],
