@@ -19,11 +19,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
 from clip_data import StandInClips, clip_item  # noqa: E402
 from comfy_inproc import load_pack  # noqa: E402
-from family_models import FakeClip, family_patcher, family_vae  # noqa: E402
+from family_models import FakeClip, family_patcher, family_vae, wan22_vae  # noqa: E402
 
 pytestmark = pytest.mark.comfy
 
 VIDEO = ("wan21", "wan22_14b", "hunyuan_video")  # Wan 2.2 14B T2V is Wan 2.1's architecture and VAE
+# Wan 2.2 5B (TI2V) trains on clips through its own Wan 2.2 VAE, which ComfyUI builds only at its real size.
+TRAINED = (*VIDEO, "wan22_5b")
+
+
+def video_vae(family: str):
+    return wan22_vae() if family == "wan22_5b" else family_vae(family)
 FRAMES = 5  # 4k+1: two latent frames through Wan's and HunyuanVideo's VAEs
 SIZE = (32, 32)
 
@@ -67,7 +73,24 @@ def test_clips_encode_as_comfyuis_vae_encode_gives_them(pack):
         torch.testing.assert_close(latent, alone[0])
 
 
-@pytest.mark.parametrize("family", VIDEO)
+def test_wan22_5b_clips_encode_through_its_own_wan22_vae(pack):
+    """Wan 2.2 5B: 5 frames -> 2 latent frames of 48 channels at 1/16 of the size, what VAEEncode gives through
+    its Wan 2.2 VAE and the model's latent scaling; an image is one latent frame."""
+    from lora_lab.nodes import bridge
+    from lora_lab.trainer_core.training.encoding import encode_latents
+
+    patcher, vae = family_patcher("wan22_5b"), wan22_vae()
+    codec = bridge.ComfyLatentCodec(vae, patcher)
+    assert codec.video_vae and codec.trains_clips
+    data = StandInClips([clip_item(0, FRAMES, size=SIZE), clip_item(1, 1, size=SIZE)])
+    clip_latent, image_latent = encode_latents(data, codec)
+    expected = patcher.model.process_latent_in(vae.encode(torch.from_numpy(data.load_frames(data.items[0]))).float())
+    assert tuple(clip_latent.shape) == (48, 2, SIZE[1] // 16, SIZE[0] // 16)
+    torch.testing.assert_close(clip_latent, expected[0])
+    assert tuple(image_latent.shape) == (48, 1, SIZE[1] // 16, SIZE[0] // 16)
+
+
+@pytest.mark.parametrize("family", TRAINED)
 def test_a_video_lora_trains_on_clips_leaves_the_model_alone_and_loads_back_as_trained(pack, family, caplog):
     """On 5-frame clips: the loss on a fixed clip batch falls, the shared model's weights stay bit-identical,
     ComfyUI's LoraLoader places every key of the file (musubi-tuner's names for Wan), and the LoRA loaded on
@@ -82,7 +105,7 @@ def test_a_video_lora_trains_on_clips_leaves_the_model_alone_and_loads_back_as_t
 
     from tests.integration.test_model_families import assert_loads_back_as_trained
 
-    patcher, vae = family_patcher(family), family_vae(family)
+    patcher, vae = family_patcher(family), video_vae(family)
     network = patcher.model.diffusion_model
     parameters = {n: (p, p.clone()) for n, p in network.named_parameters()}
     denoiser = bridge.ComfyDenoiser(patcher.clone())
