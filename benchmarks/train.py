@@ -69,7 +69,7 @@ def import_training_libraries() -> None:
     import peft  # noqa: F401
 
 
-def _lora_lab(args, target: str, conv_rank: int = 0, first_run: bool = False) -> dict:
+def _lora_lab(args, target: str, conv_rank: int = 0, first_run: bool = False, observe=None) -> dict:
     import torch
 
     checkpoint, folder = prepare(args)
@@ -88,6 +88,12 @@ def _lora_lab(args, target: str, conv_rank: int = 0, first_run: bool = False) ->
         patcher = model.clone()
         bridge.load_for_training(patcher, unload_others=False)
         stamps: list[float] = []
+
+        def on_step(report) -> None:
+            stamps.append(time.perf_counter())
+            if observe is not None:
+                observe(len(stamps))
+
         with MemoryPeak() as memory:  # encoding (inside train_lora) and training, as in every arm
             result = train_lora(
                 bridge.ComfyDenoiser(patcher), bridge.ComfyTextEncoder(clip), bridge.ComfyLatentCodec(vae, patcher),
@@ -96,7 +102,7 @@ def _lora_lab(args, target: str, conv_rank: int = 0, first_run: bool = False) ->
                 TrainingConfig(steps=args.steps + args.warmup, learning_rate=1e-4, batch_size=args.batch,
                                mixed_precision="fp32", min_snr_gamma=5.0),
                 caption_for=dataset.caption_for, key_namer=bridge.kohya_key_namer(patcher),
-                on_step=lambda report: stamps.append(time.perf_counter()),
+                on_step=on_step,
             )
     trained = {key.split(".")[0] for key in result.weights}
     conv = f", conv_rank {conv_rank}" if conv_rank else ""
@@ -105,8 +111,10 @@ def _lora_lab(args, target: str, conv_rank: int = 0, first_run: bool = False) ->
             "trains": f"LoRA on {len(trained)} layers (target {target}{conv})"}
 
 
-def run_lora_lab(args) -> dict:
-    return _lora_lab(args, args.target)
+def run_lora_lab(args, observe=None) -> dict:
+    """``observe(steps_done)``, when given, is called after each step (benchmarks/train_profile.py starts and
+    stops its profilers there)."""
+    return _lora_lab(args, args.target, observe=observe)
 
 
 def run_lora_lab_first_run(args) -> dict:
@@ -171,8 +179,9 @@ def run_comfy_native(args) -> dict:
     return {"s_per_step": total / (args.steps + args.warmup), **figures}
 
 
-def run_peft_floor(args) -> dict:
-    """The least a LoRA step can cost on this UNet: peft layers on LoRA Lab's layers, eps loss, AdamW, nothing else."""
+def run_peft_floor(args, observe=None) -> dict:
+    """The least a LoRA step can cost on this UNet: peft layers on LoRA Lab's layers, eps loss, AdamW, nothing else.
+    ``observe`` as in ``run_lora_lab``."""
     import numpy as np
     import torch
     from peft import LoraConfig, inject_adapter_in_model
@@ -212,6 +221,8 @@ def run_peft_floor(args) -> dict:
             loss.backward()
             optimizer.step()
             stamps.append(time.perf_counter())
+            if observe is not None:
+                observe(len(stamps))
     return {"s_per_step": seconds_per_step(stamps, args.warmup), "peak_mib": memory.mib,
             "trainable": sum(p.numel() for p in params), "trains": f"LoRA on {len(targets)} layers (target {args.target})"}
 

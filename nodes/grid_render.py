@@ -199,6 +199,7 @@ def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[li
     check_cell_size(model, vae, sampling.width, sampling.height)
     start = image_to_video.start_values(model, vae, sampling)  # None unless an I2V model has a start image
     out: list[list[np.ndarray | None]] = [[None] * len(row) for row in cells]
+    texts: dict[tuple, list] = {}  # (the LoRAs patching the CLIP, text) -> CONDITIONING, shared by the groups
     groups: dict[tuple, list[tuple[int, int]]] = {}
     for r, row in enumerate(cells):
         for c, cell in enumerate(row):
@@ -210,24 +211,23 @@ def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[li
             for r, c in positions:
                 out[r][c] = error_tile(sampling.cell_width, sampling.height, bad[0])
             continue
-        patched_model, patched_clip = model, clip
-        for name, strength_model, strength_clip in active:
-            patched_model, patched_clip = bridge.apply_lora(patched_model, patched_clip, loras[name], strength_model,
-                                                            strength_clip)
-        negative = image_to_video.with_start(sampler.encode_prompt(patched_clip, sampling.negative), start)
-        encoded: dict[str, list] = {}
+        patched_model, patched_clip, clip_key = _with_loras(model, clip, loras, active)
+
+        def encoded(text: str, clip_key=clip_key, patched_clip=patched_clip) -> list:
+            if (clip_key, text) not in texts:
+                texts[clip_key, text] = image_to_video.with_start(sampler.encode_prompt(patched_clip, text), start)
+            return texts[clip_key, text]
+
+        negative = encoded(sampling.negative)
         if sampling.batch_prompts and len(positions) > 1 and sampling.frames == 1 and start is None:
-            if _render_batched(patched_model, patched_clip, vae, cells, positions, negative, sampling, out):
+            if _render_batched(patched_model, encoded, vae, cells, positions, negative, sampling, out):
                 continue
         for r, c in positions:
             comfy.model_management.throw_exception_if_processing_interrupted()
-            prompt = cells[r][c].prompt
             try:
-                if prompt not in encoded:
-                    encoded[prompt] = image_to_video.with_start(sampler.encode_prompt(patched_clip, prompt), start)
-                samples = sampler.ksample(patched_model, encoded[prompt], negative, sampling.seed, sampling.steps,
-                                         sampling.cfg, sampling.sampler_name, sampling.scheduler, sampling.width,
-                                         sampling.height, vae, sampling.frames)
+                samples = sampler.ksample(patched_model, encoded(cells[r][c].prompt), negative, sampling.seed,
+                                          sampling.steps, sampling.cfg, sampling.sampler_name, sampling.scheduler,
+                                          sampling.width, sampling.height, vae, sampling.frames)
                 decoded = sampler.decode(vae, samples).float().cpu().numpy()
                 out[r][c] = clip_cells.frame_strip(decoded) if sampling.frames > 1 else decoded[0]
                 if sampling.frames > 1 and clips is not None:
@@ -238,11 +238,33 @@ def render_cells(model, clip, vae, loras: dict[str, LoRAWeights], cells: list[li
     return [[cell for cell in row if cell is not None] for row in out]
 
 
-def _render_batched(model, clip, vae, cells, positions, negative, sampling: Sampling, out) -> bool:
-    """All prompts of one LoRA combination in one sampler call. Faster; on CPU the batched matrix
-    products round differently, so a pixel can differ by a level from a separate KSampler run."""
+def _with_loras(model, clip, loras: dict[str, LoRAWeights], active: tuple) -> tuple[Any, Any, tuple]:
+    """The MODEL and CLIP with ``active``'s LoRAs applied as LoraLoader applies them, and what the CLIP's
+    encodings depend on: the (name, clip strength) of the LoRAs that patched CLIP weights. A LoRA without text
+    encoder weights leaves the CLIP as it was, so its prompts encode as the plain CLIP's (the same tensors):
+    the sweep encodes them once, not once per strength, and the plain CLIP is returned to encode them."""
+    patched_model, patched_clip, clip_key = model, clip, []
+    for name, strength_model, strength_clip in active:
+        before = _clip_patch_count(patched_clip)
+        patched_model, patched_clip = bridge.apply_lora(patched_model, patched_clip, loras[name], strength_model,
+                                                        strength_clip)
+        if _clip_patch_count(patched_clip) != before:
+            clip_key.append((name, strength_clip))
+    return patched_model, patched_clip if clip_key else clip, tuple(clip_key)
+
+
+def _clip_patch_count(clip) -> int:
+    """How many weight patches the CLIP carries (ComfyUI's ``add_patches`` only appends)."""
+    patcher = getattr(clip, "patcher", None)
+    return sum(len(entries) for entries in getattr(patcher, "patches", {}).values())
+
+
+def _render_batched(model, encoded, vae, cells, positions, negative, sampling: Sampling, out) -> bool:
+    """All prompts of one LoRA combination in one sampler call (``encoded(text)``: a prompt's CONDITIONING).
+    Faster; on CPU the batched matrix products round differently, so a pixel can differ by a level from a
+    separate KSampler run."""
     comfy.model_management.throw_exception_if_processing_interrupted()
-    positive = sampler.batch_conditioning([sampler.encode_prompt(clip, cells[r][c].prompt) for r, c in positions])
+    positive = sampler.batch_conditioning([encoded(cells[r][c].prompt) for r, c in positions])
     if positive is None:
         return False
     samples = sampler.ksample_batch(model, positive, negative, len(positions), sampling.seed, sampling.steps,
