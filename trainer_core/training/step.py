@@ -146,23 +146,10 @@ def apply_gradients(run: TrainingRun) -> None:
     run.placement.gradients_to_optimizer()
     if run.training.max_grad_norm > 0:
         run.scaler.unscale_(run.optimizer)
-        clip_gradients(run.params, run.training.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(run.params, run.training.max_grad_norm)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.placement.parameters_to_model()
     run.scheduler.step()
     if run.ema is not None:
         run.ema.update()
-
-
-def clip_gradients(params: list[torch.Tensor], max_norm: float) -> None:
-    """``clip_grad_norm_``, the same gradients to the bit, but on a CPU it skips the multiply by exactly 1 that
-    a norm within ``max_norm`` gets (one multiply per parameter tensor, every step). On a GPU it scales
-    unconditionally, as ``clip_grad_norm_`` does: reading the norm there would wait for the GPU."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads or grads[0].device.type != "cpu":
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
-        return
-    total = torch.nn.utils.get_total_norm(grads)
-    if not bool(max_norm / (total + 1e-6) >= 1.0):  # clip_grad_norm_'s factor, clamped at 1; NaN scales too
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
