@@ -8,6 +8,7 @@ memory or warm caches do not leak into another's) and prints ``RESULT {json}``. 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -120,3 +121,15 @@ def child_arguments(argv: Sequence[str]) -> list[str]:
             continue
         out.append(item)
     return out
+
+
+def add_training_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training run every arm of train.py and train_profile.py does: steps after warm-up, rank, batch,
+    image size and count, target layers."""
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--target", default="attention", help="LoRA Lab / floor target layers")

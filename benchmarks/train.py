@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "tests" / "helpers"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from common import (  # noqa: E402
     MemoryPeak,
+    add_training_run_arguments,
     child_arguments,
     default_threads,
     fix_threads,
@@ -240,13 +241,7 @@ LABELS = {
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--target", default="attention", help="LoRA Lab / floor target layers")
+    add_training_run_arguments(parser)
     parser.add_argument("--repeats", type=int, default=5, help="runs per arm, interleaved")
     parser.add_argument("--threads", type=int, default=default_threads(), help="torch threads in every arm")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import train  # noqa: E402
-from common import fix_threads, spread  # noqa: E402
+from common import add_training_run_arguments, fix_threads, spread  # noqa: E402
 
 ARMS = {"floor": train.run_peft_floor, "lora_lab": train.run_lora_lab}
 # Where a step's time goes, by the function that holds it (cumulative): (label, file ending, function name).
@@ -149,13 +149,7 @@ def report_ops(windows: dict[str, Window], args) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="unprofiled rounds per arm, interleaved")
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--target", default="attention")
+    add_training_run_arguments(parser)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: CPU time is then the work done, not threads waiting)")
     parser.add_argument("--top", type=int, default=40, help="functions listed")

@@ -26,8 +26,9 @@ class SaveCheckpoint(io.ComfyNode):
             display_name="Save LoRA",
             category="LoRA Lab/Training",
             description=(
-                "Saves the LoRA into models/loras as .safetensors with kohya keys, alpha and ss_* metadata, so the "
-                "stock LoraLoader lists it at once and A1111, Forge and diffusers read it."
+                "Saves the LoRA into models/loras as .safetensors with the key names its model family's own "
+                "trainers write (kohya's for SD1.5/SDXL/Flux, musubi-tuner's for Wan, ...; the README's family "
+                "table), alpha and ss_* metadata, so the stock LoraLoader lists it at once and other tools read it."
             ),
             inputs=[
                 LoraModel.Input("lora", tooltip="The LoRA from Train LoRA."),

@@ -105,3 +105,11 @@ def write_frame_folder(folder: Path, count: int, size: tuple[int, int] = SIZE, d
 def frame_numbers(frames: np.ndarray) -> list[int]:
     """The numbers of a [F, H, W, 3] stack of frames."""
     return [frame_number(frame) for frame in frames]
+
+
+def write_captioned_clips(folder: Path, count: int = 2) -> Path:
+    """``count`` mp4 clips of 12, 16, ... frames at 16 fps, 64x64, each with its caption file beside it."""
+    for index in range(count):
+        write_video(folder / f"clip{index}.mp4", 12 + 4 * index, fps=16, size=(64, 64))
+        (folder / f"clip{index}.txt").write_text(f"sks, moving stripes {index}")
+    return folder

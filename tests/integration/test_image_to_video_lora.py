@@ -12,7 +12,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -63,15 +62,12 @@ def test_an_i2v_lora_trains_on_first_frames_leaves_the_model_alone_and_loads_bac
     model gives the train-time output on a two-frame latent conditioned by WanImageToVideo."""
     from lora_lab.nodes import bridge
     from lora_lab.nodes.image_to_video import first_frame_codec
-    from lora_lab.trainer_core.adapters.config import LoRAConfig
-    from lora_lab.trainer_core.training.config import TrainingConfig
     from lora_lab.trainer_core.training.encoding import encode_latents
     from lora_lab.trainer_core.training.first_frame import encode_first_frames, with_first_frames
-    from lora_lab.trainer_core.training.loop import train_lora
     from lora_lab.trainer_core.training.losses import add_noise, diffusion_loss
     from lora_lab.trainer_core.training.step import denoise_in_text_groups
 
-    from tests.integration.test_model_families import assert_loads_back_as_trained
+    from tests.integration.test_video_lora import train_and_check
 
     vision = clip_vision if family == "wan21_i2v" else None
     patcher, vae = family_patcher(family), family_vae("wan21")
@@ -100,24 +96,8 @@ def test_an_i2v_lora_trains_on_first_frames_leaves_the_model_alone_and_loads_bac
     probe = (noisy[1:], sigma[1:], probe_text)
     with torch.no_grad():
         base_output = denoiser.denoise(*probe)
-    loss_before = fixed_batch_loss()
-    steps, seen = 20, {}
-
-    def on_step(report):
-        if report.step == steps:
-            seen["loss"] = fixed_batch_loss()
-            with torch.no_grad():
-                seen["train_time"] = denoiser.denoise(*probe)
-
-    result = train_lora(denoiser, encoder, codec, data, LoRAConfig(rank=4, alpha=4),
-                        TrainingConfig(steps=steps, batch_size=2, learning_rate=1e-2, mixed_precision="fp32"),
-                        key_namer=bridge.kohya_key_namer(patcher), on_step=on_step)
-    assert len(result.losses) == steps and all(np.isfinite(result.losses))
-    assert seen["loss"] < loss_before, (loss_before, seen["loss"])
-    for name, param in network.named_parameters():
-        assert param is parameters[name][0] and torch.equal(param, parameters[name][1]), name
-    assert_loads_back_as_trained(bridge, family_patcher(family), result.weights, probe, seen["train_time"],
-                                 base_output, caplog)
+    train_and_check(bridge, (denoiser, encoder, codec, data), patcher, parameters, fixed_batch_loss, probe,
+                    base_output, family, caplog)
 
 
 class EditedFrames(StandInClips):

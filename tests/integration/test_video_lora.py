@@ -96,14 +96,10 @@ def test_a_video_lora_trains_on_clips_leaves_the_model_alone_and_loads_back_as_t
     ComfyUI's LoraLoader places every key of the file (musubi-tuner's names for Wan), and the LoRA loaded on
     a fresh model gives the train-time output on a 5-D latent with two frames."""
     from lora_lab.nodes import bridge
-    from lora_lab.trainer_core.adapters.config import LoRAConfig
-    from lora_lab.trainer_core.training.config import TrainingConfig
     from lora_lab.trainer_core.training.encoding import encode_latents
-    from lora_lab.trainer_core.training.loop import train_lora
     from lora_lab.trainer_core.training.losses import add_noise, diffusion_loss
     from lora_lab.trainer_core.training.step import denoise_in_text_groups
 
-    from tests.integration.test_model_families import assert_loads_back_as_trained
 
     patcher, vae = family_patcher(family), video_vae(family)
     network = patcher.model.diffusion_model
@@ -129,8 +125,25 @@ def test_a_video_lora_trains_on_clips_leaves_the_model_alone_and_loads_back_as_t
     probe = (noisy[:1], sigma[:1], encoder.encode(["sks probe"])[0])
     with torch.no_grad():
         base_output = denoiser.denoise(*probe)
-    loss_before = fixed_batch_loss()
-    steps, seen = 20, {}
+    result = train_and_check(bridge, (denoiser, encoder, codec, data), patcher, parameters, fixed_batch_loss, probe,
+                             base_output, family, caplog)
+    if family == "wan21":  # musubi-tuner's Wan names (lora_unet_blocks_0_self_attn_q...)
+        assert "lora_unet_blocks_0_self_attn_q.lora_down.weight" in result.weights
+
+
+def train_and_check(bridge, run: tuple, patcher, parameters: dict, fixed_batch_loss, probe: tuple, base_output,
+                    family: str, caplog, steps: int = 20):
+    """Train ``run`` (denoiser, text encoder, codec, data) for ``steps`` at rank 4, then check what a user would
+    see: the loss on the fixed batch fell, the shared network's weights (``parameters``: name -> (param, copy))
+    are bit-identical, and the LoRA loaded on a fresh ``family`` model gives the train-time output on ``probe``."""
+    from lora_lab.trainer_core.adapters.config import LoRAConfig
+    from lora_lab.trainer_core.training.config import TrainingConfig
+    from lora_lab.trainer_core.training.loop import train_lora
+
+    from tests.integration.test_model_families import assert_loads_back_as_trained
+
+    denoiser = run[0]
+    loss_before, seen = fixed_batch_loss(), {}
 
     def on_step(report):
         if report.step == steps:  # the adapter is live: this is the train-time LoRA
@@ -138,18 +151,16 @@ def test_a_video_lora_trains_on_clips_leaves_the_model_alone_and_loads_back_as_t
             with torch.no_grad():
                 seen["train_time"] = denoiser.denoise(*probe)
 
-    result = train_lora(denoiser, encoder, codec, data, LoRAConfig(rank=4, alpha=4),
+    result = train_lora(*run, LoRAConfig(rank=4, alpha=4),
                         TrainingConfig(steps=steps, batch_size=2, learning_rate=1e-2, mixed_precision="fp32"),
                         key_namer=bridge.kohya_key_namer(patcher), on_step=on_step)
     assert len(result.losses) == steps and all(np.isfinite(result.losses))
     assert seen["loss"] < loss_before, (loss_before, seen["loss"])
-
-    for name, param in network.named_parameters():
+    for name, param in patcher.model.diffusion_model.named_parameters():
         assert param is parameters[name][0] and torch.equal(param, parameters[name][1]), name
-    if family == "wan21":  # musubi-tuner's Wan names (lora_unet_blocks_0_self_attn_q...)
-        assert "lora_unet_blocks_0_self_attn_q.lora_down.weight" in result.weights
     assert_loads_back_as_trained(bridge, family_patcher(family), result.weights, probe, seen["train_time"],
                                  base_output, caplog)
+    return result
 
 
 def test_masked_loss_on_clips_without_masks_just_works(pack):

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageSequence
 from safetensors.torch import save_file
 
-from tests.helpers.clip_files import write_video
+from tests.helpers.clip_files import write_captioned_clips
 from tests.helpers.training import CKPT, load_dataset_node, train_node
 from tools.comfy_server import ComfyServer
 from tools.graph import Graph
@@ -69,10 +69,7 @@ def write_model_files(server: ComfyServer) -> None:
 
 def test_load_dataset_clips_train_a_hunyuan_video_lora_and_sweep_it_as_clips(comfy_server: ComfyServer):
     write_model_files(comfy_server)
-    folder = comfy_server.input_dir / "vtrain_clips"
-    for index in range(2):
-        write_video(folder / f"clip{index}.mp4", 12 + 4 * index, fps=16, size=(64, 64))
-        (folder / f"clip{index}.txt").write_text(f"sks, moving stripes {index}")
+    write_captioned_clips(comfy_server.input_dir / "vtrain_clips")
 
     graph = Graph()
     checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)

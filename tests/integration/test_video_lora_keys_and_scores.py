@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tests.helpers.clip_files import write_video
+from tests.helpers.clip_files import write_captioned_clips
 from tests.helpers.training import CKPT, load_dataset_node, train_node
 from tests.integration.test_video_lora_graph import FRAMES, UNET, write_model_files
 from tools.comfy_server import ComfyServer
@@ -58,10 +58,7 @@ def file_keys(path) -> tuple[list[str], dict]:
 def test_hunyuan_video_lora_in_both_key_formats_and_a_scored_clip_sweep(comfy_server: ComfyServer):
     write_model_files(comfy_server)
     write_wan_vae(comfy_server)
-    folder = comfy_server.input_dir / "vkeys_clips"
-    for index in range(2):
-        write_video(folder / f"clip{index}.mp4", 12 + 4 * index, fps=16, size=(64, 64))
-        (folder / f"clip{index}.txt").write_text(f"sks, moving stripes {index}")
+    write_captioned_clips(comfy_server.input_dir / "vkeys_clips")
 
     graph = Graph()
     checkpoint = graph.node("CheckpointLoaderSimple", ckpt_name=CKPT)
