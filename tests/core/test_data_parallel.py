@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -147,7 +148,10 @@ def test_a_process_that_fails_stops_the_others_at_once_and_the_main_keeps_its_la
     print(f"rank 0 stopped {stopped['time'] - failed['time']:.1f} s after rank 1 failed: {stopped['message']}")
     assert failed["message"] == "a simulated failure"
     assert stopped["error"] == "ProcessesStopped" and stopped["time"] - failed["time"] < 20
-    assert "process 0 of 2 stopped" in stopped["message"] and ".lora_lab_state" in stopped["message"]
+    # Two stops race, both the product's: the broken connection ("process 0 of 2 stopped ...") or the launcher's
+    # SIGTERM ("process 0 of 2 was stopped by the launcher ..."); either names the state file to resume from.
+    assert re.search(r"process 0 of 2 (was )?stopped", stopped["message"]), stopped["message"]
+    assert ".lora_lab_state" in stopped["message"]
     # Rank 0 kept the last finished step (3), resumable, though its checkpoints fall on even steps.
     assert load_training_state(tmp_path / "checkpoints" / "rank0" / "run.lora_lab_state")["step"] == 3
     assert (tmp_path / "checkpoints" / "rank0" / "run_step000003.safetensors").is_file()

@@ -121,8 +121,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     parallel = SingleProcess() if args.single else AcceleratedProcesses(timeout_seconds=args.timeout, cpu=True)
     Path(args.report).mkdir(parents=True, exist_ok=True)
-    if args.fail_rank >= 0:  # the stop under test is the processes' own; the launcher's SIGTERM, racing it on a
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # busy machine, could cut the main's last save and its note
     try:
         report = run(args, parallel)
     except Exception as error:  # note when and how each process stopped, then stop as it would
